@@ -1,0 +1,3 @@
+"""ssmd: a market-data recorder for prediction markets."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from ssmd.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""ssmd archiver."""

@@ -1,0 +1,168 @@
+"""The `ssmd` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import trio
+
+from ssmd import __version__
+from ssmd.config import ROLES, Config, ConfigError, load_config, require_roles
+from ssmd.supervisor import EXIT_CONFIG, StartupRefused
+
+log = logging.getLogger("ssmd")
+
+_DESCRIPTION = """\
+ssmd records prediction-market data: Kalshi WebSocket -> NATS JetStream -> JSONL.gz archive.
+
+  ssmd run -c ssmd.toml                      run every role configured in the file
+  ssmd run -c ssmd.toml --role archiver      only the archiver
+  ssmd config check -c ssmd.toml             validate a config and exit
+  ssmd demo                                  a self-contained demo (embedded nats-server)
+
+Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration or refused start.
+"""
+
+
+class _UtcFormatter(logging.Formatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        t = time.gmtime(record.created)
+        return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03d}Z"
+
+
+def setup_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _split_roles(values: list[str] | None) -> list[str]:
+    roles: list[str] = []
+    for value in values or []:
+        for role in value.split(","):
+            role = role.strip()
+            if role and role not in roles:
+                roles.append(role)
+    return roles
+
+
+def _resolve_roles(requested: list[str], config: Config, file: str) -> list[str]:
+    roles = requested or [r for r in ROLES if r in config.sections]
+    if not roles:
+        raise ConfigError(
+            file, "", "no role to run: add an [archiver] or [connector] section, or pass --role"
+        )
+    require_roles(config, roles, file)
+    return roles
+
+
+def _config_error(exc: Exception) -> int:
+    print(f"ssmd: config error: {exc}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ssmd.service import run_service
+
+    try:
+        config = load_config(args.config)
+        roles = _resolve_roles(_split_roles(args.role), config, args.config)
+        credentials = None
+        if "connector" in roles:
+            from ssmd.connector.auth import load_credentials
+
+            credentials = load_credentials(os.environ)
+    except (ConfigError, StartupRefused) as exc:
+        return _config_error(exc)
+    setup_logging(args.log_level or config.service.log_level)
+    log.info("ssmd %s starting roles: %s", __version__, ", ".join(roles))
+    try:
+        return trio.run(lambda: run_service(config, roles, credentials=credentials))
+    except StartupRefused as exc:
+        print(f"ssmd: refusing to start: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+        roles = _resolve_roles(_split_roles(args.role), config, args.config)
+    except ConfigError as exc:
+        return _config_error(exc)
+    print(f"{args.config}: ok (env={config.env}, roles: {', '.join(roles)})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ssmd.demo import run_demo
+
+    setup_logging(args.log_level or "info")
+    return run_demo(data_dir=args.data_dir, duration=args.duration)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssmd", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"ssmd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the recorder (connector and/or archiver)",
+        description="Run one or more roles in one process under one supervisor. "
+        "SIGINT/SIGTERM stop it cleanly: the open file is finished and the manifest written.",
+    )
+    run.add_argument("-c", "--config", required=True, help="path to the TOML config")
+    run.add_argument(
+        "--role",
+        action="append",
+        metavar="ROLE",
+        help=f"role to run ({', '.join(ROLES)}); repeat or comma-separate. "
+        "Default: every role that has a section in the config",
+    )
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    check = config_sub.add_parser(
+        "check", help="validate a config file without running anything (exit 2 on error)"
+    )
+    check.add_argument("-c", "--config", required=True, help="path to the TOML config")
+    check.add_argument(
+        "--role", action="append", metavar="ROLE", help="also check this role's sections"
+    )
+    check.set_defaults(func=cmd_config_check)
+
+    demo = sub.add_parser(
+        "demo",
+        help="run a self-contained demo: embedded nats-server, generator, archiver",
+        description="Start an embedded nats-server on loopback, feed it Kalshi-shaped "
+        "messages and archive them under --data-dir. Needs no credentials.",
+    )
+    demo.add_argument("--data-dir", default="./ssmd-data", help="where the demo keeps its data")
+    demo.add_argument("--duration", type=float, default=20.0, help="seconds to run (default 20)")
+    demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

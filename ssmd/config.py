@@ -1,0 +1,400 @@
+"""The TOML configuration: frozen attrs classes, structured with cattrs.
+
+The keys documented in the README are a public contract. Unknown keys are errors, so
+a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+import tomli
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+KALSHI_PROD_URL = "wss://external-api-ws.kalshi.com/trade-api/ws/v2"
+KALSHI_DEMO_URL = "wss://demo-api.kalshi.co/trade-api/ws/v2"
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?\s*$")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KiB": 1 << 10,
+    "MiB": 1 << 20,
+    "GiB": 1 << 30,
+    "TiB": 1 << 40,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+}
+
+
+class FieldError(ValueError):
+    """A validator's complaint about one field, so the error can name the key."""
+
+    def __init__(self, attribute: attrs.Attribute[Any], message: str) -> None:
+        self.field = attribute.name
+        super().__init__(message)
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported as one line: file, key path, what was expected."""
+
+    def __init__(self, file: str, key: str, message: str) -> None:
+        self.file = file
+        self.key = key
+        self.message = message
+        where = f"{file}: {key}" if key else file
+        super().__init__(f"{where}: {message}")
+
+
+@attrs.frozen(order=True)
+class Duration:
+    """A span of time written as `500ms`, `30s`, `15m`, `1h` or `1d` in the config."""
+
+    seconds: float
+    text: str = attrs.field(eq=False, order=False)
+
+    @classmethod
+    def parse(cls, value: object) -> Duration:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError("expected a duration such as '30s', '15m' or '1h'")
+        if isinstance(value, int | float):
+            if value < 0:
+                raise ValueError("expected a non-negative duration")
+            return cls(float(value), f"{value}s")
+        match = _DURATION_RE.match(value)
+        if match is None:
+            raise ValueError(f"expected a duration such as '30s', '15m' or '1h', got {value!r}")
+        return cls(float(match.group(1)) * _UNIT_SECONDS[match.group(2)], value.strip())
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@attrs.frozen
+class ByteSize:
+    """A size written as an integer number of bytes or `64MiB`, `10GiB` in the config."""
+
+    value: int
+
+    @classmethod
+    def parse(cls, value: object) -> ByteSize:
+        if isinstance(value, bool):
+            raise ValueError("expected a size such as 1048576 or '64MiB'")
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError("expected a non-negative size")
+            return cls(value)
+        if isinstance(value, str):
+            match = _SIZE_RE.match(value)
+            if match:
+                return cls(int(match.group(1)) * _SIZE_UNITS[match.group(2)])
+        raise ValueError(f"expected a size such as 1048576 or '64MiB', got {value!r}")
+
+
+def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise FieldError(attribute, f"expected a positive value, got {value!r}")
+
+
+def _positive_duration(_inst: object, attribute: attrs.Attribute[Any], value: Duration) -> None:
+    if value.seconds <= 0:
+        raise FieldError(attribute, f"expected a positive duration, got {value.text!r}")
+
+
+def _subject_token(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value or any(c in value for c in ".*> \t\r\n"):
+        raise FieldError(
+            attribute,
+            f"expected one NATS subject token (no '.', '*', '>' or spaces), got {value!r}",
+        )
+
+
+@attrs.frozen
+class StreamLimits:
+    """Limits for a stream that the connector creates; an existing stream is left as it is."""
+
+    max_age: Duration = Duration.parse("7d")
+    max_bytes: ByteSize = ByteSize.parse("10GiB")
+    max_msgs: int = -1
+    duplicate_window: Duration = attrs.field(
+        default=Duration.parse("2m"), validator=_positive_duration
+    )
+    replicas: int = attrs.field(default=1, validator=_positive)
+
+
+@attrs.frozen
+class NatsConfig:
+    url: str | list[str] = "nats://127.0.0.1:4222"
+    stream: str = attrs.field(default="MARKETDATA", validator=_subject_token)
+    connect_timeout: Duration = attrs.field(
+        default=Duration.parse("5s"), validator=_positive_duration
+    )
+    request_timeout: Duration = attrs.field(
+        default=Duration.parse("5s"), validator=_positive_duration
+    )
+    stream_limits: StreamLimits = StreamLimits()
+
+    @property
+    def servers(self) -> list[str]:
+        return [self.url] if isinstance(self.url, str) else list(self.url)
+
+
+@attrs.frozen
+class ArchiverConfig:
+    consumer: str = attrs.field(validator=_subject_token)
+    filter: str = attrs.field()
+    batch_size: int = attrs.field(default=1000, validator=_positive)
+    fetch_timeout: Duration = attrs.field(
+        default=Duration.parse("1s"), validator=_positive_duration
+    )
+    ack_wait: Duration = attrs.field(default=Duration.parse("60s"), validator=_positive_duration)
+    queue_batches: int = attrs.field(default=4, validator=_positive)
+    compression_level: int = attrs.field(default=6)
+
+    @filter.validator
+    def _check_filter(self, attribute: attrs.Attribute[str], value: str) -> None:
+        tokens = value.split(".")
+        if len(tokens) < 2 or any(not t for t in tokens):
+            raise FieldError(
+                attribute, f"expected a subject filter like 'prod.kalshi.json.>', got {value!r}"
+            )
+        if tokens[1] in ("*", ">"):
+            raise FieldError(
+                attribute, f"the second token names the feed and cannot be a wildcard: {value!r}"
+            )
+
+    @compression_level.validator
+    def _check_level(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if not 1 <= value <= 9:
+            raise FieldError(attribute, f"expected a gzip level from 1 to 9, got {value!r}")
+
+    @property
+    def feed(self) -> str:
+        return self.filter.split(".")[1]
+
+
+@attrs.frozen
+class StorageConfig:
+    path: str = attrs.field()
+
+    @path.validator
+    def _check_path(self, attribute: attrs.Attribute[str], value: str) -> None:
+        if not value.strip():
+            raise FieldError(attribute, "expected a directory path")
+
+
+@attrs.frozen
+class RotationConfig:
+    interval: Duration = attrs.field(default=Duration.parse("15m"))
+
+    @interval.validator
+    def _check_interval(self, attribute: attrs.Attribute[Duration], value: Duration) -> None:
+        seconds = value.seconds
+        if seconds < 1 or seconds != int(seconds) or 86400 % int(seconds) != 0:
+            raise FieldError(
+                attribute,
+                f"expected a whole number of seconds that divides 24h (e.g. '15m', '1h'), got {value.text!r}",
+            )
+
+
+@attrs.frozen
+class ConnectorConfig:
+    feed: str = attrs.field(default="kalshi", validator=_subject_token)
+    url: str | None = None
+    channels: list[str] = attrs.field(factory=lambda: ["ticker", "trade", "orderbook_delta"])
+    markets: list[str] = attrs.field(factory=list)
+    markets_per_subscription: int = attrs.field(default=200, validator=_positive)
+    markets_per_connection: int = attrs.field(default=2000, validator=_positive)
+    liveness_timeout: Duration = attrs.field(
+        default=Duration.parse("30s"), validator=_positive_duration
+    )
+    ping_interval: Duration = attrs.field(
+        default=Duration.parse("10s"), validator=_positive_duration
+    )
+    command_timeout: Duration = attrs.field(
+        default=Duration.parse("30s"), validator=_positive_duration
+    )
+    backoff_initial: Duration = attrs.field(
+        default=Duration.parse("500ms"), validator=_positive_duration
+    )
+    backoff_max: Duration = attrs.field(default=Duration.parse("30s"), validator=_positive_duration)
+    buffer_messages: int = attrs.field(default=100_000, validator=_positive)
+    buffer_bytes: ByteSize = ByteSize.parse("256MiB")
+    publish_window: int = attrs.field(default=4000, validator=_positive)
+    publish_timeout: Duration = attrs.field(
+        default=Duration.parse("5s"), validator=_positive_duration
+    )
+
+    @channels.validator
+    def _check_channels(self, attribute: attrs.Attribute[list[str]], value: list[str]) -> None:
+        if not value:
+            raise FieldError(attribute, 'expected at least one channel, e.g. ["ticker", "trade"]')
+
+    def resolved_url(self, environ: dict[str, str] | None = None) -> str:
+        """The WebSocket URL: `url` if set, else demo or production by KALSHI_USE_DEMO."""
+        if self.url:
+            return self.url
+        env = os.environ if environ is None else environ
+        if env.get("KALSHI_USE_DEMO", "").strip().lower() in ("1", "true", "yes"):
+            return KALSHI_DEMO_URL
+        return KALSHI_PROD_URL
+
+
+@attrs.frozen
+class ServiceConfig:
+    shutdown_timeout: Duration = attrs.field(
+        default=Duration.parse("5s"), validator=_positive_duration
+    )
+    log_level: str = attrs.field(default="info")
+
+    @log_level.validator
+    def _check_level(self, attribute: attrs.Attribute[str], value: str) -> None:
+        if value.lower() not in ("debug", "info", "warning", "error"):
+            raise FieldError(
+                attribute, f"expected one of debug, info, warning, error; got {value!r}"
+            )
+
+
+@attrs.frozen
+class Config:
+    env: str = attrs.field(validator=_subject_token)
+    nats: NatsConfig = NatsConfig()
+    archiver: ArchiverConfig | None = None
+    storage: StorageConfig | None = None
+    rotation: RotationConfig = RotationConfig()
+    connector: ConnectorConfig | None = None
+    service: ServiceConfig = ServiceConfig()
+
+    @property
+    def sections(self) -> set[str]:
+        return {name for name in ("archiver", "connector") if getattr(self, name) is not None}
+
+
+ROLES = ("archiver", "connector")
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True)
+    converter.register_structure_hook(Duration, lambda value, _: Duration.parse(value))
+    converter.register_structure_hook(ByteSize, lambda value, _: ByteSize.parse(value))
+
+    def structure_url(value: object, _: object) -> str | list[str]:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ValueError("expected a URL string or a non-empty list of URL strings")
+
+    def structure_optional_str(value: object, _: object) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        raise ValueError(f"expected a string, got {value!r}")
+
+    def structure_str(value: object, _: object) -> str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"expected a string, got {value!r}")
+
+    def structure_int(value: object, _: object) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"expected an integer, got {value!r}")
+
+    converter.register_structure_hook(str | list[str], structure_url)
+    converter.register_structure_hook(str | None, structure_optional_str)
+    converter.register_structure_hook(str, structure_str)
+    converter.register_structure_hook(int, structure_int)
+    return converter
+
+
+_converter = _make_converter()
+
+
+def _describe(exc: BaseException, path: str) -> tuple[str, str]:
+    """Walk a cattrs error tree to its first leaf: (dotted key path, message)."""
+    if isinstance(exc, ForbiddenExtraKeysError):
+        keys = ", ".join(sorted(exc.extra_fields))
+        key = f"{path}.{sorted(exc.extra_fields)[0]}" if path else sorted(exc.extra_fields)[0]
+        return key, f"unknown key ({keys}); check the spelling against the README"
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        for sub in exc.exceptions:
+            notes = getattr(sub, "__notes__", [])
+            name: str | int = ""
+            for note in notes:
+                for attr in ("name", "index"):
+                    found = getattr(note, attr, None)
+                    if found is not None and found != "":
+                        name = found
+                        break
+                if name != "":
+                    break
+            if isinstance(name, int):
+                sub_path = f"{path}[{name}]"
+            else:
+                sub_path = f"{path}.{name}" if path and name else (name or path)
+            return _describe(sub, sub_path)
+        return path, str(exc)
+    if isinstance(exc, FieldError):
+        return (f"{path}.{exc.field}" if path else exc.field), str(exc)
+    if isinstance(exc, KeyError):
+        return path, "required key is missing"
+    message = str(exc)
+    return path, message or type(exc).__name__
+
+
+def parse_config(data: dict[str, Any], file: str = "<config>") -> Config:
+    try:
+        return _converter.structure(data, Config)
+    except (ClassValidationError, ForbiddenExtraKeysError) as exc:
+        key, message = _describe(exc, "")
+        raise ConfigError(file, key, message) from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(file, "", str(exc)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    file = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(file, "", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(file, "", f"cannot read: {exc.strerror}") from None
+    try:
+        data = tomli.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(file, "", "expected UTF-8 text") from None
+    except tomli.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"invalid TOML: {exc}") from None
+    return parse_config(data, file)
+
+
+def require_roles(config: Config, roles: list[str], file: str) -> None:
+    """Check that every requested role has the sections it needs."""
+    for role in roles:
+        if role not in ROLES:
+            raise ConfigError(
+                file, "", f"unknown role {role!r}; expected one of {', '.join(ROLES)}"
+            )
+        if role == "archiver":
+            if config.archiver is None:
+                raise ConfigError(
+                    file, "archiver", "section [archiver] is required for --role archiver"
+                )
+            if config.storage is None:
+                raise ConfigError(
+                    file, "storage", "section [storage] is required for --role archiver"
+                )
+        if role == "connector" and config.connector is None:
+            raise ConfigError(
+                file, "connector", "section [connector] is required for --role connector"
+            )

@@ -1,0 +1,1 @@
+"""NATS: the asyncio bridge to nats-py and the embedded nats-server process."""

@@ -1,0 +1,476 @@
+"""The only place that touches nats-py.
+
+nats-py is asyncio-only. It runs on an asyncio loop in a thread of its own, and Trio
+code calls across with `await bridge.<method>()`: one crossing per *batch* (a fetch of
+up to N messages, an ack, a publish of N messages), never per message. A crossing costs
+about 0.2 ms, so a per-message crossing would cap throughput near 4k msg/s.
+
+Cancelling the Trio side cancels the asyncio task and waits for it to finish, so no
+asyncio work outlives the Trio scope that started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import Any, TypeVar
+
+import attrs
+import nats
+import nats.errors
+import nats.js.errors
+import trio
+from nats.js import api
+
+log = logging.getLogger("ssmd.nats")
+
+T = TypeVar("T")
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+RECV_NS_HEADER = "Ssmd-Recv-Ns"
+
+
+class NatsUnavailable(Exception):
+    """NATS cannot be reached or did not answer in time; the caller retries."""
+
+
+class StreamMissing(Exception):
+    pass
+
+
+@attrs.frozen(slots=True)
+class FetchedMessage:
+    subject: str
+    data: bytes
+    stream_seq: int
+    consumer_seq: int
+    delivered: int
+    recv_ns: int | None
+    reply: str
+
+
+@attrs.frozen
+class StreamState:
+    name: str
+    subjects: list[str]
+    first_seq: int
+    last_seq: int
+    messages: int
+    retention: str
+
+
+@attrs.frozen(slots=True)
+class OutgoingMessage:
+    subject: str
+    payload: bytes
+    msg_id: str
+    recv_ns: int
+
+
+@attrs.frozen(slots=True)
+class PublishOutcome:
+    """Result of one JetStream publish: stored (maybe as a duplicate) or failed."""
+
+    stream_seq: int | None = None
+    duplicate: bool = False
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@attrs.frozen
+class StreamSpec:
+    name: str
+    subjects: list[str]
+    max_age_s: float
+    max_bytes: int
+    max_msgs: int
+    duplicate_window_s: float
+    replicas: int
+
+
+def _outcome(f: asyncio.Future[api.PubAck] | PublishOutcome) -> PublishOutcome:
+    if isinstance(f, PublishOutcome):
+        return f
+    if f.cancelled():
+        return PublishOutcome(error="timed out waiting for the JetStream ack")
+    error = f.exception()
+    if error is not None:
+        return PublishOutcome(error=f"{type(error).__name__}: {error}")
+    ack = f.result()
+    return PublishOutcome(stream_seq=ack.seq, duplicate=bool(ack.duplicate))
+
+
+class AsyncioThread:
+    """An asyncio event loop running on its own daemon thread."""
+
+    def __init__(self) -> None:
+        # A selector loop works even where a Trio-hosted asyncio policy is installed.
+        self._loop = asyncio.SelectorEventLoop()
+        self._thread = threading.Thread(target=self._run, name="ssmd-asyncio", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `fn(*args)` on the asyncio loop and wait for it from Trio."""
+        token = trio.lowlevel.current_trio_token()
+        finished = trio.Event()
+        holder: list[asyncio.Task[T]] = []
+
+        def wake(_task: object) -> None:
+            with suppress(trio.RunFinishedError):
+                token.run_sync_soon(finished.set)
+
+        def start() -> None:
+            task: asyncio.Task[T] = self._loop.create_task(fn(*args))  # type: ignore[arg-type]
+            task.add_done_callback(wake)
+            holder.append(task)
+
+        self._loop.call_soon_threadsafe(start)
+        try:
+            await finished.wait()
+        except BaseException:
+            self._loop.call_soon_threadsafe(lambda: holder[0].cancel())
+            with trio.CancelScope(shield=True):
+                await finished.wait()
+            raise
+        return holder[0].result()
+
+    def stop(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+
+def _stream_state(info: api.StreamInfo) -> StreamState:
+    config = info.config
+    state = info.state
+    retention = config.retention.value if config.retention is not None else "limits"
+    return StreamState(
+        name=config.name or "",
+        subjects=list(config.subjects or []),
+        first_seq=state.first_seq,
+        last_seq=state.last_seq,
+        messages=state.messages,
+        retention=str(retention),
+    )
+
+
+class PullConsumer:
+    """A bound durable pull subscription; `fetch` and `ack` each cross the bridge once."""
+
+    def __init__(self, bridge: NatsBridge, sub: Any) -> None:
+        self._bridge = bridge
+        self._sub = sub
+
+    async def fetch(self, batch: int, timeout: float) -> list[FetchedMessage]:
+        """Up to `batch` messages; an empty list when none arrived within `timeout`."""
+        return await self._bridge._call(self._fetch, batch, timeout)
+
+    async def _fetch(self, batch: int, timeout: float) -> list[FetchedMessage]:
+        try:
+            msgs = await self._sub.fetch(batch, timeout=timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        out: list[FetchedMessage] = []
+        for msg in msgs:
+            meta = msg.metadata
+            headers = msg.headers
+            recv_ns: int | None = None
+            if headers:
+                raw = headers.get(RECV_NS_HEADER)
+                if raw is not None and raw.isdigit():
+                    recv_ns = int(raw)
+            out.append(
+                FetchedMessage(
+                    subject=msg.subject,
+                    data=msg.data,
+                    stream_seq=meta.sequence.stream,
+                    consumer_seq=meta.sequence.consumer,
+                    delivered=meta.num_delivered,
+                    recv_ns=recv_ns,
+                    reply=msg.reply,
+                )
+            )
+        return out
+
+    async def ack(self, reply: str) -> None:
+        """Acknowledge by reply subject (with AckPolicy.ALL this acks everything before it)."""
+        await self._bridge._call(self._ack, reply)
+
+    async def _ack(self, reply: str) -> None:
+        await self._bridge._nc.publish(reply, b"+ACK")
+        await self._bridge._nc.flush(timeout=self._bridge._request_timeout)
+
+    async def close(self) -> None:
+        await self._bridge._call(self._close)
+
+    async def _close(self) -> None:
+        with suppress(Exception):
+            await self._sub.unsubscribe()
+
+
+class NatsBridge:
+    """A nats-py connection hosted on an `AsyncioThread`, driven from Trio."""
+
+    def __init__(self, thread: AsyncioThread, nc: Any, request_timeout: float) -> None:
+        self._thread = thread
+        self._nc = nc
+        self._js = nc.jetstream(timeout=request_timeout)
+        self._request_timeout = request_timeout
+        self.reconnects = 0
+        self.disconnects = 0
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._nc.is_connected)
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        try:
+            return await self._thread.call(fn, *args)
+        except (
+            TimeoutError,
+            nats.errors.TimeoutError,
+            nats.errors.ConnectionClosedError,
+            nats.errors.NoServersError,
+            nats.errors.OutboundBufferLimitError,
+            nats.errors.StaleConnectionError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.FlushTimeoutError,
+            nats.js.errors.ServiceUnavailableError,
+            nats.errors.NoRespondersError,
+            ConnectionError,
+            OSError,
+        ) as exc:
+            raise NatsUnavailable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        except nats.js.errors.APIError as exc:
+            if exc.code in (503,):
+                raise NatsUnavailable(f"JetStream unavailable: {exc.description}") from exc
+            raise
+
+    async def stream_state(self, stream: str) -> StreamState | None:
+        return await self._call(self._stream_state, stream)
+
+    async def _stream_state(self, stream: str) -> StreamState | None:
+        try:
+            info = await self._js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return None
+        return _stream_state(info)
+
+    async def ensure_stream(self, spec: StreamSpec) -> tuple[StreamState, bool]:
+        """The stream's state, creating it from `spec` if missing. True when created."""
+        return await self._call(self._ensure_stream, spec)
+
+    async def _ensure_stream(self, spec: StreamSpec) -> tuple[StreamState, bool]:
+        try:
+            return _stream_state(await self._js.stream_info(spec.name)), False
+        except nats.js.errors.NotFoundError:
+            pass
+        config = api.StreamConfig(
+            name=spec.name,
+            subjects=spec.subjects,
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=spec.max_age_s or None,
+            max_bytes=spec.max_bytes or None,
+            max_msgs=spec.max_msgs,
+            duplicate_window=spec.duplicate_window_s,
+            num_replicas=spec.replicas,
+        )
+        try:
+            info = await self._js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            # Another process created it between our look and our add.
+            info = await self._js.stream_info(spec.name)
+            return _stream_state(info), False
+        return _stream_state(info), True
+
+    async def consumer_ack_floor(self, stream: str, durable: str) -> int | None:
+        return await self._call(self._consumer_ack_floor, stream, durable)
+
+    async def _consumer_ack_floor(self, stream: str, durable: str) -> int | None:
+        try:
+            info = await self._js.consumer_info(stream, durable)
+        except nats.js.errors.NotFoundError:
+            return None
+        floor = info.ack_floor
+        return int(floor.stream_seq) if floor is not None and floor.stream_seq else None
+
+    async def reset_consumer(
+        self,
+        stream: str,
+        durable: str,
+        filter_subject: str,
+        start_seq: int | None,
+        ack_wait_s: float,
+        max_ack_pending: int,
+    ) -> PullConsumer:
+        """(Re)create the durable consumer to start at `start_seq` and bind to it.
+
+        The archive on disk is the cursor; the consumer only follows it. None starts at
+        the beginning of the stream.
+        """
+        sub = await self._call(
+            self._reset_consumer,
+            stream,
+            durable,
+            filter_subject,
+            start_seq,
+            ack_wait_s,
+            max_ack_pending,
+        )
+        return PullConsumer(self, sub)
+
+    async def _reset_consumer(
+        self,
+        stream: str,
+        durable: str,
+        filter_subject: str,
+        start_seq: int | None,
+        ack_wait_s: float,
+        max_ack_pending: int,
+    ) -> Any:
+        with suppress(nats.js.errors.NotFoundError):
+            await self._js.delete_consumer(stream, durable)
+        if start_seq is None:
+            policy, opt_start = api.DeliverPolicy.ALL, None
+        else:
+            policy, opt_start = api.DeliverPolicy.BY_START_SEQUENCE, start_seq
+        config = api.ConsumerConfig(
+            durable_name=durable,
+            deliver_policy=policy,
+            opt_start_seq=opt_start,
+            ack_policy=api.AckPolicy.ALL,
+            ack_wait=ack_wait_s,
+            max_ack_pending=max_ack_pending,
+            filter_subject=filter_subject,
+            max_deliver=-1,
+        )
+        await self._js.add_consumer(stream, config)
+        return await self._js.pull_subscribe_bind(
+            durable, stream, pending_msgs_limit=max(max_ack_pending * 2, 65536)
+        )
+
+    async def publish_batch(
+        self, messages: Sequence[OutgoingMessage], timeout: float
+    ) -> list[PublishOutcome]:
+        """Publish with JetStream acks, pipelined; one outcome per message, in order."""
+        return await self._call(self._publish_batch, messages, timeout)
+
+    async def _publish_batch(
+        self, messages: Sequence[OutgoingMessage], timeout: float
+    ) -> list[PublishOutcome]:
+        futures: list[asyncio.Future[api.PubAck] | PublishOutcome] = []
+        for m in messages:
+            headers = {MSG_ID_HEADER: m.msg_id, RECV_NS_HEADER: str(m.recv_ns)}
+            try:
+                futures.append(
+                    await self._js.publish_async(
+                        m.subject, m.payload, wait_stall=timeout, headers=headers
+                    )
+                )
+            except Exception as exc:
+                futures.append(PublishOutcome(error=f"{type(exc).__name__}: {exc}"))
+        pending = [f for f in futures if isinstance(f, asyncio.Future)]
+        if pending:
+            _done, not_done = await asyncio.wait(pending, timeout=timeout)
+            for f in not_done:
+                f.cancel()
+        return [_outcome(f) for f in futures]
+
+    async def close(self) -> None:
+        await self._thread.call(self._close)
+
+    async def _close(self) -> None:
+        with suppress(Exception):
+            await self._nc.close()
+
+
+async def _connect(
+    servers: list[str],
+    name: str,
+    connect_timeout: float,
+    on_event: Callable[[str], None],
+    publish_window: int,
+) -> Any:
+    async def disconnected() -> None:
+        on_event("disconnected")
+
+    async def reconnected() -> None:
+        on_event("reconnected")
+
+    async def error(exc: Exception) -> None:
+        log.debug("nats client error: %s", exc)
+
+    return await nats.connect(
+        servers=servers,
+        name=name,
+        connect_timeout=connect_timeout,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
+        error_cb=error,
+        pending_size=64 * 1024 * 1024,
+        ping_interval=5,
+        max_outstanding_pings=3,
+    )
+
+
+@asynccontextmanager
+async def open_bridge(
+    servers: list[str],
+    *,
+    name: str = "ssmd",
+    connect_timeout: float = 5.0,
+    request_timeout: float = 5.0,
+    publish_window: int = 4000,
+) -> AsyncIterator[NatsBridge]:
+    """Connect to NATS on a fresh asyncio thread; close both on exit.
+
+    Raises NatsUnavailable when no server answers; callers that must wait for NATS
+    retry around this.
+    """
+    thread = AsyncioThread()
+    bridge: NatsBridge | None = None
+
+    def on_event(event: str) -> None:
+        if bridge is None:
+            return
+        if event == "disconnected":
+            bridge.disconnects += 1
+            log.warning("NATS connection lost; nats-py is reconnecting")
+        elif event == "reconnected":
+            bridge.reconnects += 1
+            log.info("NATS connection re-established")
+
+    try:
+        try:
+            nc = await thread.call(
+                _connect, servers, name, connect_timeout, on_event, publish_window
+            )
+        except (TimeoutError, nats.errors.NoServersError, OSError) as exc:
+            raise NatsUnavailable(f"cannot connect to NATS at {', '.join(servers)}: {exc}") from exc
+        bridge = NatsBridge(thread, nc, request_timeout)
+        bridge._js = nc.jetstream(timeout=request_timeout, publish_async_max_pending=publish_window)
+        try:
+            yield bridge
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await bridge.close()
+    finally:
+        thread.stop()

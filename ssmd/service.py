@@ -1,0 +1,60 @@
+"""`ssmd run`: connect to NATS once and start the requested roles under one supervisor."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from ssmd.clock import WallClock
+from ssmd.config import Config
+from ssmd.nats.bridge import NatsUnavailable, open_bridge
+from ssmd.supervisor import Supervisor, supervise
+
+log = logging.getLogger("ssmd.service")
+
+_CONNECT_RETRY_MAX_S = 10.0
+
+
+async def run_service(
+    config: Config,
+    roles: list[str],
+    *,
+    clock: WallClock | None = None,
+    handle_signals: bool = True,
+    credentials: Any = None,
+) -> int:
+    """Run `roles` until stopped; returns the process exit code."""
+    clock = clock or WallClock()
+    delay = 0.5
+    while True:
+        try:
+            async with open_bridge(
+                config.nats.servers,
+                name=f"ssmd-{'-'.join(roles)}",
+                connect_timeout=config.nats.connect_timeout.seconds,
+                request_timeout=config.nats.request_timeout.seconds,
+                publish_window=config.connector.publish_window if config.connector else 4000,
+            ) as bridge:
+                log.info("connected to NATS at %s", ", ".join(config.nats.servers))
+
+                async def start_roles(sup: Supervisor) -> None:
+                    if "archiver" in roles:
+                        from ssmd.archiver.service import start_archiver
+
+                        await start_archiver(sup, config, bridge, clock)
+                    if "connector" in roles:
+                        from ssmd.connector.service import start_connector
+
+                        await start_connector(sup, config, bridge, clock, credentials)
+
+                return await supervise(
+                    start_roles,
+                    shutdown_timeout=config.service.shutdown_timeout.seconds,
+                    handle_signals=handle_signals,
+                )
+        except NatsUnavailable as exc:
+            log.warning("%s; retrying in %.1fs", exc, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, _CONNECT_RETRY_MAX_S)

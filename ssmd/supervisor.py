@@ -1,0 +1,138 @@
+"""One supervisor nursery for every task of every role.
+
+Tasks are either *producers* (sources: the WebSocket readers, the JetStream fetcher,
+the rotation timer) or *sinks* (the publisher, the writer, the manifest writer).
+Shutdown cancels the producers only; each producer closes its send channel on the way
+out, so the sinks see end-of-channel, drain what is left, flush and exit by themselves.
+A hard deadline bounds the drain.
+
+When any task fails, the failure is recorded and the same orderly stop begins, so a
+crash in one place still finishes the gzip file and the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+log = logging.getLogger("ssmd.supervisor")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+class StartupRefused(Exception):
+    """A role refuses to start (stream missing, filter cannot match, bad credentials).
+
+    Reported as one line, exit code 2, like a config error.
+    """
+
+
+class Supervisor:
+    def __init__(self, nursery: trio.Nursery, shutdown_timeout: float) -> None:
+        self._nursery = nursery
+        self.shutdown_timeout = shutdown_timeout
+        self.stopping = trio.Event()
+        self.stop_reason = ""
+        self.failures: list[tuple[str, BaseException]] = []
+        self._producer_scopes: list[trio.CancelScope] = []
+        self._active = 0
+        self._idle_scope = trio.CancelScope()
+        self.ready: dict[str, bool] = {}
+
+    def start_producer(self, name: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start a source task; `request_stop` cancels it."""
+        self._start(name, True, fn, args)
+
+    def start_sink(self, name: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start a sink task; it must end by itself when its input channel closes."""
+        self._start(name, False, fn, args)
+
+    def _start(
+        self, name: str, producer: bool, fn: Callable[..., Awaitable[Any]], args: Any
+    ) -> None:
+        scope = trio.CancelScope()
+        if producer:
+            self._producer_scopes.append(scope)
+            if self.stopping.is_set():
+                scope.cancel()
+        self._active += 1
+        self._nursery.start_soon(self._run, name, producer, scope, fn, args, name=name)
+
+    async def _run(
+        self,
+        name: str,
+        producer: bool,
+        scope: trio.CancelScope,
+        fn: Callable[..., Awaitable[Any]],
+        args: Any,
+    ) -> None:
+        try:
+            with scope:
+                await fn(*args)
+            if producer and not scope.cancelled_caught and not self.stopping.is_set():
+                self.request_stop(f"{name} ended")
+        except Exception as exc:
+            log.error("%s failed: %s: %s", name, type(exc).__name__, exc, exc_info=exc)
+            self.failures.append((name, exc))
+            self.request_stop(f"{name} failed")
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self.request_stop("all tasks ended")
+                self._idle_scope.cancel()
+
+    def request_stop(self, reason: str) -> None:
+        """Begin an orderly stop: cancel producers; sinks drain; the deadline is armed."""
+        if self.stopping.is_set():
+            return
+        self.stop_reason = reason
+        log.info("stopping: %s", reason)
+        self.stopping.set()
+        for scope in self._producer_scopes:
+            scope.cancel()
+        self._nursery.cancel_scope.deadline = trio.current_time() + self.shutdown_timeout
+
+    async def _watch_signals(self) -> None:
+        with self._idle_scope, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if self.stopping.is_set():
+                    log.warning("%s again: stopping now without finishing the drain", name)
+                    self._nursery.cancel_scope.cancel()
+                else:
+                    self.request_stop(f"received {name}")
+
+
+async def supervise(
+    start_roles: Callable[[Supervisor], Awaitable[None]],
+    *,
+    shutdown_timeout: float,
+    handle_signals: bool = True,
+) -> int:
+    """Run the roles under one nursery until they stop; return the process exit code."""
+    async with trio.open_nursery() as nursery:
+        sup = Supervisor(nursery, shutdown_timeout)
+        if handle_signals:
+            nursery.start_soon(sup._watch_signals)
+        try:
+            await start_roles(sup)
+        except BaseException:
+            sup._idle_scope.cancel()
+            raise
+        if sup._active == 0:
+            sup.request_stop("no tasks to run")
+            sup._idle_scope.cancel()
+        await sup.stopping.wait()
+    if nursery.cancel_scope.cancelled_caught:
+        log.error("shutdown did not finish within %.1fs; forced stop", shutdown_timeout)
+        return EXIT_FAILURE
+    if sup.failures:
+        return EXIT_FAILURE
+    log.info("stopped cleanly")
+    return EXIT_OK
