@@ -157,7 +157,7 @@ class AsyncioThread:
 def _stream_state(info: api.StreamInfo) -> StreamState:
     config = info.config
     state = info.state
-    retention = config.retention.value if config.retention is not None else "limits"
+    retention = getattr(config.retention, "value", config.retention) or "limits"
     return StreamState(
         name=config.name or "",
         subjects=list(config.subjects or []),
@@ -206,14 +206,6 @@ class PullConsumer:
             )
         return out
 
-    async def ack(self, reply: str) -> None:
-        """Acknowledge by reply subject (with AckPolicy.ALL this acks everything before it)."""
-        await self._bridge._call(self._ack, reply)
-
-    async def _ack(self, reply: str) -> None:
-        await self._bridge._nc.publish(reply, b"+ACK")
-        await self._bridge._nc.flush(timeout=self._bridge._request_timeout)
-
     async def close(self) -> None:
         await self._bridge._call(self._close)
 
@@ -232,6 +224,7 @@ class NatsBridge:
         self._request_timeout = request_timeout
         self.reconnects = 0
         self.disconnects = 0
+        self.closing = False
 
     @property
     def connected(self) -> bool:
@@ -259,6 +252,18 @@ class NatsBridge:
             if exc.code in (503,):
                 raise NatsUnavailable(f"JetStream unavailable: {exc.description}") from exc
             raise
+
+    async def ack(self, reply: str) -> None:
+        """Acknowledge a fetched message by its reply subject.
+
+        The archiver's consumers use AckPolicy.ALL, so this acknowledges every message
+        delivered before it too.
+        """
+        await self._call(self._ack, reply)
+
+    async def _ack(self, reply: str) -> None:
+        await self._nc.publish(reply, b"+ACK")
+        await self._nc.flush(timeout=self._request_timeout)
 
     async def stream_state(self, stream: str) -> StreamState | None:
         return await self._call(self._stream_state, stream)
@@ -392,6 +397,7 @@ class NatsBridge:
         return [_outcome(f) for f in futures]
 
     async def close(self) -> None:
+        self.closing = True
         await self._thread.call(self._close)
 
     async def _close(self) -> None:
@@ -449,7 +455,7 @@ async def open_bridge(
     bridge: NatsBridge | None = None
 
     def on_event(event: str) -> None:
-        if bridge is None:
+        if bridge is None or bridge.closing:
             return
         if event == "disconnected":
             bridge.disconnects += 1

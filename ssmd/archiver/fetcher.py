@@ -1,0 +1,176 @@
+"""The JetStream fetcher: a durable pull consumer that follows the archive's cursor.
+
+The archive on disk is the position; the consumer is recreated to start right after it
+whenever the stream of deliveries cannot be trusted (start-up, a reconnect, a delivery
+that never arrived), so a message delivered-but-lost can never be acknowledged by a
+later AckAll.
+
+Gaps: a jump in stream sequence is a gap only for messages that really left the stream.
+With a filter that covers the whole stream every skipped sequence is this feed's loss;
+with a narrower filter the skipped sequences still in the stream belong to other
+subjects and are not gaps (no false gaps), and those that left are counted as an
+upper bound (`exact: false`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Protocol
+
+import attrs
+import trio
+
+from ssmd.clock import WallClock
+from ssmd.nats.bridge import FetchedMessage, NatsUnavailable
+
+log = logging.getLogger("ssmd.archiver.fetcher")
+
+
+@attrs.frozen
+class GapEvent:
+    after_seq: int
+    missing_count: int
+    detected_ns: int
+    exact: bool
+
+
+@attrs.frozen
+class Batch:
+    """Messages to archive, in stream order, and the reply subject that acks them.
+
+    `ack_reply` may belong to a redelivered message that is not in `messages`; acking it
+    after this batch is on disk is still safe, since everything before it is too.
+    """
+
+    messages: list[FetchedMessage]
+    ack_reply: str | None
+    gaps: list[GapEvent] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class RotateTick:
+    slot_start_ns: int
+
+
+class Consumer(Protocol):
+    async def fetch(self, batch: int, timeout: float) -> list[FetchedMessage]: ...
+    async def close(self) -> None: ...
+
+
+class ConsumerSource(Protocol):
+    """What the fetcher needs from NATS: a consumer at a position, and stream facts."""
+
+    @property
+    def reconnects(self) -> int: ...
+    async def open_at(self, start_seq: int | None) -> Consumer: ...
+    async def first_seq(self) -> int: ...
+
+
+@attrs.define
+class FetcherStats:
+    fetched: int = 0
+    redelivered_skipped: int = 0
+    consumer_resets: int = 0
+    gaps: int = 0
+    missing: int = 0
+    nats_errors: int = 0
+
+
+async def run_fetcher(
+    source: ConsumerSource,
+    cursor: int | None,
+    send: trio.MemorySendChannel[Batch | RotateTick],
+    *,
+    batch_size: int,
+    fetch_timeout: float,
+    covers_stream: bool,
+    clock: WallClock,
+    stats: FetcherStats,
+) -> None:
+    last = cursor
+    consumer: Consumer | None = None
+    expected_delivery: int | None = None
+    reconnects = source.reconnects
+    delay = 0.1
+    async with send:
+        while True:
+            try:
+                if consumer is None:
+                    consumer = await source.open_at(None if last is None else last + 1)
+                    expected_delivery = None
+                    reconnects = source.reconnects
+                    stats.consumer_resets += 1
+                    log.info("consumer positioned after stream seq %s", last)
+                msgs = await consumer.fetch(batch_size, fetch_timeout)
+            except NatsUnavailable as exc:
+                stats.nats_errors += 1
+                log.warning("NATS unavailable (%s); retrying in %.1fs", exc, delay)
+                await _close_quietly(consumer)
+                consumer = None
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            lost_delivery = False
+            forwarded: list[FetchedMessage] = []
+            ack_reply: str | None = None
+            jumps: list[tuple[int, int]] = []
+            for m in msgs:
+                if expected_delivery is not None and m.consumer_seq != expected_delivery:
+                    lost_delivery = True
+                    log.warning(
+                        "delivery %d never arrived (got %d); rewinding the consumer to the archive",
+                        expected_delivery,
+                        m.consumer_seq,
+                    )
+                    break
+                expected_delivery = m.consumer_seq + 1
+                ack_reply = m.reply
+                if last is not None and m.stream_seq <= last:
+                    stats.redelivered_skipped += 1
+                    continue
+                if last is not None and m.stream_seq > last + 1:
+                    jumps.append((last, m.stream_seq))
+                forwarded.append(m)
+                last = m.stream_seq
+            stats.fetched += len(forwarded)
+            gaps = await _classify(jumps, source, covers_stream, clock) if jumps else []
+            for gap in gaps:
+                stats.gaps += 1
+                stats.missing += gap.missing_count
+                log.warning(
+                    "gap: %d message(s) after stream seq %d left the stream before they were archived%s",
+                    gap.missing_count,
+                    gap.after_seq,
+                    "" if gap.exact else " (upper bound: filter covers part of the stream)",
+                )
+            if forwarded or ack_reply is not None or gaps:
+                await send.send(Batch(forwarded, ack_reply, gaps))
+            if lost_delivery or source.reconnects != reconnects:
+                await _close_quietly(consumer)
+                consumer = None
+
+
+async def _close_quietly(consumer: Consumer | None) -> None:
+    if consumer is not None:
+        with contextlib.suppress(NatsUnavailable):
+            await consumer.close()
+
+
+async def _classify(
+    jumps: list[tuple[int, int]], source: ConsumerSource, covers_stream: bool, clock: WallClock
+) -> list[GapEvent]:
+    now = clock.now_ns()
+    if covers_stream:
+        return [GapEvent(a, b - a - 1, now, True) for a, b in jumps]
+    try:
+        first = await source.first_seq()
+    except NatsUnavailable:
+        return [GapEvent(a, b - a - 1, now, False) for a, b in jumps]
+    gaps = []
+    for a, b in jumps:
+        gone = min(b, first) - (a + 1)
+        if gone > 0:
+            gaps.append(GapEvent(a, gone, now, False))
+    return gaps

@@ -1,0 +1,360 @@
+"""Slot files on disk: durable appends, finishing, reading back and salvage.
+
+A file being written is `HHMM.jsonl.gz.partial`; only a finished, complete gzip file
+carries the final `HHMM.jsonl.gz` name. Each batch is compressed as one block that ends
+with a zlib sync flush, written at a known offset and fsynced, so everything acknowledged
+can be decompressed from the partial file after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import attrs
+
+from ssmd.archiver.lines import format_line
+from ssmd.subjects import DISCONTINUITY_TYPE, split_subject
+
+FINAL_SUFFIX = ".jsonl.gz"
+PARTIAL_SUFFIX = ".jsonl.gz.partial"
+SALVAGE_SUFFIX = ".salvage"
+_READ_CHUNK = 1 << 20
+_LINE_PREFIX = re.compile(rb'^\{"_seq":(\d+),"_subject":"([^"\\]*)"')
+_NAME = re.compile(r"^(\d{4}|\d{6})(?:\.(\d+))?\.jsonl\.gz$")
+
+
+class DiskFull(Exception):
+    """The disk (or quota) is full; the same write can be retried once space returns."""
+
+
+class ArchivedMessage(Protocol):
+    """What the writer needs of a message (a FetchedMessage satisfies it)."""
+
+    @property
+    def subject(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def stream_seq(self) -> int: ...
+    @property
+    def recv_ns(self) -> int | None: ...
+
+
+class FileOps:
+    """The file-system calls the archiver makes. Tests subclass it to inject faults."""
+
+    def create(self, path: Path) -> int:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view = view[written:]
+            offset += written
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def truncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def rename(self, src: Path, dst: Path) -> None:
+        os.rename(src, dst)
+
+    def unlink(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+    def fsync_dir(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def write_atomic(self, path: Path, data: bytes) -> None:
+        """Temp file, fsync, rename over `path`, fsync the directory."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        self.unlink(tmp)
+        fd = self.create(tmp)
+        try:
+            self.pwrite(fd, data, 0)
+            self.fsync(fd)
+        except OSError as exc:
+            self.close(fd)
+            self.unlink(tmp)
+            raise _classify(exc) from exc
+        self.close(fd)
+        self.rename(tmp, path)
+        self.fsync_dir(path.parent)
+
+
+def _classify(exc: OSError) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(f"{exc.strerror} ({exc.filename or 'archive'})")
+    return exc
+
+
+@attrs.define
+class FileStats:
+    records: int = 0
+    bytes: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    records_by_type: Counter[str] = attrs.field(factory=Counter)
+    discontinuities: Counter[str] = attrs.field(factory=Counter)
+    tickers: set[str] = attrs.field(factory=set)
+
+    def add(self, seq: int, subject: str, size: int) -> None:
+        self.records += 1
+        self.bytes += size
+        if self.first_seq is None:
+            self.first_seq = seq
+        self.last_seq = seq
+        type_token, ticker = split_subject(subject)
+        self.records_by_type[type_token] += 1
+        if ticker is not None:
+            self.tickers.add(ticker)
+        elif type_token == DISCONTINUITY_TYPE:
+            self.discontinuities[subject.rsplit(".", 1)[-1]] += 1
+
+    def merge(self, other: FileStats) -> None:
+        if other.records == 0:
+            return
+        self.records += other.records
+        self.bytes += other.bytes
+        if self.first_seq is None:
+            self.first_seq = other.first_seq
+        self.last_seq = other.last_seq
+        self.records_by_type.update(other.records_by_type)
+        self.discontinuities.update(other.discontinuities)
+        self.tickers |= other.tickers
+
+
+def final_name(label: str, n: int) -> str:
+    return f"{label}{FINAL_SUFFIX}" if n == 0 else f"{label}.{n}{FINAL_SUFFIX}"
+
+
+def parse_final_name(name: str) -> str | None:
+    """The slot label of a finished file name, or None if it is not one."""
+    match = _NAME.match(name)
+    return match.group(1) if match else None
+
+
+def choose_name(directory: Path, label: str) -> str:
+    """The first `label[.N].jsonl.gz` that exists neither finished nor partial."""
+    n = 0
+    while True:
+        name = final_name(label, n)
+        if not (directory / name).exists() and not (directory / (name + ".partial")).exists():
+            return name
+        n += 1
+
+
+class SlotFile:
+    """The open gzip file of one slot, written as `<name>.partial` until finished."""
+
+    def __init__(
+        self, directory: Path, label: str, start_ns: int, end_ns: int, level: int, ops: FileOps
+    ) -> None:
+        created = not directory.exists()
+        directory.mkdir(parents=True, exist_ok=True)
+        if created:
+            ops.fsync_dir(directory.parent)
+        self.directory = directory
+        self.name = choose_name(directory, label)
+        self.start_ns = start_ns
+        self.end_ns = end_ns
+        self.stats = FileStats()
+        self._ops = ops
+        self._partial = directory / (self.name + ".partial")
+        try:
+            self._fd = ops.create(self._partial)
+            ops.fsync_dir(directory)
+        except OSError as exc:
+            raise _classify(exc) from exc
+        self._compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+        self._offset = 0
+        self._pending: bytes | None = None
+        self._pending_stats: FileStats | None = None
+        self._finished = False
+
+    @property
+    def compressed_bytes(self) -> int:
+        return self._offset
+
+    @property
+    def partial_path(self) -> Path:
+        return self._partial
+
+    def append(self, messages: Sequence[ArchivedMessage]) -> None:
+        """Compress `messages` as one block, write it and fsync it.
+
+        Raises DiskFull with nothing half-done: calling `append` again with the same
+        messages retries the very same block at the same offset.
+        """
+        if self._pending is None:
+            lines: list[bytes] = []
+            stats = FileStats()
+            for m in messages:
+                line = format_line(m.stream_seq, m.subject, m.data, m.recv_ns)
+                lines.append(line)
+                stats.add(m.stream_seq, m.subject, len(line))
+            data = b"".join(lines)
+            self._pending = self._compressor.compress(data) + self._compressor.flush(
+                zlib.Z_SYNC_FLUSH
+            )
+            self._pending_stats = stats
+        self._write_pending()
+        if self._pending_stats is not None:
+            self.stats.merge(self._pending_stats)
+            self._pending_stats = None
+
+    def _write_pending(self) -> None:
+        assert self._pending is not None
+        try:
+            self._ops.pwrite(self._fd, self._pending, self._offset)
+            self._ops.fsync(self._fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self._ops.truncate(self._fd, self._offset)
+            raise _classify(exc) from exc
+        self._offset += len(self._pending)
+        self._pending = None
+
+    def finish(self) -> Path:
+        """Write the gzip trailer, fsync, rename to the final name. Retryable on DiskFull."""
+        if self._pending is not None:
+            self.append(())
+        if not self._finished:
+            self._pending = self._compressor.flush(zlib.Z_FINISH)
+            self._finished = True
+        if self._pending is not None:
+            self._write_pending()
+        self._ops.close(self._fd)
+        final = self.directory / self.name
+        self._ops.rename(self._partial, final)
+        self._ops.fsync_dir(self.directory)
+        return final
+
+
+class GzipLines:
+    """Complete lines of a gzip file, stopping quietly at truncation or corruption.
+
+    After iterating, `complete` says whether the file ended cleanly, and `error`
+    describes what stopped it otherwise.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.complete = False
+        self.error = ""
+
+    def __iter__(self) -> Iterator[bytes]:
+        decomp = zlib.decompressobj(31)
+        members = 0
+        fed = False
+        tail = b""
+        with open(self.path, "rb") as f:
+            while chunk := f.read(_READ_CHUNK):
+                while chunk:
+                    fed = True
+                    try:
+                        out = decomp.decompress(chunk)
+                    except zlib.error as exc:
+                        self.error = f"corrupt gzip data: {exc}"
+                        return
+                    if out:
+                        lines = (tail + out).split(b"\n")
+                        tail = lines.pop()
+                        for line in lines:
+                            yield line + b"\n"
+                    chunk = b""
+                    if decomp.eof:
+                        members += 1
+                        chunk = decomp.unused_data
+                        decomp = zlib.decompressobj(31)
+                        fed = False
+        if tail:
+            self.error = "ends in the middle of a line"
+        elif fed or members == 0:
+            self.error = "truncated gzip stream"
+        else:
+            self.complete = True
+
+
+def line_identity(line: bytes) -> tuple[int, str] | None:
+    """(`_seq`, `_subject`) of an archive line, read from its fixed prefix."""
+    match = _LINE_PREFIX.match(line)
+    if match is None:
+        return None
+    return int(match.group(1)), match.group(2).decode()
+
+
+def scan_stats(path: Path) -> tuple[FileStats, GzipLines]:
+    stats = FileStats()
+    reader = GzipLines(path)
+    for line in reader:
+        ident = line_identity(line)
+        if ident is not None:
+            stats.add(ident[0], ident[1], len(line))
+    return stats, reader
+
+
+def salvage(partial: Path, level: int, ops: FileOps) -> tuple[Path, FileStats] | None:
+    """Turn a leftover `.partial` into a finished file holding all its complete lines.
+
+    Idempotent: a crash at any point leaves either the partial (redo) or the finished
+    file (done). Returns None, deleting the partial, when it held no complete line.
+    """
+    final = partial.with_name(partial.name.removesuffix(".partial"))
+    tmp = partial.with_name(f".{final.name}{SALVAGE_SUFFIX}")
+    ops.unlink(tmp)
+    stats = FileStats()
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+    fd = ops.create(tmp)
+    offset = 0
+    try:
+        batch: list[bytes] = []
+        size = 0
+        for line in GzipLines(partial):
+            ident = line_identity(line)
+            if ident is None:
+                continue
+            stats.add(ident[0], ident[1], len(line))
+            batch.append(line)
+            size += len(line)
+            if size >= _READ_CHUNK:
+                block = compressor.compress(b"".join(batch))
+                ops.pwrite(fd, block, offset)
+                offset += len(block)
+                batch, size = [], 0
+        block = compressor.compress(b"".join(batch)) + compressor.flush(zlib.Z_FINISH)
+        ops.pwrite(fd, block, offset)
+        ops.fsync(fd)
+    except OSError as exc:
+        ops.close(fd)
+        ops.unlink(tmp)
+        raise _classify(exc) from exc
+    ops.close(fd)
+    if stats.records == 0:
+        ops.unlink(tmp)
+        ops.unlink(partial)
+        ops.fsync_dir(partial.parent)
+        return None
+    ops.rename(tmp, final)
+    ops.fsync_dir(partial.parent)
+    ops.unlink(partial)
+    ops.fsync_dir(partial.parent)
+    return final, stats

@@ -1,0 +1,66 @@
+"""One archive line per stream message.
+
+A line is the published payload with ssmd's metadata spliced in as leading keys that
+start with `_`: `_seq` (stream sequence), `_subject`, and `_recv_ns` (the connector's
+receive time) when the message carries it. The payload's bytes are kept as they are, so
+`json.loads(line)` minus the `_` keys equals `json.loads(payload)`.
+
+A payload that is not a JSON object, or an object with its own top-level `_` keys, is
+kept whole under `_raw` (the JSON value), or as a string under `_raw` when it is not
+JSON, or base64 under `_raw_b64` when it is not even UTF-8. Nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+_loads = json.loads
+
+
+def _subject_json(subject: str) -> bytes:
+    if subject.isascii() and '"' not in subject and "\\" not in subject and subject.isprintable():
+        return b'"' + subject.encode() + b'"'
+    return json.dumps(subject).encode()
+
+
+def format_line(seq: int, subject: str, payload: bytes, recv_ns: int | None) -> bytes:
+    head = b'{"_seq":%d,"_subject":%s' % (seq, _subject_json(subject))
+    if recv_ns is not None:
+        head += b',"_recv_ns":%d' % recv_ns
+    try:
+        value = _loads(payload.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return head + _wrap_invalid(payload) + b"}\n"
+    multiline = b"\n" in payload or b"\r" in payload
+    if isinstance(value, dict) and not any(key.startswith("_") for key in value):
+        if multiline:
+            body = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        else:
+            body = payload.strip()
+        inner = body[1:].lstrip()
+        if inner.startswith(b"}"):
+            return head + b"}\n"
+        return head + b"," + inner + b"\n"
+    if multiline:
+        raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    else:
+        raw = payload.strip()
+    return head + b',"_raw":' + raw + b"}\n"
+
+
+def _wrap_invalid(payload: bytes) -> bytes:
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return b',"_raw_b64":"' + base64.b64encode(payload) + b'"'
+    return b',"_raw":' + json.dumps(text, ensure_ascii=False).encode()
+
+
+def strip_meta(record: dict[str, object]) -> object:
+    """The original payload's value from a parsed archive line."""
+    if "_raw" in record:
+        return record["_raw"]
+    if "_raw_b64" in record:
+        return base64.b64decode(str(record["_raw_b64"]))
+    return {k: v for k, v in record.items() if not k.startswith("_")}

@@ -1,0 +1,242 @@
+"""Wiring of the archiver role: checks, recovery, then five tasks on the supervisor.
+
+    fetcher ──┐
+              ├─ batches/ticks ─> writer ─ finished files/gaps ─> manifest writer
+    rotation ─┘
+
+The fetcher and the rotation timer are producers; the writer and manifest writer are
+sinks that drain and finish the open file when the producers stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from ssmd.archiver.fetcher import Batch, Consumer, FetcherStats, RotateTick, run_fetcher
+from ssmd.archiver.files import FileOps
+from ssmd.archiver.recovery import ArchiveLocked, lock_feed_dir, recover_feed
+from ssmd.archiver.slots import NS, slot_start
+from ssmd.archiver.writer import ArchiveWriter, ManifestUpdate, WriterStatus, run_manifest_writer
+from ssmd.clock import WallClock
+from ssmd.config import Config
+from ssmd.nats.bridge import NatsBridge
+from ssmd.subjects import pattern_covers, patterns_intersect
+from ssmd.supervisor import StartupRefused, Supervisor
+
+log = logging.getLogger("ssmd.archiver")
+
+BatchSource = Callable[[trio.MemorySendChannel[Batch | RotateTick]], Awaitable[None]]
+
+
+@attrs.frozen
+class PipelineSettings:
+    feed_dir: Path
+    feed: str
+    interval_s: int
+    interval_text: str
+    compression_level: int = 6
+    queue_batches: int = 4
+
+
+@attrs.define
+class ArchiverStatus:
+    writer: WriterStatus = attrs.field(factory=WriterStatus)
+    fetcher: FetcherStats = attrs.field(factory=FetcherStats)
+    cursor: int | None = None
+
+
+async def run_rotation_timer(
+    clock: WallClock, interval_s: int, send: trio.MemorySendChannel[Batch | RotateTick]
+) -> None:
+    """Tick at every slot boundary so a slot closes on time even with no traffic."""
+    async with send:
+        while True:
+            boundary = slot_start(clock.now_ns(), interval_s) + interval_s * NS
+            await clock.sleep_until(boundary)
+            await send.send(RotateTick(boundary))
+
+
+def start_pipeline(
+    sup: Supervisor,
+    settings: PipelineSettings,
+    clock: WallClock,
+    source: BatchSource,
+    ack: Callable[[str], Awaitable[None]],
+    status: ArchiverStatus,
+    *,
+    ops: FileOps | None = None,
+    run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
+    on_exit: Callable[[], None] | None = None,
+) -> None:
+    """Start the four archiver tasks; `source` feeds batches (the fetcher, or a test)."""
+    batch_send, batch_receive = trio.open_memory_channel[Batch | RotateTick](settings.queue_batches)
+    manifest_send, manifest_receive = trio.open_memory_channel[ManifestUpdate](16)
+    writer = ArchiveWriter(
+        settings.feed_dir,
+        settings.interval_s,
+        settings.compression_level,
+        clock,
+        ack,
+        manifest_send,
+        status.writer,
+        ops=ops,
+        run_sync=run_sync,
+    )
+
+    async def manifest_task() -> None:
+        try:
+            await run_manifest_writer(
+                settings.feed_dir,
+                settings.feed,
+                settings.interval_text,
+                manifest_receive,
+                status.writer,
+                ops=ops,
+                run_sync=run_sync,
+            )
+        finally:
+            if on_exit is not None:
+                on_exit()
+
+    sup.start_sink("archiver.manifest", manifest_task)
+    sup.start_sink("archiver.writer", writer.run, batch_receive)
+    sup.start_producer(
+        "archiver.rotation", run_rotation_timer, clock, settings.interval_s, batch_send.clone()
+    )
+    sup.start_producer("archiver.fetcher", source, batch_send)
+
+
+class JetStreamConsumers:
+    """Opens the durable pull consumer at a position (the `ConsumerSource` for NATS)."""
+
+    def __init__(self, bridge: NatsBridge, config: Config) -> None:
+        assert config.archiver is not None
+        self._bridge = bridge
+        self._stream = config.nats.stream
+        self._archiver = config.archiver
+
+    @property
+    def reconnects(self) -> int:
+        return self._bridge.reconnects
+
+    async def open_at(self, start_seq: int | None) -> Consumer:
+        a = self._archiver
+        return await self._bridge.reset_consumer(
+            self._stream,
+            a.consumer,
+            a.filter,
+            start_seq,
+            a.ack_wait.seconds,
+            max_ack_pending=a.batch_size * (a.queue_batches + 4),
+        )
+
+    async def first_seq(self) -> int:
+        state = await self._bridge.stream_state(self._stream)
+        return state.first_seq if state is not None else 0
+
+
+async def start_archiver(
+    sup: Supervisor,
+    config: Config,
+    bridge: NatsBridge,
+    clock: WallClock,
+    *,
+    status: ArchiverStatus | None = None,
+    ops: FileOps | None = None,
+) -> ArchiverStatus:
+    archiver, storage = config.archiver, config.storage
+    assert archiver is not None and storage is not None
+    status = status or ArchiverStatus()
+    stream = config.nats.stream
+
+    state = await bridge.stream_state(stream)
+    if state is None:
+        raise StartupRefused(
+            f"stream {stream!r} does not exist on {', '.join(config.nats.servers)}; "
+            "the archiver never creates or changes streams (the connector creates it)"
+        )
+    if not any(patterns_intersect(archiver.filter, s) for s in state.subjects):
+        raise StartupRefused(
+            f"archiver.filter {archiver.filter!r} cannot match any subject of stream {stream!r} "
+            f"(its subjects: {', '.join(state.subjects) or 'none'}); nothing would be archived"
+        )
+    covers = all(pattern_covers(archiver.filter, s) for s in state.subjects)
+
+    feed = archiver.feed
+    feed_dir = Path(storage.path) / feed
+    interval_s = int(config.rotation.interval.seconds)
+    file_ops = ops or FileOps()
+    try:
+        lock_fd = lock_feed_dir(feed_dir)
+    except ArchiveLocked as exc:
+        raise StartupRefused(str(exc)) from None
+    except OSError as exc:
+        raise StartupRefused(f"cannot use storage.path {storage.path!r}: {exc.strerror}") from None
+
+    def unlock() -> None:
+        os.close(lock_fd)
+
+    try:
+        report = await trio.to_thread.run_sync(
+            recover_feed,
+            feed_dir,
+            feed,
+            interval_s,
+            config.rotation.interval.text,
+            archiver.compression_level,
+            file_ops,
+        )
+        floor = await bridge.consumer_ack_floor(stream, archiver.consumer)
+    except BaseException:
+        unlock()
+        raise
+    cursor = max((c for c in (report.cursor, floor) if c is not None), default=None)
+    if cursor is not None and state.last_seq < cursor:
+        unlock()
+        raise StartupRefused(
+            f"stream {stream!r} ends at seq {state.last_seq} but the archive in {feed_dir} "
+            f"already holds up to seq {cursor}: the stream was recreated. Move the archive "
+            "aside (or point storage.path elsewhere) to start a new one"
+        )
+    status.cursor = cursor
+    log.info(
+        "archiving %s from stream %s (filter %s) into %s; resuming after seq %s%s",
+        feed,
+        stream,
+        archiver.filter,
+        feed_dir,
+        cursor,
+        f"; salvaged {len(report.salvaged)} leftover file(s)" if report.salvaged else "",
+    )
+
+    source = JetStreamConsumers(bridge, config)
+
+    async def fetcher(send: trio.MemorySendChannel[Batch | RotateTick]) -> None:
+        await run_fetcher(
+            source,
+            cursor,
+            send,
+            batch_size=archiver.batch_size,
+            fetch_timeout=archiver.fetch_timeout.seconds,
+            covers_stream=covers,
+            clock=clock,
+            stats=status.fetcher,
+        )
+
+    settings = PipelineSettings(
+        feed_dir=feed_dir,
+        feed=feed,
+        interval_s=interval_s,
+        interval_text=config.rotation.interval.text,
+        compression_level=archiver.compression_level,
+        queue_batches=archiver.queue_batches,
+    )
+    start_pipeline(sup, settings, clock, fetcher, bridge.ack, status, ops=file_ops, on_exit=unlock)
+    return status

@@ -1,0 +1,243 @@
+"""The writer and the manifest writer: the archiver's two sinks.
+
+The writer appends each batch to the current slot's file, fsyncs, and only then acks.
+It finishes a file when its slot ends (a rotation tick, or the first batch of a later
+slot) and when its input channel closes at shutdown. Finished files go to the manifest
+writer, which merges them into the day's manifest on disk.
+
+A full disk pauses the writer: the same block is retried until it fits, nothing is
+acknowledged meanwhile, and the fetcher is held back by the bounded channel.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from ssmd.archiver.fetcher import Batch, GapEvent, RotateTick
+from ssmd.archiver.files import DiskFull, FileOps, SlotFile
+from ssmd.archiver.manifest import FileEntry, Gap, Manifest, load_or_new, write_manifest
+from ssmd.archiver.slots import NS, day_of, iso, slot_label, slot_start
+from ssmd.clock import WallClock
+from ssmd.nats.bridge import NatsUnavailable
+
+log = logging.getLogger("ssmd.archiver.writer")
+
+T = TypeVar("T")
+RunSync = Callable[..., Awaitable[Any]]
+
+
+@attrs.frozen
+class FileFinished:
+    day: str
+    entry: FileEntry
+    tickers: frozenset[str]
+
+
+@attrs.frozen
+class GapFound:
+    day: str
+    gap: Gap
+    persisted: trio.Event
+
+
+ManifestUpdate = FileFinished | GapFound
+
+
+@attrs.define
+class WriterStatus:
+    records: int = 0
+    bytes: int = 0
+    files: int = 0
+    acks: int = 0
+    ack_failures: int = 0
+    disk_full: bool = False
+    disk_full_events: int = 0
+    last_write_ns: int = 0
+    open_file: str = ""
+
+
+async def retry_disk_full(
+    run_sync: RunSync, status: WriterStatus, what: str, fn: Callable[..., T], *args: Any
+) -> T:
+    """Run a blocking file operation, pausing and retrying while the disk is full."""
+    delay = 1.0
+    while True:
+        try:
+            result: T = await run_sync(fn, *args)
+        except DiskFull as exc:
+            if not status.disk_full:
+                status.disk_full_events += 1
+                log.error(
+                    "disk full while %s (%s): pausing; nothing is acknowledged until it fits",
+                    what,
+                    exc,
+                )
+            status.disk_full = True
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            continue
+        if status.disk_full:
+            log.info("disk has room again: %s resumed", what)
+            status.disk_full = False
+        return result
+
+
+class ArchiveWriter:
+    def __init__(
+        self,
+        feed_dir: Path,
+        interval_s: int,
+        level: int,
+        clock: WallClock,
+        ack: Callable[[str], Awaitable[None]],
+        manifest_send: trio.MemorySendChannel[ManifestUpdate],
+        status: WriterStatus,
+        *,
+        ops: FileOps | None = None,
+        run_sync: RunSync = trio.to_thread.run_sync,
+    ) -> None:
+        self._feed_dir = feed_dir
+        self._interval_s = interval_s
+        self._level = level
+        self._clock = clock
+        self._ack = ack
+        self._manifest_send = manifest_send
+        self._ops = ops or FileOps()
+        self._run_sync = run_sync
+        self.status = status
+        self._current: SlotFile | None = None
+
+    async def run(self, receive: trio.MemoryReceiveChannel[Batch | RotateTick]) -> None:
+        async with self._manifest_send, receive:
+            async for item in receive:
+                if isinstance(item, RotateTick):
+                    await self._rotate_if_due()
+                else:
+                    await self._write(item)
+            await self._finish_current()
+
+    async def _rotate_if_due(self) -> None:
+        if self._current is not None:
+            now_slot = slot_start(self._clock.now_ns(), self._interval_s)
+            if now_slot != self._current.start_ns:
+                await self._finish_current()
+
+    async def _write(self, batch: Batch) -> None:
+        for gap in batch.gaps:
+            await self._persist_gap(gap)
+        if batch.messages:
+            await self._rotate_if_due()
+            if self._current is None:
+                self._current = await self._open()
+            current = self._current
+            await retry_disk_full(
+                self._run_sync,
+                self.status,
+                f"writing {current.name}",
+                current.append,
+                batch.messages,
+            )
+            self.status.records += len(batch.messages)
+            self.status.bytes = current.stats.bytes
+            self.status.last_write_ns = self._clock.now_ns()
+        if batch.ack_reply is not None:
+            try:
+                await self._ack(batch.ack_reply)
+                self.status.acks += 1
+            except NatsUnavailable as exc:
+                # Harmless: the messages are on disk; a redelivery is skipped by sequence.
+                self.status.ack_failures += 1
+                log.debug("ack failed (%s); redelivery will be skipped", exc)
+
+    async def _open(self) -> SlotFile:
+        start = slot_start(self._clock.now_ns(), self._interval_s)
+        day_dir = self._feed_dir / day_of(start)
+        label = slot_label(start, self._interval_s)
+        end = start + self._interval_s * NS
+        slot_file: SlotFile = await retry_disk_full(
+            self._run_sync,
+            self.status,
+            f"opening {day_dir.name}/{label}",
+            SlotFile,
+            day_dir,
+            label,
+            start,
+            end,
+            self._level,
+            self._ops,
+        )
+        self.status.open_file = f"{day_dir.name}/{slot_file.name}"
+        log.info("opened %s/%s.partial", day_dir.name, slot_file.name)
+        return slot_file
+
+    async def _finish_current(self) -> None:
+        current = self._current
+        if current is None:
+            return
+        final: Path = await retry_disk_full(
+            self._run_sync, self.status, f"finishing {current.name}", current.finish
+        )
+        compressed_bytes = current.compressed_bytes
+        self._current = None
+        self.status.open_file = ""
+        self.status.files += 1
+        entry = FileEntry.from_stats(
+            current.name, current.start_ns, current.end_ns, current.stats, compressed_bytes
+        )
+        log.info(
+            "finished %s/%s: %d records, %d bytes compressed",
+            final.parent.name,
+            final.name,
+            entry.records,
+            entry.compressed_bytes,
+        )
+        await self._manifest_send.send(
+            FileFinished(final.parent.name, entry, frozenset(current.stats.tickers))
+        )
+
+    async def _persist_gap(self, event: GapEvent) -> None:
+        persisted = trio.Event()
+        gap = Gap(event.after_seq, event.missing_count, iso(event.detected_ns), event.exact)
+        await self._manifest_send.send(GapFound(day_of(event.detected_ns), gap, persisted))
+        await persisted.wait()
+
+
+async def run_manifest_writer(
+    feed_dir: Path,
+    feed: str,
+    interval_text: str,
+    receive: trio.MemoryReceiveChannel[ManifestUpdate],
+    status: WriterStatus,
+    *,
+    ops: FileOps | None = None,
+    run_sync: RunSync = trio.to_thread.run_sync,
+) -> None:
+    ops = ops or FileOps()
+    current: Manifest | None = None
+    async with receive:
+        async for update in receive:
+            day_dir = feed_dir / update.day
+            if current is None or current.date != update.day:
+                current = await run_sync(load_or_new, day_dir, feed, interval_text)
+            assert current is not None
+            if isinstance(update, FileFinished):
+                current.add_file(update.entry, update.tickers)
+            else:
+                current.add_gap(update.gap)
+            await retry_disk_full(
+                run_sync,
+                status,
+                f"writing {update.day}/manifest.json",
+                write_manifest,
+                day_dir,
+                current,
+                ops,
+            )
+            if isinstance(update, GapFound):
+                update.persisted.set()
