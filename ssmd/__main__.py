@@ -1,3 +1,3 @@
-from ssmd.cli.main import main
+from ssmd.cli.entry import main
 
 raise SystemExit(main())

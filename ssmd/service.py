@@ -10,7 +10,8 @@ import trio
 from ssmd.clock import WallClock
 from ssmd.config import Config
 from ssmd.nats.bridge import NatsUnavailable, open_bridge
-from ssmd.supervisor import Supervisor, supervise
+from ssmd.signals import early_signal
+from ssmd.supervisor import EXIT_OK, Supervisor, supervise
 
 log = logging.getLogger("ssmd.service")
 
@@ -55,6 +56,8 @@ async def run_service(
                     handle_signals=handle_signals,
                 )
         except NatsUnavailable as exc:
+            if handle_signals and early_signal() is not None:
+                return EXIT_OK
             log.warning("%s; retrying in %.1fs", exc, delay)
             await trio.sleep(delay)
             delay = min(delay * 2, _CONNECT_RETRY_MAX_S)

@@ -19,6 +19,8 @@ from typing import Any
 
 import trio
 
+from ssmd.signals import early_signal
+
 log = logging.getLogger("ssmd.supervisor")
 
 EXIT_OK = 0
@@ -116,12 +118,18 @@ async def supervise(
     handle_signals: bool = True,
 ) -> int:
     """Run the roles under one nursery until they stop; return the process exit code."""
+    refused: StartupRefused | None = None
     async with trio.open_nursery() as nursery:
         sup = Supervisor(nursery, shutdown_timeout)
         if handle_signals:
             nursery.start_soon(sup._watch_signals)
+            if (name := early_signal()) is not None:
+                sup.request_stop(f"received {name} during start-up")
         try:
             await start_roles(sup)
+        except StartupRefused as exc:
+            refused = exc
+            sup.request_stop("start-up refused")
         except BaseException:
             sup._idle_scope.cancel()
             raise
@@ -129,6 +137,8 @@ async def supervise(
             sup.request_stop("no tasks to run")
             sup._idle_scope.cancel()
         await sup.stopping.wait()
+    if refused is not None:
+        raise refused
     if nursery.cancel_scope.cancelled_caught:
         log.error("shutdown did not finish within %.1fs; forced stop", shutdown_timeout)
         return EXIT_FAILURE

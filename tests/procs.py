@@ -1,0 +1,184 @@
+"""Helpers for tests that run the real `ssmd` process against a real nats-server."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ssmd.nats.bridge import NatsBridge, OutgoingMessage, StreamSpec, open_bridge
+
+
+def write_config(path: Path, nats_url: str, archive: Path, **archiver: Any) -> Path:
+    archiver.setdefault("batch_size", 500)
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in archiver.items() if k != "filter")
+    filt = archiver.get("filter", "prod.kalshi.json.>")
+    path.write_text(
+        f"""env = "prod"
+[nats]
+url = "{nats_url}"
+stream = "MARKETDATA"
+[archiver]
+consumer = "archiver-kalshi"
+filter = "{filt}"
+{extra}[storage]
+path = "{archive}"
+[rotation]
+interval = "15m"
+"""
+    )
+    return path
+
+
+class SsmdProcess:
+    def __init__(self, config: Path, roles: Sequence[str] = ("archiver",), log: Path | None = None) -> None:
+        self.config = config
+        self.roles = roles
+        self.log = log or config.with_suffix(".log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SsmdProcess:
+        self._ready_marks = self.log.read_text().count("consumer positioned") if self.log.exists() else 0
+        args = [sys.executable, "-m", "ssmd", "run", "-c", str(self.config)]
+        for role in self.roles:
+            args += ["--role", role]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        """Wait until this run has positioned its consumer (it logs that once up)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            if self.log.read_text().count("consumer positioned") > self._ready_marks:
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"ssmd not ready within {timeout}s")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self, timeout: float = 15) -> tuple[int, float]:
+        assert self.proc is not None
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        return code, time.monotonic() - start
+
+
+def stream_spec(subjects: list[str], max_msgs: int = -1) -> StreamSpec:
+    return StreamSpec(
+        name="MARKETDATA",
+        subjects=subjects,
+        max_age_s=0,
+        max_bytes=0,
+        max_msgs=max_msgs,
+        duplicate_window_s=120,
+        replicas=1,
+    )
+
+
+KINDS = [
+    ("trade", "KXBTCD-26MAR1213-T69499.99"),
+    ("ticker", "KXRANKLISTGOOGLESEARCH-26JAN-BIA"),
+    ("orderbook", "KXBTCD-26FEB14-T100000"),
+    ("lifecycle", "KXBTCD-26JAN2310-T105000"),
+]
+
+
+def sample_payload(i: int) -> bytes:
+    """Kalshi-shaped JSON, with an occasional non-object and non-JSON payload."""
+    if i % 97 == 0:
+        return b"not json \xff"
+    if i % 89 == 0:
+        return b"[1, 2, 3]"
+    kind, ticker = KINDS[i % len(KINDS)]
+    return json.dumps(
+        {"type": kind, "sid": 1, "seq": i, "msg": {"market_ticker": ticker, "yes_price": i % 100}}
+    ).encode()
+
+
+def sample_subject(i: int, feed: str = "kalshi") -> str:
+    kind, ticker = KINDS[i % len(KINDS)]
+    return f"prod.{feed}.json.{kind}.{ticker.replace('.', '%2E')}"
+
+
+async def publish_range(
+    bridge: NatsBridge, first: int, last: int, feed: str = "kalshi", batch: int = 500
+) -> None:
+    for start in range(first, last + 1, batch):
+        msgs = [
+            OutgoingMessage(sample_subject(i, feed), sample_payload(i), f"{feed}-{i}", time.time_ns())
+            for i in range(start, min(start + batch, last + 1))
+        ]
+        outcomes = await bridge.publish_batch(msgs, 10)
+        assert all(o.ok for o in outcomes), outcomes
+
+
+async def wait_for_ack_floor(bridge: NatsBridge, seq: int, timeout: float = 60) -> None:
+    with trio.fail_after(timeout):
+        while True:
+            floor = await bridge.consumer_ack_floor("MARKETDATA", "archiver-kalshi")
+            if floor is not None and floor >= seq:
+                return
+            await trio.sleep(0.05)
+
+
+def archived_records(feed_dir: Path) -> list[dict[str, Any]]:
+    """Every line of every finished file, in manifest order, day by day."""
+    out: list[dict[str, Any]] = []
+    for day in sorted(p for p in feed_dir.iterdir() if p.is_dir()):
+        manifest = json.loads((day / "manifest.json").read_text())
+        for entry in manifest["files"]:
+            with gzip.open(day / entry["name"]) as f:
+                out.extend(json.loads(line) for line in f)
+    return out
+
+
+def check_manifests(feed_dir: Path) -> dict[str, Any]:
+    """Manifest invariants; returns totals. Fails on any inconsistency."""
+    totals: dict[str, Any] = {"records": 0, "gaps": []}
+    for day in sorted(p for p in feed_dir.iterdir() if p.is_dir()):
+        manifest = json.loads((day / "manifest.json").read_text())
+        listed = [f["name"] for f in manifest["files"]]
+        assert len(listed) == len(set(listed)), f"{day}: a file is listed twice"
+        on_disk = sorted(p.name for p in day.iterdir() if not p.name.startswith("."))
+        assert sorted([*listed, "manifest.json"]) == on_disk, f"{day}: disk {on_disk} vs manifest {listed}"
+        for entry in manifest["files"]:
+            with gzip.open(day / entry["name"]) as f:
+                seqs = [json.loads(line)["_seq"] for line in f]
+            assert len(seqs) == entry["records"]
+            assert seqs[0] == entry["nats_start_seq"] and seqs[-1] == entry["nats_end_seq"]
+            assert entry["compressed_bytes"] == (day / entry["name"]).stat().st_size
+            assert sum(entry["records_by_type"].values()) == entry["records"]
+        totals["records"] += sum(f["records"] for f in manifest["files"])
+        totals["gaps"] += manifest["gaps"]
+    return totals
+
+
+
+def expected_line_value(i: int) -> Any:
+    payload = sample_payload(i)
+    try:
+        return json.loads(payload)
+    except ValueError:
+        pass
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return payload
+
+
