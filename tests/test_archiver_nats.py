@@ -173,3 +173,36 @@ async def test_filtered_consumer_on_a_two_feed_stream_reports_no_gaps(
     records = archived_records(feed_dir)
     assert len(records) == 2000
     assert all(r["_subject"].startswith("prod.kalshi.") for r in records)
+
+
+async def test_nats_server_restart_mid_stream_loses_and_doubles_nothing(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    n = 30_000
+    config = write_config(tmp_path / "ssmd.toml", nats_server.url, tmp_path / "archive", batch_size=200)
+    async with open_bridge([nats_server.url]) as bridge:
+        await bridge.ensure_stream(stream_spec(["prod.kalshi.json.>"]))
+        await publish_range(bridge, 1, n)
+    proc = SsmdProcess(config).start()
+    async with open_bridge([nats_server.url]) as bridge:
+        await wait_for_ack_floor(bridge, 2000)
+    nats_server.stop(kill=True)
+    await trio.sleep(1.5)
+    nats_server.start()
+    async with open_bridge([nats_server.url]) as bridge:
+        await wait_for_ack_floor(bridge, n, timeout=90)
+    code, _ = proc.terminate()
+    assert code == 0
+    feed_dir = tmp_path / "archive" / "kalshi"
+    seqs = [r["_seq"] for r in archived_records(feed_dir)]
+    assert seqs == list(range(1, n + 1))
+    assert check_manifests(feed_dir)["gaps"] == []
+    log = (tmp_path / "ssmd.log").read_text()
+    assert "NATS connection lost" in log
+    # The outage really fell mid-stream: the consumer was repositioned inside the range.
+    repositioned = [
+        int(line.rsplit(" ", 1)[1])
+        for line in log.splitlines()
+        if "consumer positioned after stream seq" in line and not line.endswith("None")
+    ]
+    assert any(2000 <= seq < n for seq in repositioned), repositioned

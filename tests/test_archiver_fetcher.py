@@ -1,0 +1,151 @@
+"""The fetcher's position logic against a scripted consumer (no NATS, fake clock)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from ssmd.archiver.fetcher import Batch, FetcherStats, RotateTick, run_fetcher
+from ssmd.clock import WallClock
+from ssmd.nats.bridge import FetchedMessage, NatsUnavailable
+
+pytestmark = pytest.mark.trio
+
+
+def delivery(stream_seq: int, consumer_seq: int, delivered: int = 1) -> FetchedMessage:
+    return FetchedMessage("prod.kalshi.json.trade.A", b"{}", stream_seq, consumer_seq, delivered, None, f"r{stream_seq}")
+
+
+class ScriptedConsumer:
+    def __init__(self, batches: list[list[FetchedMessage] | Exception]) -> None:
+        self.batches = batches
+
+    async def fetch(self, batch: int, timeout: float) -> list[FetchedMessage]:
+        if not self.batches:
+            await trio.sleep(timeout)
+            return []
+        item = self.batches.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    async def close(self) -> None:
+        pass
+
+
+class ScriptedSource:
+    def __init__(self, scripts: list[list[list[FetchedMessage] | Exception]], first_seq: int = 1) -> None:
+        self.scripts = scripts
+        self.opened_at: list[int | None] = []
+        self.reconnects = 0
+        self._first_seq = first_seq
+
+    async def open_at(self, start_seq: int | None) -> ScriptedConsumer:
+        self.opened_at.append(start_seq)
+        return ScriptedConsumer(self.scripts.pop(0) if self.scripts else [])
+
+    async def first_seq(self) -> int:
+        return self._first_seq
+
+
+async def collect(source: ScriptedSource, cursor: int | None, covers: bool = True) -> list[Batch]:
+    send, receive = trio.open_memory_channel[Batch | RotateTick](100)
+    out: list[Batch] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: run_fetcher(
+                source,
+                cursor,
+                send,
+                batch_size=100,
+                fetch_timeout=1,
+                covers_stream=covers,
+                clock=WallClock(0),
+                stats=FetcherStats(),
+            )
+        )
+        await trio.sleep(30)
+        nursery.cancel_scope.cancel()
+    async with receive:
+        while True:
+            try:
+                item = receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            assert isinstance(item, Batch)
+            out.append(item)
+    return out
+
+
+@pytest.fixture
+def mock_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def test_starts_right_after_the_archive_cursor(mock_clock: trio.testing.MockClock) -> None:
+    source = ScriptedSource([[[delivery(11, 1), delivery(12, 2)]]])
+    batches = await collect(source, cursor=10)
+    assert source.opened_at == [11]
+    assert [m.stream_seq for b in batches for m in b.messages] == [11, 12]
+    assert batches[0].ack_reply == "r12"
+
+
+async def test_missing_delivery_rewinds_instead_of_acking_past_it(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # Delivery 3 (stream seq 3) never arrived; acking seq 4 with AckAll would lose it.
+    source = ScriptedSource(
+        [
+            [[delivery(1, 1), delivery(2, 2), delivery(4, 4), delivery(5, 5)]],
+            [[delivery(3, 1), delivery(4, 2), delivery(5, 3)]],
+        ]
+    )
+    batches = await collect(source, cursor=None)
+    assert source.opened_at == [None, 3]
+    assert [m.stream_seq for b in batches for m in b.messages] == [1, 2, 3, 4, 5]
+    assert batches[0].ack_reply == "r2"
+    assert all(not b.gaps for b in batches)
+
+
+async def test_redeliveries_are_skipped_but_still_acked(mock_clock: trio.testing.MockClock) -> None:
+    source = ScriptedSource(
+        [[[delivery(1, 1), delivery(2, 2)], [delivery(1, 3, 2), delivery(2, 4, 2), delivery(3, 5)]]]
+    )
+    batches = await collect(source, cursor=None)
+    assert [m.stream_seq for b in batches for m in b.messages] == [1, 2, 3]
+    assert [b.ack_reply for b in batches] == ["r2", "r3"]
+
+
+async def test_jump_is_a_gap_when_the_filter_covers_the_stream(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    source = ScriptedSource([[[delivery(11, 1), delivery(15, 2)]]])
+    batches = await collect(source, cursor=10)
+    gaps = [g for b in batches for g in b.gaps]
+    assert [(g.after_seq, g.missing_count, g.exact) for g in gaps] == [(11, 3, True)]
+
+
+async def test_narrow_filter_counts_only_messages_that_left_the_stream(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # Seqs 12..14 belong to another feed and are still in the stream: no gap.
+    source = ScriptedSource([[[delivery(11, 1), delivery(15, 2)]]], first_seq=1)
+    assert not [g for b in await collect(source, cursor=10, covers=False) for g in b.gaps]
+    # After expiry the stream starts at 21: 11..20 left; 10 is an upper bound.
+    source = ScriptedSource([[[delivery(25, 1)]]], first_seq=21)
+    gaps = [g for b in await collect(source, cursor=10, covers=False) for g in b.gaps]
+    assert [(g.after_seq, g.missing_count, g.exact) for g in gaps] == [(10, 10, False)]
+
+
+async def test_nats_errors_back_off_and_reopen_at_the_cursor(mock_clock: trio.testing.MockClock) -> None:
+    source = ScriptedSource(
+        [
+            [[delivery(1, 1)], NatsUnavailable("down")],
+            [NatsUnavailable("still down")],
+            [[delivery(2, 1)]],
+        ]
+    )
+    batches = await collect(source, cursor=None)
+    assert source.opened_at == [None, 2, 2]
+    assert [m.stream_seq for b in batches for m in b.messages] == [1, 2]
