@@ -26,15 +26,20 @@ from nats.js import api
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ssmd.archiver.service import ArchiverStatus, start_archiver  # noqa: E402
-from ssmd.clock import WallClock  # noqa: E402
-from ssmd.config import parse_config  # noqa: E402
-from ssmd.nats.bridge import open_bridge  # noqa: E402
-from ssmd.nats.server import NatsServer  # noqa: E402
-from ssmd.supervisor import Supervisor, supervise  # noqa: E402
+from ssmd.archiver.service import ArchiverStatus, start_archiver
+from ssmd.clock import WallClock
+from ssmd.config import parse_config
+from ssmd.nats.bridge import open_bridge
+from ssmd.nats.server import NatsServer
+from ssmd.supervisor import Supervisor, supervise
 
 STREAM = "MARKETDATA"
-TICKERS = ["KXBTCD-26MAR1213-T69499.99", "KXBTCD-26FEB14-T100000", "INXD-25001", "KXHIGHNY-26JAN05-B45"]
+TICKERS = [
+    "KXBTCD-26MAR1213-T69499.99",
+    "KXBTCD-26FEB14-T100000",
+    "INXD-25001",
+    "KXHIGHNY-26JAN05-B45",
+]
 
 
 def kalshi_message(i: int) -> tuple[str, bytes]:
@@ -58,13 +63,17 @@ def kalshi_message(i: int) -> tuple[str, bytes]:
 async def fill_stream(url: str, n: int) -> float:
     nc = await nats.connect(url)
     js = nc.jetstream(publish_async_max_pending=4000)
-    await js.add_stream(api.StreamConfig(name=STREAM, subjects=["prod.kalshi.json.>"], storage=api.StorageType.FILE))
+    await js.add_stream(
+        api.StreamConfig(name=STREAM, subjects=["prod.kalshi.json.>"], storage=api.StorageType.FILE)
+    )
     size = 0
     futures = []
     for i in range(n):
         subject, payload = kalshi_message(i)
         size += len(payload)
-        futures.append(await js.publish_async(subject, payload, headers={"Ssmd-Recv-Ns": str(time.time_ns())}))
+        futures.append(
+            await js.publish_async(subject, payload, headers={"Ssmd-Recv-Ns": str(time.time_ns())})
+        )
         if len(futures) >= 2000:
             await asyncio.gather(*futures)
             futures.clear()
@@ -78,7 +87,9 @@ async def bare_fetch_ack(url: str, n: int, durable: str) -> float:
     js = nc.jetstream()
     await js.add_consumer(
         STREAM,
-        api.ConsumerConfig(durable_name=durable, ack_policy=api.AckPolicy.ALL, max_ack_pending=20000),
+        api.ConsumerConfig(
+            durable_name=durable, ack_policy=api.AckPolicy.ALL, max_ack_pending=20000
+        ),
     )
     sub = await js.pull_subscribe_bind(durable, STREAM)
     got = 0
@@ -124,9 +135,13 @@ async def ssmd_archiver(url: str, n: int, durable: str, archive: Path) -> tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; medians are reported")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternating rounds; medians are reported"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ssmd-bench-"))
     server = NatsServer(tmp / "js")
@@ -137,12 +152,16 @@ def main() -> None:
         ours: list[float] = []
         for r in range(args.rounds):
             bare.append(asyncio.run(bare_fetch_ack(server.url, args.messages, f"bare{r}")))
-            rate, _acks = trio.run(ssmd_archiver, server.url, args.messages, f"ssmd{r}", tmp / f"archive{r}")
+            rate, _acks = trio.run(
+                ssmd_archiver, server.url, args.messages, f"ssmd{r}", tmp / f"archive{r}"
+            )
             ours.append(rate)
         bare.sort()
         ours.sort()
         b, o = bare[len(bare) // 2], ours[len(ours) // 2]
-        print(f"archiver benchmark: {args.messages} messages of ~{avg:.0f} B, {args.rounds} rounds (median)")
+        print(
+            f"archiver benchmark: {args.messages} messages of ~{avg:.0f} B, {args.rounds} rounds (median)"
+        )
         print(f"  bare nats-py fetch(1000)+ack-all (asyncio) : {b:>9,.0f} msg/s")
         print(f"  ssmd archiver (format+gzip+fsync+ack)      : {o:>9,.0f} msg/s")
         print(f"  ratio                                      : {o / b:>9.2f}")

@@ -36,7 +36,9 @@ async def run_inline(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
-def message(seq: int, ticker: str = "KXBTCD-26FEB14-T100000", kind: str = "trade") -> FetchedMessage:
+def message(
+    seq: int, ticker: str = "KXBTCD-26FEB14-T100000", kind: str = "trade"
+) -> FetchedMessage:
     payload = json.dumps({"type": kind, "sid": 1, "seq": seq, "msg": {"market_ticker": ticker}})
     return FetchedMessage(
         subject=f"prod.kalshi.json.{kind}.{ticker.replace('.', '%2E')}",
@@ -119,9 +121,13 @@ class Harness:
             async for item in self._receive:
                 await send.send(item)
 
-    async def start(self, nursery: trio.Nursery, clock: WallClock, shutdown_timeout: float = 5) -> None:
+    async def start(
+        self, nursery: trio.Nursery, clock: WallClock, shutdown_timeout: float = 5
+    ) -> None:
         self.clock = clock
-        report = recover_feed(self.feed_dir, "kalshi", self.interval_s, f"{self.interval_s}s", 6, self.ops)
+        report = recover_feed(
+            self.feed_dir, "kalshi", self.interval_s, f"{self.interval_s}s", 6, self.ops
+        )
         self.status.cursor = report.cursor
         lock_fd = lock_feed_dir(self.feed_dir)
         settings = PipelineSettings(self.feed_dir, "kalshi", self.interval_s, f"{self.interval_s}s")

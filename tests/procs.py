@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from typing import Any
 
 import trio
 
-from ssmd.nats.bridge import NatsBridge, OutgoingMessage, StreamSpec, open_bridge
+from ssmd.nats.bridge import NatsBridge, OutgoingMessage, StreamSpec
 
 
 def write_config(path: Path, nats_url: str, archive: Path, **archiver: Any) -> Path:
@@ -40,14 +39,18 @@ interval = "15m"
 
 
 class SsmdProcess:
-    def __init__(self, config: Path, roles: Sequence[str] = ("archiver",), log: Path | None = None) -> None:
+    def __init__(
+        self, config: Path, roles: Sequence[str] = ("archiver",), log: Path | None = None
+    ) -> None:
         self.config = config
         self.roles = roles
         self.log = log or config.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> SsmdProcess:
-        self._ready_marks = self.log.read_text().count("consumer positioned") if self.log.exists() else 0
+        self._ready_marks = (
+            self.log.read_text().count("consumer positioned") if self.log.exists() else 0
+        )
         args = [sys.executable, "-m", "ssmd", "run", "-c", str(self.config)]
         for role in self.roles:
             args += ["--role", role]
@@ -121,7 +124,9 @@ async def publish_range(
 ) -> None:
     for start in range(first, last + 1, batch):
         msgs = [
-            OutgoingMessage(sample_subject(i, feed), sample_payload(i), f"{feed}-{i}", time.time_ns())
+            OutgoingMessage(
+                sample_subject(i, feed), sample_payload(i), f"{feed}-{i}", time.time_ns()
+            )
             for i in range(start, min(start + batch, last + 1))
         ]
         outcomes = await bridge.publish_batch(msgs, 10)
@@ -156,7 +161,9 @@ def check_manifests(feed_dir: Path) -> dict[str, Any]:
         listed = [f["name"] for f in manifest["files"]]
         assert len(listed) == len(set(listed)), f"{day}: a file is listed twice"
         on_disk = sorted(p.name for p in day.iterdir() if not p.name.startswith("."))
-        assert sorted([*listed, "manifest.json"]) == on_disk, f"{day}: disk {on_disk} vs manifest {listed}"
+        assert sorted([*listed, "manifest.json"]) == on_disk, (
+            f"{day}: disk {on_disk} vs manifest {listed}"
+        )
         for entry in manifest["files"]:
             with gzip.open(day / entry["name"]) as f:
                 seqs = [json.loads(line)["_seq"] for line in f]
@@ -169,7 +176,6 @@ def check_manifests(feed_dir: Path) -> dict[str, Any]:
     return totals
 
 
-
 def expected_line_value(i: int) -> Any:
     payload = sample_payload(i)
     try:
@@ -180,5 +186,3 @@ def expected_line_value(i: int) -> Any:
         return payload.decode("utf-8")
     except UnicodeDecodeError:
         return payload
-
-

@@ -24,7 +24,9 @@ def names(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
 
 
-async def test_files_cover_aligned_slots(tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+async def test_files_cover_aligned_slots(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
     h = Harness(tmp_path)
     async with trio.open_nursery() as nursery:
         await h.start(nursery, WallClock(utc_ns(2026, 1, 5, 11, 58)))
@@ -122,12 +124,18 @@ async def test_restart_merges_the_manifest_and_never_overwrites(
         await second.send.send(batch(21, 30, ticker="C"))
         assert await second.stop() == 0
     manifest = second.manifest("2026-01-05")
-    assert [f["name"] for f in manifest["files"]] == ["1145.jsonl.gz", "1200.jsonl.gz", "1200.1.jsonl.gz"]
+    assert [f["name"] for f in manifest["files"]] == [
+        "1145.jsonl.gz",
+        "1200.jsonl.gz",
+        "1200.1.jsonl.gz",
+    ]
     assert manifest["tickers"] == ["A", "B", "C"]
     assert [r["_seq"] for r in second.lines("2026-01-05")] == list(range(1, 31))
 
 
-async def test_acknowledged_only_after_fsync(tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+async def test_acknowledged_only_after_fsync(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
     ops = RecordingOps()
     h = Harness(tmp_path, ops=ops)
 
@@ -178,7 +186,12 @@ async def test_gap_is_in_the_manifest_before_the_batch_is_acked(
         if reply == "ack.20":
             gaps = h.manifest("2026-01-05")["gaps"]
             assert gaps == [
-                {"after_seq": 10, "missing_count": 5, "detected_at": "2026-01-05T12:03:00Z", "exact": True}
+                {
+                    "after_seq": 10,
+                    "missing_count": 5,
+                    "detected_at": "2026-01-05T12:03:00Z",
+                    "exact": True,
+                }
             ]
 
     h.ack_check = check
@@ -187,7 +200,9 @@ async def test_gap_is_in_the_manifest_before_the_batch_is_acked(
         await h.start(nursery, clock)
         await h.send.send(batch(1, 10))
         later = batch(16, 20)
-        await h.send.send(Batch(later.messages, later.ack_reply, [GapEvent(10, 5, clock.now_ns(), True)]))
+        await h.send.send(
+            Batch(later.messages, later.ack_reply, [GapEvent(10, 5, clock.now_ns(), True)])
+        )
         assert await h.stop() == 0
     manifest = h.manifest("2026-01-05")
     assert manifest["has_gaps"] is True

@@ -43,7 +43,9 @@ async def test_archives_exactly_n_mixed_messages(tmp_path: Path, nats_server: Na
         assert record["_recv_ns"] > 0
     totals = check_manifests(feed_dir)
     assert totals["records"] == n and totals["gaps"] == []
-    manifest = (feed_dir / next(p.name for p in feed_dir.iterdir() if p.is_dir()) / "manifest.json").read_text()
+    manifest = (
+        feed_dir / next(p.name for p in feed_dir.iterdir() if p.is_dir()) / "manifest.json"
+    ).read_text()
     assert "KXBTCD-26MAR1213-T69499.99" in manifest  # tickers are decoded
 
 
@@ -52,7 +54,9 @@ async def test_kill9_mid_stream_loses_nothing_and_doubles_nothing(
 ) -> None:
     n = 20_000
     rng = random.Random(7)
-    config = write_config(tmp_path / "ssmd.toml", nats_server.url, tmp_path / "archive", batch_size=200)
+    config = write_config(
+        tmp_path / "ssmd.toml", nats_server.url, tmp_path / "archive", batch_size=200
+    )
     async with open_bridge([nats_server.url]) as bridge:
         await bridge.ensure_stream(stream_spec(["prod.kalshi.json.>"]))
         proc = SsmdProcess(config).start()
@@ -149,7 +153,9 @@ async def test_messages_expired_while_down_are_a_gap_with_their_count(
         assert proc.terminate()[0] == 0
     feed_dir = tmp_path / "archive" / "kalshi"
     totals = check_manifests(feed_dir)
-    assert [(g["after_seq"], g["missing_count"], g["exact"]) for g in totals["gaps"]] == [(100, 100, True)]
+    assert [(g["after_seq"], g["missing_count"], g["exact"]) for g in totals["gaps"]] == [
+        (100, 100, True)
+    ]
     seqs = [r["_seq"] for r in archived_records(feed_dir)]
     assert seqs == [*range(1, 101), *range(201, 401)]
 
@@ -179,7 +185,9 @@ async def test_nats_server_restart_mid_stream_loses_and_doubles_nothing(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
     n = 30_000
-    config = write_config(tmp_path / "ssmd.toml", nats_server.url, tmp_path / "archive", batch_size=200)
+    config = write_config(
+        tmp_path / "ssmd.toml", nats_server.url, tmp_path / "archive", batch_size=200
+    )
     async with open_bridge([nats_server.url]) as bridge:
         await bridge.ensure_stream(stream_spec(["prod.kalshi.json.>"]))
         await publish_range(bridge, 1, n)

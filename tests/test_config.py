@@ -1,0 +1,124 @@
+"""The config contract: documented keys, one-line errors, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ssmd.config import ConfigError, load_config
+
+GOOD = """\
+env = "prod"
+[nats]
+url = "nats://127.0.0.1:4222"
+stream = "MARKETDATA"
+[archiver]
+consumer = "archiver-kalshi"
+filter = "prod.kalshi.json.>"
+[storage]
+path = "/var/lib/ssmd/archive"
+[rotation]
+interval = "15m"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "ssmd.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_documented_contract_parses(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert config.env == "prod"
+    assert config.nats.servers == ["nats://127.0.0.1:4222"]
+    assert config.nats.stream == "MARKETDATA"
+    assert config.archiver is not None and config.archiver.consumer == "archiver-kalshi"
+    assert config.archiver.feed == "kalshi"
+    assert config.storage is not None and config.storage.path == "/var/lib/ssmd/archive"
+    assert config.rotation.interval.seconds == 900
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "expected"),
+    [
+        (('interval = "15m"', 'interval = "7m"'), "rotation.interval", "divides 24h"),
+        (('interval = "15m"', 'interval = "fifteen"'), "rotation.interval", "duration"),
+        (('consumer = "archiver-kalshi"\n', ""), "archiver.consumer", "required key is missing"),
+        (
+            ('stream = "MARKETDATA"', 'stream = "MARKETDATA"\nstreem = "x"'),
+            "nats.streem",
+            "unknown key",
+        ),
+        (('env = "prod"', "env = 3"), "env", "expected a string"),
+        (('env = "prod"', 'env = "pr.od"'), "env", "one NATS subject token"),
+        (('filter = "prod.kalshi.json.>"', 'filter = "prod.*.json.>"'), "archiver.filter", "feed"),
+        (("[archiver]", "[archiver]\nbatch_size = 0"), "archiver.batch_size", "positive"),
+        (
+            ("[archiver]", '[archiver]\nbatch_size = "x"'),
+            "archiver.batch_size",
+            "expected an integer",
+        ),
+        (('path = "/var/lib/ssmd/archive"', "path = 5"), "storage.path", "expected a string"),
+    ],
+)
+def test_a_bad_key_is_named_with_what_was_expected(
+    tmp_path: Path, change: tuple[str, str], key: str, expected: str
+) -> None:
+    path = write(tmp_path, GOOD.replace(*change))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}: "), message
+    assert expected in message
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(write(tmp_path, "env = \n"))
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ssmd", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_config_check_accepts_a_good_file(tmp_path: Path) -> None:
+    result = run_cli("config", "check", "-c", str(write(tmp_path, GOOD)))
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_config_error_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('interval = "15m"', 'interval = "7m"'))
+    for args in (
+        ["config", "check", "-c", str(path)],
+        ["run", "-c", str(path), "--role", "archiver"],
+    ):
+        result = run_cli(*args)
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert str(path) in lines[0] and "rotation.interval" in lines[0]
+
+
+def test_a_role_without_its_section_is_a_config_error(tmp_path: Path) -> None:
+    only_nats = 'env = "prod"\n[nats]\nurl = "nats://127.0.0.1:4222"\n'
+    result = run_cli("run", "-c", str(write(tmp_path, only_nats)), "--role", "archiver")
+    assert result.returncode == 2
+    assert "[archiver] is required" in result.stderr
+
+
+def test_examples_are_valid(tmp_path: Path) -> None:
+    examples = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.toml"))
+    assert examples, "examples/ has no configs"
+    for example in examples:
+        result = run_cli("config", "check", "-c", str(example))
+        assert result.returncode == 0, f"{example.name}: {result.stderr}"
