@@ -14,7 +14,15 @@ pytestmark = pytest.mark.trio
 
 
 def delivery(stream_seq: int, consumer_seq: int, delivered: int = 1) -> FetchedMessage:
-    return FetchedMessage("prod.kalshi.json.trade.A", b"{}", stream_seq, consumer_seq, delivered, None, f"r{stream_seq}")
+    return FetchedMessage(
+        "prod.kalshi.json.trade.A",
+        b"{}",
+        stream_seq,
+        consumer_seq,
+        delivered,
+        None,
+        f"r{stream_seq}",
+    )
 
 
 class ScriptedConsumer:
@@ -35,7 +43,9 @@ class ScriptedConsumer:
 
 
 class ScriptedSource:
-    def __init__(self, scripts: list[list[list[FetchedMessage] | Exception]], first_seq: int = 1) -> None:
+    def __init__(
+        self, scripts: list[list[list[FetchedMessage] | Exception]], first_seq: int = 1
+    ) -> None:
         self.scripts = scripts
         self.opened_at: list[int | None] = []
         self.reconnects = 0
@@ -138,7 +148,9 @@ async def test_narrow_filter_counts_only_messages_that_left_the_stream(
     assert [(g.after_seq, g.missing_count, g.exact) for g in gaps] == [(10, 10, False)]
 
 
-async def test_nats_errors_back_off_and_reopen_at_the_cursor(mock_clock: trio.testing.MockClock) -> None:
+async def test_nats_errors_back_off_and_reopen_at_the_cursor(
+    mock_clock: trio.testing.MockClock,
+) -> None:
     source = ScriptedSource(
         [
             [[delivery(1, 1)], NatsUnavailable("down")],
