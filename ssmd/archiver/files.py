@@ -20,14 +20,13 @@ from typing import Protocol
 
 import attrs
 
-from ssmd.archiver.lines import format_line
+from ssmd.archiver.lines import format_line, read_prefix
 from ssmd.subjects import DISCONTINUITY_TYPE, split_subject
 
 FINAL_SUFFIX = ".jsonl.gz"
 PARTIAL_SUFFIX = ".jsonl.gz.partial"
 SALVAGE_SUFFIX = ".salvage"
 _READ_CHUNK = 1 << 20
-_LINE_PREFIX = re.compile(rb'^\{"_seq":(\d+),"_subject":"([^"\\]*)"')
 _NAME = re.compile(r"^(\d{4}|\d{6})(?:\.(\d+))?\.jsonl\.gz$")
 
 
@@ -296,10 +295,8 @@ class GzipLines:
 
 def line_identity(line: bytes) -> tuple[int, str] | None:
     """(`_seq`, `_subject`) of an archive line, read from its fixed prefix."""
-    match = _LINE_PREFIX.match(line)
-    if match is None:
-        return None
-    return int(match.group(1)), match.group(2).decode()
+    prefix = read_prefix(line)
+    return None if prefix is None else (prefix[0], prefix[1])
 
 
 def scan_stats(path: Path) -> tuple[FileStats, GzipLines]:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 _loads = json.loads
+_PREFIX = re.compile(rb'^\{"_seq":(\d+),"_subject":"([^"\\]*)"(?:,"_recv_ns":(\d+))?')
 
 
 def _subject_json(subject: str) -> bytes:
@@ -64,3 +66,13 @@ def strip_meta(record: dict[str, object]) -> object:
     if "_raw_b64" in record:
         return base64.b64decode(str(record["_raw_b64"]))
     return {k: v for k, v in record.items() if not k.startswith("_")}
+
+
+def read_prefix(line: bytes) -> tuple[int, str, int | None] | None:
+    """(`_seq`, `_subject`, `_recv_ns`) from an archive line's fixed prefix, without
+    parsing the payload; None for a line ssmd did not write."""
+    match = _PREFIX.match(line)
+    if match is None:
+        return None
+    recv = match.group(3)
+    return int(match.group(1)), match.group(2).decode(), int(recv) if recv else None

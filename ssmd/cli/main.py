@@ -24,6 +24,8 @@ ssmd records prediction-market data: Kalshi WebSocket -> NATS JetStream -> JSONL
   ssmd run -c ssmd.toml --role archiver      only the archiver
   ssmd config check -c ssmd.toml             validate a config and exit
   ssmd demo                                  a self-contained demo (embedded nats-server)
+  ssmd data ls --path /var/lib/ssmd/archive  what is archived, per feed and day
+  ssmd data verify --path ...                check files against manifests (exit 1 if not)
 
 Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration or refused start.
 """
@@ -154,12 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=20.0, help="seconds to run (default 20)")
     demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     demo.set_defaults(func=cmd_demo)
+
+    from ssmd.cli.data import add_data_commands
+
+    add_data_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "data":
+        from ssmd.cli.data import run_data_command
+
+        return run_data_command(args)
     code: int = args.func(args)
     return code
 
