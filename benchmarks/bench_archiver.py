@@ -15,21 +15,21 @@ import argparse
 import asyncio
 import json
 import shutil
-import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import nats
 import trio
 from nats.js import api
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from ssmd.archiver.files import FileOps, SlotFile
+from ssmd.archiver.lines import format_line
 from ssmd.archiver.service import ArchiverStatus, start_archiver
 from ssmd.clock import WallClock
 from ssmd.config import parse_config
-from ssmd.nats.bridge import open_bridge
+from ssmd.nats.bridge import FetchedMessage, open_bridge
 from ssmd.nats.server import NatsServer
 from ssmd.supervisor import Supervisor, supervise
 
@@ -134,6 +134,30 @@ async def ssmd_archiver(url: str, n: int, durable: str, archive: Path) -> tuple[
     return n / elapsed, status.writer.acks
 
 
+def writer_vs_raw_gzip(n: int, tmp: Path) -> tuple[float, float]:
+    """The writer's per-batch work from memory, against bare zlib on the same lines."""
+    msgs = [
+        FetchedMessage(subject, payload, i + 1, i + 1, 1, time.time_ns(), "")
+        for i, (subject, payload) in enumerate(kalshi_message(i) for i in range(n))
+    ]
+    lines = [format_line(m.stream_seq, m.subject, m.data, m.recv_ns) for m in msgs]
+    start = time.perf_counter()
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+    with open(tmp / "raw.gz", "wb") as f:
+        for i in range(0, n, 1000):
+            f.write(
+                compressor.compress(b"".join(lines[i : i + 1000]))
+                + compressor.flush(zlib.Z_SYNC_FLUSH)
+            )
+    raw = n / (time.perf_counter() - start)
+    start = time.perf_counter()
+    slot = SlotFile(tmp / "writer", "0000", 0, 900 * 10**9, 6, FileOps())
+    for i in range(0, n, 1000):
+        slot.append(msgs[i : i + 1000])
+    slot.finish()
+    return n / (time.perf_counter() - start), raw
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -156,6 +180,7 @@ def main() -> None:
                 ssmd_archiver, server.url, args.messages, f"ssmd{r}", tmp / f"archive{r}"
             )
             ours.append(rate)
+        writer, raw = writer_vs_raw_gzip(args.messages, tmp)
         bare.sort()
         ours.sort()
         b, o = bare[len(bare) // 2], ours[len(ours) // 2]
@@ -165,6 +190,9 @@ def main() -> None:
         print(f"  bare nats-py fetch(1000)+ack-all (asyncio) : {b:>9,.0f} msg/s")
         print(f"  ssmd archiver (format+gzip+fsync+ack)      : {o:>9,.0f} msg/s")
         print(f"  ratio                                      : {o / b:>9.2f}")
+        print(f"  raw zlib level 6, 1000-line blocks         : {raw:>9,.0f} msg/s")
+        print(f"  ssmd writer (format+gzip+write+fsync)      : {writer:>9,.0f} msg/s")
+        print(f"  ratio                                      : {writer / raw:>9.2f}")
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -107,13 +107,14 @@ def _classify(exc: OSError) -> Exception:
 
 @attrs.define
 class FileStats:
+    """What a file holds. Counting per subject keeps the per-message cost to one
+    increment; types, tickers and discontinuities are derived from the subjects."""
+
     records: int = 0
     bytes: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
-    records_by_type: Counter[str] = attrs.field(factory=Counter)
-    discontinuities: Counter[str] = attrs.field(factory=Counter)
-    tickers: set[str] = attrs.field(factory=set)
+    subjects: Counter[str] = attrs.field(factory=Counter)
 
     def add(self, seq: int, subject: str, size: int) -> None:
         self.records += 1
@@ -121,12 +122,7 @@ class FileStats:
         if self.first_seq is None:
             self.first_seq = seq
         self.last_seq = seq
-        type_token, ticker = split_subject(subject)
-        self.records_by_type[type_token] += 1
-        if ticker is not None:
-            self.tickers.add(ticker)
-        elif type_token == DISCONTINUITY_TYPE:
-            self.discontinuities[subject.rsplit(".", 1)[-1]] += 1
+        self.subjects[subject] += 1
 
     def merge(self, other: FileStats) -> None:
         if other.records == 0:
@@ -136,9 +132,26 @@ class FileStats:
         if self.first_seq is None:
             self.first_seq = other.first_seq
         self.last_seq = other.last_seq
-        self.records_by_type.update(other.records_by_type)
-        self.discontinuities.update(other.discontinuities)
-        self.tickers |= other.tickers
+        self.subjects.update(other.subjects)
+
+    @property
+    def records_by_type(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for subject, n in self.subjects.items():
+            out[split_subject(subject)[0]] += n
+        return out
+
+    @property
+    def discontinuities(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for subject, n in self.subjects.items():
+            if split_subject(subject)[0] == DISCONTINUITY_TYPE:
+                out[subject.rsplit(".", 1)[-1]] += n
+        return out
+
+    @property
+    def tickers(self) -> set[str]:
+        return {t for t in (split_subject(s)[1] for s in self.subjects) if t is not None}
 
 
 def final_name(label: str, n: int) -> str:
