@@ -88,7 +88,7 @@ async def _progress(status: ArchiverStatus, published: list[int], stop_at: float
         rate = (archived - last) / (now - last_t)
         last, last_t = archived, now
         left = max(0.0, stop_at - now)
-        state = "disk full" if status.writer.disk_full else "archiving"
+        state = "disk full" if status.writer.disk_full.value else "archiving"
         line = (
             f"\r{rate:7.0f} msg/s | published {published[0]:>8} | archived {archived:>8} | "
             f"files {status.writer.files:>3} | gaps {status.fetcher.gaps} | {state} | {left:4.0f}s left "

@@ -163,11 +163,10 @@ async def test_full_disk_pauses_then_resumes_without_loss(
         await trio.sleep(1)
         ops.full_writes = 3
         await h.send.send(batch(11, 20))
-        await trio.sleep(0.5)
-        assert h.status.writer.disk_full
+        await h.status.writer.disk_full.wait_value(True)
+        await trio.sleep(5)
         assert h.acked == ["ack.10"], "nothing may be acknowledged while the disk is full"
-        await trio.sleep(30)
-        assert not h.status.writer.disk_full
+        await h.status.writer.disk_full.wait_value(False)
         assert h.acked == ["ack.10", "ack.20"]
         await h.send.send(batch(21, 30))
         assert await h.stop() == 0

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import attrs
 import trio
+from trio_util import AsyncBool
 
 from ssmd.archiver.fetcher import Batch, GapEvent, RotateTick
 from ssmd.archiver.files import DiskFull, FileOps, SlotFile
@@ -56,7 +57,8 @@ class WriterStatus:
     files: int = 0
     acks: int = 0
     ack_failures: int = 0
-    disk_full: bool = False
+    # Observable, so health checks and tests can wait for the transition itself.
+    disk_full: AsyncBool = attrs.field(factory=AsyncBool)
     disk_full_events: int = 0
     last_write_ns: int = 0
     open_file: str = ""
@@ -71,20 +73,20 @@ async def retry_disk_full(
         try:
             result: T = await run_sync(fn, *args)
         except DiskFull as exc:
-            if not status.disk_full:
+            if not status.disk_full.value:
                 status.disk_full_events += 1
                 log.error(
                     "disk full while %s (%s): pausing; nothing is acknowledged until it fits",
                     what,
                     exc,
                 )
-            status.disk_full = True
+            status.disk_full.value = True
             await trio.sleep(delay)
             delay = min(delay * 2, 30.0)
             continue
-        if status.disk_full:
+        if status.disk_full.value:
             log.info("disk has room again: %s resumed", what)
-            status.disk_full = False
+            status.disk_full.value = False
         return result
 
 
