@@ -167,6 +167,7 @@ async def test_full_disk_pauses_then_resumes_without_loss(
         await trio.sleep(5)
         assert h.acked == ["ack.10"], "nothing may be acknowledged while the disk is full"
         await h.status.writer.disk_full.wait_value(False)
+        await trio.sleep(1)
         assert h.acked == ["ack.10", "ack.20"]
         await h.send.send(batch(21, 30))
         assert await h.stop() == 0

@@ -13,7 +13,9 @@ from ssmd.nats.bridge import FetchedMessage, NatsUnavailable
 pytestmark = pytest.mark.trio
 
 
-def delivery(stream_seq: int, consumer_seq: int, delivered: int = 1) -> FetchedMessage:
+def delivery(
+    stream_seq: int, consumer_seq: int, delivered: int = 1, pending: int = 0
+) -> FetchedMessage:
     return FetchedMessage(
         "prod.kalshi.json.trade.A",
         b"{}",
@@ -22,6 +24,7 @@ def delivery(stream_seq: int, consumer_seq: int, delivered: int = 1) -> FetchedM
         delivered,
         None,
         f"r{stream_seq}",
+        pending,
     )
 
 
@@ -161,3 +164,32 @@ async def test_nats_errors_back_off_and_reopen_at_the_cursor(
     batches = await collect(source, cursor=None)
     assert source.opened_at == [None, 2, 2]
     assert [m.stream_seq for b in batches for m in b.messages] == [1, 2]
+
+
+async def test_first_delivery_after_opening_is_checked_too(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # Delivery 1 (seq 11) was lost; acking seq 13 would also ack 11.
+    source = ScriptedSource(
+        [[[delivery(12, 2), delivery(13, 3)]], [[delivery(11, 1), delivery(12, 2)]]]
+    )
+    batches = await collect(source, cursor=10)
+    assert source.opened_at == [11, 11]
+    assert [m.stream_seq for b in batches for m in b.messages] == [11, 12]
+    assert all(not b.gaps for b in batches)
+
+
+async def test_quiet_feed_on_a_busy_stream_has_no_false_gap(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # Caught up at seq 11 (nothing pending); other feeds' messages 12..59 then aged out.
+    source = ScriptedSource([[[delivery(11, 1, pending=0)], [delivery(60, 2)]]], first_seq=50)
+    assert not [g for b in await collect(source, cursor=10, covers=False) for g in b.gaps]
+
+
+async def test_behind_on_a_narrow_filter_counts_what_left_as_an_upper_bound(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    source = ScriptedSource([[[delivery(11, 1, pending=5)], [delivery(60, 2)]]], first_seq=50)
+    gaps = [g for b in await collect(source, cursor=10, covers=False) for g in b.gaps]
+    assert [(g.after_seq, g.missing_count, g.exact) for g in gaps] == [(11, 38, False)]

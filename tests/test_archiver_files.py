@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssmd.archiver.files import FileOps, GzipLines, SlotFile, salvage
-from ssmd.archiver.lines import format_line, strip_meta
+from ssmd.archiver.lines import format_line, read_prefix, strip_meta
 from ssmd.archiver.manifest import load_manifest
 from ssmd.archiver.recovery import recover_feed
 from tests.archive_harness import message, utc_ns
@@ -49,6 +49,13 @@ def test_any_bytes_are_kept(payload: bytes) -> None:
         except UnicodeDecodeError:
             expected = payload
     assert kept == expected
+
+
+@given(subject=st.text(min_size=1), recv=st.none() | st.integers(min_value=0, max_value=2**63))
+def test_the_line_prefix_reads_back_any_subject(subject: str, recv: int | None) -> None:
+    line = format_line(42, subject, b'{"a":1}', recv)
+    assert read_prefix(line) == (42, subject, recv)
+    assert json.loads(line)["_subject"] == subject
 
 
 def test_payload_bytes_are_spliced_untouched() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,43 @@ async def test_nats_server_restart_mid_stream_loses_and_doubles_nothing(
         if "consumer positioned after stream seq" in line and not line.endswith("None")
     ]
     assert any(2000 <= seq < n for seq in repositioned), repositioned
+
+
+async def test_a_consumer_deleted_under_the_archiver_is_recreated(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    config = write_config(tmp_path / "ssmd.toml", nats_server.url, tmp_path / "archive")
+    async with open_bridge([nats_server.url]) as bridge:
+        await bridge.ensure_stream(stream_spec(["prod.kalshi.json.>"]))
+        await publish_range(bridge, 1, 100)
+        proc = SsmdProcess(config).start()
+        await wait_for_ack_floor(bridge, 100)
+        assert await bridge.delete_consumer("MARKETDATA", "archiver-kalshi")
+        await publish_range(bridge, 101, 300)
+        await wait_for_ack_floor(bridge, 300, timeout=30)
+        code, _ = proc.terminate()
+    assert code == 0
+    feed_dir = tmp_path / "archive" / "kalshi"
+    assert [r["_seq"] for r in archived_records(feed_dir)] == list(range(1, 301))
+    assert "pull consumer lost" in (tmp_path / "ssmd.log").read_text()
+
+
+async def test_sigterm_while_nats_hangs_still_finishes_within_the_deadline(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    config = write_config(tmp_path / "ssmd.toml", nats_server.url, tmp_path / "archive")
+    async with open_bridge([nats_server.url]) as bridge:
+        await bridge.ensure_stream(stream_spec(["prod.kalshi.json.>"]))
+        await publish_range(bridge, 1, 500)
+        proc = SsmdProcess(config).start()
+        await wait_for_ack_floor(bridge, 500)
+    assert nats_server.process is not None
+    nats_server.process.send_signal(signal.SIGSTOP)  # a hung server: sockets open, no answers
+    try:
+        await trio.sleep(0.5)
+        code, elapsed = proc.terminate()
+    finally:
+        nats_server.process.send_signal(signal.SIGCONT)
+    assert code == 0 and elapsed < 5
+    feed_dir = tmp_path / "archive" / "kalshi"
+    assert check_manifests(feed_dir)["records"] == 500

@@ -6,10 +6,13 @@ that never arrived), so a message delivered-but-lost can never be acknowledged b
 later AckAll.
 
 Gaps: a jump in stream sequence is a gap only for messages that really left the stream.
-With a filter that covers the whole stream every skipped sequence is this feed's loss;
-with a narrower filter the skipped sequences still in the stream belong to other
-subjects and are not gaps (no false gaps), and those that left are counted as an
-upper bound (`exact: false`).
+With a filter that covers the whole stream every skipped sequence is this feed's loss
+(deliveries are contiguous, so none was lost in transit). With a narrower filter:
+- after a delivery that had nothing matching pending behind it, the archiver was caught
+  up, so a jump only skips other subjects: never a gap (a quiet feed on a busy stream);
+- right after (re)opening the consumer, or while behind, skipped sequences that have left
+  the stream (below its first sequence) may have been this feed's: they are recorded as
+  an upper bound (`exact: false`); those still in the stream belong to other subjects.
 """
 
 from __future__ import annotations
@@ -90,16 +93,21 @@ async def run_fetcher(
 ) -> None:
     last = cursor
     consumer: Consumer | None = None
-    expected_delivery: int | None = None
+    # A consumer is always freshly created, so its deliveries are numbered from 1.
+    expected_delivery = 1
+    # A jump right after (re)opening, or while behind, may be a loss; one after a
+    # delivery with nothing pending behind it only skips other subjects.
+    caught_up = False
     reconnects = source.reconnects
     delay = 0.1
     async with send:
         while True:
             try:
                 if consumer is None:
-                    consumer = await source.open_at(None if last is None else last + 1)
-                    expected_delivery = None
                     reconnects = source.reconnects
+                    consumer = await source.open_at(None if last is None else last + 1)
+                    expected_delivery = 1
+                    caught_up = False
                     stats.consumer_resets += 1
                     log.info("consumer positioned after stream seq %s", last)
                 msgs = await consumer.fetch(batch_size, fetch_timeout)
@@ -117,7 +125,7 @@ async def run_fetcher(
             ack_reply: str | None = None
             jumps: list[tuple[int, int]] = []
             for m in msgs:
-                if expected_delivery is not None and m.consumer_seq != expected_delivery:
+                if m.consumer_seq != expected_delivery:
                     lost_delivery = True
                     log.warning(
                         "delivery %d never arrived (got %d); rewinding the consumer to the archive",
@@ -130,10 +138,15 @@ async def run_fetcher(
                 if last is not None and m.stream_seq <= last:
                     stats.redelivered_skipped += 1
                     continue
-                if last is not None and m.stream_seq > last + 1:
+                if (
+                    last is not None
+                    and m.stream_seq > last + 1
+                    and (covers_stream or not caught_up)
+                ):
                     jumps.append((last, m.stream_seq))
                 forwarded.append(m)
                 last = m.stream_seq
+                caught_up = m.pending == 0
             stats.fetched += len(forwarded)
             gaps = await _classify(jumps, source, covers_stream, clock) if jumps else []
             for gap in gaps:
@@ -164,9 +177,15 @@ async def _classify(
     now = clock.now_ns()
     if covers_stream:
         return [GapEvent(a, b - a - 1, now, True) for a, b in jumps]
-    try:
-        first = await source.first_seq()
-    except NatsUnavailable:
+    first: int | None = None
+    for attempt in range(3):
+        try:
+            first = await source.first_seq()
+            break
+        except NatsUnavailable:
+            await trio.sleep(0.5 * (attempt + 1))
+    if first is None:
+        log.warning("cannot read the stream's first sequence; counting whole jumps as gaps")
         return [GapEvent(a, b - a - 1, now, False) for a, b in jumps]
     gaps = []
     for a, b in jumps:

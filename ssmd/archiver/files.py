@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import zlib
@@ -22,6 +23,8 @@ import attrs
 
 from ssmd.archiver.lines import format_line, read_prefix
 from ssmd.subjects import DISCONTINUITY_TYPE, split_subject
+
+log = logging.getLogger("ssmd.archiver.files")
 
 FINAL_SUFFIX = ".jsonl.gz"
 PARTIAL_SUFFIX = ".jsonl.gz.partial"
@@ -246,18 +249,27 @@ class SlotFile:
         self._pending = None
 
     def finish(self) -> Path:
-        """Write the gzip trailer, fsync, rename to the final name. Retryable on DiskFull."""
-        if self._pending is not None:
+        """Write the gzip trailer, fsync, rename to the final name.
+
+        Retryable after DiskFull: each step is done once, whichever step failed.
+        """
+        if self._pending is not None and not self._finished:
             self.append(())
         if not self._finished:
             self._pending = self._compressor.flush(zlib.Z_FINISH)
             self._finished = True
         if self._pending is not None:
             self._write_pending()
-        self._ops.close(self._fd)
         final = self.directory / self.name
-        self._ops.rename(self._partial, final)
-        self._ops.fsync_dir(self.directory)
+        try:
+            if self._fd >= 0:
+                self._ops.close(self._fd)
+                self._fd = -1
+            if self._partial.exists():
+                self._ops.rename(self._partial, final)
+            self._ops.fsync_dir(self.directory)
+        except OSError as exc:
+            raise _classify(exc) from exc
         return final
 
 
@@ -335,12 +347,14 @@ def salvage(partial: Path, level: int, ops: FileOps) -> tuple[Path, FileStats] |
     compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
     fd = ops.create(tmp)
     offset = 0
+    unreadable = 0
     try:
         batch: list[bytes] = []
         size = 0
         for line in GzipLines(partial):
             ident = line_identity(line)
             if ident is None:
+                unreadable += 1
                 continue
             stats.add(ident[0], ident[1], len(line))
             batch.append(line)
@@ -358,6 +372,8 @@ def salvage(partial: Path, level: int, ops: FileOps) -> tuple[Path, FileStats] |
         ops.unlink(tmp)
         raise _classify(exc) from exc
     ops.close(fd)
+    if unreadable:
+        log.error("%s: %d line(s) without an ssmd prefix could not be kept", partial, unreadable)
     if stats.records == 0:
         ops.unlink(tmp)
         ops.unlink(partial)

@@ -17,7 +17,7 @@ import json
 import re
 
 _loads = json.loads
-_PREFIX = re.compile(rb'^\{"_seq":(\d+),"_subject":"([^"\\]*)"(?:,"_recv_ns":(\d+))?')
+_PREFIX = re.compile(rb'^\{"_seq":(\d+),"_subject":"((?:[^"\\]|\\.)*)"(?:,"_recv_ns":(\d+))?')
 
 
 def _subject_json(subject: str) -> bytes:
@@ -74,5 +74,9 @@ def read_prefix(line: bytes) -> tuple[int, str, int | None] | None:
     match = _PREFIX.match(line)
     if match is None:
         return None
+    raw_subject = match.group(2)
+    subject = (
+        json.loads(b'"' + raw_subject + b'"') if b"\\" in raw_subject else raw_subject.decode()
+    )
     recv = match.group(3)
-    return int(match.group(1)), match.group(2).decode(), int(recv) if recv else None
+    return int(match.group(1)), subject, int(recv) if recv else None

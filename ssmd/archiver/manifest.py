@@ -86,8 +86,11 @@ class Manifest:
         self.message_types.update(entry.records_by_type)
 
     def add_gap(self, gap: Gap) -> None:
-        if any(g.after_seq == gap.after_seq for g in self.gaps):
+        """Add a gap; one detected again after a restart keeps the larger count."""
+        same = [g for g in self.gaps if g.after_seq == gap.after_seq]
+        if same and same[0].missing_count >= gap.missing_count:
             return
+        self.gaps = [g for g in self.gaps if g.after_seq != gap.after_seq]
         self.gaps.append(gap)
         self.gaps.sort(key=lambda g: g.after_seq)
 
@@ -156,5 +159,7 @@ def load_or_new(day_dir: Path, feed: str, rotation_interval: str) -> Manifest:
 
 
 def write_manifest(day_dir: Path, manifest: Manifest, ops: FileOps) -> None:
-    day_dir.mkdir(parents=True, exist_ok=True)
+    if not day_dir.exists():
+        day_dir.mkdir(parents=True, exist_ok=True)
+        ops.fsync_dir(day_dir.parent)
     ops.write_atomic(day_dir / MANIFEST_NAME, manifest.encode())

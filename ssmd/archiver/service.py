@@ -23,7 +23,13 @@ from ssmd.archiver.fetcher import Batch, Consumer, FetcherStats, RotateTick, run
 from ssmd.archiver.files import FileOps
 from ssmd.archiver.recovery import ArchiveLocked, lock_feed_dir, recover_feed
 from ssmd.archiver.slots import NS, slot_start
-from ssmd.archiver.writer import ArchiveWriter, ManifestUpdate, WriterStatus, run_manifest_writer
+from ssmd.archiver.writer import (
+    ArchiveWriter,
+    ManifestUpdate,
+    WriterStatus,
+    run_acker,
+    run_manifest_writer,
+)
 from ssmd.clock import WallClock
 from ssmd.config import Config
 from ssmd.nats.bridge import NatsBridge
@@ -78,12 +84,13 @@ def start_pipeline(
     """Start the four archiver tasks; `source` feeds batches (the fetcher, or a test)."""
     batch_send, batch_receive = trio.open_memory_channel[Batch | RotateTick](settings.queue_batches)
     manifest_send, manifest_receive = trio.open_memory_channel[ManifestUpdate](16)
+    ack_send, ack_receive = trio.open_memory_channel[str](1024)
     writer = ArchiveWriter(
         settings.feed_dir,
         settings.interval_s,
         settings.compression_level,
         clock,
-        ack,
+        ack_send,
         manifest_send,
         status.writer,
         ops=ops,
@@ -107,10 +114,15 @@ def start_pipeline(
 
     sup.start_sink("archiver.manifest", manifest_task)
     sup.start_sink("archiver.writer", writer.run, batch_receive)
+    sup.start_sink("archiver.acker", run_acker, ack_receive, ack, status.writer)
     sup.start_producer(
         "archiver.rotation", run_rotation_timer, clock, settings.interval_s, batch_send.clone()
     )
     sup.start_producer("archiver.fetcher", source, batch_send)
+
+
+class StreamChanged(Exception):
+    """The stream was deleted or recreated under the archiver: a stop, not a retry."""
 
 
 class JetStreamConsumers:
@@ -127,6 +139,16 @@ class JetStreamConsumers:
         return self._bridge.reconnects
 
     async def open_at(self, start_seq: int | None) -> Consumer:
+        state = await self._bridge.stream_state(self._stream)
+        if state is None:
+            raise StreamChanged(
+                f"stream {self._stream!r} no longer exists; not archiving into the void"
+            )
+        if start_seq is not None and state.last_seq < start_seq - 1:
+            raise StreamChanged(
+                f"stream {self._stream!r} now ends at seq {state.last_seq}, before the archive's "
+                f"{start_seq - 1}: it was recreated. Move the archive aside to start a new one"
+            )
         a = self._archiver
         return await self._bridge.reset_consumer(
             self._stream,

@@ -1,6 +1,7 @@
 """The writer and the manifest writer: the archiver's two sinks.
 
-The writer appends each batch to the current slot's file, fsyncs, and only then acks.
+The writer appends each batch to the current slot's file, fsyncs, and only then hands the
+batch's ack to the acker, so a slow or hung NATS never holds up writing or shutdown.
 It finishes a file when its slot ends (a rotation tick, or the first batch of a later
 slot) and when its input channel closes at shutdown. Finished files go to the manifest
 writer, which merges them into the day's manifest on disk.
@@ -57,6 +58,7 @@ class WriterStatus:
     files: int = 0
     acks: int = 0
     ack_failures: int = 0
+    acks_dropped: int = 0
     # Observable, so health checks and tests can wait for the transition itself.
     disk_full: AsyncBool = attrs.field(factory=AsyncBool)
     disk_full_events: int = 0
@@ -97,7 +99,7 @@ class ArchiveWriter:
         interval_s: int,
         level: int,
         clock: WallClock,
-        ack: Callable[[str], Awaitable[None]],
+        ack_send: trio.MemorySendChannel[str],
         manifest_send: trio.MemorySendChannel[ManifestUpdate],
         status: WriterStatus,
         *,
@@ -108,7 +110,7 @@ class ArchiveWriter:
         self._interval_s = interval_s
         self._level = level
         self._clock = clock
-        self._ack = ack
+        self._ack_send = ack_send
         self._manifest_send = manifest_send
         self._ops = ops or FileOps()
         self._run_sync = run_sync
@@ -116,7 +118,7 @@ class ArchiveWriter:
         self._current: SlotFile | None = None
 
     async def run(self, receive: trio.MemoryReceiveChannel[Batch | RotateTick]) -> None:
-        async with self._manifest_send, receive:
+        async with self._manifest_send, self._ack_send, receive:
             async for item in receive:
                 if isinstance(item, RotateTick):
                     await self._rotate_if_due()
@@ -150,12 +152,11 @@ class ArchiveWriter:
             self.status.last_write_ns = self._clock.now_ns()
         if batch.ack_reply is not None:
             try:
-                await self._ack(batch.ack_reply)
-                self.status.acks += 1
-            except NatsUnavailable as exc:
-                # Harmless: the messages are on disk; a redelivery is skipped by sequence.
-                self.status.ack_failures += 1
-                log.debug("ack failed (%s); redelivery will be skipped", exc)
+                self._ack_send.send_nowait(batch.ack_reply)
+            except trio.WouldBlock:
+                # A later ack covers this one (AckAll); at worst the batch is redelivered
+                # and skipped by sequence.
+                self.status.acks_dropped += 1
 
     async def _open(self) -> SlotFile:
         start = slot_start(self._clock.now_ns(), self._interval_s)
@@ -208,6 +209,41 @@ class ArchiveWriter:
         gap = Gap(event.after_seq, event.missing_count, iso(event.detected_ns), event.exact)
         await self._manifest_send.send(GapFound(day_of(event.detected_ns), gap, persisted))
         await persisted.wait()
+
+
+ACK_TIMEOUT_S = 2.0
+
+
+async def run_acker(
+    receive: trio.MemoryReceiveChannel[str],
+    ack: Callable[[str], Awaitable[None]],
+    status: WriterStatus,
+) -> None:
+    """Acknowledge fsynced batches. With AckAll only the newest reply matters, so
+    whatever queued up behind a slow ack is coalesced into one."""
+    async with receive:
+        ended = False
+        while not ended:
+            try:
+                reply = await receive.receive()
+            except trio.EndOfChannel:
+                return
+            while True:
+                try:
+                    reply = receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                except trio.EndOfChannel:
+                    ended = True
+                    break
+            try:
+                with trio.fail_after(ACK_TIMEOUT_S):
+                    await ack(reply)
+                status.acks += 1
+            except (NatsUnavailable, trio.TooSlowError) as exc:
+                # Harmless: the messages are on disk; a redelivery is skipped by sequence.
+                status.ack_failures += 1
+                log.debug("ack failed (%s); a redelivery will be skipped", exc)
 
 
 async def run_manifest_writer(

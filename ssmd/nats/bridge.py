@@ -31,6 +31,9 @@ log = logging.getLogger("ssmd.nats")
 
 T = TypeVar("T")
 
+_ACK_FLUSH_TIMEOUT_S = 1.0
+_CANCEL_WAIT_S = 10.0
+
 MSG_ID_HEADER = "Nats-Msg-Id"
 RECV_NS_HEADER = "Ssmd-Recv-Ns"
 
@@ -52,6 +55,8 @@ class FetchedMessage:
     delivered: int
     recv_ns: int | None
     reply: str
+    # Messages matching the consumer's filter still in the stream after this one.
+    pending: int = 0
 
 
 @attrs.frozen
@@ -144,8 +149,12 @@ class AsyncioThread:
             await finished.wait()
         except BaseException:
             self._loop.call_soon_threadsafe(lambda: holder[0].cancel())
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), trio.move_on_after(_CANCEL_WAIT_S) as waited:
                 await finished.wait()
+            if waited.cancelled_caught:
+                log.error(
+                    "asyncio task did not finish within %.0fs of cancellation", _CANCEL_WAIT_S
+                )
             raise
         return holder[0].result()
 
@@ -170,15 +179,24 @@ def _stream_state(info: api.StreamInfo) -> StreamState:
     )
 
 
-def _parse_ack_reply(reply: str) -> tuple[int, int, int]:
-    """(stream seq, consumer seq, delivery count) from a JetStream ack subject.
+def _parse_ack_reply(reply: str) -> tuple[int, int, int, int]:
+    """(stream seq, consumer seq, delivery count, pending) from a JetStream ack subject.
 
     `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`, or the
     newer form with domain and account hash after `$JS.ACK` and a trailing token.
     """
     tokens = reply.split(".")
     base = 2 if len(tokens) == 9 else 4
-    return int(tokens[base + 3]), int(tokens[base + 4]), int(tokens[base + 2])
+    return (
+        int(tokens[base + 3]),
+        int(tokens[base + 4]),
+        int(tokens[base + 2]),
+        int(tokens[base + 6]),
+    )
+
+
+class ConsumerLost(NatsUnavailable):
+    """The server says the pull consumer is gone (deleted, or no responders)."""
 
 
 class _PullState:
@@ -201,21 +219,26 @@ class _PullState:
         self._arrived = asyncio.Event()
         self._credit = 0
         self._credit_deadline = 0.0
+        self.lost = ""
 
     async def on_message(self, msg: Any) -> None:
         headers = msg.headers
         if headers and not msg.data and "Status" in headers:
             status = headers["Status"]
-            if status != "100":  # 100 is a heartbeat; others end a pull request
-                pending = headers.get("Nats-Pending-Messages")
-                if pending is not None and pending.isdigit():
-                    self._credit = max(0, self._credit - int(pending))
-                else:
-                    self._credit = 0
-                self._arrived.set()
+            if status == "100":  # heartbeat / flow control
+                return
+            description = headers.get("Description", "")
+            if status == "503" or (status == "409" and "deleted" in description.lower()):
+                self.lost = f"{status} {description}".strip()
+            pending = headers.get("Nats-Pending-Messages")
+            if pending is not None and pending.isdigit():
+                self._credit = max(0, self._credit - int(pending))
+            else:
+                self._credit = 0
+            self._arrived.set()
             return
         self._credit -= 1
-        stream_seq, consumer_seq, delivered = _parse_ack_reply(msg.reply)
+        stream_seq, consumer_seq, delivered, left = _parse_ack_reply(msg.reply)
         recv_ns: int | None = None
         if headers:
             raw = headers.get(RECV_NS_HEADER)
@@ -223,7 +246,7 @@ class _PullState:
                 recv_ns = int(raw)
         self._buffer.append(
             FetchedMessage(
-                msg.subject, msg.data, stream_seq, consumer_seq, delivered, recv_ns, msg.reply
+                msg.subject, msg.data, stream_seq, consumer_seq, delivered, recv_ns, msg.reply, left
             )
         )
         self._arrived.set()
@@ -246,6 +269,8 @@ class _PullState:
         deadline = loop.time() + timeout
         await self._top_up(batch)
         while not self._buffer:
+            if self.lost:
+                raise ConsumerLost(f"pull consumer lost: {self.lost}")
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return []
@@ -329,7 +354,7 @@ class NatsBridge:
 
     async def _ack(self, reply: str) -> None:
         await self._nc.publish(reply, b"+ACK")
-        await self._nc.flush(timeout=self._request_timeout)
+        await self._nc.flush(timeout=min(self._request_timeout, _ACK_FLUSH_TIMEOUT_S))
 
     async def stream_state(self, stream: str) -> StreamState | None:
         return await self._call(self._stream_state, stream)
@@ -368,6 +393,17 @@ class NatsBridge:
             info = await self._js.stream_info(spec.name)
             return _stream_state(info), False
         return _stream_state(info), True
+
+    async def delete_consumer(self, stream: str, durable: str) -> bool:
+        """Delete a consumer; False when it did not exist."""
+        return await self._call(self._delete_consumer, stream, durable)
+
+    async def _delete_consumer(self, stream: str, durable: str) -> bool:
+        try:
+            await self._js.delete_consumer(stream, durable)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
 
     async def consumer_ack_floor(self, stream: str, durable: str) -> int | None:
         return await self._call(self._consumer_ack_floor, stream, durable)
@@ -449,20 +485,28 @@ class NatsBridge:
     async def _publish_batch(
         self, messages: Sequence[OutgoingMessage], timeout: float
     ) -> list[PublishOutcome]:
+        # One deadline for the whole batch: `publish_async(wait_stall=...)` would wrap
+        # every message in `asyncio.wait_for`, a task per message, halving throughput.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         futures: list[asyncio.Future[api.PubAck] | PublishOutcome] = []
-        for m in messages:
-            headers = {MSG_ID_HEADER: m.msg_id, RECV_NS_HEADER: str(m.recv_ns)}
-            try:
-                futures.append(
-                    await self._js.publish_async(
-                        m.subject, m.payload, wait_stall=timeout, headers=headers
-                    )
-                )
-            except Exception as exc:
-                futures.append(PublishOutcome(error=f"{type(exc).__name__}: {exc}"))
+        with suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline) as budget:
+                for m in messages:
+                    if budget.expired():
+                        break
+                    headers = {MSG_ID_HEADER: m.msg_id, RECV_NS_HEADER: str(m.recv_ns)}
+                    try:
+                        futures.append(
+                            await self._js.publish_async(m.subject, m.payload, headers=headers)
+                        )
+                    except Exception as exc:
+                        futures.append(PublishOutcome(error=f"{type(exc).__name__}: {exc}"))
+        unsent = PublishOutcome(error="timed out before the message could be sent")
+        futures.extend(unsent for _ in range(len(messages) - len(futures)))
         pending = [f for f in futures if isinstance(f, asyncio.Future)]
         if pending:
-            _done, not_done = await asyncio.wait(pending, timeout=timeout)
+            _done, not_done = await asyncio.wait(pending, timeout=max(deadline - loop.time(), 0))
             for f in not_done:
                 f.cancel()
         return [_outcome(f) for f in futures]
