@@ -136,3 +136,23 @@ def pattern_covers(outer: str, inner: str) -> bool:
         if token != "*" and (ti[i] == "*" or token != ti[i]):
             return False
     return len(to) == len(ti)
+
+
+DISCONTINUITY_KINDS = frozenset({"connect", "disconnect", "gap", "resubscribe", "overflow"})
+INVALID_TYPE_TOKEN = "invalid"
+
+
+def discontinuity_subject(env: str, feed: str, kind: str) -> str:
+    """`{env}.{feed}.json.ssmd.{kind}`: where ssmd's own discontinuity records go."""
+    if kind not in DISCONTINUITY_KINDS:
+        raise ValueError(f"unknown discontinuity kind {kind!r}")
+    return f"{env}.{feed}.json.{DISCONTINUITY_TYPE}.{kind}"
+
+
+def fallback_subject(env: str, feed: str, message_type: str | None) -> str:
+    """`{env}.{feed}.json.unrouted.{type}` for a message that cannot be routed.
+
+    `{type}` is the encoded exchange type, or `invalid` when there is none.
+    """
+    token = encode_token(message_type) if message_type else INVALID_TYPE_TOKEN
+    return f"{env}.{feed}.json.{FALLBACK_TYPE}.{token}"

@@ -1,0 +1,83 @@
+"""Discontinuity records: ssmd's own small JSON messages, published in the stream.
+
+Each goes to `{env}.{feed}.json.ssmd.{kind}` as one JSON object whose `type` is
+`ssmd_{kind}`, so the archive shows every discontinuity in place, between the data
+before and after it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+import attrs
+
+
+@attrs.frozen
+class ConnectRecord:
+    """A WebSocket connection was established; its data follows."""
+
+    kind: ClassVar[str] = "connect"
+    conn: int
+    url: str
+    ts_ns: int
+
+
+@attrs.frozen
+class DisconnectRecord:
+    """A WebSocket connection ended; nothing from it follows."""
+
+    kind: ClassVar[str] = "disconnect"
+    conn: int
+    reason: str
+    ts_ns: int
+
+
+@attrs.frozen
+class GapRecord:
+    """The exchange's `seq` jumped within a subscription: messages were lost upstream."""
+
+    kind: ClassVar[str] = "gap"
+    conn: int
+    sid: int
+    channel: str | None
+    expected: int
+    got: int
+    markets: list[str]
+    ts_ns: int
+
+
+@attrs.frozen
+class ResubscribeRecord:
+    """A subscription was replaced (after a gap), so fresh snapshots follow."""
+
+    kind: ClassVar[str] = "resubscribe"
+    conn: int
+    reason: str
+    channel: str
+    old_sid: int | None
+    new_sid: int | None
+    markets: list[str]
+    ts_ns: int
+
+
+@attrs.frozen
+class OverflowRecord:
+    """The publish buffer was full (NATS unreachable): these messages were dropped."""
+
+    kind: ClassVar[str] = "overflow"
+    dropped: int
+    dropped_bytes: int
+    first_recv_ns: int
+    last_recv_ns: int
+    ts_ns: int
+
+
+DiscontinuityRecord = (
+    ConnectRecord | DisconnectRecord | GapRecord | ResubscribeRecord | OverflowRecord
+)
+
+
+def record_json(record: DiscontinuityRecord) -> bytes:
+    body = {"type": f"ssmd_{record.kind}", **attrs.asdict(record)}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
