@@ -233,6 +233,13 @@ class ConnectorConfig:
     publish_timeout: Duration = attrs.field(
         default=Duration.parse("5s"), validator=_positive_duration
     )
+    # "ssmd": the built-in client (fast receive path); "trio-websocket": the library's.
+    websocket_client: str = attrs.field(default="ssmd")
+
+    @websocket_client.validator
+    def _check_client(self, attribute: attrs.Attribute[str], value: str) -> None:
+        if value not in ("ssmd", "trio-websocket"):
+            raise FieldError(attribute, f"expected 'ssmd' or 'trio-websocket', got {value!r}")
 
     @channels.validator
     def _check_channels(self, attribute: attrs.Attribute[list[str]], value: list[str]) -> None:

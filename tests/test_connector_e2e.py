@@ -115,12 +115,16 @@ def data(messages: list[FetchedMessage]) -> list[FetchedMessage]:
     return [m for m in messages if ".json.ssmd." not in m.subject]
 
 
-async def test_every_type_on_its_subject_byte_identical(nats_server: NatsServer) -> None:
+@pytest.mark.parametrize("client", ["ssmd", "trio-websocket"])
+async def test_every_type_on_its_subject_byte_identical(
+    nats_server: NatsServer, client: str
+) -> None:
     async with fake_exchange() as exchange:
         config = make_config(
             nats_server.url,
             exchange.url,
             channels=["ticker", "trade", "orderbook_delta", "market_lifecycle_v2"],
+            websocket_client=client,
         )
         async with running_connector(config):
             session = await exchange.session(0)
@@ -236,6 +240,20 @@ async def test_silent_connection_is_detected(nats_server: NatsServer) -> None:
                 await exchange.session(1)
             messages = await stream_messages(nats_server.url, 3)
     assert records(messages, "disconnect")[0]["reason"] == "ConnectionLost: no frame for 1s"
+
+
+async def test_server_pings_alone_keep_a_quiet_connection_alive(nats_server: NatsServer) -> None:
+    async with fake_exchange() as exchange:
+        # The client does not ping here; only the exchange's pings show it is alive.
+        config = make_config(nats_server.url, exchange.url, ping_interval="60s")
+        async with running_connector(config):
+            session = await exchange.session(0)
+            await session.wait_until(lambda: len(session.subscriptions) == 1)
+            for _ in range(8):
+                with trio.fail_after(1):
+                    await session.ws.ping()  # answered by the connector
+                await trio.sleep(0.3)
+            assert len(exchange.sessions) == 1, "a quiet but pinging connection was dropped"
 
 
 async def test_seq_jump_gives_a_gap_record_and_a_fresh_snapshot(nats_server: NatsServer) -> None:

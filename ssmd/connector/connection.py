@@ -34,7 +34,8 @@ from ssmd.connector.records import (
 )
 from ssmd.connector.router import Routed, RouteKind, Router
 from ssmd.connector.shards import SubscriptionPlan
-from ssmd.connector.websocket import Connect, WebSocket, connect_websocket
+from ssmd.connector.websocket import Connect, WebSocket
+from ssmd.connector.wsclient import connect_fast
 
 log = logging.getLogger("ssmd.connector.connection")
 
@@ -130,7 +131,7 @@ class Connection:
         clock: WallClock,
         settings: ConnectionSettings,
         headers: HeaderSource,
-        connect: Connect = connect_websocket,
+        connect: Connect = connect_fast,
         rng: random.Random | None = None,
     ) -> None:
         self.index = index

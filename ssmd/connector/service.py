@@ -23,6 +23,7 @@ from ssmd.connector.publisher import Inbound, Publisher
 from ssmd.connector.router import Router
 from ssmd.connector.shards import plan_connections
 from ssmd.connector.websocket import Connect, HandshakeRejected, connect_websocket
+from ssmd.connector.wsclient import connect_fast
 from ssmd.nats.bridge import NatsBridge, StreamSpec
 from ssmd.subjects import feed_prefix, pattern_covers
 from ssmd.supervisor import StartupRefused, Supervisor
@@ -129,7 +130,9 @@ async def start_connector(
         raise StartupRefused("the connector role needs a [connector] section")
     await ensure_stream(config, bridge)
     url = cc.resolved_url()
-    connect: Connect = connect_websocket
+    connect: Connect = (
+        connect_websocket if cc.websocket_client == "trio-websocket" else connect_fast
+    )
     await probe_credentials(
         connect, url, credentials, min(cc.command_timeout.seconds, PROBE_TIMEOUT_S)
     )

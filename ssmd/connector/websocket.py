@@ -6,7 +6,7 @@ runs under a fake clock.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
@@ -21,7 +21,7 @@ RECEIVE_BUFFER_BYTES = 256 * 1024
 
 
 class WebSocket(Protocol):
-    async def receive_batch(self, limit: int) -> list[str | bytes]:
+    async def receive_batch(self, limit: int) -> Sequence[str | bytes]:
         """Wait for at least one message; return it with any already queued, up to `limit`."""
 
     async def send_message(self, message: str | bytes) -> None: ...

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -286,6 +287,102 @@ class _PullState:
         return out
 
 
+_ACK_SEQ = re.compile(rb'"seq":(\d+)')
+
+
+class _BatchAcks:
+    def __init__(self, size: int) -> None:
+        self.outcomes: list[PublishOutcome | None] = [None] * size
+        self.remaining = size
+        self.done = asyncio.Event()
+
+
+class _AckInbox:
+    """Pipelined JetStream publishing on one wildcard inbox.
+
+    Each message is a core publish whose reply subject names its batch and position;
+    the stream's acks come back on the inbox and fill the batch's outcomes. This is
+    what `js.publish_async` does, without its per-message Future, semaphore, random
+    token and PubAck object, which made it the connector's bottleneck.
+    """
+
+    def __init__(self, nc: Any) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox()
+        self._batches: dict[str, _BatchAcks] = {}
+        self._next_batch = 0
+
+    async def subscribe(self) -> None:
+        await self._nc.subscribe(self._prefix + ".*.*", cb=self._on_ack, pending_msgs_limit=1 << 20)
+
+    async def _on_ack(self, msg: Any) -> None:
+        _, batch_id, index = msg.subject.rsplit(".", 2)
+        batch = self._batches.get(batch_id)
+        if batch is None:
+            return  # a late ack for a batch that already timed out: it will be retried
+        i = int(index)
+        if batch.outcomes[i] is not None:
+            return
+        batch.outcomes[i] = _parse_pub_ack(msg)
+        batch.remaining -= 1
+        if batch.remaining == 0:
+            batch.done.set()
+
+    async def publish(
+        self, messages: Sequence[OutgoingMessage], timeout: float
+    ) -> list[PublishOutcome]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        batch_id = str(self._next_batch)
+        self._next_batch += 1
+        batch = _BatchAcks(len(messages))
+        self._batches[batch_id] = batch
+        reply_prefix = f"{self._prefix}.{batch_id}."
+        publish = self._nc.publish
+        try:
+            for i, m in enumerate(messages):
+                try:
+                    await publish(
+                        m.subject,
+                        m.payload,
+                        reply=reply_prefix + str(i),
+                        headers={MSG_ID_HEADER: m.msg_id, RECV_NS_HEADER: str(m.recv_ns)},
+                    )
+                except Exception as exc:
+                    if batch.outcomes[i] is None:
+                        batch.outcomes[i] = PublishOutcome(error=f"{type(exc).__name__}: {exc}")
+                        batch.remaining -= 1
+                if loop.time() > deadline:
+                    break
+            if batch.remaining > 0:
+                with suppress(TimeoutError):
+                    async with asyncio.timeout_at(deadline):
+                        await batch.done.wait()
+        finally:
+            del self._batches[batch_id]
+        missing = PublishOutcome(error="timed out waiting for the JetStream ack")
+        return [o if o is not None else missing for o in batch.outcomes]
+
+
+def _parse_pub_ack(msg: Any) -> PublishOutcome:
+    data: bytes = msg.data
+    if not data:
+        status = (msg.headers or {}).get("Status", "")
+        if status == "503":
+            return PublishOutcome(error="NoRespondersError: no stream for this subject")
+        return PublishOutcome(error=f"empty JetStream reply (status {status or 'none'})")
+    if b'"error"' in data:
+        try:
+            description = json.loads(data)["error"].get("description", "")
+        except (ValueError, KeyError, AttributeError):
+            description = data[:200].decode("utf-8", "replace")
+        return PublishOutcome(error=f"APIError: {description}")
+    match = _ACK_SEQ.search(data)
+    if match is None:
+        return PublishOutcome(error=f"unreadable JetStream ack: {data[:200]!r}")
+    return PublishOutcome(stream_seq=int(match.group(1)), duplicate=b'"duplicate":true' in data)
+
+
 class PullConsumer:
     """A durable pull consumer; `fetch` crosses the bridge once per batch."""
 
@@ -316,6 +413,7 @@ class NatsBridge:
         self.reconnects = 0
         self.disconnects = 0
         self.closing = False
+        self._acks: _AckInbox | None = None
 
     @property
     def connected(self) -> bool:
@@ -485,31 +583,10 @@ class NatsBridge:
     async def _publish_batch(
         self, messages: Sequence[OutgoingMessage], timeout: float
     ) -> list[PublishOutcome]:
-        # One deadline for the whole batch: `publish_async(wait_stall=...)` would wrap
-        # every message in `asyncio.wait_for`, a task per message, halving throughput.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        futures: list[asyncio.Future[api.PubAck] | PublishOutcome] = []
-        with suppress(TimeoutError):
-            async with asyncio.timeout_at(deadline) as budget:
-                for m in messages:
-                    if budget.expired():
-                        break
-                    headers = {MSG_ID_HEADER: m.msg_id, RECV_NS_HEADER: str(m.recv_ns)}
-                    try:
-                        futures.append(
-                            await self._js.publish_async(m.subject, m.payload, headers=headers)
-                        )
-                    except Exception as exc:
-                        futures.append(PublishOutcome(error=f"{type(exc).__name__}: {exc}"))
-        unsent = PublishOutcome(error="timed out before the message could be sent")
-        futures.extend(unsent for _ in range(len(messages) - len(futures)))
-        pending = [f for f in futures if isinstance(f, asyncio.Future)]
-        if pending:
-            _done, not_done = await asyncio.wait(pending, timeout=max(deadline - loop.time(), 0))
-            for f in not_done:
-                f.cancel()
-        return [_outcome(f) for f in futures]
+        if self._acks is None:
+            self._acks = _AckInbox(self._nc)
+            await self._acks.subscribe()
+        return await self._acks.publish(messages, timeout)
 
     async def close(self) -> None:
         self.closing = True

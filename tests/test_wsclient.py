@@ -1,0 +1,152 @@
+"""The connector's WebSocket client: frame parsing, and talking to trio-websocket."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from trio_websocket import WebSocketRequest, serve_websocket
+
+from ssmd.connector.websocket import HandshakeRejected
+from ssmd.connector.wsclient import (
+    OP_BINARY,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_TEXT,
+    FrameParser,
+    ProtocolError,
+    WebSocketClosed,
+    connect_fast,
+    encode_frame,
+)
+
+
+def fragmented(payload: bytes, pieces: int, mask: bool) -> bytes:
+    """`payload` as a text message split over `pieces` frames."""
+    step = max(1, len(payload) // pieces)
+    chunks = [payload[i : i + step] for i in range(0, len(payload), step)] or [b""]
+    out = b""
+    for n, chunk in enumerate(chunks):
+        opcode = OP_TEXT if n == 0 else OP_CONTINUATION
+        fin = 0x80 if n == len(chunks) - 1 else 0
+        frame = encode_frame(opcode, chunk, os.urandom(4) if mask else None)
+        out += bytes([fin | opcode]) + frame[1:]
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    messages=st.lists(st.binary(max_size=70_000), max_size=6),
+    cuts=st.lists(st.integers(min_value=1, max_value=5000), max_size=40),
+    pieces=st.integers(min_value=1, max_value=4),
+    mask=st.booleans(),
+    pings=st.booleans(),
+)
+def test_any_messages_split_anywhere_come_out_whole_and_in_order(
+    messages: list[bytes], cuts: list[int], pieces: int, mask: bool, pings: bool
+) -> None:
+    wire = b""
+    for m in messages:
+        if pings:
+            wire += encode_frame(OP_PING, b"hb")
+        wire += fragmented(m, pieces, mask)
+    parser = FrameParser(1 << 20)
+    got: list[bytes] = []
+    controls = 0
+    pos = 0
+    for cut in [*cuts, len(wire)]:
+        chunk = wire[pos : pos + cut]
+        pos += len(chunk)
+        data, control = parser.feed(chunk)
+        got.extend(data)
+        controls += len(control)
+        if pos >= len(wire):
+            break
+    data, control = parser.feed(wire[pos:])
+    got.extend(data)
+    controls += len(control)
+    assert got == messages
+    assert controls == (len(messages) if pings else 0)
+
+
+def test_protocol_violations_are_errors() -> None:
+    with pytest.raises(ProtocolError, match="limit"):
+        FrameParser(100).feed(encode_frame(OP_BINARY, b"x" * 101))
+    with pytest.raises(ProtocolError, match="reserved"):
+        FrameParser(100).feed(b"\xc1\x01x")
+    with pytest.raises(ProtocolError, match="continuation"):
+        FrameParser(100).feed(encode_frame(OP_CONTINUATION, b"x"))
+    with pytest.raises(ProtocolError, match="control"):
+        FrameParser(1000).feed(encode_frame(OP_PING, b"x" * 126))
+    with pytest.raises(ProtocolError, match="opcode"):
+        FrameParser(100).feed(b"\x83\x00")
+
+
+async def serve(handler: object, nursery: trio.Nursery) -> int:
+    server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+    port: int = server.port
+    return port
+
+
+async def test_talks_to_trio_websocket_both_ways() -> None:
+    received: list[str | bytes] = []
+    headers_seen: dict[bytes, bytes] = {}
+
+    async def handler(request: WebSocketRequest) -> None:
+        headers_seen.update(dict(request.headers))
+        ws = await request.accept()
+        received.append(await ws.get_message())
+        await ws.send_message('{"type":"ticker"}')
+        await ws.send_message(b"\x00\x01binary")
+        await ws.send_message("x" * 100_000)
+        await ws.ping(b"server-ping")  # the client must answer it
+        await ws.aclose(code=1000, reason="bye")
+
+    async with trio.open_nursery() as nursery:
+        port = await serve(handler, nursery)
+        got: list[bytes] = []
+        closed: list[WebSocketClosed] = []
+        async with connect_fast(
+            f"ws://127.0.0.1:{port}/trade-api/ws/v2", [("X-Test", "1")], 5
+        ) as ws:
+
+            async def reader() -> None:
+                try:
+                    while True:
+                        got.extend(await ws.receive_batch(100))
+                except WebSocketClosed as exc:
+                    closed.append(exc)
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(reader)
+                with trio.fail_after(5):
+                    await ws.ping(b"client-ping")  # the reader delivers the pong
+                await ws.send_message('{"id":1,"cmd":"subscribe"}')
+        nursery.cancel_scope.cancel()
+    assert received == ['{"id":1,"cmd":"subscribe"}']
+    assert headers_seen[b"x-test"] == b"1"
+    assert got == [b'{"type":"ticker"}', b"\x00\x01binary", b"x" * 100_000]
+    assert closed[0].code == 1000 and closed[0].reason == "bye"
+
+
+async def test_a_rejected_handshake_reports_the_status() -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        await request.reject(401, body=b"bad signature")
+
+    async with trio.open_nursery() as nursery:
+        port = await serve(handler, nursery)
+        with pytest.raises(HandshakeRejected) as rejected:
+            async with connect_fast(f"ws://127.0.0.1:{port}/", [], 5):
+                pass
+        nursery.cancel_scope.cancel()
+    assert rejected.value.status_code == 401 and "bad signature" in rejected.value.body
+
+
+def test_frame_header_lengths() -> None:
+    assert encode_frame(OP_TEXT, b"a" * 125)[:2] == b"\x81\x7d"
+    assert encode_frame(OP_TEXT, b"a" * 126)[:4] == b"\x81\x7e" + struct.pack("!H", 126)
+    assert encode_frame(OP_TEXT, b"a" * 70_000)[:10] == b"\x81\x7f" + struct.pack("!Q", 70_000)
