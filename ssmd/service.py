@@ -41,14 +41,15 @@ async def run_service(
                 log.info("connected to NATS at %s", ", ".join(config.nats.servers))
 
                 async def start_roles(sup: Supervisor) -> None:
-                    if "archiver" in roles:
-                        from ssmd.archiver.service import start_archiver
-
-                        await start_archiver(sup, config, bridge, clock)
+                    # The connector first: it creates the stream the archiver reads.
                     if "connector" in roles:
                         from ssmd.connector.service import start_connector
 
                         await start_connector(sup, config, bridge, clock, credentials)
+                    if "archiver" in roles:
+                        from ssmd.archiver.service import start_archiver
+
+                        await start_archiver(sup, config, bridge, clock)
 
                 return await supervise(
                     start_roles,

@@ -46,6 +46,7 @@ class SsmdProcess:
         self.roles = roles
         self.log = log or config.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] | None = None
 
     def start(self) -> SsmdProcess:
         self._ready_marks = (
@@ -55,7 +56,7 @@ class SsmdProcess:
         for role in self.roles:
             args += ["--role", role]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         return self
 
     def wait_ready(self, timeout: float = 20) -> None:
