@@ -215,14 +215,12 @@ class FakeKalshi:
         await self.wait_until(lambda: len(self.sessions) > index, timeout)
         return self.sessions[index]
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self._listener = GatedListener(listeners[0])
-        server = WebSocketServer(
-            self._handle,
-            [self._listener],
-            max_message_size=16 * 1024 * 1024,  # type: ignore[list-item]
-        )
+        # WebSocketServer accepts any trio Listener; its annotation names only two.
+        gated: list[Any] = [self._listener]
+        server = WebSocketServer(self._handle, gated, max_message_size=16 * 1024 * 1024)
         await server.run(task_status=task_status)
 
     def _check_auth(self, request: WebSocketRequest) -> str | None:
