@@ -122,3 +122,20 @@ def test_examples_are_valid(tmp_path: Path) -> None:
     for example in examples:
         result = run_cli("config", "check", "-c", str(example))
         assert result.returncode == 0, f"{example.name}: {result.stderr}"
+
+
+def test_kalshi_use_demo_selects_the_demo_url_only_when_url_is_unset(tmp_path: Path) -> None:
+    from ssmd.config import KALSHI_DEMO_URL, KALSHI_PROD_URL
+
+    base = (
+        'env = "prod"\n[nats]\nurl = "nats://127.0.0.1:4222"\n[connector]\nchannels = ["trade"]\n'
+    )
+    connector = load_config(write(tmp_path, base)).connector
+    assert connector is not None
+    assert connector.resolved_url({}) == KALSHI_PROD_URL
+    assert connector.resolved_url({"KALSHI_USE_DEMO": "true"}) == KALSHI_DEMO_URL
+    explicit = load_config(
+        write(tmp_path, base + 'url = "ws://127.0.0.1:1/trade-api/ws/v2"\n')
+    ).connector
+    assert explicit is not None
+    assert explicit.resolved_url({"KALSHI_USE_DEMO": "true"}) == "ws://127.0.0.1:1/trade-api/ws/v2"

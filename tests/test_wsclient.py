@@ -150,3 +150,31 @@ def test_frame_header_lengths() -> None:
     assert encode_frame(OP_TEXT, b"a" * 125)[:2] == b"\x81\x7d"
     assert encode_frame(OP_TEXT, b"a" * 126)[:4] == b"\x81\x7e" + struct.pack("!H", 126)
     assert encode_frame(OP_TEXT, b"a" * 70_000)[:10] == b"\x81\x7f" + struct.pack("!Q", 70_000)
+
+
+@pytest.mark.parametrize(
+    ("key", "age_ms", "problem"),
+    [("other", 0, "invalid signature"), ("ours", 10_000, "stale timestamp"), ("ours", 0, None)],
+)
+async def test_the_fake_exchange_checks_signatures_like_kalshi(
+    key: str, age_ms: int, problem: str | None
+) -> None:
+    import time
+
+    from ssmd.connector.auth import Credentials
+    from tests.fake_kalshi import API_KEY, other_private_key, private_key
+    from tests.test_connector_e2e import fake_exchange
+
+    signer = Credentials(
+        api_key=API_KEY, private_key=private_key() if key == "ours" else other_private_key()
+    )
+    async with fake_exchange() as exchange:
+        headers = signer.handshake_headers(exchange.url, int(time.time() * 1000) - age_ms)
+        if problem is None:
+            async with connect_fast(exchange.url, headers, 5):
+                pass
+            return
+        with pytest.raises(HandshakeRejected) as rejected:
+            async with connect_fast(exchange.url, headers, 5):
+                pass
+    assert rejected.value.status_code == 401 and problem in rejected.value.body
