@@ -79,7 +79,42 @@ async def _generate(bridge: NatsBridge, clock: WallClock, counter: list[int]) ->
         counter[0] += sum(1 for o in outcomes if o.ok)
 
 
-async def _progress(status: ArchiverStatus, published: list[int], stop_at: float) -> None:
+class _ProgressLine:
+    """One live status line on a terminal; log lines clear it before they print."""
+
+    def __init__(self) -> None:
+        self._stream = sys.stderr
+        self._tty = sys.stderr.isatty()
+        self._shown = False
+        self._last_plain = 0.0
+
+    def write(self, text: str) -> None:
+        if self._shown:
+            self._stream.write("\r\x1b[K")
+            self._shown = False
+        self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def show(self, line: str, now: float) -> None:
+        if self._tty:
+            self._stream.write("\r\x1b[K" + line)
+            self._shown = True
+        elif now - self._last_plain >= 5:
+            self._stream.write(line + "\n")
+            self._last_plain = now
+        self._stream.flush()
+
+    def end(self) -> None:
+        if self._shown:
+            self._stream.write("\n")
+            self._shown = False
+
+
+async def _progress(
+    status: ArchiverStatus, published: list[int], stop_at: float, display: _ProgressLine
+) -> None:
     last, last_t = 0, trio.current_time()
     while True:
         await trio.sleep(1)
@@ -89,12 +124,11 @@ async def _progress(status: ArchiverStatus, published: list[int], stop_at: float
         last, last_t = archived, now
         left = max(0.0, stop_at - now)
         state = "disk full" if status.writer.disk_full.value else "archiving"
-        line = (
-            f"\r{rate:7.0f} msg/s | published {published[0]:>8} | archived {archived:>8} | "
-            f"files {status.writer.files:>3} | gaps {status.fetcher.gaps} | {state} | {left:4.0f}s left "
+        display.show(
+            f"{rate:7.0f} msg/s | published {published[0]:>8} | archived {archived:>8} | "
+            f"files {status.writer.files:>3} | gaps {status.fetcher.gaps} | {state} | {left:4.0f}s left",
+            now,
         )
-        sys.stderr.write(line)
-        sys.stderr.flush()
 
 
 def summarize(feed_dir: Path) -> str:
@@ -129,6 +163,10 @@ def run_demo(data_dir: str, duration: float) -> int:
     )
     print(f"ssmd demo: nats-server on {server.url}, archive in {archive}", file=sys.stderr)
     print(f"running for {duration:.0f}s (Ctrl-C stops cleanly)", file=sys.stderr)
+    display = _ProgressLine()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+            handler.setStream(display)
 
     async def main() -> int:
         clock = WallClock()
@@ -143,7 +181,12 @@ def run_demo(data_dir: str, duration: float) -> int:
                 await start_archiver(sup, config, bridge, clock, status=status)
                 sup.start_producer("demo.generator", _generate, bridge, clock, published)
                 sup.start_producer(
-                    "demo.progress", _progress, status, published, trio.current_time() + duration
+                    "demo.progress",
+                    _progress,
+                    status,
+                    published,
+                    trio.current_time() + duration,
+                    display,
                 )
 
                 async def stop_after() -> None:
@@ -158,6 +201,6 @@ def run_demo(data_dir: str, duration: float) -> int:
         code = trio.run(main)
     finally:
         server.stop()
-    sys.stderr.write("\n")
+        display.end()
     print(summarize(archive / "kalshi"))
     return code

@@ -261,8 +261,8 @@ def add_data_commands(sub: Any) -> None:
 
     manifest = data_sub.add_parser("manifest", help="print a day's manifest.json")
     common(manifest)
-    manifest.add_argument("feed")
-    manifest.add_argument("date")
+    manifest.add_argument("feed", help="feed name, e.g. kalshi")
+    manifest.add_argument("date", help="day, YYYY-MM-DD (UTC)")
     manifest.set_defaults(func=cmd_manifest)
 
     cat = data_sub.add_parser(
@@ -272,15 +272,15 @@ def add_data_commands(sub: Any) -> None:
         "Times filter on the connector's receive time (_recv_ns).",
     )
     common(cat)
-    cat.add_argument("feed")
-    cat.add_argument("date")
+    cat.add_argument("feed", help="feed name, e.g. kalshi")
+    cat.add_argument("date", help="day, YYYY-MM-DD (UTC)")
     cat.add_argument("--ticker", help="market ticker, as the exchange spells it (dots and all)")
     cat.add_argument(
         "--type", help="type token: ticker, trade, orderbook, lifecycle, ssmd, unrouted, ..."
     )
     cat.add_argument("--start", metavar="TIME", help="HH:MM[:SS], ISO 8601 UTC or epoch seconds")
     cat.add_argument("--end", metavar="TIME", help="exclusive end, same forms as --start")
-    cat.add_argument("--limit", type=int, metavar="N")
+    cat.add_argument("--limit", type=int, metavar="N", help="stop after N records")
     cat.add_argument("--strip-meta", action="store_true", help="print the original payloads")
     cat.set_defaults(func=cmd_cat)
 
@@ -292,17 +292,17 @@ def add_data_commands(sub: Any) -> None:
         "and discontinuity records.",
     )
     common(verify)
-    verify.add_argument("feed", nargs="?")
-    verify.add_argument("date", nargs="?")
+    verify.add_argument("feed", nargs="?", help="only this feed (default: all)")
+    verify.add_argument("date", nargs="?", help="only this day, YYYY-MM-DD")
     verify.set_defaults(func=cmd_verify)
 
     stats = data_sub.add_parser(
         "stats", help="messages per type and per ticker, and the time range"
     )
     common(stats)
-    stats.add_argument("feed")
-    stats.add_argument("date")
-    stats.add_argument("--top", type=int, default=10, metavar="N")
+    stats.add_argument("feed", help="feed name, e.g. kalshi")
+    stats.add_argument("date", help="day, YYYY-MM-DD (UTC)")
+    stats.add_argument("--top", type=int, default=10, metavar="N", help="tickers to list (10)")
     stats.set_defaults(func=cmd_stats)
 
 
