@@ -230,8 +230,9 @@ class ConnectorConfig:
     buffer_messages: int = attrs.field(default=100_000, validator=_positive)
     buffer_bytes: ByteSize = ByteSize.parse("256MiB")
     publish_window: int = attrs.field(default=4000, validator=_positive)
+    # Short enough that a shutdown drain (service.shutdown_timeout) can retry once.
     publish_timeout: Duration = attrs.field(
-        default=Duration.parse("5s"), validator=_positive_duration
+        default=Duration.parse("2s"), validator=_positive_duration
     )
     # "ssmd": the built-in client (fast receive path); "trio-websocket": the library's.
     websocket_client: str = attrs.field(default="ssmd")

@@ -105,6 +105,7 @@ class FakeSocket:
 
 class FakeExchange:
     def __init__(self) -> None:
+        self.socket_class: type[FakeSocket] = FakeSocket
         self.attempts: list[float] = []
         self.sockets: list[FakeSocket] = []
         self.refuse = False
@@ -121,7 +122,7 @@ class FakeExchange:
         await trio.sleep(0.01)
         if self.refuse:
             raise OSError("connection refused")
-        socket = FakeSocket(self)
+        socket = self.socket_class(self)
         self.sockets.append(socket)
         yield socket
 
@@ -360,3 +361,40 @@ async def test_snapshots_numbered_from_one_per_market_are_not_gaps(
         await trio.sleep(1)
     assert harness.records("gap") == []
     assert [c["cmd"] for c in socket.commands] == ["subscribe"]
+
+
+def test_a_batch_read_as_the_connection_is_torn_down_is_still_published() -> None:
+    """The reader's batch is off the socket; tearing the connection down must not lose it."""
+
+    class Counting(FakeSocket):
+        taken = 0
+        sent_at = 0.0
+
+        async def receive_batch(self, limit: int) -> list[str | bytes]:
+            out = list(await super().receive_batch(limit))
+            Counting.taken += sum(1 for f in out if '"trade"' in str(f))
+            return out
+
+        async def send_message(self, message: str | bytes) -> None:
+            Counting.sent_at = trio.current_time()
+            await super().send_message(message)
+
+    async def trial() -> tuple[int, int]:
+        exchange = FakeExchange()
+        exchange.answer_commands = False  # the subscribe times out: the connection is torn down
+        exchange.socket_class = Counting
+        harness = Harness(exchange, [SubscriptionPlan("trade", ("A",))])
+        Counting.taken = 0
+        async with running(harness):
+            await trio.sleep(1)
+            socket = exchange.sockets[0]
+            await trio.sleep_until(Counting.sent_at + 30)  # the instant the command gives up
+            for i in range(100):
+                socket.push_data("trade", 1, None, {"market_ticker": "A", "n": i})
+            await trio.sleep(5)
+        published = sum(1 for m in harness.out if ".trade." in m.subject)
+        return Counting.taken, published
+
+    for _ in range(20):
+        taken, published = trio.run(trial, clock=trio.testing.MockClock(autojump_threshold=0))
+        assert taken == published

@@ -178,3 +178,28 @@ async def test_the_fake_exchange_checks_signatures_like_kalshi(
             async with connect_fast(exchange.url, headers, 5):
                 pass
     assert rejected.value.status_code == 401 and problem in rejected.value.body
+
+
+@pytest.mark.parametrize("ending", ["close", "protocol error", "reset after ping"])
+async def test_messages_before_the_end_of_a_connection_are_all_delivered(ending: str) -> None:
+    from trio.testing import memory_stream_pair
+
+    from ssmd.connector.wsclient import OP_CLOSE, FastWebSocket
+
+    client, server = memory_stream_pair()
+    wire = b"".join(encode_frame(OP_TEXT, b'{"n":%d}' % i) for i in range(50))
+    if ending == "close":
+        wire += encode_frame(OP_CLOSE, struct.pack("!H", 1001) + b"going away")
+    elif ending == "protocol error":
+        wire += b"\x83\x00"  # unknown opcode
+    else:
+        wire += encode_frame(OP_PING, b"hb")
+    ws = FastWebSocket(client, b"", 1 << 20)
+    await server.send_all(wire)
+    if ending == "reset after ping":
+        await server.aclose()  # the pong cannot be sent
+    got: list[bytes] = []
+    with pytest.raises(ConnectionError):
+        while True:
+            got.extend(await ws.receive_batch(1000))
+    assert got == [b'{"n":%d}' % i for i in range(50)]

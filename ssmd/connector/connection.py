@@ -75,6 +75,9 @@ def describe(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
+HANDOFF_TIMEOUT_S = 5.0
+
+
 @attrs.define
 class ConnectionStats:
     connects: int = 0
@@ -85,6 +88,7 @@ class ConnectionStats:
     gaps: int = 0
     resubscribes: int = 0
     subscribe_errors: int = 0
+    lost: int = 0
     control: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
 
@@ -237,7 +241,20 @@ class Connection:
                 assert routed.subject is not None
                 batch.append(Inbound(routed.subject, payload, recv_ns))
             if batch:
-                await send.send(batch)
+                await self._hand_over(send, batch)
+
+    async def _hand_over(
+        self, send: trio.MemorySendChannel[list[Inbound]], batch: list[Inbound]
+    ) -> None:
+        """Give a read batch to the publisher even if this connection is being torn down:
+        the messages are already off the socket, so cancelling here would lose them."""
+        with trio.CancelScope(shield=True), trio.move_on_after(HANDOFF_TIMEOUT_S) as handoff:
+            await send.send(batch)
+        if handoff.cancelled_caught:
+            self.stats.lost += len(batch)
+            log.error(
+                "conn %d: publisher did not take %d messages; they are lost", self.index, len(batch)
+            )
 
     async def _on_control(self, routed: Routed, session: _Session) -> DiscontinuityRecord | None:
         """Log and count a control message; resolve its command; maybe give a record."""

@@ -111,9 +111,18 @@ class Publisher:
 
     async def run(self, receive: trio.MemoryReceiveChannel[list[Inbound]]) -> None:
         """Publish until `receive` is closed and everything buffered is acknowledged."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._intake, receive)
-            await self._send_loop()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._intake, receive)
+                await self._send_loop()
+        except trio.Cancelled:
+            if self._buffer:
+                log.error(
+                    "stopped before NATS acknowledged %d buffered messages; they are lost "
+                    "(raise service.shutdown_timeout to give the drain longer)",
+                    len(self._buffer),
+                )
+            raise
         log.info(
             "publisher finished: %d acknowledged, %d dropped", self.stats.acked, self.stats.dropped
         )

@@ -76,14 +76,33 @@ class FrameParser:
         self._max = max_message_bytes
         self._fragments: list[bytes] = []
         self._fragment_bytes = 0
+        self.error: ProtocolError | None = None
 
     def feed(self, data: bytes | bytearray) -> tuple[list[bytes], list[tuple[int, bytes]]]:
         """(complete data messages, control frames as (opcode, payload)), in order of arrival
-        within each list."""
-        buf = self._buffer
-        buf += data
+        within each list.
+
+        A protocol violation ends parsing but keeps what came before it: the messages
+        are returned and `error` is set; the next call raises it.
+        """
+        if self.error is not None:
+            raise self.error
         messages: list[bytes] = []
         controls: list[tuple[int, bytes]] = []
+        try:
+            self._parse(data, messages, controls)
+        except ProtocolError as exc:
+            self.error = exc
+            self._buffer.clear()
+            if not messages and not controls:
+                raise
+        return messages, controls
+
+    def _parse(
+        self, data: bytes | bytearray, messages: list[bytes], controls: list[tuple[int, bytes]]
+    ) -> None:
+        buf = self._buffer
+        buf += data
         pos = 0
         end = len(buf)
         while end - pos >= 2:
@@ -140,7 +159,6 @@ class FrameParser:
                 raise ProtocolError(f"unknown opcode {opcode:#x}")
         if pos:
             del buf[:pos]
-        return messages, controls
 
     def _append_fragment(self, payload: bytes) -> None:
         self._fragment_bytes += len(payload)
@@ -156,43 +174,46 @@ class FastWebSocket:
         self._stream = stream
         self._parser = FrameParser(max_message_bytes)
         self._pending: list[bytes] = []
+        self._leftover = leftover
         self._send_lock = trio.Lock()
         self._pongs: dict[bytes, trio.Event] = {}
-        self._closed: WebSocketClosed | None = None
+        # Why the connection ended; raised only once every parsed message is handed over.
+        self._failure: Exception | None = None
         self._close_sent = False
-        if leftover:
-            self._pending, controls = self._parser.feed(leftover)
-            self._early_controls = controls
-        else:
-            self._early_controls = []
 
     async def receive_batch(self, limit: int) -> list[bytes]:
         """Messages that have arrived, at least one unless only control frames did
-        (then an empty list: the caller still learns that the peer is alive)."""
-        if self._early_controls:
-            controls, self._early_controls = self._early_controls, []
-            await self._handle_controls(controls)
-        if self._pending:
-            out, self._pending = self._pending[:limit], self._pending[limit:]
-            return out
-        if self._closed is not None:
-            raise self._closed
-        data = await self._stream.receive_some(_READ_SIZE)
-        if not data:
-            self._closed = WebSocketClosed(None, "connection closed without a close frame")
-            raise self._closed
-        messages, controls = self._parser.feed(data)
-        if controls:
-            await self._handle_controls(controls)
-        if len(messages) > limit:
-            self._pending = messages[limit:]
-            messages = messages[:limit]
-        return messages
+        (then an empty list: the caller still learns that the peer is alive).
 
-    async def _handle_controls(self, controls: list[tuple[int, bytes]]) -> None:
+        Messages that arrived with a close frame, or before a broken connection or a
+        protocol error, are all returned before that end is raised.
+        """
+        if self._leftover:
+            leftover, self._leftover = self._leftover, b""
+            await self._ingest(leftover)
+        if not self._pending:
+            if self._failure is not None:
+                raise self._failure
+            data = await self._stream.receive_some(_READ_SIZE)
+            if not data:
+                self._failure = WebSocketClosed(None, "connection closed without a close frame")
+                raise self._failure
+            await self._ingest(data)
+        out, self._pending = self._pending[:limit], self._pending[limit:]
+        return out
+
+    async def _ingest(self, data: bytes | bytearray) -> None:
+        try:
+            messages, controls = self._parser.feed(data)
+        except ProtocolError as exc:
+            self._failure = exc
+            return
+        self._pending.extend(messages)
+        if self._parser.error is not None:
+            self._failure = self._parser.error
         for opcode, payload in controls:
             if opcode == OP_PING:
-                await self._send_frame(OP_PONG, payload)
+                await self._reply(OP_PONG, payload)
             elif opcode == OP_PONG:
                 waiter = self._pongs.pop(payload, None)
                 if waiter is not None:
@@ -201,11 +222,16 @@ class FastWebSocket:
                 code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
                 reason = payload[2:].decode("utf-8", "replace")
                 if not self._close_sent:
-                    with trio.move_on_after(1):
-                        await self._send_frame(OP_CLOSE, payload[:2])
-                self._closed = WebSocketClosed(code, reason)
-                if not self._pending:
-                    raise self._closed
+                    await self._reply(OP_CLOSE, payload[:2])
+                self._failure = self._failure or WebSocketClosed(code, reason)
+
+    async def _reply(self, opcode: int, payload: bytes) -> None:
+        """Answer a ping or a close; a failure ends the connection after the data is out."""
+        try:
+            with trio.move_on_after(1):
+                await self._send_frame(opcode, payload)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._failure = self._failure or ConnectionError(f"cannot answer the peer: {exc}")
 
     async def _send_frame(self, opcode: int, payload: bytes) -> None:
         frame = encode_frame(opcode, payload, os.urandom(4))
@@ -232,7 +258,7 @@ class FastWebSocket:
             self._pongs.pop(payload, None)
 
     async def aclose(self) -> None:
-        if not self._close_sent and self._closed is None:
+        if not self._close_sent and self._failure is None:
             with trio.move_on_after(1):
                 await self._send_frame(OP_CLOSE, struct.pack("!H", 1000))
         with trio.move_on_after(1):
