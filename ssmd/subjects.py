@@ -138,7 +138,9 @@ def pattern_covers(outer: str, inner: str) -> bool:
     return len(to) == len(ti)
 
 
-DISCONTINUITY_KINDS = frozenset({"connect", "disconnect", "gap", "resubscribe", "overflow"})
+DISCONTINUITY_KINDS = frozenset(
+    {"connect", "disconnect", "gap", "resubscribe", "overflow", "rejected"}
+)
 INVALID_TYPE_TOKEN = "invalid"
 
 

@@ -229,5 +229,19 @@ async def test_a_permanently_refused_message_does_not_block_the_rest(
         async with send:
             for n in range(6):
                 await send.send([inbound(n)])
-    assert sorted(m.payload for m in stream.stored) == [inbound(n).payload for n in (0, 1, 2, 4, 5)]
+    data = [m for m in stream.stored if ".ssmd." not in m.subject]
+    assert sorted(m.payload for m in data) == [inbound(n).payload for n in (0, 1, 2, 4, 5)]
     assert publisher.stats.rejected == 1
+    records = [json.loads(m.payload) for m in stream.stored if m.subject.endswith(".ssmd.rejected")]
+    assert [(r["subject"], r["bytes"]) for r in records] == [
+        (inbound(3).subject, len(inbound(3).payload))
+    ]
+
+
+def test_oversized_messages_are_permanent_failures_and_timeouts_are_not() -> None:
+    from ssmd.connector.publisher import is_permanent
+
+    assert is_permanent("MaxPayloadError: nats: maximum payload exceeded")
+    assert is_permanent("APIError: message size exceeds maximum allowed")
+    assert not is_permanent("timed out waiting for the JetStream ack")
+    assert not is_permanent("NoRespondersError: no stream for this subject")

@@ -24,7 +24,12 @@ import attrs
 import trio
 
 from ssmd.clock import WallClock
-from ssmd.connector.records import DiscontinuityRecord, OverflowRecord, record_json
+from ssmd.connector.records import (
+    DiscontinuityRecord,
+    OverflowRecord,
+    RejectedRecord,
+    record_json,
+)
 from ssmd.nats.bridge import NatsUnavailable, OutgoingMessage, PublishOutcome
 from ssmd.subjects import discontinuity_subject
 
@@ -32,8 +37,13 @@ log = logging.getLogger("ssmd.connector.publisher")
 
 PublishBatch = Callable[[Sequence[OutgoingMessage], float], Awaitable[list[PublishOutcome]]]
 
-# Errors that retrying cannot fix; such a message would block the pipeline forever.
-_PERMANENT_ERRORS = ("MaxPayloadError",)
+
+def is_permanent(error: str) -> bool:
+    """Errors that retrying cannot fix; such a message would block the pipeline forever."""
+    text = error.lower()
+    return error.startswith("MaxPayloadError") or (
+        error.startswith("APIError") and ("exceeds maximum" in text or "maximum payload" in text)
+    )
 
 
 @attrs.frozen(slots=True)
@@ -208,7 +218,7 @@ class Publisher:
                     self.stats.acked += 1
                     self.stats.duplicates += outcome.duplicate
                     self._buffered_bytes -= len(message.payload)
-                elif outcome.error and outcome.error.startswith(_PERMANENT_ERRORS):
+                elif outcome.error and is_permanent(outcome.error):
                     self.stats.rejected += 1
                     self._buffered_bytes -= len(message.payload)
                     log.error(
@@ -217,6 +227,14 @@ class Publisher:
                         len(message.payload),
                         outcome.error,
                     )
+                    record = RejectedRecord(
+                        message.subject,
+                        len(message.payload),
+                        outcome.error,
+                        message.recv_ns,
+                        self._clock.now_ns(),
+                    )
+                    self._append(record_message(self._env, self._feed, record))
                 else:
                     retry.append(message)
             if not retry:

@@ -73,8 +73,25 @@ class OverflowRecord:
     ts_ns: int
 
 
+@attrs.frozen
+class RejectedRecord:
+    """JetStream refused a message for good (e.g. larger than the stream allows)."""
+
+    kind: ClassVar[str] = "rejected"
+    subject: str
+    bytes: int
+    error: str
+    recv_ns: int
+    ts_ns: int
+
+
 DiscontinuityRecord = (
-    ConnectRecord | DisconnectRecord | GapRecord | ResubscribeRecord | OverflowRecord
+    ConnectRecord
+    | DisconnectRecord
+    | GapRecord
+    | ResubscribeRecord
+    | OverflowRecord
+    | RejectedRecord
 )
 
 
