@@ -139,7 +139,7 @@ def pattern_covers(outer: str, inner: str) -> bool:
 
 
 DISCONTINUITY_KINDS = frozenset(
-    {"connect", "disconnect", "gap", "resubscribe", "overflow", "rejected"}
+    {"connect", "disconnect", "gap", "resubscribe", "overflow", "rejected", "subscribe_error"}
 )
 INVALID_TYPE_TOKEN = "invalid"
 

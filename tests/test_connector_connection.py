@@ -80,7 +80,14 @@ class FakeSocket:
         if not self.exchange.answer_commands:
             return
         cid = command["id"]
-        if command["cmd"] == "subscribe":
+        if command["cmd"] == "subscribe" and self.exchange.refuse_subscribes > 0:
+            self.exchange.refuse_subscribes -= 1
+            self.push(
+                json.dumps(
+                    {"type": "error", "id": cid, "msg": {"code": 17, "msg": "Internal error"}}
+                )
+            )
+        elif command["cmd"] == "subscribe":
             channel = command["params"]["channels"][0]
             sid = self.exchange.next_sid
             self.exchange.next_sid += 1
@@ -106,6 +113,7 @@ class FakeSocket:
 class FakeExchange:
     def __init__(self) -> None:
         self.socket_class: type[FakeSocket] = FakeSocket
+        self.refuse_subscribes = 0
         self.attempts: list[float] = []
         self.sockets: list[FakeSocket] = []
         self.refuse = False
@@ -398,3 +406,40 @@ def test_a_batch_read_as_the_connection_is_torn_down_is_still_published() -> Non
     for _ in range(20):
         taken, published = trio.run(trial, clock=trio.testing.MockClock(autojump_threshold=0))
         assert taken == published
+
+
+async def test_a_refused_subscription_is_recorded_and_retried(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    exchange = FakeExchange()
+    exchange.refuse_subscribes = 2
+    harness = Harness(exchange, [SubscriptionPlan("trade", ("A",))])
+    async with running(harness):
+        await trio.sleep(60)
+        socket = exchange.sockets[0]
+        subscribes = [c["params"] for c in socket.commands if c["cmd"] == "subscribe"]
+        assert len(subscribes) == 3, "refused twice, then retried until it succeeded"
+        assert len(exchange.sockets) == 1, "a refusal does not cost the connection"
+    errors = [
+        json.loads(m.payload) for m in harness.out if m.subject.endswith(".ssmd.subscribe_error")
+    ]
+    assert [(e["channel"], e["markets"]) for e in errors] == [("trade", ["A"]), ("trade", ["A"])]
+    assert harness.connection.stats.subscribe_errors == 2
+
+
+async def test_a_trade_gap_is_recorded_without_resubscribing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    exchange = FakeExchange()
+    harness = Harness(exchange, [SubscriptionPlan("trade", ("A",))])
+    async with running(harness):
+        await trio.sleep(1)
+        socket = exchange.sockets[0]
+        socket.push_data("trade", 1, 1, {"market_ticker": "A"})
+        socket.push_data("trade", 1, 5, {"market_ticker": "A"})
+        await trio.sleep(5)
+        assert [c["cmd"] for c in socket.commands] == ["subscribe"], (
+            "no snapshot repairs a trade gap"
+        )
+    gaps = [json.loads(m.payload) for m in harness.out if m.subject.endswith(".ssmd.gap")]
+    assert [(g["expected"], g["got"]) for g in gaps] == [(2, 5)]

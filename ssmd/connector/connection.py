@@ -31,6 +31,7 @@ from ssmd.connector.records import (
     DiscontinuityRecord,
     GapRecord,
     ResubscribeRecord,
+    SubscribeErrorRecord,
 )
 from ssmd.connector.router import Routed, RouteKind, Router
 from ssmd.connector.shards import SubscriptionPlan
@@ -76,6 +77,11 @@ def describe(exc: BaseException) -> str:
 
 
 HANDOFF_TIMEOUT_S = 5.0
+SUBSCRIBE_RETRY_INITIAL_S = 5.0
+SUBSCRIBE_RETRY_MAX_S = 120.0
+# Channels whose gaps a fresh subscription repairs (it starts with a snapshot). For the
+# others a resubscribe would only open a new window of loss, so a gap is only recorded.
+SNAPSHOT_CHANNELS = frozenset({"orderbook_delta"})
 
 
 @attrs.define
@@ -114,6 +120,8 @@ class _Session:
     next_seq: dict[int, int] = attrs.field(factory=dict)
     resubscribe_pending: dict[int, None] = attrs.field(factory=dict)
     resubscribe_wanted: trio.Event = attrs.field(factory=trio.Event)
+    # Subscriptions the exchange refused; retried with backoff while connected.
+    refused: list[SubscriptionPlan] = attrs.field(factory=list)
 
 
 def _reply_sid(reply: dict[str, Any]) -> int | None:
@@ -303,7 +311,7 @@ class Connection:
             log.warning(
                 "conn %d: sid %d is not one of ours; cannot resubscribe it", self.index, sid
             )
-        elif sid not in session.resubscribe_pending:
+        elif plan.channel in SNAPSHOT_CHANNELS and sid not in session.resubscribe_pending:
             session.resubscribe_pending[sid] = None
             session.resubscribe_wanted.set()
         return GapRecord(
@@ -360,11 +368,21 @@ class Connection:
         if reply.get("type") == "error":
             self.stats.subscribe_errors += 1
             log.error(
-                "conn %d: subscribe %s (%d markets) refused: %s",
+                "conn %d: subscribe %s (%d markets) refused: %s; will retry",
                 self.index,
                 plan.channel,
                 len(plan.markets),
                 reply.get("msg"),
+            )
+            session.refused.append(plan)
+            await self._emit(
+                SubscribeErrorRecord(
+                    self.index,
+                    plan.channel,
+                    list(plan.markets),
+                    json.dumps(reply.get("msg"), separators=(",", ":")),
+                    self._clock.now_ns(),
+                )
             )
             return None
         sid = _reply_sid(reply)
@@ -383,8 +401,19 @@ class Connection:
         for plan in self._plans:
             await self._subscribe(ws, session, plan)
         session.subscribed = True
+        retry_delay = SUBSCRIBE_RETRY_INITIAL_S
         while True:
-            await session.resubscribe_wanted.wait()
+            if session.refused:
+                with trio.move_on_after(retry_delay):
+                    await session.resubscribe_wanted.wait()
+            else:
+                await session.resubscribe_wanted.wait()
+            if session.refused and not session.resubscribe_wanted.is_set():
+                plans, session.refused = session.refused, []
+                for plan in plans:
+                    await self._subscribe(ws, session, plan)
+                retry_delay = min(retry_delay * 2, SUBSCRIBE_RETRY_MAX_S)
+                continue
             session.resubscribe_wanted = trio.Event()
             while session.resubscribe_pending:
                 old_sid = next(iter(session.resubscribe_pending))

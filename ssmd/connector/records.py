@@ -85,6 +85,19 @@ class RejectedRecord:
     ts_ns: int
 
 
+@attrs.frozen
+class SubscribeErrorRecord:
+    """The exchange refused a subscription: these markets are not being recorded until
+    a retry succeeds (its `subscribed` reply shows when)."""
+
+    kind: ClassVar[str] = "subscribe_error"
+    conn: int
+    channel: str
+    markets: list[str]
+    error: str
+    ts_ns: int
+
+
 DiscontinuityRecord = (
     ConnectRecord
     | DisconnectRecord
@@ -92,6 +105,7 @@ DiscontinuityRecord = (
     | ResubscribeRecord
     | OverflowRecord
     | RejectedRecord
+    | SubscribeErrorRecord
 )
 
 

@@ -118,6 +118,10 @@ async def _report_stats(publisher: Publisher, connections: list[Connection]) -> 
         )
 
 
+# Channels Kalshi serves only for listed market tickers.
+NEEDS_MARKETS = frozenset({"orderbook_delta"})
+
+
 async def start_connector(
     sup: Supervisor,
     config: Config,
@@ -137,8 +141,22 @@ async def start_connector(
         connect, url, credentials, min(cc.command_timeout.seconds, PROBE_TIMEOUT_S)
     )
 
+    channels = list(cc.channels)
+    if not cc.markets:
+        for channel in sorted(NEEDS_MARKETS & set(channels)):
+            log.warning(
+                "connector.channels has %r but connector.markets is empty: Kalshi serves that "
+                "channel only for listed markets, so it is not subscribed",
+                channel,
+            )
+        channels = [c for c in channels if c not in NEEDS_MARKETS]
+    if not channels:
+        raise StartupRefused(
+            "no channel can be subscribed: list connector.markets for "
+            + ", ".join(sorted(NEEDS_MARKETS & set(cc.channels)))
+        )
     shards = plan_connections(
-        cc.channels, cc.markets, cc.markets_per_subscription, cc.markets_per_connection
+        channels, cc.markets, cc.markets_per_subscription, cc.markets_per_connection
     )
     log.info(
         "connector: %d connection(s), %d subscription(s) to %s",
