@@ -10,6 +10,7 @@ import trio
 from ssmd.clock import WallClock
 from ssmd.config import Config
 from ssmd.nats.bridge import NatsUnavailable, open_bridge
+from ssmd.notify import Notifier
 from ssmd.signals import early_signal
 from ssmd.supervisor import EXIT_OK, Supervisor, supervise
 
@@ -55,6 +56,7 @@ async def run_service(
                     start_roles,
                     shutdown_timeout=config.service.shutdown_timeout.seconds,
                     handle_signals=handle_signals,
+                    notifier=Notifier(),
                 )
         except NatsUnavailable as exc:
             if handle_signals and early_signal() is not None:

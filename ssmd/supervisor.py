@@ -19,9 +19,12 @@ from typing import Any
 
 import trio
 
+from ssmd.notify import Notifier
 from ssmd.signals import early_signal
 
 log = logging.getLogger("ssmd.supervisor")
+
+HealthCheck = Callable[[], str | None]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -44,8 +47,24 @@ class Supervisor:
         self.failures: list[tuple[str, BaseException]] = []
         self._producer_scopes: list[trio.CancelScope] = []
         self._active = 0
-        self._idle_scope = trio.CancelScope()
-        self.ready: dict[str, bool] = {}
+        # Scopes of the supervisor's own tasks (signals, watchdog): they end when the roles do.
+        self._service_scopes: list[trio.CancelScope] = []
+        self._idle = False
+        self._health_checks: dict[str, HealthCheck] = {}
+        self.notifier: Notifier | None = None
+
+    def add_health_check(self, name: str, check: HealthCheck) -> None:
+        """Register a check that returns None when healthy, else why not."""
+        self._health_checks[name] = check
+
+    def unhealthy(self) -> list[str]:
+        """Why the pipeline is not healthy: empty when every check passes."""
+        problems = []
+        for name, check in self._health_checks.items():
+            why = check()
+            if why is not None:
+                problems.append(f"{name}: {why}")
+        return problems
 
     def start_producer(self, name: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Start a source task; `request_stop` cancels it."""
@@ -87,7 +106,7 @@ class Supervisor:
             self._active -= 1
             if self._active == 0:
                 self.request_stop("all tasks ended")
-                self._idle_scope.cancel()
+                self._end_services()
 
     def request_stop(self, reason: str) -> None:
         """Begin an orderly stop: cancel producers; sinks drain; the deadline is armed."""
@@ -96,12 +115,43 @@ class Supervisor:
         self.stop_reason = reason
         log.info("stopping: %s", reason)
         self.stopping.set()
+        if self.notifier is not None:
+            self.notifier.stopping(reason)
         for scope in self._producer_scopes:
             scope.cancel()
         self._nursery.cancel_scope.deadline = trio.current_time() + self.shutdown_timeout
 
+    def _service_scope(self) -> trio.CancelScope:
+        scope = trio.CancelScope()
+        self._service_scopes.append(scope)
+        if self._idle:
+            scope.cancel()
+        return scope
+
+    def _end_services(self) -> None:
+        self._idle = True
+        for scope in self._service_scopes:
+            scope.cancel()
+
+    async def _watchdog(self, notifier: Notifier, interval: float) -> None:
+        """Ping systemd's watchdog only while every health check passes, so a stuck
+        pipeline is restarted."""
+        with self._service_scope():
+            while True:
+                problems = self.unhealthy()
+                if problems:
+                    log.warning(
+                        "not healthy, withholding the watchdog ping: %s", "; ".join(problems)
+                    )
+                else:
+                    notifier.watchdog()
+                await trio.sleep(interval)
+
     async def _watch_signals(self) -> None:
-        with self._idle_scope, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with (
+            self._service_scope(),
+            trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+        ):
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if self.stopping.is_set():
@@ -116,11 +166,13 @@ async def supervise(
     *,
     shutdown_timeout: float,
     handle_signals: bool = True,
+    notifier: Notifier | None = None,
 ) -> int:
     """Run the roles under one nursery until they stop; return the process exit code."""
     refused: StartupRefused | None = None
     async with trio.open_nursery() as nursery:
         sup = Supervisor(nursery, shutdown_timeout)
+        sup.notifier = notifier
         if handle_signals:
             nursery.start_soon(sup._watch_signals)
             if (name := early_signal()) is not None:
@@ -131,11 +183,15 @@ async def supervise(
             refused = exc
             sup.request_stop("start-up refused")
         except BaseException:
-            sup._idle_scope.cancel()
+            sup._end_services()
             raise
         if sup._active == 0:
             sup.request_stop("no tasks to run")
-            sup._idle_scope.cancel()
+            sup._end_services()
+        elif notifier is not None and not sup.stopping.is_set():
+            notifier.ready("running")
+            if notifier.watchdog_interval is not None:
+                nursery.start_soon(sup._watchdog, notifier, notifier.watchdog_interval)
         await sup.stopping.wait()
     if refused is not None:
         raise refused

@@ -78,6 +78,8 @@ class FetcherStats:
     gaps: int = 0
     missing: int = 0
     nats_errors: int = 0
+    # Trio time of the loop's last turn: a health check sees a stuck fetcher.
+    last_beat: float = 0.0
 
 
 async def run_fetcher(
@@ -102,6 +104,7 @@ async def run_fetcher(
     delay = 0.1
     async with send:
         while True:
+            stats.last_beat = trio.current_time()
             try:
                 if consumer is None:
                     reconnects = source.reconnects

@@ -260,5 +260,17 @@ async def start_archiver(
         compression_level=archiver.compression_level,
         queue_batches=archiver.queue_batches,
     )
+    stall_after = max(30.0, 5 * archiver.fetch_timeout.seconds)
+
+    def health() -> str | None:
+        if status.writer.disk_full.value:
+            return "disk full: archiving paused"
+        silent = trio.current_time() - status.fetcher.last_beat
+        if silent > stall_after:
+            return f"fetcher made no progress for {silent:.0f}s"
+        return None
+
+    status.fetcher.last_beat = trio.current_time()
+    sup.add_health_check("archiver", health)
     start_pipeline(sup, settings, clock, fetcher, bridge.ack, status, ops=file_ops, on_exit=unlock)
     return status
