@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+from prometheus_client import CollectorRegistry
 
 from ssmd.notify import Notifier
 from ssmd.signals import early_signal
@@ -51,11 +52,25 @@ class Supervisor:
         self._service_scopes: list[trio.CancelScope] = []
         self._idle = False
         self._health_checks: dict[str, HealthCheck] = {}
+        self._readiness_checks: dict[str, HealthCheck] = {}
         self.notifier: Notifier | None = None
+        self.metrics = CollectorRegistry(auto_describe=True)
 
     def add_health_check(self, name: str, check: HealthCheck) -> None:
         """Register a check that returns None when healthy, else why not."""
         self._health_checks[name] = check
+
+    def add_readiness_check(self, name: str, check: HealthCheck) -> None:
+        """Register a check that returns None once the role is up, else what it waits for."""
+        self._readiness_checks[name] = check
+
+    def not_ready(self) -> list[str]:
+        problems = []
+        for name, check in self._readiness_checks.items():
+            why = check()
+            if why is not None:
+                problems.append(f"{name}: {why}")
+        return problems
 
     def unhealthy(self) -> list[str]:
         """Why the pipeline is not healthy: empty when every check passes."""

@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import re
+import time
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -204,6 +205,7 @@ class SlotFile:
         self._pending: bytes | None = None
         self._pending_stats: FileStats | None = None
         self._finished = False
+        self.last_fsync_s = 0.0
 
     @property
     def compressed_bytes(self) -> int:
@@ -213,7 +215,7 @@ class SlotFile:
     def partial_path(self) -> Path:
         return self._partial
 
-    def append(self, messages: Sequence[ArchivedMessage]) -> None:
+    def append(self, messages: Sequence[ArchivedMessage]) -> FileStats:
         """Compress `messages` as one block, write it and fsync it.
 
         Raises DiskFull with nothing half-done: calling `append` again with the same
@@ -232,15 +234,18 @@ class SlotFile:
             )
             self._pending_stats = stats
         self._write_pending()
-        if self._pending_stats is not None:
-            self.stats.merge(self._pending_stats)
-            self._pending_stats = None
+        added = self._pending_stats or FileStats()
+        self._pending_stats = None
+        self.stats.merge(added)
+        return added
 
     def _write_pending(self) -> None:
         assert self._pending is not None
         try:
             self._ops.pwrite(self._fd, self._pending, self._offset)
+            started = time.perf_counter()
             self._ops.fsync(self._fd)
+            self.last_fsync_s = time.perf_counter() - started
         except OSError as exc:
             with contextlib.suppress(OSError):
                 self._ops.truncate(self._fd, self._offset)

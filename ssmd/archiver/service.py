@@ -32,6 +32,7 @@ from ssmd.archiver.writer import (
 )
 from ssmd.clock import WallClock
 from ssmd.config import Config
+from ssmd.metrics import FunctionCollector
 from ssmd.nats.bridge import NatsBridge
 from ssmd.subjects import pattern_covers, patterns_intersect
 from ssmd.supervisor import StartupRefused, Supervisor
@@ -270,7 +271,16 @@ async def start_archiver(
             return f"fetcher made no progress for {silent:.0f}s"
         return None
 
+    def readiness() -> str | None:
+        if status.fetcher.consumer_resets == 0:
+            return "consumer not positioned yet"
+        return "disk full" if status.writer.disk_full.value else None
+
     status.fetcher.last_beat = trio.current_time()
     sup.add_health_check("archiver", health)
+    sup.add_readiness_check("archiver", readiness)
+    from ssmd.archiver.metrics import archiver_metrics
+
+    sup.metrics.register(FunctionCollector(lambda: archiver_metrics(feed, status)))
     start_pipeline(sup, settings, clock, fetcher, bridge.ack, status, ops=file_ops, on_exit=unlock)
     return status

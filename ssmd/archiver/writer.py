@@ -13,6 +13,7 @@ acknowledged meanwhile, and the fetcher is held back by the bounded channel.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,10 +23,11 @@ import trio
 from trio_util import AsyncBool
 
 from ssmd.archiver.fetcher import Batch, GapEvent, RotateTick
-from ssmd.archiver.files import DiskFull, FileOps, SlotFile
+from ssmd.archiver.files import DiskFull, FileOps, FileStats, SlotFile
 from ssmd.archiver.manifest import FileEntry, Gap, Manifest, load_or_new, write_manifest
 from ssmd.archiver.slots import NS, day_of, iso, slot_label, slot_start
 from ssmd.clock import WallClock
+from ssmd.metrics import LatencyHistogram
 from ssmd.nats.bridge import NatsUnavailable
 
 log = logging.getLogger("ssmd.archiver.writer")
@@ -64,6 +66,9 @@ class WriterStatus:
     disk_full_events: int = 0
     last_write_ns: int = 0
     open_file: str = ""
+    compressed_bytes: int = 0
+    records_by_type: Counter[str] = attrs.field(factory=Counter)
+    fsync_seconds: LatencyHistogram = attrs.field(factory=LatencyHistogram)
 
 
 async def retry_disk_full(
@@ -140,16 +145,21 @@ class ArchiveWriter:
             if self._current is None:
                 self._current = await self._open()
             current = self._current
-            await retry_disk_full(
+            before = current.compressed_bytes
+            added: FileStats = await retry_disk_full(
                 self._run_sync,
                 self.status,
                 f"writing {current.name}",
                 current.append,
                 batch.messages,
             )
-            self.status.records += len(batch.messages)
-            self.status.bytes = current.stats.bytes
-            self.status.last_write_ns = self._clock.now_ns()
+            status = self.status
+            status.records += len(batch.messages)
+            status.bytes += added.bytes
+            status.compressed_bytes += current.compressed_bytes - before
+            status.records_by_type.update(added.records_by_type)
+            status.fsync_seconds.observe(current.last_fsync_s)
+            status.last_write_ns = self._clock.now_ns()
         if batch.ack_reply is not None:
             try:
                 self._ack_send.send_nowait(batch.ack_reply)
