@@ -263,6 +263,14 @@ class ServiceConfig:
         default=Duration.parse("5s"), validator=_positive_duration
     )
     log_level: str = attrs.field(default="info")
+    # /health, /ready and /metrics; port 0 turns the endpoint off.
+    health_host: str = "127.0.0.1"
+    health_port: int = attrs.field(default=9108)
+
+    @health_port.validator
+    def _check_port(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if not 0 <= value <= 65535:
+            raise FieldError(attribute, f"expected a TCP port from 0 (off) to 65535, got {value!r}")
 
     @log_level.validator
     def _check_level(self, attribute: attrs.Attribute[str], value: str) -> None:
@@ -270,6 +278,38 @@ class ServiceConfig:
             raise FieldError(
                 attribute, f"expected one of debug, info, warning, error; got {value!r}"
             )
+
+
+SYNC_SCHEMES = ("gs", "s3", "file")
+
+
+@attrs.frozen
+class SyncConfig:
+    """Uploads of the finished archive to `gs://bucket/prefix`, `s3://...` or `file:///path`."""
+
+    destination: str = attrs.field()
+    interval: Duration = attrs.field(default=Duration.parse("5m"), validator=_positive_duration)
+    # Feed directories to upload; empty means every feed under storage.path.
+    feeds: list[str] = attrs.field(factory=list)
+
+    @destination.validator
+    def _check_destination(self, attribute: attrs.Attribute[str], value: str) -> None:
+        scheme, separator, rest = value.partition("://")
+        if scheme == "file":
+            valid = rest.startswith("/") and rest.strip("/") != ""
+        else:
+            valid = scheme in SYNC_SCHEMES and rest.split("/")[0] != ""
+        if not separator or not valid:
+            raise FieldError(
+                attribute,
+                "expected a URL such as 'gs://bucket/prefix', 's3://bucket/prefix' or "
+                f"'file:///absolute/path' (schemes: {', '.join(SYNC_SCHEMES)}), got {value!r}",
+            )
+
+    @feeds.validator
+    def _check_feeds(self, attribute: attrs.Attribute[list[str]], value: list[str]) -> None:
+        for feed in value:
+            _subject_token(self, attribute, feed)
 
 
 @attrs.frozen
@@ -281,13 +321,16 @@ class Config:
     rotation: RotationConfig = RotationConfig()
     connector: ConnectorConfig | None = None
     service: ServiceConfig = ServiceConfig()
+    sync: SyncConfig | None = None
 
     @property
     def sections(self) -> set[str]:
-        return {name for name in ("archiver", "connector") if getattr(self, name) is not None}
+        return {
+            name for name in ("archiver", "connector", "sync") if getattr(self, name) is not None
+        }
 
 
-ROLES = ("archiver", "connector")
+ROLES = ("archiver", "connector", "sync")
 
 
 def _make_converter() -> cattrs.Converter:
@@ -406,3 +449,8 @@ def require_roles(config: Config, roles: list[str], file: str) -> None:
             raise ConfigError(
                 file, "connector", "section [connector] is required for --role connector"
             )
+        if role == "sync":
+            if config.sync is None:
+                raise ConfigError(file, "sync", "section [sync] is required for --role sync")
+            if config.storage is None:
+                raise ConfigError(file, "storage", "section [storage] is required for --role sync")

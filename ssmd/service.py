@@ -9,6 +9,7 @@ import trio
 
 from ssmd.clock import WallClock
 from ssmd.config import Config
+from ssmd.health import HealthServer
 from ssmd.nats.bridge import NatsUnavailable, open_bridge
 from ssmd.notify import Notifier
 from ssmd.signals import early_signal
@@ -42,6 +43,14 @@ async def run_service(
                 log.info("connected to NATS at %s", ", ".join(config.nats.servers))
 
                 async def start_roles(sup: Supervisor) -> None:
+                    if config.service.health_port:
+                        server = HealthServer(sup, sup.metrics, sup.not_ready)
+                        sup.start_producer(
+                            "health",
+                            server.serve,
+                            config.service.health_host,
+                            config.service.health_port,
+                        )
                     # The connector first: it creates the stream the archiver reads.
                     if "connector" in roles:
                         from ssmd.connector.service import start_connector
@@ -51,6 +60,15 @@ async def run_service(
                         from ssmd.archiver.service import start_archiver
 
                         await start_archiver(sup, config, bridge, clock)
+                    if "sync" in roles:
+                        from pathlib import Path
+
+                        from ssmd.sync import run_sync_role
+
+                        assert config.sync is not None and config.storage is not None
+                        sup.start_producer(
+                            "sync", run_sync_role, Path(config.storage.path), config.sync
+                        )
 
                 return await supervise(
                     start_roles,

@@ -23,7 +23,7 @@ ssmd records prediction-market data: Kalshi WebSocket -> NATS JetStream -> JSONL
   ssmd run -c ssmd.toml                      run every role configured in the file
   ssmd run -c ssmd.toml --role archiver      only the archiver
   ssmd config check -c ssmd.toml             validate a config and exit
-  ssmd demo                                  a self-contained demo (embedded nats-server)
+  ssmd run --demo                            a self-contained demo (simulated exchange)
   ssmd data ls --path /var/lib/ssmd/archive  what is archived, per feed and day
   ssmd data verify --path ...                check files against manifests (exit 1 if not)
 
@@ -71,6 +71,17 @@ def _config_error(exc: Exception) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.demo:
+        if args.config or args.role:
+            print("ssmd: run --demo takes no -c/--config or --role", file=sys.stderr)
+            return EXIT_CONFIG
+        return cmd_demo(args)
+    if not args.config:
+        print("ssmd: run needs -c CONFIG (or --demo for the self-contained demo)", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.duration is not None or args.data_dir is not None:
+        print("ssmd: --duration and --data-dir go with --demo", file=sys.stderr)
+        return EXIT_CONFIG
     from ssmd.service import run_service
 
     try:
@@ -104,11 +115,67 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_DATA_DIR = "./ssmd-data"
+DEMO_DURATION_S = 20.0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ssmd.demo import run_demo
 
     setup_logging(args.log_level or "info")
-    return run_demo(data_dir=args.data_dir, duration=args.duration)
+    return run_demo(
+        data_dir=args.data_dir or DEMO_DATA_DIR,
+        duration=DEMO_DURATION_S if args.duration is None else args.duration,
+    )
+
+
+_DEMO_DESCRIPTION = (
+    "A self-contained demo that needs no credentials: a simulated Kalshi exchange on a "
+    "local WebSocket, an embedded nats-server, and the real connector and archiver, "
+    "archiving under --data-dir. Running it again continues the same archive."
+)
+
+
+def _add_demo_arguments(parser: argparse.ArgumentParser, *, with_demo_flag: bool) -> None:
+    prefix = "with --demo: " if with_demo_flag else ""
+    if with_demo_flag:
+        parser.add_argument("--demo", action="store_true", help=_DEMO_DESCRIPTION)
+    parser.add_argument(
+        "--data-dir", help=f"{prefix}where the demo keeps its data (default {DEMO_DATA_DIR})"
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help=f"{prefix}seconds to run, then stop cleanly (default {DEMO_DURATION_S:g})",
+    )
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ssmd.sync import SyncFailed, run_sync_until_signalled, sync_once
+
+    try:
+        config = load_config(args.config)
+        require_roles(config, ["sync"], args.config)
+    except ConfigError as exc:
+        return _config_error(exc)
+    assert config.sync is not None and config.storage is not None
+    sync, root = config.sync, Path(config.storage.path)
+    setup_logging(args.log_level or config.service.log_level)
+    try:
+        if not args.once:
+            trio.run(run_sync_until_signalled, root, sync)
+            return 0
+        report = trio.run(lambda: sync_once(root, sync.destination, feeds=sync.feeds or None))
+    except SyncFailed as exc:
+        print(f"ssmd: sync failed: {exc}", file=sys.stderr)
+        return 1
+    for error in report.errors:
+        print(f"ssmd: sync: {error}", file=sys.stderr)
+    print(f"sync {root} -> {sync.destination}: {report.summary()}")
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one or more roles in one process under one supervisor. "
         "SIGINT/SIGTERM stop it cleanly: the open file is finished and the manifest written.",
     )
-    run.add_argument("-c", "--config", required=True, help="path to the TOML config")
+    run.add_argument("-c", "--config", help="path to the TOML config (required without --demo)")
     run.add_argument(
         "--role",
         action="append",
@@ -133,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Default: every role that has a section in the config",
     )
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    _add_demo_arguments(run, with_demo_flag=True)
     run.set_defaults(func=cmd_run)
 
     config = sub.add_parser("config", help="configuration tools")
@@ -148,14 +216,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="run a self-contained demo: embedded nats-server, generator, archiver",
-        description="Start an embedded nats-server on loopback, feed it Kalshi-shaped "
-        "messages and archive them under --data-dir. Needs no credentials.",
+        help="the same as `ssmd run --demo`",
+        description=_DEMO_DESCRIPTION,
     )
-    demo.add_argument("--data-dir", default="./ssmd-data", help="where the demo keeps its data")
-    demo.add_argument("--duration", type=float, default=20.0, help="seconds to run (default 20)")
+    _add_demo_arguments(demo, with_demo_flag=False)
     demo.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     demo.set_defaults(func=cmd_demo)
+
+    sync = sub.add_parser(
+        "sync",
+        help="upload finished archive files and manifests to gs://, s3:// or file://",
+        description="Upload the finished .jsonl.gz files and manifests under [storage] path "
+        "to [sync] destination; what is already there is skipped. With --once: one pass, "
+        "exit 0 if everything is at the destination, 1 if an upload failed, 2 on a config "
+        "error. Without: a pass every [sync] interval until SIGINT/SIGTERM.",
+    )
+    sync.add_argument("-c", "--config", required=True, help="path to the TOML config")
+    sync.add_argument("--once", action="store_true", help="one pass, then exit (systemd timer)")
+    sync.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    sync.set_defaults(func=cmd_sync)
 
     from ssmd.cli.data import add_data_commands
 
