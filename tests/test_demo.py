@@ -1,4 +1,5 @@
-"""`ssmd demo` (what `make demo` runs) produces an archive that verifies, and continues it."""
+"""`ssmd run --demo` (what `make demo` runs): simulated exchange -> real connector ->
+embedded nats-server -> real archiver, producing an archive that verifies and continues."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ssmd.cli.main import main
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -14,14 +20,60 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_demo_archives_and_a_second_run_continues(tmp_path: Path) -> None:
-    first = run("demo", "--data-dir", str(tmp_path), "--duration", "2")
-    assert first.returncode == 0, first.stderr[-2000:]
+def discontinuities(archive: Path) -> dict[str, int]:
+    """Discontinuity records per kind over every day's manifest."""
+    totals: dict[str, int] = {}
+    for manifest in archive.glob("kalshi/*/manifest.json"):
+        for kind, n in json.loads(manifest.read_text())["discontinuities"].items():
+            totals[kind] = totals.get(kind, 0) + n
+    return totals
+
+
+def ssmd_records(archive: Path) -> list[dict[str, Any]]:
+    records = []
+    for day in sorted(p.name for p in (archive / "kalshi").iterdir() if p.is_dir()):
+        cat = run("data", "cat", "kalshi", day, "--path", str(archive), "--type", "ssmd")
+        assert cat.returncode == 0, cat.stderr
+        records += [json.loads(line) for line in cat.stdout.splitlines()]
+    return records
+
+
+def test_demo_records_the_simulated_exchange_and_a_second_run_continues(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    first = run("run", "--demo", "--duration", "4", "--data-dir", str(tmp_path))
+    assert first.returncode == 0, first.stderr[-3000:]
     assert "stopped cleanly" in first.stderr
-    second = run("demo", "--data-dir", str(tmp_path), "--duration", "2")
-    assert second.returncode == 0, second.stderr[-2000:]
-    verify = run("data", "verify", "--path", str(tmp_path / "archive"))
+    assert "day" in first.stdout and "connect 1" in first.stdout
+    verify = run("data", "verify", "--path", str(archive))
     assert verify.returncode == 0, verify.stdout
-    listing = json.loads(run("data", "ls", "--path", str(tmp_path / "archive"), "--json").stdout)
+
+    found = discontinuities(archive)
+    assert found.get("connect", 0) >= 1
+    assert found.get("gap", 0) >= 1, found
+    records = ssmd_records(archive)
+    gaps = [r for r in records if r["type"] == "ssmd_gap"]
+    assert gaps and gaps[0]["channel"] == "orderbook_delta"
+    assert gaps[0]["got"] > gaps[0]["expected"]
+    assert any("ws://127.0.0.1:" in r.get("url", "") for r in records)
+
+    second = run("demo", "--duration", "3", "--data-dir", str(tmp_path))
+    assert second.returncode == 0, second.stderr[-3000:]
+    verify = run("data", "verify", "--path", str(archive))
+    assert verify.returncode == 0, verify.stdout
+    assert discontinuities(archive)["connect"] >= found["connect"] + 1
+    listing = json.loads(run("data", "ls", "--path", str(archive), "--json").stdout)
     assert sum(row["files"] for row in listing) >= 2
-    assert sum(row["records"] for row in listing) > 500
+    assert sum(row["records"] for row in listing) > 1000
+    tickers = set()
+    for manifest in archive.glob("kalshi/*/manifest.json"):
+        tickers |= set(json.loads(manifest.read_text())["tickers"])
+    assert "KXBTCD-26MAR1213-T68499.99" in tickers
+
+
+def test_run_needs_a_config_or_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run"]) == 2
+    assert "-c CONFIG" in capsys.readouterr().err
+    assert main(["run", "--demo", "-c", "ssmd.toml"]) == 2
+    assert "--demo" in capsys.readouterr().err
+    assert main(["run", "-c", "ssmd.toml", "--duration", "3"]) == 2
+    assert "--demo" in capsys.readouterr().err
