@@ -127,3 +127,42 @@ async def _wait_archived(tmp_path: Path, expected: int, timeout: float = 30) -> 
             if count >= expected:
                 return
             await trio.sleep(0.1)
+
+
+async def test_metrics_of_both_roles_and_readiness(tmp_path: Path, nats_server: NatsServer) -> None:
+    from ssmd.nats.server import free_port
+    from tests.test_health import get, metric
+
+    key_file = tmp_path / "kalshi.pem"
+    key_file.write_text(pem(private_key()))
+    key_file.chmod(0o600)
+    port = free_port()
+    async with fake_exchange() as exchange:
+        config = write_config(tmp_path, nats_server.url, exchange.url)
+        config.write_text(config.read_text() + f"[service]\nhealth_port = {port}\n")
+        proc = SsmdProcess(config, roles=("connector", "archiver"))
+        proc.env = env_with(KALSHI_API_KEY=API_KEY, KALSHI_PRIVATE_KEY_PATH=str(key_file))
+        proc.start()
+        session = await exchange.session(0, timeout=20)
+        await session.wait_until(lambda: len(session.subscriptions) == 1)
+        base = f"http://127.0.0.1:{port}"
+        with trio.fail_after(10):
+            while (await get(f"{base}/ready"))[0] != 200:
+                await trio.sleep(0.1)
+        sid = session.sub_for("trade").sid
+        for i in range(1, 101):
+            await session.send_data("trade", sid, trade_msg("KXA-1", i))
+        with trio.fail_after(10):
+            while metric((await get(f"{base}/metrics"))[1], "ssmd_archived_messages_total") < 101:
+                await trio.sleep(0.1)
+        _, text = await get(f"{base}/metrics")
+        assert metric(text, "ssmd_received_messages_total") == 100
+        assert metric(text, "ssmd_published_messages_total") == 101  # and the connect record
+        assert metric(text, "ssmd_connections_up") == 1
+        assert metric(text, "ssmd_publish_ack_seconds_count") >= 1
+        await session.drop()
+        with trio.fail_after(10):
+            while metric((await get(f"{base}/metrics"))[1], "ssmd_reconnects_total") < 1:
+                await trio.sleep(0.1)
+        code, _ = proc.terminate()
+    assert code == 0

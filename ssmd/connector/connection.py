@@ -95,6 +95,7 @@ class ConnectionStats:
     resubscribes: int = 0
     subscribe_errors: int = 0
     lost: int = 0
+    by_type: collections.Counter[str] = attrs.field(factory=collections.Counter)
     control: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
 
@@ -159,6 +160,8 @@ class Connection:
         self._rng = rng or random.Random()
         self._send: trio.MemorySendChannel[list[Inbound]] | None = None
         self.stats = ConnectionStats()
+        # Connected with every subscription sent: what /ready waits for.
+        self.up = False
 
     async def run(self, send: trio.MemorySendChannel[list[Inbound]]) -> None:
         """Connect, serve, reconnect; forever, until cancelled."""
@@ -172,6 +175,7 @@ class Connection:
                     reason = "connection ended"
                 except Exception as exc:
                     reason = session.reason or describe(exc)
+                self.up = False
                 if session.connected:
                     self.stats.disconnects += 1
                     log.warning("conn %d: disconnected: %s", self.index, reason)
@@ -243,6 +247,7 @@ class Connection:
                     if gap is not None:
                         batch.append(record_message(self._env, self._feed, gap))
                 stats.messages += 1
+                stats.by_type[routed.message_type or "invalid"] += 1
                 if routed.kind is RouteKind.UNROUTED:
                     stats.unrouted += 1
                     log.debug("conn %d: unrouted message (%s)", self.index, routed.reason)
@@ -401,6 +406,7 @@ class Connection:
         for plan in self._plans:
             await self._subscribe(ws, session, plan)
         session.subscribed = True
+        self.up = True
         retry_delay = SUBSCRIBE_RETRY_INITIAL_S
         while True:
             if session.refused:

@@ -30,6 +30,7 @@ from ssmd.connector.records import (
     RejectedRecord,
     record_json,
 )
+from ssmd.metrics import LatencyHistogram
 from ssmd.nats.bridge import NatsUnavailable, OutgoingMessage, PublishOutcome
 from ssmd.subjects import discontinuity_subject
 
@@ -70,6 +71,8 @@ class PublisherStats:
     dropped_bytes: int = 0
     rejected: int = 0
     overflow_records: int = 0
+    last_ack_at: float = 0.0
+    ack_seconds: LatencyHistogram = attrs.field(factory=LatencyHistogram)
 
 
 @attrs.define
@@ -262,7 +265,11 @@ class Publisher:
         error = "timed out waiting for the bridge"
         with trio.move_on_after(self._timeout * 2 + 1):
             try:
+                started = trio.current_time()
                 outcomes = await self._publish_batch(batch, self._timeout)
+                self.stats.ack_seconds.observe(trio.current_time() - started)
+                if any(o.ok for o in outcomes):
+                    self.stats.last_ack_at = trio.current_time()
             except NatsUnavailable as exc:
                 error = f"NATS unavailable: {exc}"
             else:

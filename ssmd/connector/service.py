@@ -13,17 +13,20 @@ from __future__ import annotations
 import logging
 from functools import partial
 
+import attrs
 import trio
 
 from ssmd.clock import WallClock
 from ssmd.config import Config, ConnectorConfig
 from ssmd.connector.auth import Credentials
 from ssmd.connector.connection import Connection, ConnectionSettings, describe
+from ssmd.connector.metrics import connector_metrics
 from ssmd.connector.publisher import Inbound, Publisher
 from ssmd.connector.router import Router
 from ssmd.connector.shards import plan_connections
 from ssmd.connector.websocket import Connect, HandshakeRejected, connect_websocket
 from ssmd.connector.wsclient import connect_fast
+from ssmd.metrics import FunctionCollector
 from ssmd.nats.bridge import NatsBridge, StreamSpec
 from ssmd.subjects import feed_prefix, pattern_covers
 from ssmd.supervisor import StartupRefused, Supervisor
@@ -122,13 +125,21 @@ async def _report_stats(publisher: Publisher, connections: list[Connection]) -> 
 NEEDS_MARKETS = frozenset({"orderbook_delta"})
 
 
+@attrs.frozen
+class ConnectorTasks:
+    """What `start_connector` started, for callers that watch its counters."""
+
+    publisher: Publisher
+    connections: list[Connection]
+
+
 async def start_connector(
     sup: Supervisor,
     config: Config,
     bridge: NatsBridge,
     clock: WallClock,
     credentials: Credentials,
-) -> None:
+) -> ConnectorTasks:
     cc = config.connector
     if cc is None:
         raise StartupRefused("the connector role needs a [connector] section")
@@ -197,3 +208,22 @@ async def start_connector(
         sup.start_producer(f"connector.ws{connection.index}", connection.run, send.clone())
     send.close()
     sup.start_producer("connector.stats", _report_stats, publisher, connections)
+    stall_after = max(30.0, 3 * cc.publish_timeout.seconds)
+    publisher.stats.last_ack_at = trio.current_time()
+
+    def health() -> str | None:
+        silent = trio.current_time() - publisher.stats.last_ack_at
+        if publisher.buffered and silent > stall_after:
+            return f"{publisher.buffered} messages waiting, no JetStream ack for {silent:.0f}s"
+        return None
+
+    def readiness() -> str | None:
+        down = [c.index for c in connections if not c.up]
+        return f"connection(s) {down} not connected and subscribed" if down else None
+
+    sup.add_health_check("connector", health)
+    sup.add_readiness_check("connector", readiness)
+    sup.metrics.register(
+        FunctionCollector(lambda: connector_metrics(cc.feed, publisher, connections))
+    )
+    return ConnectorTasks(publisher, connections)
