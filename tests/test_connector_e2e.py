@@ -270,6 +270,10 @@ async def test_seq_jump_gives_a_gap_record_and_a_fresh_snapshot(nats_server: Nat
             session = await exchange.session(0)
             await session.wait_until(lambda: len(session.subscriptions) == 1)
             sid = session.sub_for("orderbook_delta").sid
+            # The snapshots go out from the subscribe handler: let them finish first.
+            with trio.fail_after(5):
+                while session.seq.get(sid) != 2:
+                    await trio.sleep(0.01)
             await session.send_data("orderbook_delta", sid, {"market_ticker": "KXA-1", "delta": 1})
             session.skip_seq(sid, 2)
             await session.send_data("orderbook_delta", sid, {"market_ticker": "KXA-1", "delta": 2})
