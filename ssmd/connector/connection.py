@@ -95,6 +95,7 @@ class ConnectionStats:
     resubscribes: int = 0
     subscribe_errors: int = 0
     lost: int = 0
+    last_message_ns: int = 0
     by_type: collections.Counter[str] = attrs.field(factory=collections.Counter)
     control: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
@@ -232,6 +233,7 @@ class Connection:
         while True:
             frames = await ws.receive_batch(READ_BATCH)
             recv_ns = clock.now_ns()
+            stats.last_message_ns = recv_ns
             session.last_frame = trio.current_time()
             batch: list[Inbound] = []
             for frame in frames:

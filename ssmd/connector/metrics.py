@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily
 from ssmd.connector.connection import Connection
 from ssmd.connector.publisher import Publisher
 from ssmd.metrics import by_label, counter, gauge
+from ssmd.subjects import split_subject
 
 
 def connector_metrics(
@@ -28,7 +29,17 @@ def connector_metrics(
         "type",
         dict(received),
     )
-    yield counter("ssmd_published_messages", "Messages JetStream acknowledged.", labels, p.acked)
+    published: collections.Counter[str] = collections.Counter()
+    for subject, n in list(p.acked_subjects.items()):
+        published[split_subject(subject)[0]] += n
+    yield by_label(
+        CounterMetricFamily,
+        "ssmd_published_messages",
+        "Messages JetStream acknowledged, by subject type.",
+        labels,
+        "type",
+        dict(published),
+    )
     yield counter(
         "ssmd_publish_duplicates",
         "Retries the stream recognised as duplicates.",
@@ -73,6 +84,13 @@ def connector_metrics(
         "Connections connected and subscribed.",
         labels,
         sum(c.up for c in connections),
+    )
+    last = max((c.stats.last_message_ns for c in connections), default=0)
+    yield gauge(
+        "ssmd_last_received_timestamp_seconds",
+        "Wall time of the last exchange message.",
+        labels,
+        last / 1e9,
     )
     yield p.ack_seconds.family(
         "ssmd_publish_ack_seconds",

@@ -72,6 +72,8 @@ class PublisherStats:
     rejected: int = 0
     overflow_records: int = 0
     last_ack_at: float = 0.0
+    # Per subject, so the per-message cost is one increment; types are derived on scrape.
+    acked_subjects: collections.Counter[str] = attrs.field(factory=collections.Counter)
     ack_seconds: LatencyHistogram = attrs.field(factory=LatencyHistogram)
 
 
@@ -219,6 +221,7 @@ class Publisher:
             for message, outcome in zip(batch, outcomes, strict=True):
                 if outcome.ok:
                     self.stats.acked += 1
+                    self.stats.acked_subjects[message.subject] += 1
                     self.stats.duplicates += outcome.duplicate
                     self._buffered_bytes -= len(message.payload)
                 elif outcome.error and is_permanent(outcome.error):
