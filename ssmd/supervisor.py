@@ -39,6 +39,10 @@ class StartupRefused(Exception):
     """
 
 
+def _failing(checks: dict[str, HealthCheck]) -> list[str]:
+    return [f"{name}: {why}" for name, check in checks.items() if (why := check()) is not None]
+
+
 class Supervisor:
     def __init__(self, nursery: trio.Nursery, shutdown_timeout: float) -> None:
         self._nursery = nursery
@@ -65,21 +69,12 @@ class Supervisor:
         self._readiness_checks[name] = check
 
     def not_ready(self) -> list[str]:
-        problems = []
-        for name, check in self._readiness_checks.items():
-            why = check()
-            if why is not None:
-                problems.append(f"{name}: {why}")
-        return problems
+        """What the roles still wait for: empty once every role is up."""
+        return _failing(self._readiness_checks)
 
     def unhealthy(self) -> list[str]:
         """Why the pipeline is not healthy: empty when every check passes."""
-        problems = []
-        for name, check in self._health_checks.items():
-            why = check()
-            if why is not None:
-                problems.append(f"{name}: {why}")
-        return problems
+        return _failing(self._health_checks)
 
     def start_producer(self, name: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Start a source task; `request_stop` cancels it."""

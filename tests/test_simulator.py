@@ -3,7 +3,6 @@ command replies, `seq` per sid with exactly one deliberate gap, dropped connecti
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -22,18 +21,13 @@ from trio_websocket import (
 
 from ssmd.connector.auth import Credentials
 from ssmd.simulator import SimulatedExchange
+from tests.fake_kalshi import other_private_key, private_key
 
 API_KEY = "5b1f2d3c-0000-4000-8000-000000000001"
 
 
-@functools.cache
-def exchange_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@functools.cache
-def stranger_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+exchange_key = private_key
+stranger_key = other_private_key
 
 
 def headers(
