@@ -66,7 +66,9 @@ def to_toml(value: object) -> str:
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(document=st.dictionaries(keys, toml_values, max_size=6) | st.text(max_size=200))
-def test_any_toml_gives_a_config_or_one_clear_error(tmp_path: Path, document: object) -> None:
+def test_any_toml_gives_a_config_or_one_clear_error(
+    tmp_path: Path, document: dict[str, object] | str
+) -> None:
     path = tmp_path / "fuzz.toml"
     text = (
         document
