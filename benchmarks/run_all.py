@@ -1,0 +1,319 @@
+"""ssmd's published benchmark table: every figure next to a baseline measured in the same run.
+
+    benchmarks/run_all            # full run, a few minutes on 2 cores
+    benchmarks/run_all --quick    # smaller counts, well under a minute or two
+
+Sections (each measurement runs in its own fresh spawned process, so CPU time and peak
+RSS belong to that measurement alone; nats-server and the fake exchange are separate
+processes and are not counted):
+
+* archiver throughput: `bench_archiver.ssmd_archiver` (fetch, format, gzip, write, fsync,
+  ack) against `bench_archiver.bare_fetch_ack` (nats-py fetch(1000) + AckAll, writes
+  nothing), both reading the same pre-filled stream; plus the writer alone against raw
+  zlib on the same lines (`writer_vs_raw_gzip`).
+* connector throughput: `bench_connector.measure_connector` (WebSocket -> JetStream
+  acknowledged, fake exchange sending flat out) against `bench_connector.measure_bare`
+  (nats-py publish_async of the same payloads and headers).
+* end-to-end latency (`bench_e2e`): connector + archiver in one process, the exchange
+  pacing at 1k and 10k msg/s; per message, fsync-completion time of the block holding
+  its line minus its `_recv_ns` ("durable"), and the time the AckAll covering it was
+  flushed to nats-server ("acked"). See bench_e2e's docstring for the method.
+* fsync cost per batch: the archiver's own `status.writer.fsync_seconds` histogram from
+  the 10k msg/s run (mean = sum/count; p99 as the histogram bucket's upper bound), with
+  the exact p99 from the timed FileOps alongside.
+* CPU seconds per million messages: `time.process_time()` (all threads) of the measuring
+  process around the measured call, divided by messages; includes that call's own setup
+  (connecting, creating the consumer), which is small next to the run. For the paced
+  end-to-end runs the window is from the connector's start to the last ack, so the
+  figure includes the pipeline's fixed per-batch and idle costs at that rate.
+* peak RSS: `VmHWM` of the measuring process (its own image; not `ru_maxrss`, which on
+  Linux carries over the spawning parent's peak across exec).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import platform
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_* (when imported)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # ssmd from this checkout
+
+import trio
+from bench_archiver import bare_fetch_ack, fill_stream, ssmd_archiver, writer_vs_raw_gzip
+from bench_connector import exchange_process, kalshi_messages, measure_bare, measure_connector
+from bench_e2e import run_e2e
+from paced_exchange import paced_exchange_process
+
+from ssmd.nats.server import NatsServer, nats_server_binary
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+# --- what runs inside each measuring process -------------------------------------------
+
+
+def _measured(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, float, float]:
+    """(result, CPU seconds, peak RSS MiB) of `fn(*args)` in this fresh process."""
+    cpu = time.process_time()
+    result = fn(*args)
+    cpu = time.process_time() - cpu
+    return result, cpu, peak_rss_mib()
+
+
+def peak_rss_mib() -> float:
+    """This process's own high-water RSS. `VmHWM` belongs to the process image, whereas
+    `ru_maxrss` survives exec and so would report the spawning parent's peak instead."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def archiver_child(url: str, n: int, durable: str, archive: Path) -> float:
+    rate, _acks = trio.run(ssmd_archiver, url, n, durable, archive)
+    return rate
+
+
+def bare_fetch_child(url: str, n: int, durable: str) -> float:
+    return asyncio.run(bare_fetch_ack(url, n, durable))
+
+
+def connector_child(nats_url: str, ws_url: str, n: int) -> float:
+    return trio.run(measure_connector, nats_url, ws_url, n)
+
+
+def bare_publish_child(nats_url: str, payloads: list[bytes]) -> float:
+    return asyncio.run(measure_bare(nats_url, payloads))
+
+
+def e2e_child(nats_url: str, ws_url: str, n: int, archive: Path) -> dict[str, Any]:
+    return trio.run(run_e2e, nats_url, ws_url, n, archive)
+
+
+def isolated(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
+    with ProcessPoolExecutor(max_workers=1, mp_context=SPAWN) as pool:
+        return pool.submit(_measured, fn, args).result()
+
+
+# --- orchestration ----------------------------------------------------------------------
+
+
+def start_exchange(target: Callable[..., None], *args: Any) -> tuple[Any, str]:
+    ports: multiprocessing.Queue[int] = SPAWN.Queue()
+    process = SPAWN.Process(target=target, args=(*args, ports), daemon=True)
+    process.start()
+    port = ports.get(timeout=120)
+    return process, f"ws://127.0.0.1:{port}/trade-api/ws/v2"
+
+
+def machine() -> list[str]:
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    try:
+        binary = nats_server_binary()
+        nats = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except FileNotFoundError:
+        nats = "not found"
+    return [
+        f"machine: {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable), {model}",
+        f"         {platform.system()} {platform.release()}, Python {platform.python_version()}, {nats}",
+    ]
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str]] = []
+
+    def section(self, title: str) -> None:
+        self.rows.append((title, "", "", ""))
+
+    def row(self, what: str, ours: str, base: str = "", ratio: str = "") -> None:
+        self.rows.append(("  " + what, ours, base, ratio))
+
+    def render(self) -> str:
+        head = ("measurement", "ssmd", "baseline", "ssmd/base")
+        widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(4)]
+
+        def fmt(r: tuple[str, str, str, str]) -> str:
+            return (
+                f"| {r[0]:<{widths[0]}} | {r[1]:>{widths[1]}} | "
+                f"{r[2]:>{widths[2]}} | {r[3]:>{widths[3]}} |"
+            )
+
+        rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+        return "\n".join([fmt(head), rule, *map(fmt, self.rows)])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller counts and shorter runs")
+    parser.add_argument("--messages", type=int, help="throughput messages (200k; quick 50k)")
+    parser.add_argument("--seconds-1k", type=float, help="1k msg/s run length (30; quick 5)")
+    parser.add_argument("--seconds-10k", type=float, help="10k msg/s run length (20; quick 3)")
+    args = parser.parse_args()
+    n: int = args.messages or (50_000 if args.quick else 200_000)
+    paced = [
+        (1_000, args.seconds_1k or (5.0 if args.quick else 30.0)),
+        (10_000, args.seconds_10k or (3.0 if args.quick else 20.0)),
+    ]
+    started = time.perf_counter()
+    table = Table()
+    tmp = Path(tempfile.mkdtemp(prefix="ssmd-bench-all-"))
+
+    def log(text: str) -> None:  # progress on stderr; stdout is only the table
+        print(text, file=sys.stderr, flush=True)
+
+    try:
+        # Archiver: one stream, filled once; bare consumer and ssmd archiver read it all.
+        server = NatsServer(tmp / "js-archiver")
+        server.start()
+        try:
+            size = asyncio.run(fill_stream(server.url, n))
+            log(f"[archiver] stream filled with {n} messages of ~{size:.0f} B")
+            bare, bare_cpu, bare_rss = isolated(bare_fetch_child, server.url, n, "bare")
+            log(f"[archiver] bare fetch+ack: {bare:,.0f} msg/s")
+            ours, our_cpu, our_rss = isolated(
+                archiver_child, server.url, n, "ssmd", tmp / "archive-throughput"
+            )
+            log(f"[archiver] ssmd archiver: {ours:,.0f} msg/s")
+        finally:
+            server.stop()
+        (writer, raw), _, _ = isolated(writer_vs_raw_gzip, n, tmp)
+        table.section(f"archiver, {n:,} msgs of ~{size:.0f} B from JetStream (file storage)")
+        table.row(
+            "throughput, msg/s (base: nats-py fetch+ack)",
+            f"{ours:,.0f}",
+            f"{bare:,.0f}",
+            f"{ours / bare:.2f}",
+        )
+        table.row(
+            "writer only, msg/s (base: raw zlib-6)",
+            f"{writer:,.0f}",
+            f"{raw:,.0f}",
+            f"{writer / raw:.2f}",
+        )
+        table.row(
+            "CPU s per 1M msgs",
+            f"{our_cpu / n * 1e6:.1f}",
+            f"{bare_cpu / n * 1e6:.1f}",
+            f"{our_cpu / bare_cpu:.2f}",
+        )
+        table.row("peak RSS, MiB", f"{our_rss:.0f}", f"{bare_rss:.0f}", f"{our_rss / bare_rss:.2f}")
+
+        # Connector: exchange sending flat out; bare publish of the same payloads.
+        exchange, ws_url = start_exchange(exchange_process, n)
+        payloads = kalshi_messages(n)
+        server = NatsServer(tmp / "js-connector")
+        server.start()
+        try:
+            conn, conn_cpu, conn_rss = isolated(connector_child, server.url, ws_url, n)
+            log(f"[connector] ssmd connector: {conn:,.0f} msg/s")
+            pub, pub_cpu, pub_rss = isolated(bare_publish_child, server.url, payloads)
+            log(f"[connector] bare publish_async: {pub:,.0f} msg/s")
+        finally:
+            server.stop()
+            exchange.terminate()
+        avg = sum(map(len, payloads)) / n
+        table.section(f"connector, {n:,} msgs of ~{avg:.0f} B, WebSocket -> JetStream acked")
+        table.row(
+            "throughput, msg/s (base: nats-py publish_async)",
+            f"{conn:,.0f}",
+            f"{pub:,.0f}",
+            f"{conn / pub:.2f}",
+        )
+        table.row(
+            "CPU s per 1M msgs",
+            f"{conn_cpu / n * 1e6:.1f}",
+            f"{pub_cpu / n * 1e6:.1f}",
+            f"{conn_cpu / pub_cpu:.2f}",
+        )
+        table.row("peak RSS, MiB", f"{conn_rss:.0f}", f"{pub_rss:.0f}", f"{conn_rss / pub_rss:.2f}")
+
+        # End to end at fixed rates.
+        fsync_from: dict[str, Any] = {}
+        for rate, seconds in paced:
+            count = int(rate * seconds)
+            exchange, ws_url = start_exchange(paced_exchange_process, count, float(rate))
+            server = NatsServer(tmp / f"js-e2e-{rate}")
+            server.start()
+            try:
+                result, _, rss = isolated(
+                    e2e_child, server.url, ws_url, count, tmp / f"archive-{rate}"
+                )
+            finally:
+                server.stop()
+                exchange.terminate()
+            log(f"[e2e] {rate} msg/s: {result}")
+            d50, d99, d999 = result["durable_ms"]
+            table.section(
+                f"end to end at {rate:,} msg/s for {seconds:g} s ({result['messages']:,} msgs), connector+archiver in one process"
+            )
+            table.row(
+                "WS receive -> fsync durable, p50/p99/p99.9 ms",
+                f"{d50:.1f} / {d99:.1f} / {d999:.1f}",
+            )
+            if result["acked_ms"]:
+                a50, a99, a999 = result["acked_ms"]
+                table.row(
+                    "WS receive -> ack flushed, p50/p99/p99.9 ms",
+                    f"{a50:.1f} / {a99:.1f} / {a999:.1f}",
+                )
+            table.row(
+                "first receive -> last durable, s (sustained rate, msg/s)",
+                f"{result['span_s']:.1f} ({result['messages'] / result['span_s']:,.0f})",
+            )
+            table.row("p50 of the last tenth of messages, ms", f"{result['last_tenth_p50_ms']:.1f}")
+            table.row(
+                "CPU s per 1M msgs (connector+archiver, streaming only)",
+                f"{result['cpu_s'] / count * 1e6:.1f}",
+            )
+            table.row("peak RSS, MiB", f"{rss:.0f}")
+            fsync_from = {"rate": rate, **result}
+
+        hist = fsync_from["fsync_hist"]
+        table.section(
+            f"fsync per batch (archiver's fsync_seconds histogram, {fsync_from['rate']:,} msg/s run)"
+        )
+        table.row("batches fsynced", f"{hist['batches']:,.0f}")
+        table.row("mean, ms", f"{hist['mean_s'] * 1e3:.2f}")
+        table.row("p99 (bucket upper bound), ms", f"<= {hist['p99_bucket_s'] * 1e3:g}")
+        table.row("p99 (exact, timed FileOps), ms", f"{fsync_from['fsync_exact_p99_s'] * 1e3:.2f}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print()
+    print("ssmd benchmarks" + (" (--quick)" if args.quick else ""))
+    for line in machine():
+        print(line)
+    print(f"command: {shlex.join(['benchmarks/run_all', *sys.argv[1:]])}")
+    print(f"wall time: {time.perf_counter() - started:.0f} s")
+    print()
+    print(table.render())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
