@@ -39,6 +39,9 @@ log = logging.getLogger("ssmd.connector.publisher")
 PublishBatch = Callable[[Sequence[OutgoingMessage], float], Awaitable[list[PublishOutcome]]]
 
 
+PUBLISH_LINGER_S = 0.002
+
+
 def is_permanent(error: str) -> bool:
     """Errors that retrying cannot fix; such a message would block the pipeline forever."""
     text = error.lower()
@@ -212,6 +215,10 @@ class Publisher:
                 self._has_work = trio.Event()
                 await self._has_work.wait()
                 continue
+            if len(self._buffer) < self._batch_max and not self._input_closed:
+                # Let a trickle build into a batch: one bridge crossing per few
+                # milliseconds instead of one per message at low rates.
+                await trio.sleep(PUBLISH_LINGER_S)
             count = min(len(self._buffer), self._batch_max)
             batch = [self._buffer[i] for i in range(count)]
             outcomes = await self._publish(batch)
