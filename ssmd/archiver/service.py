@@ -158,6 +158,7 @@ class JetStreamConsumers:
             start_seq,
             a.ack_wait.seconds,
             max_ack_pending=a.batch_size * (a.queue_batches + 4),
+            linger_s=a.linger.seconds,
         )
 
     async def first_seq(self) -> int:

@@ -39,9 +39,6 @@ log = logging.getLogger("ssmd.connector.publisher")
 PublishBatch = Callable[[Sequence[OutgoingMessage], float], Awaitable[list[PublishOutcome]]]
 
 
-PUBLISH_LINGER_S = 0.002
-
-
 def is_permanent(error: str) -> bool:
     """Errors that retrying cannot fix; such a message would block the pipeline forever."""
     text = error.lower()
@@ -100,6 +97,7 @@ class Publisher:
         buffer_bytes: int,
         batch_max: int,
         timeout: float,
+        linger: float = 0.0,
         retry_initial: float = 0.05,
         retry_max: float = 2.0,
         run_id: str | None = None,
@@ -112,6 +110,7 @@ class Publisher:
         self._buffer_bytes = buffer_bytes
         self._batch_max = batch_max
         self._timeout = timeout
+        self._linger = linger
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self.run_id = run_id or secrets.token_hex(8)
@@ -215,10 +214,10 @@ class Publisher:
                 self._has_work = trio.Event()
                 await self._has_work.wait()
                 continue
-            if len(self._buffer) < self._batch_max and not self._input_closed:
+            if self._linger and len(self._buffer) < self._batch_max and not self._input_closed:
                 # Let a trickle build into a batch: one bridge crossing per few
                 # milliseconds instead of one per message at low rates.
-                await trio.sleep(PUBLISH_LINGER_S)
+                await trio.sleep(self._linger)
             count = min(len(self._buffer), self._batch_max)
             batch = [self._buffer[i] for i in range(count)]
             outcomes = await self._publish(batch)

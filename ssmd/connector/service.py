@@ -184,6 +184,7 @@ async def start_connector(
         buffer_bytes=cc.buffer_bytes.value,
         batch_max=cc.publish_window,
         timeout=cc.publish_timeout.seconds,
+        linger=cc.publish_linger.seconds,
     )
     send, receive = trio.open_memory_channel[list[Inbound]](INBOUND_CHANNEL_SIZE)
     sup.start_sink("connector.publisher", publisher.run, receive)

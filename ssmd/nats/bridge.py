@@ -33,7 +33,6 @@ log = logging.getLogger("ssmd.nats")
 T = TypeVar("T")
 
 _ACK_FLUSH_TIMEOUT_S = 1.0
-_FETCH_LINGER_S = 0.005
 _CANCEL_WAIT_S = 10.0
 
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -211,10 +210,13 @@ class _PullState:
     with a pending count) give theirs back.
     """
 
-    def __init__(self, nc: Any, stream: str, durable: str, expires_s: float) -> None:
+    def __init__(
+        self, nc: Any, stream: str, durable: str, expires_s: float, linger_s: float
+    ) -> None:
         self._nc = nc
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._expires_s = expires_s
+        self._linger_s = linger_s
         self.inbox = nc.new_inbox()
         self.sub: Any = None
         self._buffer: deque[FetchedMessage] = deque()
@@ -282,10 +284,10 @@ class _PullState:
             except TimeoutError:
                 return []
             await self._top_up(batch)
-        if len(self._buffer) < batch:
+        if len(self._buffer) < batch and self._linger_s > 0:
             # Let a trickle build into a batch: at low rates this turns one fsync and
             # two thread crossings per message into one per few milliseconds.
-            await asyncio.sleep(min(_FETCH_LINGER_S, max(deadline - loop.time(), 0)))
+            await asyncio.sleep(min(self._linger_s, max(deadline - loop.time(), 0)))
         n = min(batch, len(self._buffer))
         out = [self._buffer.popleft() for _ in range(n)]
         await self._top_up(batch)
@@ -527,6 +529,7 @@ class NatsBridge:
         start_seq: int | None,
         ack_wait_s: float,
         max_ack_pending: int,
+        linger_s: float = 0.0,
     ) -> PullConsumer:
         """(Re)create the durable consumer to start at `start_seq` and bind to it.
 
@@ -541,6 +544,7 @@ class NatsBridge:
             start_seq,
             ack_wait_s,
             max_ack_pending,
+            linger_s,
         )
         return PullConsumer(self, state)
 
@@ -552,6 +556,7 @@ class NatsBridge:
         start_seq: int | None,
         ack_wait_s: float,
         max_ack_pending: int,
+        linger_s: float,
     ) -> _PullState:
         with suppress(nats.js.errors.NotFoundError):
             await self._js.delete_consumer(stream, durable)
@@ -570,7 +575,9 @@ class NatsBridge:
             max_deliver=-1,
         )
         await self._js.add_consumer(stream, config)
-        state = _PullState(self._nc, stream, durable, expires_s=max(ack_wait_s / 2, 5.0))
+        state = _PullState(
+            self._nc, stream, durable, expires_s=max(ack_wait_s / 2, 5.0), linger_s=linger_s
+        )
         state.sub = await self._nc.subscribe(
             state.inbox,
             cb=state.on_message,
