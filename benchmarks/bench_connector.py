@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ssmd.clock import WallClock
 from ssmd.connector.connection import Connection, ConnectionSettings
-from ssmd.connector.publisher import Inbound, Publisher
+from ssmd.connector.publisher import Inbound, PublishBatch, Publisher
 from ssmd.connector.router import Router
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.nats.bridge import StreamSpec, open_bridge
@@ -100,6 +100,54 @@ def read_client_frame(conn: socket.socket) -> bytes:
     return bytes(b ^ mask[i % 4] for i, b in enumerate(body))
 
 
+def accept_subscriber(conn: socket.socket) -> None:
+    """Complete the WebSocket upgrade and answer the client's subscribe (sid 1)."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += conn.recv(4096)
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+    conn.sendall(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+    command = json.loads(read_client_frame(conn))
+    reply = {"type": "subscribed", "id": command["id"], "msg": {"channel": "trade", "sid": 1}}
+    conn.sendall(ws_frame(json.dumps(reply).encode()))
+
+
+def bench_connector_tasks(
+    publish_batch: PublishBatch, clock: WallClock, ws_url: str
+) -> tuple[Publisher, Connection]:
+    """The production publisher and one connection, configured for the benchmarks."""
+    publisher = Publisher(
+        publish_batch,
+        env="bench",
+        feed="kalshi",
+        clock=clock,
+        buffer_messages=1_000_000,
+        buffer_bytes=1 << 30,
+        batch_max=WINDOW,
+        timeout=10.0,
+    )
+    connection = Connection(
+        0,
+        ws_url,
+        [SubscriptionPlan("trade")],
+        router=Router("bench", "kalshi"),
+        env="bench",
+        feed="kalshi",
+        clock=clock,
+        settings=ConnectionSettings(60, 30, 10, 0.5, 5),
+        headers=lambda url: [],
+    )
+    return publisher, connection
+
+
 def exchange_process(count: int, ports: multiprocessing.Queue[int]) -> None:
     """Serve one connection: handshake, answer the subscribe, then stream everything."""
     frames = b"".join(ws_frame(m) for m in kalshi_messages(count))
@@ -107,22 +155,7 @@ def exchange_process(count: int, ports: multiprocessing.Queue[int]) -> None:
     ports.put(listener.getsockname()[1])
     while True:
         conn, _ = listener.accept()
-        request = b""
-        while b"\r\n\r\n" not in request:
-            request += conn.recv(4096)
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in request.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key:")
-        )
-        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
-        conn.sendall(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-        )
-        command = json.loads(read_client_frame(conn))
-        reply = {"type": "subscribed", "id": command["id"], "msg": {"channel": "trade", "sid": 1}}
-        conn.sendall(ws_frame(json.dumps(reply).encode()))
+        accept_subscriber(conn)
         conn.sendall(frames)
         try:
             while conn.recv(65536):
@@ -138,27 +171,7 @@ async def measure_connector(nats_url: str, ws_url: str, count: int) -> float:
         await bridge.ensure_stream(
             StreamSpec("BENCH", ["bench.kalshi.json.>"], 3600, 0, -1, 120, 1)
         )
-        publisher = Publisher(
-            bridge.publish_batch,
-            env="bench",
-            feed="kalshi",
-            clock=clock,
-            buffer_messages=1_000_000,
-            buffer_bytes=1 << 30,
-            batch_max=WINDOW,
-            timeout=10.0,
-        )
-        connection = Connection(
-            0,
-            ws_url,
-            [SubscriptionPlan("trade")],
-            router=Router("bench", "kalshi"),
-            env="bench",
-            feed="kalshi",
-            clock=clock,
-            settings=ConnectionSettings(60, 30, 10, 0.5, 5),
-            headers=lambda url: [],
-        )
+        publisher, connection = bench_connector_tasks(bridge.publish_batch, clock, ws_url)
         send, receive = trio.open_memory_channel[list[Inbound]](64)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(publisher.run, receive)

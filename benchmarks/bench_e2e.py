@@ -32,17 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from bench_connector import WINDOW
+from bench_connector import WINDOW, bench_connector_tasks
 
 from ssmd.archiver.files import FileOps
 from ssmd.archiver.lines import read_prefix
 from ssmd.archiver.service import ArchiverStatus, start_archiver
 from ssmd.clock import WallClock
 from ssmd.config import parse_config
-from ssmd.connector.connection import Connection, ConnectionSettings
-from ssmd.connector.publisher import Inbound, Publisher
-from ssmd.connector.router import Router
-from ssmd.connector.shards import SubscriptionPlan
+from ssmd.connector.publisher import Inbound
 from ssmd.metrics import LatencyHistogram
 from ssmd.nats.bridge import StreamSpec, open_bridge
 from ssmd.supervisor import Supervisor, supervise
@@ -179,27 +176,7 @@ async def run_e2e(nats_url: str, ws_url: str, count: int, archive: Path) -> dict
             acks.append((ack_stream_seq(reply), time.perf_counter()))
 
         bridge.ack = timed_ack  # type: ignore[method-assign]
-        publisher = Publisher(
-            bridge.publish_batch,
-            env="bench",
-            feed="kalshi",
-            clock=clock,
-            buffer_messages=1_000_000,
-            buffer_bytes=1 << 30,
-            batch_max=WINDOW,
-            timeout=10.0,
-        )
-        connection = Connection(
-            0,
-            ws_url,
-            [SubscriptionPlan("trade")],
-            router=Router("bench", "kalshi"),
-            env="bench",
-            feed="kalshi",
-            clock=clock,
-            settings=ConnectionSettings(60, 30, 10, 0.5, 5),
-            headers=lambda url: [],
-        )
+        publisher, connection = bench_connector_tasks(bridge.publish_batch, clock, ws_url)
 
         async def connector() -> None:
             while status.fetcher.consumer_resets == 0:  # archiver positioned first

@@ -8,14 +8,11 @@ and writes every frame that is due, so at 10k msg/s frames go out in runs of 2-3
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import multiprocessing
 import socket
 import time
 
-from bench_connector import WS_GUID, kalshi_messages, read_client_frame, ws_frame
+from bench_connector import accept_subscriber, kalshi_messages, ws_frame
 
 
 def paced_exchange_process(count: int, rate: float, ports: multiprocessing.Queue[int]) -> None:
@@ -30,22 +27,7 @@ def paced_exchange_process(count: int, rate: float, ports: multiprocessing.Queue
     while True:
         conn, _ = listener.accept()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        request = b""
-        while b"\r\n\r\n" not in request:
-            request += conn.recv(4096)
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in request.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key:")
-        )
-        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
-        conn.sendall(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-        )
-        command = json.loads(read_client_frame(conn))
-        reply = {"type": "subscribed", "id": command["id"], "msg": {"channel": "trade", "sid": 1}}
-        conn.sendall(ws_frame(json.dumps(reply).encode()))
+        accept_subscriber(conn)
         start = time.perf_counter()
         sent = 0
         try:

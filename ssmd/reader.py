@@ -6,7 +6,6 @@ Filters on ticker, type and receive time use each line's fixed prefix (`_seq`,
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +14,8 @@ import attrs
 from ssmd.archiver.files import FINAL_SUFFIX, PARTIAL_SUFFIX, GzipLines, parse_final_name
 from ssmd.archiver.lines import read_prefix
 from ssmd.archiver.manifest import Manifest, ManifestCorrupt, load_manifest
+from ssmd.archiver.recovery import day_dirs
 from ssmd.subjects import DISCONTINUITY_TYPE, split_subject
-
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def feeds(root: Path) -> list[str]:
@@ -27,11 +25,8 @@ def feeds(root: Path) -> list[str]:
 
 
 def days(root: Path, feed: str, start: str | None = None, end: str | None = None) -> list[str]:
-    feed_dir = root / feed
-    if not feed_dir.is_dir():
-        return []
-    out = sorted(p.name for p in feed_dir.iterdir() if p.is_dir() and _DAY.match(p.name))
-    return [d for d in out if (start is None or d >= start) and (end is None or d <= end)]
+    names = [p.name for p in day_dirs(root / feed)]
+    return [d for d in names if (start is None or d >= start) and (end is None or d <= end)]
 
 
 @attrs.frozen
