@@ -1,0 +1,357 @@
+"""What every fault scenario shares: the paced exchange process, ssmd configs, and the
+independent comparison of the archive with what the exchange sent.
+
+A scenario runs the real `ssmd` process (tests.procs.SsmdProcess) against real
+nats-server processes and `tests.faults.exchange`, breaks something, and ends with
+`finish_and_compare`: drain the stream into the archive, run `ssmd data verify`, then
+check the archive line by line against the exchange's log of sent frames.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+from cryptography.hazmat.primitives import serialization
+
+from ssmd.archiver.lines import strip_meta
+from ssmd.archiver.manifest import load_manifest
+from ssmd.reader import days, iter_lines
+from tests.fake_kalshi import API_KEY, pem, private_key
+from tests.faults.exchange import CHANNELS, MARKETS
+from tests.procs import SsmdProcess, check_manifests
+
+ROOT = Path(__file__).resolve().parents[2]
+FEED = "kalshi"
+STREAM = "MARKETDATA"
+CONSUMER = "archiver-kalshi"
+
+
+class Exchange:
+    """The paced exchange as a child process, driven over its stdin."""
+
+    def __init__(self, workdir: Path, total: int, rate: float) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.key_file = workdir / "exchange-public.pem"
+        self.key_file.write_bytes(
+            private_key()
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        self.sent_log = workdir / "sent.jsonl"
+        self.total = total
+        self.proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "tests.faults.exchange"),
+                *(str(self.key_file), str(self.sent_log), str(total), str(rate)),
+            ],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(workdir / "exchange.log", "ab"),  # noqa: SIM115
+        )
+        self.url: str = self._reply()["url"]
+
+    def _reply(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, "the exchange process died"
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def command(self, line: str) -> dict[str, Any]:
+        stdin: IO[bytes] | None = self.proc.stdin
+        assert stdin is not None
+        stdin.write(line.encode() + b"\n")
+        stdin.flush()
+        return self._reply()
+
+    def status(self) -> dict[str, Any]:
+        return self.command("status")
+
+    def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.status()):
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"exchange still {self.status()} after {timeout}s")
+
+    def wait_sent(self, count: int, timeout: float = 60) -> None:
+        self.wait(lambda s: s["sent"] >= count, timeout)
+
+    def wait_connected(self, timeout: float = 30) -> None:
+        self.wait(lambda s: s["connected"], timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.write(b"quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def ssmd_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KALSHI_")}
+    env["KALSHI_API_KEY"] = API_KEY
+    env["KALSHI_PRIVATE_KEY"] = pem(private_key())
+    return env
+
+
+def write_config(
+    path: Path,
+    nats_urls: list[str],
+    ws_url: str,
+    archive: Path,
+    *,
+    connector: dict[str, Any] | None = None,
+    archiver: dict[str, Any] | None = None,
+    service: dict[str, Any] | None = None,
+) -> Path:
+    """A production-shaped config with the short timeouts a test can afford."""
+    connector_settings: dict[str, Any] = {
+        "url": ws_url,
+        "channels": list(CHANNELS),
+        "markets": MARKETS,
+        "liveness_timeout": "2s",
+        "ping_interval": "500ms",
+        "command_timeout": "2s",
+        "backoff_initial": "50ms",
+        "backoff_max": "500ms",
+        "publish_timeout": "1s",
+        **(connector or {}),
+    }
+    archiver_settings: dict[str, Any] = {
+        "consumer": CONSUMER,
+        "filter": f"prod.{FEED}.json.>",
+        "batch_size": 1000,
+        **(archiver or {}),
+    }
+    service_settings: dict[str, Any] = {"health_port": 0, **(service or {})}
+
+    def table(values: dict[str, Any]) -> str:
+        return "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
+
+    path.write_text(
+        'env = "prod"\n'
+        f"[nats]\nurl = {json.dumps(nats_urls)}\nstream = {json.dumps(STREAM)}\n"
+        f"[connector]\n{table(connector_settings)}"
+        f"[archiver]\n{table(archiver_settings)}"
+        f"[storage]\npath = {json.dumps(str(archive))}\n"
+        '[rotation]\ninterval = "15m"\n'
+        f"[service]\n{table(service_settings)}"
+    )
+    return path
+
+
+def ssmd(config: Path, roles: Iterable[str], log: Path | None = None) -> SsmdProcess:
+    process = SsmdProcess(config, tuple(roles), log)
+    process.env = ssmd_env()
+    return process
+
+
+def drain_archive(config: Path, log: Path | None = None, quiet_s: float = 1.5) -> None:
+    """Run the archiver alone until the stream's last message is archived, then stop it.
+
+    Records published while a combined process shut down land in the stream after its
+    archiver stopped; a production deployment archives them on its next start.
+    """
+    archiver = ssmd(config, ["archiver"], log).start()
+    archiver.wait_ready()
+    archive = Path(_storage_path(config)) / FEED
+    deadline = time.monotonic() + 60
+    last = -1
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        count = _partial_or_finished_lines(archive)
+        if count != last:
+            last, stable_since = count, time.monotonic()
+        elif time.monotonic() - stable_since > quiet_s:
+            break
+        time.sleep(0.1)
+    code, _ = archiver.terminate()
+    assert code == 0, archiver.log.read_text()[-3000:]
+
+
+def _storage_path(config: Path) -> str:
+    for line in config.read_text().splitlines():
+        if line.startswith("path = "):
+            value: str = json.loads(line.removeprefix("path = "))
+            return value
+    raise AssertionError("no storage path in config")
+
+
+def _partial_or_finished_lines(feed_dir: Path) -> int:
+    """A cheap progress measure: total bytes of every archive file, finished or not."""
+    if not feed_dir.exists():
+        return 0
+    return sum(p.stat().st_size for p in feed_dir.rglob("*.jsonl.gz*"))
+
+
+@attrs.frozen
+class Comparison:
+    sent: int
+    archived: int
+    lost_by_session: dict[int, int]
+    discontinuities: dict[str, int]
+    garbage_archived: int
+
+    @property
+    def lost(self) -> int:
+        return sum(self.lost_by_session.values())
+
+
+def sent_frames(sent_log: Path) -> Iterator[tuple[int, Any]]:
+    """(session, canonical key) for every frame the exchange wrote to a socket."""
+    with open(sent_log) as f:
+        for line in f:
+            entry = json.loads(line)
+            if "b" in entry:
+                yield entry["s"], canonical_frame(base64.b64decode(entry["b"]))
+            else:
+                yield entry["s"], canonical_frame(entry["f"].encode())
+
+
+def canonical_frame(frame: bytes) -> tuple[str, Any]:
+    try:
+        text = frame.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes", frame
+    try:
+        return "json", json.dumps(json.loads(text), sort_keys=True)
+    except ValueError:
+        return "text", text
+
+
+def canonical_record(record: dict[str, Any]) -> tuple[str, Any]:
+    value = strip_meta(record)
+    if isinstance(value, bytes):
+        return "bytes", value
+    if "_raw" in record and isinstance(value, str):
+        return "text", value
+    return "json", json.dumps(value, sort_keys=True)
+
+
+def archive_records(archive: Path) -> list[dict[str, Any]]:
+    """Every archived line of the feed, in stream order, read with ssmd's own reader."""
+    records: list[dict[str, Any]] = []
+    for day in days(archive, FEED):
+        manifest = load_manifest(archive / FEED / day)
+        assert manifest is not None, f"{day} has no manifest"
+        records.extend(json.loads(line) for line in iter_lines(archive / FEED / day, manifest))
+    return records
+
+
+def run_verify(archive: Path) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "ssmd", "data", "verify", "--path", str(archive)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def compare(archive: Path, sent_log: Path) -> Comparison:
+    """The archive against the exchange's log, independently of ssmd's own checks.
+
+    - stream sequences are 1..N with no hole and no repeat, and the manifests agree
+      with the files (so nothing acknowledged by the archiver went missing);
+    - every archived data frame was sent, and none is archived twice;
+    - on every connection, what was archived is a prefix of what was sent, in order;
+    - where a connection lost its tail, a connect or disconnect record follows it, before
+      any data of a later connection.
+    """
+    totals = check_manifests(archive / FEED)
+    assert totals["gaps"] == [], totals["gaps"]
+    records = archive_records(archive)
+    seqs = [r["_seq"] for r in records]
+    assert seqs == list(range(1, len(seqs) + 1)), "stream sequences have holes or repeats"
+
+    where: dict[tuple[str, Any], tuple[int, int]] = {}
+    sent_by_session: Counter[int] = Counter()
+    for session, key in sent_frames(sent_log):
+        assert key not in where, f"the exchange sent {key} twice"
+        where[key] = (session, sent_by_session[session])
+        sent_by_session[session] += 1
+
+    seen: set[tuple[str, Any]] = set()
+    archived_by_session: dict[int, list[int]] = defaultdict(list)
+    # After each data record: the session it came from, then any discontinuity kinds.
+    timeline: list[tuple[int, set[str]]] = []
+    discontinuities: Counter[str] = Counter()
+    garbage = 0
+    for record in records:
+        subject: str = record["_subject"]
+        if f".{FEED}.json.ssmd." in subject:
+            kind = str(record.get("type", "")).removeprefix("ssmd_")
+            discontinuities[kind] += 1
+            if timeline:
+                timeline[-1][1].add(kind)
+            continue
+        key = canonical_record(record)
+        assert key in where, f"archived a frame the exchange never sent: {record}"
+        assert key not in seen, f"archived twice: {record}"
+        seen.add(key)
+        session, index = where[key]
+        archived_by_session[session].append(index)
+        if key[0] != "json":
+            garbage += 1
+        if timeline and timeline[-1][0] == session:
+            assert not timeline[-1][1] & {"connect"}, (
+                f"a connect record inside session {session}'s data"
+            )
+        else:
+            assert not timeline or timeline[-1][0] < session, "sessions archived out of order"
+            assert not timeline or timeline[-1][1] & {"connect", "disconnect"}, (
+                f"session {session} follows session {timeline[-1][0]} with no connect record"
+            )
+        timeline.append((session, set()))
+
+    lost: dict[int, int] = {}
+    last_archived = {entry[0]: i for i, entry in enumerate(timeline)}
+    for session, sent_count in sent_by_session.items():
+        indices = archived_by_session.get(session, [])
+        assert indices == list(range(len(indices))), (
+            f"session {session}: archived is not a prefix of what was sent"
+        )
+        if len(indices) < sent_count:
+            lost[session] = sent_count - len(indices)
+            if session in last_archived:
+                after = set().union(*(kinds for _, kinds in timeline[last_archived[session] :]))
+                assert after & {"disconnect", "connect"}, (
+                    f"session {session} lost {lost[session]} frames with no discontinuity after"
+                )
+    return Comparison(
+        sent=sum(sent_by_session.values()),
+        archived=len(seen),
+        lost_by_session=lost,
+        discontinuities=dict(discontinuities),
+        garbage_archived=garbage,
+    )
+
+
+def finish_and_compare(
+    exchange: Exchange, config: Path, archive: Path, log: Path | None = None
+) -> Comparison:
+    exchange.close()
+    drain_archive(config, log)
+    run_verify(archive)
+    return compare(archive, exchange.sent_log)

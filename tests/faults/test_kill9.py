@@ -1,0 +1,85 @@
+"""kill -9 of ssmd at random moments during a 100k-message run.
+
+Whatever the connector had read but not yet published when it died is lost: the
+exchange has no replay. The comparison checks that such a loss is only ever the tail of
+a connection and is followed by a discontinuity record, and that nothing the archiver
+acknowledged is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+from ssmd.nats.server import NatsServer
+from tests.faults.harness import Exchange, finish_and_compare, ssmd, write_config
+
+TOTAL = 100_000
+RATE = 10_000
+KILLS = 10
+
+
+def test_kill9_connector_and_archiver_in_one_process(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    rng = random.Random(1)
+    exchange = Exchange(tmp_path / "exchange", TOTAL, RATE)
+    archive = tmp_path / "archive"
+    config = write_config(tmp_path / "ssmd.toml", [nats_server.url], exchange.url, archive)
+    process = ssmd(config, ["connector", "archiver"]).start()
+    try:
+        for _ in range(KILLS):
+            # Anywhere from mid-startup to well into streaming.
+            time.sleep(rng.uniform(0.1, 2.0))
+            process.kill9()
+            process.start()
+        exchange.wait(lambda s: s["done"], timeout=120)
+        time.sleep(1.0)
+        code, _ = process.terminate()
+        assert code == 0, process.log.read_text()[-3000:]
+    finally:
+        if process.proc is not None and process.proc.poll() is None:
+            process.kill9()
+    result = finish_and_compare(exchange, config, archive)
+    assert result.sent == TOTAL
+    assert result.archived + result.lost == TOTAL
+    assert result.lost < TOTAL // 10, result
+    assert result.discontinuities.get("connect", 0) >= 2, result
+    print(result)
+
+
+def test_kill9_connector_and_archiver_as_separate_processes(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    rng = random.Random(2)
+    exchange = Exchange(tmp_path / "exchange", TOTAL, RATE)
+    archive = tmp_path / "archive"
+    config = write_config(tmp_path / "ssmd.toml", [nats_server.url], exchange.url, archive)
+    connector = ssmd(config, ["connector"], tmp_path / "connector.log").start()
+    archiver = ssmd(config, ["archiver"], tmp_path / "archiver.log").start()
+    kills = {"connector": 0, "archiver": 0}
+    try:
+        victims = ["connector", "archiver"] * (KILLS // 2 + 1)
+        rng.shuffle(victims)
+        for name in victims:
+            time.sleep(rng.uniform(0.1, 1.5))
+            victim = connector if name == "connector" else archiver
+            victim.kill9()
+            victim.start()
+            kills[name] += 1
+        exchange.wait(lambda s: s["done"], timeout=120)
+        time.sleep(1.0)
+        for process in (connector, archiver):
+            code, _ = process.terminate()
+            assert code == 0, process.log.read_text()[-3000:]
+    finally:
+        for process in (connector, archiver):
+            if process.proc is not None and process.proc.poll() is None:
+                process.kill9()
+    result = finish_and_compare(exchange, config, archive)
+    assert min(kills.values()) >= KILLS // 2
+    assert result.sent == TOTAL
+    assert result.archived + result.lost == TOTAL
+    assert result.lost < TOTAL // 10, result
+    print(kills, result)
