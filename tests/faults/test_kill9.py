@@ -46,6 +46,8 @@ def test_kill9_connector_and_archiver_in_one_process(
     assert result.archived + result.lost == TOTAL
     assert result.lost < TOTAL // 10, result
     assert result.discontinuities.get("connect", 0) >= 2, result
+    # Some kills landed mid-file, so recovery really salvaged partial files.
+    assert process.log.read_text().count("salvaged") >= 2
     print(result)
 
 

@@ -1,0 +1,52 @@
+"""The exchange misbehaves in one run: garbage frames, a dropped TCP connection, and a
+half-open connection that stays up but carries nothing (pings go unanswered)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ssmd.nats.server import NatsServer
+from tests.faults.harness import Exchange, finish_and_compare, ssmd, write_config
+
+TOTAL = 40_000
+RATE = 10_000
+GARBAGE = 20
+
+
+def test_garbage_drop_and_half_open_in_one_run(tmp_path: Path, nats_server: NatsServer) -> None:
+    exchange = Exchange(tmp_path / "exchange", TOTAL, RATE)
+    archive = tmp_path / "archive"
+    config = write_config(tmp_path / "ssmd.toml", [nats_server.url], exchange.url, archive)
+    process = ssmd(config, ["connector", "archiver"]).start()
+    try:
+        exchange.wait_connected()
+        exchange.wait_sent(5_000)
+        assert exchange.command(f"garbage {GARBAGE}")["garbage"] == GARBAGE
+
+        exchange.wait_sent(10_000)
+        assert exchange.command("drop")["dropped"]
+        exchange.wait(lambda s: s["sessions"] == 2 and s["connected"])
+
+        exchange.wait_sent(20_000)
+        assert exchange.command("silent")["silenced"]
+        # Only the connector's liveness check (2 s here) can notice this one.
+        exchange.wait(lambda s: s["sessions"] == 3 and s["connected"], timeout=30)
+        assert exchange.command(f"garbage {GARBAGE}")["garbage"] == GARBAGE
+
+        exchange.wait(lambda s: s["done"], timeout=120)
+        time.sleep(1.0)
+        code, _ = process.terminate()
+        assert code == 0, process.log.read_text()[-3000:]
+    finally:
+        if process.proc is not None and process.proc.poll() is None:
+            process.kill9()
+    result = finish_and_compare(exchange, config, archive)
+    assert result.sent == TOTAL + 2 * GARBAGE
+    assert result.archived + result.lost == result.sent
+    # Garbage is kept, byte for byte, not dropped.
+    assert result.garbage_archived == 2 * GARBAGE, result
+    assert result.discontinuities["connect"] == 3, result
+    # The drop, the half-open connection, and the final stop.
+    assert result.discontinuities["disconnect"] == 3, result
+    print(result)

@@ -1,0 +1,44 @@
+"""nats-server killed (SIGKILL) and restarted twice while the exchange keeps streaming.
+
+The connector holds what it reads in its buffer and republishes with the same
+Nats-Msg-Id; the archiver waits and resumes from its durable consumer. Nothing is lost,
+because the outages are far shorter than the buffer.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ssmd.nats.server import NatsServer
+from tests.faults.harness import Exchange, finish_and_compare, ssmd, write_config
+
+TOTAL = 60_000
+RATE = 10_000
+
+
+def test_nats_server_killed_and_restarted_twice(tmp_path: Path, nats_server: NatsServer) -> None:
+    exchange = Exchange(tmp_path / "exchange", TOTAL, RATE)
+    archive = tmp_path / "archive"
+    config = write_config(tmp_path / "ssmd.toml", [nats_server.url], exchange.url, archive)
+    process = ssmd(config, ["connector", "archiver"]).start()
+    try:
+        exchange.wait_connected()
+        for outage in (1, 2):
+            exchange.wait_sent(outage * TOTAL // 3)
+            nats_server.stop(kill=True)
+            time.sleep(1.5)
+            assert process.proc is not None and process.proc.poll() is None
+            nats_server.start()
+        exchange.wait(lambda s: s["done"], timeout=120)
+        time.sleep(1.0)
+        code, _ = process.terminate()
+        assert code == 0, process.log.read_text()[-3000:]
+    finally:
+        if process.proc is not None and process.proc.poll() is None:
+            process.kill9()
+    result = finish_and_compare(exchange, config, archive)
+    assert result.sent == result.archived == TOTAL, result
+    assert result.lost == 0
+    # One connection throughout: NATS outages are not exchange discontinuities.
+    assert result.discontinuities == {"connect": 1, "disconnect": 1}, result

@@ -1,0 +1,54 @@
+"""SIGTERM at random moments, from mid-startup to full flow: every time a clean exit 0
+within the shutdown deadline, and an archive that still compares clean at the end."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+from ssmd.nats.server import NatsServer
+from tests.faults.harness import Exchange, finish_and_compare, ssmd, write_config
+
+TOTAL = 50_000
+RATE = 10_000
+STOPS = 10
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+def test_sigterm_at_random_moments_exits_0_within_the_deadline(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    rng = random.Random(6)
+    exchange = Exchange(tmp_path / "exchange", TOTAL, RATE)
+    archive = tmp_path / "archive"
+    config = write_config(
+        tmp_path / "ssmd.toml",
+        [nats_server.url],
+        exchange.url,
+        archive,
+        service={"shutdown_timeout": f"{SHUTDOWN_TIMEOUT_S:g}s"},
+    )
+    process = ssmd(config, ["connector", "archiver"])
+    exits: list[tuple[int, float]] = []
+    try:
+        for _ in range(STOPS):
+            process.start()
+            time.sleep(rng.uniform(0.05, 2.0))
+            exits.append(process.terminate(timeout=SHUTDOWN_TIMEOUT_S + 10))
+        process.start()
+        exchange.wait(lambda s: s["done"], timeout=120)
+        time.sleep(1.0)
+        exits.append(process.terminate())
+    finally:
+        if process.proc is not None and process.proc.poll() is None:
+            process.kill9()
+    assert [code for code, _ in exits] == [0] * (STOPS + 1), process.log.read_text()[-3000:]
+    # The deadline, plus the interpreter's own exit.
+    assert max(seconds for _, seconds in exits) < SHUTDOWN_TIMEOUT_S + 1.0, exits
+    result = finish_and_compare(exchange, config, archive)
+    assert result.sent == TOTAL
+    assert result.archived + result.lost == TOTAL
+    # A clean stop publishes a disconnect record for every connection it had.
+    assert result.discontinuities["disconnect"] >= result.discontinuities["connect"] - 1, result
+    print(exits, result)
