@@ -40,10 +40,16 @@ interval = "15m"
 
 class SsmdProcess:
     def __init__(
-        self, config: Path, roles: Sequence[str] = ("archiver",), log: Path | None = None
+        self,
+        config: Path,
+        roles: Sequence[str] = ("archiver",),
+        log: Path | None = None,
+        module: str = "ssmd",
     ) -> None:
         self.config = config
         self.roles = roles
+        # What `python -m` runs: ssmd itself, or a launcher that wraps its CLI.
+        self.module = module
         self.log = log or config.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] | None = None
@@ -52,7 +58,7 @@ class SsmdProcess:
         self._ready_marks = (
             self.log.read_text().count("consumer positioned") if self.log.exists() else 0
         )
-        args = [sys.executable, "-m", "ssmd", "run", "-c", str(self.config)]
+        args = [sys.executable, "-m", self.module, "run", "-c", str(self.config)]
         for role in self.roles:
             args += ["--role", role]
         with open(self.log, "ab") as log:

@@ -24,6 +24,7 @@ from ssmd.connector.router import Router
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.connector.websocket import WebSocket
 
+CLEAN_STOP = "shutdown: unsubscribed, nothing in flight"
 SETTINGS = ConnectionSettings(
     liveness_timeout=30.0,
     ping_interval=10.0,
@@ -99,9 +100,10 @@ class FakeSocket:
             if self.exchange.on_subscribe is not None:
                 self.exchange.on_subscribe(self, sid, command["params"])
         elif command["cmd"] == "unsubscribe":
-            self.push(
-                json.dumps({"type": "unsubscribed", "id": cid, "sid": command["params"]["sids"][0]})
-            )
+            for sid in command["params"]["sids"]:
+                if self.exchange.on_unsubscribe is not None:
+                    self.exchange.on_unsubscribe(self, sid)
+                self.push(json.dumps({"type": "unsubscribed", "id": cid, "sid": sid}))
 
     async def ping(self, payload: bytes | None = None) -> None:
         self.pings += 1
@@ -121,6 +123,7 @@ class FakeExchange:
         self.answer_pings = True
         self.next_sid = 1
         self.on_subscribe: Callable[[FakeSocket, int, dict[str, Any]], None] | None = None
+        self.on_unsubscribe: Callable[[FakeSocket, int], None] | None = None
 
     @asynccontextmanager
     async def connect(
@@ -164,12 +167,14 @@ class Harness:
 
 @asynccontextmanager
 async def running(harness: Harness) -> AsyncIterator[None]:
+    """Run the connection; on exit cancel it (the producer) and collect to the end."""
     send, receive = trio.open_memory_channel[list[Inbound]](100)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(harness.connection.run, send)
         nursery.start_soon(harness.collect, receive)
-        yield
-        nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as producer:
+            producer.start_soon(harness.connection.run, send)
+            yield
+            producer.cancel_scope.cancel()
 
 
 def test_backoff_delay_is_capped_and_jittered() -> None:
@@ -230,7 +235,7 @@ async def test_quiet_connection_answering_pings_stays_up(
     async with running(harness):
         await trio.sleep(3600)
     assert len(exchange.attempts) == 1
-    assert harness.records("disconnect") == []
+    assert [r["reason"] for r in harness.records("disconnect")] == [CLEAN_STOP]
     assert exchange.sockets[0].pings >= 300
 
 
@@ -271,11 +276,18 @@ async def test_dropped_connection_records_and_resubscribes(
         "ssmd.disconnect",
         "ssmd.connect",
         "trade.B",
+        "ssmd.disconnect",
     ]
     assert harness.out[1].payload == before.encode()
     assert harness.out[4].payload == after.encode()
-    assert harness.records("disconnect")[0]["reason"] == "SocketClosed: connection reset"
-    assert [c["params"] for c in second.commands] == [p.params() for p in plans]
+    assert [r["reason"] for r in harness.records("disconnect")] == [
+        "SocketClosed: connection reset",
+        CLEAN_STOP,
+    ]
+    assert [c["params"] for c in second.commands] == [
+        *(p.params() for p in plans),
+        {"sids": [3, 4]},
+    ]
 
 
 async def test_seq_gap_records_and_resubscribes_for_a_fresh_snapshot(
@@ -311,6 +323,7 @@ async def test_seq_gap_records_and_resubscribes_for_a_fresh_snapshot(
         "ssmd.resubscribe",
         "orderbook.A",
         "orderbook.B",
+        "ssmd.disconnect",
     ]
     gap = harness.records("gap")[0]
     assert gap == {
@@ -327,7 +340,12 @@ async def test_seq_gap_records_and_resubscribes_for_a_fresh_snapshot(
     assert resubscribe["old_sid"] == 1
     assert resubscribe["new_sid"] == 2
     assert resubscribe["markets"] == ["A", "B"]
-    assert [c["cmd"] for c in socket.commands] == ["subscribe", "unsubscribe", "subscribe"]
+    assert [c["cmd"] for c in socket.commands] == [
+        "subscribe",
+        "unsubscribe",
+        "subscribe",
+        "unsubscribe",
+    ]
     assert socket.commands[1]["params"] == {"sids": [1]}
     assert socket.commands[2]["params"] == plan.params()
     assert harness.connection.stats.gaps == 1
@@ -348,10 +366,10 @@ async def test_control_messages_are_counted_not_published(
         socket.push(b"\xff\xfe not json")
         await trio.sleep(1)
     kinds = [m.subject.split(".", 3)[3] for m in harness.out]
-    assert kinds == ["ssmd.connect", "unrouted.invalid"]
+    assert kinds == ["ssmd.connect", "unrouted.invalid", "ssmd.disconnect"]
     assert harness.out[1].payload == b"\xff\xfe not json"
     stats = harness.connection.stats
-    assert stats.control == {"subscribed": 1, "error": 1, "ok": 1}
+    assert stats.control == {"subscribed": 1, "error": 1, "ok": 1, "unsubscribed": 1}
     assert stats.unrouted == 1
 
 
@@ -368,7 +386,7 @@ async def test_snapshots_numbered_from_one_per_market_are_not_gaps(
         socket.push_data("orderbook_delta", 1, 2, {"market_ticker": "B"})
         await trio.sleep(1)
     assert harness.records("gap") == []
-    assert [c["cmd"] for c in socket.commands] == ["subscribe"]
+    assert [c["cmd"] for c in socket.commands] == ["subscribe", "unsubscribe"]
 
 
 def test_a_batch_read_as_the_connection_is_torn_down_is_still_published() -> None:
@@ -443,3 +461,49 @@ async def test_a_trade_gap_is_recorded_without_resubscribing(
         )
     gaps = [json.loads(m.payload) for m in harness.out if m.subject.endswith(".ssmd.gap")]
     assert [(g["expected"], g["got"]) for g in gaps] == [(2, 5)]
+
+
+async def test_a_clean_stop_unsubscribes_and_keeps_what_arrives_until_confirmed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    exchange = FakeExchange()
+    # Data the exchange sent after the stop began, but before it confirmed the unsubscribe.
+    exchange.on_unsubscribe = lambda socket, sid: socket.push_data(
+        "trade", sid, None, {"market_ticker": f"LATE-{sid}"}
+    )
+    harness = Harness(exchange, [SubscriptionPlan("trade"), SubscriptionPlan("ticker")])
+    async with running(harness):
+        await trio.sleep(1)
+    kinds = [m.subject.split(".", 3)[3] for m in harness.out]
+    assert kinds == ["ssmd.connect", "trade.LATE-1", "trade.LATE-2", "ssmd.disconnect"]
+    assert harness.records("disconnect")[0]["reason"] == CLEAN_STOP
+    assert exchange.sockets[0].commands[-1] == {
+        "id": 3,
+        "cmd": "unsubscribe",
+        "params": {"sids": [1, 2]},
+    }
+
+
+async def test_a_stop_the_exchange_does_not_confirm_takes_at_most_a_second(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    exchange = FakeExchange()
+    harness = Harness(exchange, [SubscriptionPlan("trade")])
+    async with running(harness):
+        await trio.sleep(1)
+        exchange.answer_commands = False
+        stop_began = trio.current_time()
+    assert trio.current_time() - stop_began == pytest.approx(1.0)
+    assert harness.records("disconnect")[0]["reason"] == "shutdown"
+
+
+async def test_a_stop_while_subscribing_does_not_claim_a_clean_stop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    exchange = FakeExchange()
+    exchange.answer_commands = False
+    harness = Harness(exchange, [SubscriptionPlan("trade")])
+    async with running(harness):
+        await trio.sleep(1)
+    # The subscribe may have opened a sid nobody heard of yet: data may be in flight.
+    assert harness.records("disconnect")[0]["reason"] == "shutdown"

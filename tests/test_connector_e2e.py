@@ -216,7 +216,9 @@ async def test_dropped_connection_reconnects_and_resubscribes(nats_server: NatsS
                 "trade", second.sub_for("trade").sid, trade_msg("KXA-1", 2)
             )
             messages = await stream_messages(nats_server.url, 5)
-    assert [c["params"] for c in second.commands] == [c["params"] for c in first.commands]
+    # The same subscriptions again, then the clean stop's unsubscribe.
+    assert [c["params"] for c in second.commands[:-1]] == [c["params"] for c in first.commands]
+    assert second.commands[-1]["cmd"] == "unsubscribe"
     assert [m.subject.split(".", 3)[3] for m in messages] == [
         "ssmd.connect",
         "trade.KXA-1",
@@ -289,7 +291,12 @@ async def test_seq_jump_gives_a_gap_record_and_a_fresh_snapshot(nats_server: Nat
     assert gap["markets"] == [DOT_TICKER, "KXA-1"]
     resubscribe = records(messages, "resubscribe")[0]
     assert resubscribe["old_sid"] == sid and resubscribe["new_sid"] != sid
-    assert [c["cmd"] for c in session.commands] == ["subscribe", "unsubscribe", "subscribe"]
+    assert [c["cmd"] for c in session.commands] == [
+        "subscribe",
+        "unsubscribe",
+        "subscribe",
+        "unsubscribe",  # the clean stop
+    ]
 
 
 async def test_nats_restart_loses_nothing_and_doubles_nothing(

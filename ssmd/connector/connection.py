@@ -9,6 +9,9 @@ While connected, four tasks share one nursery:
 - the pinger sends client pings; a pong counts as a frame;
 - the watchdog declares the connection dead after `liveness_timeout` with no frame;
 - the commander subscribes, then replaces subscriptions whose `seq` jumped.
+
+A clean stop (cancellation) unsubscribes every sid and reads until the exchange confirms,
+so the frames already on the wire are published before the disconnect record.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ def describe(exc: BaseException) -> str:
 
 
 HANDOFF_TIMEOUT_S = 5.0
+STOP_UNSUBSCRIBE_TIMEOUT_S = 1.0
 SUBSCRIBE_RETRY_INITIAL_S = 5.0
 SUBSCRIBE_RETRY_MAX_S = 120.0
 # Channels whose gaps a fresh subscription repairs (it starts with a snapshot). For the
@@ -124,6 +128,8 @@ class _Session:
     resubscribe_wanted: trio.Event = attrs.field(factory=trio.Event)
     # Subscriptions the exchange refused; retried with backoff while connected.
     refused: list[SubscriptionPlan] = attrs.field(factory=list)
+    # Sids whose `unsubscribed` reply has arrived.
+    unsubscribed: set[int] = attrs.field(factory=set)
 
 
 def _reply_sid(reply: dict[str, Any]) -> int | None:
@@ -215,8 +221,12 @@ class Connection:
                 session.reason = describe(exc)
                 raise
             except BaseException:
-                # Shutdown: mark the end of this connection's data if there is room.
-                record = DisconnectRecord(self.index, "shutdown", self._clock.now_ns())
+                # Shutdown: end the subscriptions cleanly, then mark the end of this
+                # connection's data if there is room.
+                with trio.CancelScope(shield=True):
+                    clean = await self._unsubscribe_all(ws, session)
+                reason = "shutdown: unsubscribed, nothing in flight" if clean else "shutdown"
+                record = DisconnectRecord(self.index, reason, self._clock.now_ns())
                 assert self._send is not None
                 try:
                     self._send.send_nowait([record_message(self._env, self._feed, record)])
@@ -225,38 +235,76 @@ class Connection:
                 raise
 
     async def _read(self, ws: WebSocket, session: _Session) -> None:
+        while True:
+            await self._read_batch(ws, session)
+
+    async def _read_batch(self, ws: WebSocket, session: _Session) -> None:
         send = self._send
         assert send is not None
         route = self._router.route
-        clock = self._clock
         stats = self.stats
-        while True:
-            frames = await ws.receive_batch(READ_BATCH)
-            recv_ns = clock.now_ns()
-            stats.last_message_ns = recv_ns
-            session.last_frame = trio.current_time()
-            batch: list[Inbound] = []
-            for frame in frames:
-                payload = frame.encode("utf-8") if isinstance(frame, str) else frame
-                routed = route(payload)
-                if routed.kind is RouteKind.CONTROL:
-                    record = await self._on_control(routed, session)
-                    if record is not None:
-                        batch.append(record_message(self._env, self._feed, record))
-                    continue
-                if routed.seq is not None and routed.sid is not None:
-                    gap = self._check_seq(routed, routed.sid, routed.seq, session, recv_ns)
-                    if gap is not None:
-                        batch.append(record_message(self._env, self._feed, gap))
-                stats.messages += 1
-                stats.by_type[routed.message_type or "invalid"] += 1
-                if routed.kind is RouteKind.UNROUTED:
-                    stats.unrouted += 1
-                    log.debug("conn %d: unrouted message (%s)", self.index, routed.reason)
-                assert routed.subject is not None
-                batch.append(Inbound(routed.subject, payload, recv_ns))
-            if batch:
-                await self._hand_over(send, batch)
+        frames = await ws.receive_batch(READ_BATCH)
+        recv_ns = self._clock.now_ns()
+        stats.last_message_ns = recv_ns
+        session.last_frame = trio.current_time()
+        batch: list[Inbound] = []
+        for frame in frames:
+            payload = frame.encode("utf-8") if isinstance(frame, str) else frame
+            routed = route(payload)
+            if routed.kind is RouteKind.CONTROL:
+                record = await self._on_control(routed, session)
+                if record is not None:
+                    batch.append(record_message(self._env, self._feed, record))
+                continue
+            if routed.seq is not None and routed.sid is not None:
+                gap = self._check_seq(routed, routed.sid, routed.seq, session, recv_ns)
+                if gap is not None:
+                    batch.append(record_message(self._env, self._feed, gap))
+            stats.messages += 1
+            stats.by_type[routed.message_type or "invalid"] += 1
+            if routed.kind is RouteKind.UNROUTED:
+                stats.unrouted += 1
+                log.debug("conn %d: unrouted message (%s)", self.index, routed.reason)
+            assert routed.subject is not None
+            batch.append(Inbound(routed.subject, payload, recv_ns))
+        if batch:
+            await self._hand_over(send, batch)
+
+    async def _unsubscribe_all(self, ws: WebSocket, session: _Session) -> bool:
+        """At a clean stop: unsubscribe every sid and keep reading until the exchange
+        confirms each one, so nothing it sent on this connection is left unread.
+
+        True when every sid was confirmed within `STOP_UNSUBSCRIBE_TIMEOUT_S` and no
+        command was in flight (a subscribe in flight may have opened a sid not known yet).
+        """
+        sids = list(session.subscriptions)
+        settled = session.subscribed and not session.waiters
+        if not sids:
+            return settled
+        session.unsubscribed.clear()
+        with trio.move_on_after(min(STOP_UNSUBSCRIBE_TIMEOUT_S, self._settings.command_timeout)):
+            try:
+                session.next_command_id += 1
+                await ws.send_message(
+                    json.dumps(
+                        {
+                            "id": session.next_command_id,
+                            "cmd": "unsubscribe",
+                            "params": {"sids": sids},
+                        }
+                    )
+                )
+                while not session.unsubscribed.issuperset(sids):
+                    await self._read_batch(ws, session)
+            except Exception as exc:
+                log.info(
+                    "conn %d: could not unsubscribe at shutdown: %s", self.index, describe(exc)
+                )
+                return False
+            log.info("conn %d: unsubscribed %d sids at shutdown", self.index, len(sids))
+            return settled
+        log.info("conn %d: unsubscribe not confirmed at shutdown", self.index)
+        return False
 
     async def _hand_over(
         self, send: trio.MemorySendChannel[list[Inbound]], batch: list[Inbound]
@@ -283,6 +331,8 @@ class Connection:
             )
         else:
             log.debug("conn %d: %s (command %s)", self.index, kind, command_id)
+        if kind == "unsubscribed" and isinstance(reply.get("sid"), int):
+            session.unsubscribed.add(reply["sid"])
         if not isinstance(command_id, int):
             return None
         waiter = session.waiters.pop(command_id, None)

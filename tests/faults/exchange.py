@@ -112,6 +112,8 @@ class PacedExchange:
                 while self.next_n <= due and not session.gate.silent:
                     channel, msg = message_for(self.next_n)
                     sid = sids[channel]
+                    if not session.subscriptions[sid].active:
+                        return  # unsubscribed: nothing more on this connection
                     seqs[sid] += 1
                     frame = json.dumps(
                         {"type": channel, "sid": sid, "seq": seqs[sid], "msg": msg},

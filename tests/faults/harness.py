@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FEED = "kalshi"
 STREAM = "MARKETDATA"
 CONSUMER = "archiver-kalshi"
+# The reason of a disconnect record after a stop that confirmed every unsubscribe.
+CLEAN_STOP = "shutdown: unsubscribed"
 
 
 class Exchange:
@@ -122,6 +124,7 @@ def write_config(
     connector: dict[str, Any] | None = None,
     archiver: dict[str, Any] | None = None,
     service: dict[str, Any] | None = None,
+    rotation: str = "15m",
 ) -> Path:
     """A production-shaped config with the short timeouts a test can afford."""
     connector_settings: dict[str, Any] = {
@@ -153,14 +156,17 @@ def write_config(
         f"[connector]\n{table(connector_settings)}"
         f"[archiver]\n{table(archiver_settings)}"
         f"[storage]\npath = {json.dumps(str(archive))}\n"
-        '[rotation]\ninterval = "15m"\n'
+        f"[rotation]\ninterval = {json.dumps(rotation)}\n"
         f"[service]\n{table(service_settings)}"
     )
     return path
 
 
-def ssmd(config: Path, roles: Iterable[str], log: Path | None = None) -> SsmdProcess:
-    process = SsmdProcess(config, tuple(roles), log)
+def ssmd(
+    config: Path, roles: Iterable[str], log: Path | None = None, module: str = "ssmd"
+) -> SsmdProcess:
+    """`python -m MODULE run -c CONFIG --role ...`: ssmd, or a fault-injecting launcher."""
+    process = SsmdProcess(config, tuple(roles), log, module)
     process.env = ssmd_env()
     return process
 
@@ -277,7 +283,7 @@ def compare(archive: Path, sent_log: Path) -> Comparison:
     - every archived data frame was sent, and none is archived twice;
     - on every connection, what was archived is a prefix of what was sent, in order;
     - where a connection lost its tail, a connect or disconnect record follows it, before
-      any data of a later connection.
+      any data of a later connection, and that record does not claim a clean stop.
     """
     totals = check_manifests(archive / FEED)
     assert totals["gaps"] == [], totals["gaps"]
@@ -303,6 +309,9 @@ def compare(archive: Path, sent_log: Path) -> Comparison:
         if f".{FEED}.json.ssmd." in subject:
             kind = str(record.get("type", "")).removeprefix("ssmd_")
             discontinuities[kind] += 1
+            if kind == "disconnect" and str(record.get("reason")).startswith(CLEAN_STOP):
+                discontinuities["clean stop"] += 1
+                kind = "clean stop"
             if timeline:
                 timeline[-1][1].add(kind)
             continue
@@ -335,6 +344,9 @@ def compare(archive: Path, sent_log: Path) -> Comparison:
         if len(indices) < sent_count:
             lost[session] = sent_count - len(indices)
             if session in last_archived:
+                assert "clean stop" not in timeline[last_archived[session]][1], (
+                    f"session {session} lost {lost[session]} frames but claims a clean stop"
+                )
                 after = set().union(*(kinds for _, kinds in timeline[last_archived[session] :]))
                 assert after & {"disconnect", "connect"}, (
                     f"session {session} lost {lost[session]} frames with no discontinuity after"
