@@ -157,11 +157,12 @@ class Supervisor:
                     notifier.watchdog()
                 await trio.sleep(interval)
 
-    async def _watch_signals(self) -> None:
+    async def _watch_signals(self, *, task_status: trio.TaskStatus[None]) -> None:
         with (
             self._service_scope(),
             trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
         ):
+            task_status.started()
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if self.stopping.is_set():
@@ -184,7 +185,9 @@ async def supervise(
         sup = Supervisor(nursery, shutdown_timeout)
         sup.notifier = notifier
         if handle_signals:
-            nursery.start_soon(sup._watch_signals)
+            # Trio's handlers are installed before the early ones are read, so a signal
+            # lands in one or the other, never in between.
+            await nursery.start(sup._watch_signals)
             if (name := early_signal()) is not None:
                 sup.request_stop(f"received {name} during start-up")
         try:

@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -169,6 +170,27 @@ def ssmd(
     process = SsmdProcess(config, tuple(roles), log, module)
     process.env = ssmd_env()
     return process
+
+
+@contextmanager
+def reaped(*processes: SsmdProcess) -> Iterator[None]:
+    """Kill whatever is still running when the block ends, passed or failed."""
+    try:
+        yield
+    finally:
+        for process in processes:
+            if process.proc is not None and process.proc.poll() is None:
+                process.kill9()
+
+
+def stop_when_sent(exchange: Exchange, *processes: SsmdProcess) -> None:
+    """Once the exchange has sent everything (and a second passed), SIGTERM each
+    process in turn; each must exit 0."""
+    exchange.wait(lambda s: s["done"], timeout=120)
+    time.sleep(1.0)
+    for process in processes:
+        code, _ = process.terminate()
+        assert code == 0, process.log.read_text()[-3000:]
 
 
 def drain_archive(config: Path, log: Path | None = None, quiet_s: float = 1.5) -> None:

@@ -3,11 +3,17 @@ half-open connection that stays up but carries nothing (pings go unanswered)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from ssmd.nats.server import NatsServer
-from tests.faults.harness import Exchange, finish_and_compare, ssmd, write_config
+from tests.faults.harness import (
+    Exchange,
+    finish_and_compare,
+    reaped,
+    ssmd,
+    stop_when_sent,
+    write_config,
+)
 
 TOTAL = 40_000
 RATE = 10_000
@@ -19,7 +25,7 @@ def test_garbage_drop_and_half_open_in_one_run(tmp_path: Path, nats_server: Nats
     archive = tmp_path / "archive"
     config = write_config(tmp_path / "ssmd.toml", [nats_server.url], exchange.url, archive)
     process = ssmd(config, ["connector", "archiver"]).start()
-    try:
+    with reaped(process):
         exchange.wait_connected()
         exchange.wait_sent(5_000)
         assert exchange.command(f"garbage {GARBAGE}")["garbage"] == GARBAGE
@@ -34,13 +40,7 @@ def test_garbage_drop_and_half_open_in_one_run(tmp_path: Path, nats_server: Nats
         exchange.wait(lambda s: s["sessions"] == 3 and s["connected"], timeout=30)
         assert exchange.command(f"garbage {GARBAGE}")["garbage"] == GARBAGE
 
-        exchange.wait(lambda s: s["done"], timeout=120)
-        time.sleep(1.0)
-        code, _ = process.terminate()
-        assert code == 0, process.log.read_text()[-3000:]
-    finally:
-        if process.proc is not None and process.proc.poll() is None:
-            process.kill9()
+        stop_when_sent(exchange, process)
     result = finish_and_compare(exchange, config, archive)
     assert result.sent == TOTAL + 2 * GARBAGE
     assert result.archived + result.lost == result.sent

@@ -13,7 +13,14 @@ import time
 from pathlib import Path
 
 from ssmd.nats.server import NatsServer
-from tests.faults.harness import Exchange, finish_and_compare, ssmd, write_config
+from tests.faults.harness import (
+    Exchange,
+    finish_and_compare,
+    reaped,
+    ssmd,
+    stop_when_sent,
+    write_config,
+)
 
 TOTAL = 100_000
 RATE = 10_000
@@ -28,19 +35,13 @@ def test_kill9_connector_and_archiver_in_one_process(
     archive = tmp_path / "archive"
     config = write_config(tmp_path / "ssmd.toml", [nats_server.url], exchange.url, archive)
     process = ssmd(config, ["connector", "archiver"]).start()
-    try:
+    with reaped(process):
         for _ in range(KILLS):
             # Anywhere from mid-startup to well into streaming.
             time.sleep(rng.uniform(0.1, 2.0))
             process.kill9()
             process.start()
-        exchange.wait(lambda s: s["done"], timeout=120)
-        time.sleep(1.0)
-        code, _ = process.terminate()
-        assert code == 0, process.log.read_text()[-3000:]
-    finally:
-        if process.proc is not None and process.proc.poll() is None:
-            process.kill9()
+        stop_when_sent(exchange, process)
     result = finish_and_compare(exchange, config, archive)
     assert result.sent == TOTAL
     assert result.archived + result.lost == TOTAL
@@ -61,7 +62,7 @@ def test_kill9_connector_and_archiver_as_separate_processes(
     connector = ssmd(config, ["connector"], tmp_path / "connector.log").start()
     archiver = ssmd(config, ["archiver"], tmp_path / "archiver.log").start()
     kills = {"connector": 0, "archiver": 0}
-    try:
+    with reaped(connector, archiver):
         victims = ["connector", "archiver"] * (KILLS // 2 + 1)
         rng.shuffle(victims)
         for name in victims:
@@ -70,15 +71,7 @@ def test_kill9_connector_and_archiver_as_separate_processes(
             victim.kill9()
             victim.start()
             kills[name] += 1
-        exchange.wait(lambda s: s["done"], timeout=120)
-        time.sleep(1.0)
-        for process in (connector, archiver):
-            code, _ = process.terminate()
-            assert code == 0, process.log.read_text()[-3000:]
-    finally:
-        for process in (connector, archiver):
-            if process.proc is not None and process.proc.poll() is None:
-                process.kill9()
+        stop_when_sent(exchange, connector, archiver)
     result = finish_and_compare(exchange, config, archive)
     assert min(kills.values()) >= KILLS // 2
     assert result.sent == TOTAL

@@ -11,7 +11,14 @@ import time
 from pathlib import Path
 
 from ssmd.nats.server import NatsServer
-from tests.faults.harness import Exchange, finish_and_compare, ssmd, write_config
+from tests.faults.harness import (
+    Exchange,
+    finish_and_compare,
+    reaped,
+    ssmd,
+    stop_when_sent,
+    write_config,
+)
 
 TOTAL = 60_000
 RATE = 10_000
@@ -22,7 +29,7 @@ def test_nats_server_killed_and_restarted_twice(tmp_path: Path, nats_server: Nat
     archive = tmp_path / "archive"
     config = write_config(tmp_path / "ssmd.toml", [nats_server.url], exchange.url, archive)
     process = ssmd(config, ["connector", "archiver"]).start()
-    try:
+    with reaped(process):
         exchange.wait_connected()
         for outage in (1, 2):
             exchange.wait_sent(outage * TOTAL // 3)
@@ -30,15 +37,9 @@ def test_nats_server_killed_and_restarted_twice(tmp_path: Path, nats_server: Nat
             time.sleep(1.5)
             assert process.proc is not None and process.proc.poll() is None
             nats_server.start()
-        exchange.wait(lambda s: s["done"], timeout=120)
-        time.sleep(1.0)
-        code, _ = process.terminate()
-        assert code == 0, process.log.read_text()[-3000:]
-    finally:
-        if process.proc is not None and process.proc.poll() is None:
-            process.kill9()
+        stop_when_sent(exchange, process)
     result = finish_and_compare(exchange, config, archive)
     assert result.sent == result.archived == TOTAL, result
     assert result.lost == 0
     # One connection throughout: NATS outages are not exchange discontinuities.
-    assert result.discontinuities == {"connect": 1, "disconnect": 1}, result
+    assert result.discontinuities == {"connect": 1, "disconnect": 1, "clean stop": 1}, result

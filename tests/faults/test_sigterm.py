@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ssmd.nats.server import NatsServer
-from tests.faults.harness import Exchange, finish_and_compare, ssmd, write_config
+from tests.faults.harness import Exchange, finish_and_compare, reaped, ssmd, write_config
 
 TOTAL = 50_000
 RATE = 10_000
@@ -31,7 +31,7 @@ def test_sigterm_at_random_moments_exits_0_within_the_deadline(
     )
     process = ssmd(config, ["connector", "archiver"])
     exits: list[tuple[int, float]] = []
-    try:
+    with reaped(process):
         for _ in range(STOPS):
             process.start()
             time.sleep(rng.uniform(0.05, 2.0))
@@ -40,9 +40,6 @@ def test_sigterm_at_random_moments_exits_0_within_the_deadline(
         exchange.wait(lambda s: s["done"], timeout=120)
         time.sleep(1.0)
         exits.append(process.terminate())
-    finally:
-        if process.proc is not None and process.proc.poll() is None:
-            process.kill9()
     assert [code for code, _ in exits] == [0] * (STOPS + 1), process.log.read_text()[-3000:]
     # The deadline, plus the interpreter's own exit.
     assert max(seconds for _, seconds in exits) < SHUTDOWN_TIMEOUT_S + 1.0, exits
