@@ -65,12 +65,14 @@ async def test_kill9_mid_stream_loses_nothing_and_doubles_nothing(
         async def publisher() -> None:
             for first in range(1, n + 1, 1000):
                 await publish_range(bridge, first, first + 999)
-                await trio.sleep(0.05)
+                await trio.sleep(0.2)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(publisher)
             for _ in range(5):
-                await trio.sleep(rng.uniform(0.3, 1.2))
+                # Up and archiving, so each kill lands mid-file.
+                await trio.to_thread.run_sync(proc.wait_ready)
+                await trio.sleep(rng.uniform(0.2, 0.8))
                 proc.kill9()
                 proc = SsmdProcess(config).start()
         await wait_for_ack_floor(bridge, n, timeout=90)

@@ -468,9 +468,10 @@ async def test_a_clean_stop_unsubscribes_and_keeps_what_arrives_until_confirmed(
 ) -> None:
     exchange = FakeExchange()
     # Data the exchange sent after the stop began, but before it confirmed the unsubscribe.
-    exchange.on_unsubscribe = lambda socket, sid: socket.push_data(
-        "trade", sid, None, {"market_ticker": f"LATE-{sid}"}
-    )
+    def send_late_data(socket: FakeSocket, sid: int) -> None:
+        socket.push_data("trade", sid, None, {"market_ticker": f"LATE-{sid}"})
+
+    exchange.on_unsubscribe = send_late_data
     harness = Harness(exchange, [SubscriptionPlan("trade"), SubscriptionPlan("ticker")])
     async with running(harness):
         await trio.sleep(1)
