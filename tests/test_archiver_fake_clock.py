@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from ssmd.archiver.files import FileOps
 from ssmd.clock import WallClock
 from tests.archive_harness import Harness, RecordingOps, batch, utc_ns
 
@@ -172,6 +175,73 @@ async def test_full_disk_pauses_then_resumes_without_loss(
         await h.send.send(batch(21, 30))
         assert await h.stop() == 0
     assert [r["_seq"] for r in h.lines("2026-01-05")] == list(range(1, 31))
+    assert h.status.writer.disk_full_events == 1
+
+
+class FullWhenCreating(FileOps):
+    """The disk is full for the next `full_creates` file creations: a full disk (or an
+    exhausted inode quota) can refuse the manifest's temp file, not only a write."""
+
+    def __init__(self) -> None:
+        self.full_creates = 0
+
+    def create(self, path: Path) -> int:
+        if self.full_creates > 0:
+            self.full_creates -= 1
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return super().create(path)
+
+
+async def test_full_disk_when_creating_the_manifest_pauses_instead_of_crashing(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    ops = FullWhenCreating()
+    h = Harness(tmp_path, ops=ops)
+    async with trio.open_nursery() as nursery:
+        await h.start(nursery, WallClock(utc_ns(2026, 1, 5, 12, 14, 50)))
+        await h.send.send(batch(1, 10))
+        await trio.sleep(1)
+        assert h.acked == ["ack.10"]
+        ops.full_creates = 2  # the manifest written when the slot closes at 12:15
+        with trio.fail_after(60):
+            await h.status.writer.disk_full.wait_value(True)
+            await h.status.writer.disk_full.wait_value(False)
+        await h.send.send(batch(11, 20))
+        assert await h.stop() == 0
+    assert [f["name"] for f in h.manifest("2026-01-05")["files"]] == [
+        "1200.jsonl.gz",
+        "1215.jsonl.gz",
+    ]
+    assert [r["_seq"] for r in h.lines("2026-01-05")] == list(range(1, 21))
+    assert h.status.writer.disk_full_events == 1
+
+
+async def test_full_disk_when_creating_the_day_directory_pauses_instead_of_crashing(
+    tmp_path: Path, mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = [0]
+    mkdir = Path.mkdir
+
+    def full_mkdir(path: Path, *args: Any, **kwargs: Any) -> None:
+        if full[0] > 0 and not path.exists():
+            full[0] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", full_mkdir)
+    h = Harness(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await h.start(nursery, WallClock(utc_ns(2026, 1, 5, 23, 59)))
+        await h.send.send(batch(1, 10))
+        await trio.sleep(120)  # 00:01 on the next day: a new day directory
+        full[0] = 2
+        await h.send.send(batch(11, 20))
+        with trio.fail_after(60):
+            await h.status.writer.disk_full.wait_value(True)
+            await h.status.writer.disk_full.wait_value(False)
+        assert await h.stop() == 0
+    assert [r["_seq"] for r in h.lines("2026-01-05")] == list(range(1, 11))
+    assert [r["_seq"] for r in h.lines("2026-01-06")] == list(range(11, 21))
     assert h.status.writer.disk_full_events == 1
 
 

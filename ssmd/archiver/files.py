@@ -89,8 +89,11 @@ class FileOps:
     def write_atomic(self, path: Path, data: bytes) -> None:
         """Temp file, fsync, rename over `path`, fsync the directory."""
         tmp = path.with_name(f".{path.name}.tmp")
-        self.unlink(tmp)
-        fd = self.create(tmp)
+        try:
+            self.unlink(tmp)
+            fd = self.create(tmp)
+        except OSError as exc:
+            raise _classify(exc) from exc
         try:
             self.pwrite(fd, data, 0)
             self.fsync(fd)
@@ -99,14 +102,30 @@ class FileOps:
             self.unlink(tmp)
             raise _classify(exc) from exc
         self.close(fd)
-        self.rename(tmp, path)
-        self.fsync_dir(path.parent)
+        try:
+            self.rename(tmp, path)
+            self.fsync_dir(path.parent)
+        except OSError as exc:
+            raise _classify(exc) from exc
 
 
 def _classify(exc: OSError) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(f"{exc.strerror} ({exc.filename or 'archive'})")
     return exc
+
+
+def make_dir(directory: Path, ops: FileOps) -> None:
+    """Create `directory` if missing (a new day) and make its entry durable.
+
+    Raises DiskFull, like every other step, when there is no room for it.
+    """
+    try:
+        if not directory.exists():
+            directory.mkdir(parents=True, exist_ok=True)
+            ops.fsync_dir(directory.parent)
+    except OSError as exc:
+        raise _classify(exc) from exc
 
 
 @attrs.define
@@ -184,10 +203,7 @@ class SlotFile:
     def __init__(
         self, directory: Path, label: str, start_ns: int, end_ns: int, level: int, ops: FileOps
     ) -> None:
-        created = not directory.exists()
-        directory.mkdir(parents=True, exist_ok=True)
-        if created:
-            ops.fsync_dir(directory.parent)
+        make_dir(directory, ops)
         self.directory = directory
         self.name = choose_name(directory, label)
         self.start_ns = start_ns

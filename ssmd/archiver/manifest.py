@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import cattrs
 
-from ssmd.archiver.files import FileOps, FileStats
+from ssmd.archiver.files import FileOps, FileStats, make_dir
 from ssmd.archiver.slots import iso
 
 MANIFEST_NAME = "manifest.json"
@@ -159,7 +159,5 @@ def load_or_new(day_dir: Path, feed: str, rotation_interval: str) -> Manifest:
 
 
 def write_manifest(day_dir: Path, manifest: Manifest, ops: FileOps) -> None:
-    if not day_dir.exists():
-        day_dir.mkdir(parents=True, exist_ok=True)
-        ops.fsync_dir(day_dir.parent)
+    make_dir(day_dir, ops)
     ops.write_atomic(day_dir / MANIFEST_NAME, manifest.encode())
