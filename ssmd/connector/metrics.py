@@ -10,7 +10,6 @@ from prometheus_client.core import CounterMetricFamily
 from ssmd.connector.connection import Connection
 from ssmd.connector.publisher import Publisher
 from ssmd.metrics import by_label, counter, gauge
-from ssmd.subjects import split_subject
 
 
 def connector_metrics(
@@ -29,9 +28,7 @@ def connector_metrics(
         "type",
         dict(received),
     )
-    published: collections.Counter[str] = collections.Counter()
-    for subject, n in list(p.acked_subjects.items()):
-        published[split_subject(subject)[0]] += n
+    published = p.acked_by_type()
     yield by_label(
         CounterMetricFamily,
         "ssmd_published_messages",

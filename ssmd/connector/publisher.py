@@ -32,9 +32,13 @@ from ssmd.connector.records import (
 )
 from ssmd.metrics import LatencyHistogram
 from ssmd.nats.bridge import NatsUnavailable, OutgoingMessage, PublishOutcome
-from ssmd.subjects import discontinuity_subject
+from ssmd.subjects import discontinuity_subject, split_subject
 
 log = logging.getLogger("ssmd.connector.publisher")
+
+# Tickers come and go (new markets are listed every hour), so per-subject ack counts are
+# folded into per-type totals once this many subjects have piled up.
+SUBJECT_COUNT_LIMIT = 10_000
 
 PublishBatch = Callable[[Sequence[OutgoingMessage], float], Awaitable[list[PublishOutcome]]]
 
@@ -74,7 +78,20 @@ class PublisherStats:
     last_ack_at: float = 0.0
     # Per subject, so the per-message cost is one increment; types are derived on scrape.
     acked_subjects: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    # What was folded out of `acked_subjects` when it reached SUBJECT_COUNT_LIMIT.
+    acked_types: collections.Counter[str] = attrs.field(factory=collections.Counter)
     ack_seconds: LatencyHistogram = attrs.field(factory=LatencyHistogram)
+
+    def acked_by_type(self) -> collections.Counter[str]:
+        """Acknowledged messages by subject type."""
+        out = collections.Counter(self.acked_types)
+        for subject, n in list(self.acked_subjects.items()):
+            out[split_subject(subject)[0]] += n
+        return out
+
+    def fold_subjects(self) -> None:
+        self.acked_types = self.acked_by_type()
+        self.acked_subjects.clear()
 
 
 @attrs.define
@@ -249,6 +266,8 @@ class Publisher:
                     self._append(record_message(self._env, self._feed, record))
                 else:
                     retry.append(message)
+            if len(self.stats.acked_subjects) >= SUBJECT_COUNT_LIMIT:
+                self.stats.fold_subjects()
             if not retry:
                 failures = 0
                 continue
