@@ -54,6 +54,7 @@ class Exchange:
         )
         self.sent_log = workdir / "sent.jsonl"
         self.total = total
+        self._stderr = open(workdir / "exchange.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
                 *(sys.executable, "-m", "tests.faults.exchange"),
@@ -62,7 +63,7 @@ class Exchange:
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=open(workdir / "exchange.log", "ab"),  # noqa: SIM115
+            stderr=self._stderr,
         )
         self.url: str = self._reply()["url"]
 
@@ -107,6 +108,9 @@ class Exchange:
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self._stderr):
+            if stream is not None:
+                stream.close()
 
 
 def ssmd_env() -> dict[str, str]:
