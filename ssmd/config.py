@@ -128,7 +128,13 @@ class StreamLimits:
     duplicate_window: Duration = attrs.field(
         default=Duration.parse("2m"), validator=_positive_duration
     )
-    replicas: int = attrs.field(default=1, validator=_positive)
+    replicas: int = attrs.field(default=1)
+
+    @replicas.validator
+    def _check_replicas(self, attribute: attrs.Attribute[int], value: int) -> None:
+        # JetStream replicates a stream to at most 5 servers.
+        if not 1 <= value <= 5:
+            raise FieldError(attribute, f"expected a replica count from 1 to 5, got {value!r}")
 
 
 @attrs.frozen

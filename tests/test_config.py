@@ -40,6 +40,17 @@ def test_the_documented_contract_parses(tmp_path: Path) -> None:
     assert config.archiver.feed == "kalshi"
     assert config.storage is not None and config.storage.path == "/var/lib/ssmd/archive"
     assert config.rotation.interval.seconds == 900
+    assert config.nats.stream_limits.replicas == 1
+
+
+def test_a_clustered_stream_takes_a_list_of_urls_and_replicas(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        'url = "nats://127.0.0.1:4222"',
+        'url = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222", "nats://10.0.0.3:4222"]',
+    ).replace('stream = "MARKETDATA"', 'stream = "MARKETDATA"\n[nats.stream_limits]\nreplicas = 3')
+    config = load_config(write(tmp_path, text))
+    assert len(config.nats.servers) == 3
+    assert config.nats.stream_limits.replicas == 3
 
 
 @pytest.mark.parametrize(
@@ -63,6 +74,16 @@ def test_the_documented_contract_parses(tmp_path: Path) -> None:
             "expected an integer",
         ),
         (('path = "/var/lib/ssmd/archive"', "path = 5"), "storage.path", "expected a string"),
+        (
+            ('stream = "MARKETDATA"', 'stream = "MARKETDATA"\n[nats.stream_limits]\nreplicas = 0'),
+            "nats.stream_limits.replicas",
+            "from 1 to 5",
+        ),
+        (
+            ('stream = "MARKETDATA"', 'stream = "MARKETDATA"\n[nats.stream_limits]\nreplicas = 6'),
+            "nats.stream_limits.replicas",
+            "from 1 to 5",
+        ),
     ],
 )
 def test_a_bad_key_is_named_with_what_was_expected(

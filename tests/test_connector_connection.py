@@ -467,6 +467,7 @@ async def test_a_clean_stop_unsubscribes_and_keeps_what_arrives_until_confirmed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     exchange = FakeExchange()
+
     # Data the exchange sent after the stop began, but before it confirmed the unsubscribe.
     def send_late_data(socket: FakeSocket, sid: int) -> None:
         socket.push_data("trade", sid, None, {"market_ticker": f"LATE-{sid}"})

@@ -117,14 +117,57 @@ async def test_retries_keep_the_same_ids_until_acknowledged(
             for n in range(50):
                 await send.send([inbound(n)])
             await trio.sleep(30)
-            first_ids = {m.msg_id: m.payload for call in stream.calls for m in call}
+            first_try, *retries = stream.calls
             stream.up = True
             stream.fail_next = 2
-    assert len(first_ids) == 50
-    assert {m.msg_id: m.payload for m in stream.stored} == first_ids
+    # After the first failure the oldest message alone probes the stream, under one id.
+    assert len(retries) >= 2 and all(call == first_try[:1] for call in retries)
+    stored = {m.msg_id: m.payload for m in stream.stored}
+    assert all(stored[m.msg_id] == m.payload for m in first_try)
+    assert sorted(stored.values()) == [inbound(n).payload for n in range(50)]
     assert len(stream.stored) == 50
     # Backoff between retries: a handful of attempts in 30 s of outage, not thousands.
     assert 3 <= len(stream.calls) < 40
+
+
+class ElectingStream(FakeStream):
+    """No stream leader for the next `refuse` messages, which get no responders; after
+    that every message is stored. A batch in flight when the leader is elected has its
+    head refused and its tail stored."""
+
+    def __init__(self, refuse: int) -> None:
+        super().__init__()
+        self.refuse = refuse
+
+    async def publish_batch(
+        self, messages: Sequence[OutgoingMessage], timeout: float
+    ) -> list[PublishOutcome]:
+        self.calls.append(list(messages))
+        await trio.sleep(0.001)
+        outcomes = []
+        for m in messages:
+            if self.refuse > 0:
+                self.refuse -= 1
+                outcomes.append(PublishOutcome(error="NoRespondersError: no stream"))
+            else:
+                self.stored.append(m)
+                outcomes.append(PublishOutcome(stream_seq=len(self.stored)))
+        return outcomes
+
+
+async def test_a_stream_back_mid_batch_still_stores_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stream = ElectingStream(refuse=150)
+    publisher = make_publisher(stream)
+    send, receive = trio.open_memory_channel[list[Inbound]](10)
+    async with send:
+        await send.send([inbound(n) for n in range(300)])
+    await publisher.run(receive)
+    assert [m.payload for m in stream.stored] == [inbound(n).payload for n in range(300)]
+    # After a failure one message probes the stream; full batches resume once it is stored.
+    assert [len(call) for call in stream.calls][:2] == [100, 1]
+    assert max(len(call) for call in stream.calls[-2:]) == 100
 
 
 async def test_reader_never_waits_and_overflow_is_recorded_in_place(

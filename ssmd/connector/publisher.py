@@ -7,6 +7,8 @@ never waits on NATS. The sender publishes whatever is buffered (up to `batch_max
 one bridge crossing and removes a message only once JetStream has acknowledged it;
 failed messages stay at the front and are retried, with the same `Nats-Msg-Id`, until
 acknowledged, so the stream's duplicate window drops any retry that was in fact stored.
+Retries start with the oldest message alone, so a stream that comes back part-way
+through a batch cannot store later messages before earlier ones.
 
 When the buffer is full (NATS unreachable for long), *new* messages are dropped and
 counted. What was buffered stays intact, and an overflow record with the count is
@@ -235,7 +237,10 @@ class Publisher:
                 # Let a trickle build into a batch: one bridge crossing per few
                 # milliseconds instead of one per message at low rates.
                 await trio.sleep(self._linger)
-            count = min(len(self._buffer), self._batch_max)
+            # After a failure a single message probes the stream. A full batch could be
+            # in flight when the stream comes back (a new leader elected): its refused
+            # head would then be stored after its tail, out of order.
+            count = min(len(self._buffer), self._batch_max if failures == 0 else 1)
             batch = [self._buffer[i] for i in range(count)]
             outcomes = await self._publish(batch)
             for _ in range(count):

@@ -33,6 +33,10 @@ log = logging.getLogger("ssmd.nats")
 T = TypeVar("T")
 
 _ACK_FLUSH_TIMEOUT_S = 1.0
+# Pull requests ask for an idle heartbeat this often; a consumer that sends neither a
+# message nor a heartbeat for `_PULL_SILENCE_HEARTBEATS` of them has lost its leader.
+_PULL_HEARTBEAT_S = 1.0
+_PULL_SILENCE_HEARTBEATS = 3
 _CANCEL_WAIT_S = 10.0
 
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -197,7 +201,7 @@ def _parse_ack_reply(reply: str) -> tuple[int, int, int, int]:
 
 
 class ConsumerLost(NatsUnavailable):
-    """The server says the pull consumer is gone (deleted, or no responders)."""
+    """The pull consumer is gone: deleted, no responders, or silent past its heartbeats."""
 
 
 class _PullState:
@@ -208,6 +212,11 @@ class _PullState:
     one inbox subscription, deliveries collect in a buffer, and each `fetch` hands over
     what has arrived. Credit is topped up as it is used; expired requests (status 408
     with a pending count) give theirs back.
+
+    Pending pull requests live only on the consumer's leader. When that server dies
+    (a clustered consumer moves to a new leader) they vanish without an answer, so the
+    requests ask for idle heartbeats, and silence while credit is out means the
+    consumer is lost.
     """
 
     def __init__(
@@ -223,9 +232,11 @@ class _PullState:
         self._arrived = asyncio.Event()
         self._credit = 0
         self._credit_deadline = 0.0
+        self._heard_at = 0.0
         self.lost = ""
 
     async def on_message(self, msg: Any) -> None:
+        self._heard_at = asyncio.get_running_loop().time()
         headers = msg.headers
         if headers and not msg.data and "Status" in headers:
             status = headers["Status"]
@@ -261,10 +272,16 @@ class _PullState:
             self._credit = 0
         want = 2 * batch - self._credit - len(self._buffer)
         if want >= batch // 2 and want > 0:
-            request = {"batch": want, "expires": int(self._expires_s * 1e9)}
+            request = {
+                "batch": want,
+                "expires": int(self._expires_s * 1e9),
+                "idle_heartbeat": int(_PULL_HEARTBEAT_S * 1e9),
+            }
             await self._nc.publish(
                 self._next_subject, json.dumps(request).encode(), reply=self.inbox
             )
+            if self._credit <= 0:
+                self._heard_at = loop.time()
             self._credit += want
             self._credit_deadline = loop.time() + self._expires_s - 0.05
 
@@ -275,6 +292,11 @@ class _PullState:
         while not self._buffer:
             if self.lost:
                 raise ConsumerLost(f"pull consumer lost: {self.lost}")
+            silent = loop.time() - self._heard_at
+            if self._credit > 0 and silent > _PULL_SILENCE_HEARTBEATS * _PULL_HEARTBEAT_S:
+                raise ConsumerLost(
+                    f"pull consumer silent for {silent:.1f}s (no message or heartbeat)"
+                )
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return []
