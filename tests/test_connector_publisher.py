@@ -155,6 +155,22 @@ class ElectingStream(FakeStream):
         return outcomes
 
 
+async def test_an_outage_of_hours_is_waited_out(autojump_clock: trio.testing.MockClock) -> None:
+    stream = FakeStream()
+    publisher = make_publisher(stream, timeout=0.001)
+    send, receive = trio.open_memory_channel[list[Inbound]](10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publisher.run, receive)
+        async with send:
+            stream.fail_next = 10**9
+            await send.send([inbound(1)])
+            # Far past 1,024 failed attempts, where 2**failures once overflowed a float.
+            while len(stream.calls) < 3000:
+                await trio.sleep(60)
+            stream.fail_next = 0
+    assert [m.payload for m in stream.stored] == [inbound(1).payload]
+
+
 async def test_a_stream_back_mid_batch_still_stores_in_order(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

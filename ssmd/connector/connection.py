@@ -331,8 +331,8 @@ class Connection:
             )
         else:
             log.debug("conn %d: %s (command %s)", self.index, kind, command_id)
-        if kind == "unsubscribed" and isinstance(reply.get("sid"), int):
-            session.unsubscribed.add(reply["sid"])
+        if kind == "unsubscribed" and (sid := _reply_sid(reply)) is not None:
+            session.unsubscribed.add(sid)
         if not isinstance(command_id, int):
             return None
         waiter = session.waiters.pop(command_id, None)

@@ -8,7 +8,8 @@ one bridge crossing and removes a message only once JetStream has acknowledged i
 failed messages stay at the front and are retried, with the same `Nats-Msg-Id`, until
 acknowledged, so the stream's duplicate window drops any retry that was in fact stored.
 Retries start with the oldest message alone, so a stream that comes back part-way
-through a batch cannot store later messages before earlier ones.
+through a batch does not store that batch's tail before its head. (A batch in which only
+some acks time out can still land out of order; `_recv_ns` keeps the true order.)
 
 When the buffer is full (NATS unreachable for long), *new* messages are dropped and
 counted. What was buffered stays intact, and an overflow record with the count is
@@ -280,7 +281,7 @@ class Publisher:
             self.stats.retried += len(retry)
             self.stats.failed_batches += 1
             first_error = next(o.error for o in outcomes if not o.ok)
-            delay = min(self._retry_max, self._retry_initial * 2**failures)
+            delay = min(self._retry_max, self._retry_initial * 2 ** min(failures, 32))
             failures += 1
             log_fn = log.warning if failures in (1, 10) or failures % 100 == 0 else log.debug
             log_fn(
