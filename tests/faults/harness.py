@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -22,10 +23,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import attrs
+import trio
 from cryptography.hazmat.primitives import serialization
 
 from ssmd.archiver.lines import strip_meta
 from ssmd.archiver.manifest import load_manifest
+from ssmd.nats.bridge import open_bridge
 from ssmd.reader import days, iter_lines
 from tests.fake_kalshi import API_KEY, pem, private_key
 from tests.faults.exchange import CHANNELS, MARKETS
@@ -197,42 +200,30 @@ def stop_when_sent(exchange: Exchange, *processes: SsmdProcess) -> None:
         assert code == 0, process.log.read_text()[-3000:]
 
 
-def drain_archive(config: Path, log: Path | None = None, quiet_s: float = 1.5) -> None:
-    """Run the archiver alone until the stream's last message is archived, then stop it.
+def drain_archive(config: Path, log: Path | None = None, timeout: float = 60) -> None:
+    """Run the archiver alone until it has acknowledged the stream's last message (so
+    that message is fsynced), then stop it.
 
     Records published while a combined process shut down land in the stream after its
     archiver stopped; a production deployment archives them on its next start.
     """
     archiver = ssmd(config, ["archiver"], log).start()
     archiver.wait_ready()
-    archive = Path(_storage_path(config)) / FEED
-    deadline = time.monotonic() + 60
-    last = -1
-    stable_since = time.monotonic()
-    while time.monotonic() < deadline:
-        count = _partial_or_finished_lines(archive)
-        if count != last:
-            last, stable_since = count, time.monotonic()
-        elif time.monotonic() - stable_since > quiet_s:
-            break
-        time.sleep(0.1)
+    urls = tomllib.loads(config.read_text())["nats"]["url"]
+    trio.run(_wait_archived, [urls] if isinstance(urls, str) else urls, timeout)
     code, _ = archiver.terminate()
     assert code == 0, archiver.log.read_text()[-3000:]
 
 
-def _storage_path(config: Path) -> str:
-    for line in config.read_text().splitlines():
-        if line.startswith("path = "):
-            value: str = json.loads(line.removeprefix("path = "))
-            return value
-    raise AssertionError("no storage path in config")
-
-
-def _partial_or_finished_lines(feed_dir: Path) -> int:
-    """A cheap progress measure: total bytes of every archive file, finished or not."""
-    if not feed_dir.exists():
-        return 0
-    return sum(p.stat().st_size for p in feed_dir.rglob("*.jsonl.gz*"))
+async def _wait_archived(urls: list[str], timeout: float) -> None:
+    async with open_bridge(urls) as bridge:
+        with trio.fail_after(timeout):
+            while True:
+                state = await bridge.stream_state(STREAM)
+                floor = await bridge.consumer_ack_floor(STREAM, CONSUMER)
+                if state is not None and floor is not None and floor >= state.last_seq:
+                    return
+                await trio.sleep(0.1)
 
 
 @attrs.frozen

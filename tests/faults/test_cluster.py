@@ -94,6 +94,10 @@ def kill_stream_leader(cluster: NatsCluster, exchange: Exchange) -> LeaderKill:
     wait_until(lambda: cluster.stream_replicas_current(STREAM), 30, "all replicas current")
     leader = cluster.wait_stream_leader(STREAM)
     victim = cluster.node_named(leader)
+    # Messages flowing at the kill, however long the catch-up took (the exchange was
+    # paused meanwhile, so it cannot have run out).
+    exchange.command("resume")
+    exchange.wait_sent(exchange.status()["sent"] + RATE // 2)
     stored, archived = stream_last_seq(cluster), archiver_ack_floor(cluster)
     sent_before = exchange.status()["sent"]
     victim.stop(kill=True)
@@ -123,7 +127,9 @@ def test_stream_leader_killed_twice_loses_nothing(tmp_path: Path, cluster: NatsC
         exchange.wait_sent(TOTAL // 10)
         for _ in range(LEADER_KILLS):
             kills.append(kill_stream_leader(cluster, exchange))
+            exchange.command("pause")
             print(kills[-1])
+        exchange.command("resume")
         exchange.wait(lambda s: s["done"], timeout=60)
         # The same process archives everything, connect record included, before it stops.
         wait_until(lambda: archiver_ack_floor(cluster) >= TOTAL + 1, 30, "all archived")

@@ -43,7 +43,8 @@ def test_garbage_drop_and_half_open_in_one_run(tmp_path: Path, nats_server: Nats
         stop_when_sent(exchange, process)
     result = finish_and_compare(exchange, config, archive)
     assert result.sent == TOTAL + 2 * GARBAGE
-    assert result.archived + result.lost == result.sent
+    # Only what was on the wire when a connection broke may be missing.
+    assert result.lost < result.sent // 100, result
     # Garbage is kept, byte for byte, not dropped.
     assert result.garbage_archived == 2 * GARBAGE, result
     assert result.discontinuities["connect"] == 3, result

@@ -45,7 +45,6 @@ def test_sigterm_at_random_moments_exits_0_within_the_deadline(
     assert max(seconds for _, seconds in exits) < SHUTDOWN_TIMEOUT_S + 1.0, exits
     result = finish_and_compare(exchange, config, archive)
     assert result.sent == TOTAL
-    assert result.archived + result.lost == TOTAL
     # A clean stop publishes a disconnect record for every connection it had, and one
     # that stopped after subscribing unsubscribed first and lost nothing.
     assert result.discontinuities["disconnect"] >= result.discontinuities["connect"] - 1, result
