@@ -170,6 +170,17 @@ def write_config(
     return path
 
 
+def scenario(
+    tmp_path: Path, nats_urls: list[str], total: int, rate: float, **settings: Any
+) -> tuple[Exchange, Path, Path]:
+    """The paced exchange, and a config (with `settings`) pointing ssmd at it and NATS:
+    (exchange, config path, archive root)."""
+    exchange = Exchange(tmp_path / "exchange", total, rate)
+    archive = tmp_path / "archive"
+    config = write_config(tmp_path / "ssmd.toml", nats_urls, exchange.url, archive, **settings)
+    return exchange, config, archive
+
+
 def ssmd(
     config: Path, roles: Iterable[str], log: Path | None = None, module: str = "ssmd"
 ) -> SsmdProcess:

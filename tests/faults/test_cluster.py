@@ -27,8 +27,8 @@ from tests.faults.harness import (
     STREAM,
     Exchange,
     finish_and_compare,
+    scenario,
     ssmd,
-    write_config,
 )
 from tests.procs import publish_range, stream_spec
 
@@ -113,9 +113,7 @@ def kill_stream_leader(cluster: NatsCluster, exchange: Exchange) -> LeaderKill:
 
 
 def test_stream_leader_killed_twice_loses_nothing(tmp_path: Path, cluster: NatsCluster) -> None:
-    exchange = Exchange(tmp_path / "exchange", TOTAL, RATE)
-    archive = tmp_path / "archive"
-    config = write_config(tmp_path / "ssmd.toml", cluster.urls, exchange.url, archive)
+    exchange, config, archive = scenario(tmp_path, cluster.urls, TOTAL, RATE)
     config.write_text(config.read_text() + "[nats.stream_limits]\nreplicas = 3\n")
     process = ssmd(config, ["connector", "archiver"]).start()
     kills: list[LeaderKill] = []

@@ -7,12 +7,11 @@ from pathlib import Path
 
 from ssmd.nats.server import NatsServer
 from tests.faults.harness import (
-    Exchange,
     finish_and_compare,
     reaped,
+    scenario,
     ssmd,
     stop_when_sent,
-    write_config,
 )
 
 TOTAL = 40_000
@@ -21,9 +20,7 @@ GARBAGE = 20
 
 
 def test_garbage_drop_and_half_open_in_one_run(tmp_path: Path, nats_server: NatsServer) -> None:
-    exchange = Exchange(tmp_path / "exchange", TOTAL, RATE)
-    archive = tmp_path / "archive"
-    config = write_config(tmp_path / "ssmd.toml", [nats_server.url], exchange.url, archive)
+    exchange, config, archive = scenario(tmp_path, [nats_server.url], TOTAL, RATE)
     process = ssmd(config, ["connector", "archiver"]).start()
     with reaped(process):
         exchange.wait_connected()

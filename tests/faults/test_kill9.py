@@ -14,12 +14,11 @@ from pathlib import Path
 
 from ssmd.nats.server import NatsServer
 from tests.faults.harness import (
-    Exchange,
     finish_and_compare,
     reaped,
+    scenario,
     ssmd,
     stop_when_sent,
-    write_config,
 )
 
 TOTAL = 100_000
@@ -31,9 +30,7 @@ def test_kill9_connector_and_archiver_in_one_process(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
     rng = random.Random(1)
-    exchange = Exchange(tmp_path / "exchange", TOTAL, RATE)
-    archive = tmp_path / "archive"
-    config = write_config(tmp_path / "ssmd.toml", [nats_server.url], exchange.url, archive)
+    exchange, config, archive = scenario(tmp_path, [nats_server.url], TOTAL, RATE)
     process = ssmd(config, ["connector", "archiver"]).start()
     with reaped(process):
         for _ in range(KILLS):
@@ -55,9 +52,7 @@ def test_kill9_connector_and_archiver_as_separate_processes(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
     rng = random.Random(2)
-    exchange = Exchange(tmp_path / "exchange", TOTAL, RATE)
-    archive = tmp_path / "archive"
-    config = write_config(tmp_path / "ssmd.toml", [nats_server.url], exchange.url, archive)
+    exchange, config, archive = scenario(tmp_path, [nats_server.url], TOTAL, RATE)
     connector = ssmd(config, ["connector"], tmp_path / "connector.log").start()
     archiver = ssmd(config, ["archiver"], tmp_path / "archiver.log").start()
     kills = {"connector": 0, "archiver": 0}

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ssmd.nats.server import NatsServer
-from tests.faults.harness import Exchange, finish_and_compare, reaped, ssmd, write_config
+from tests.faults.harness import finish_and_compare, reaped, scenario, ssmd
 
 TOTAL = 50_000
 RATE = 10_000
@@ -20,13 +20,11 @@ def test_sigterm_at_random_moments_exits_0_within_the_deadline(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
     rng = random.Random(6)
-    exchange = Exchange(tmp_path / "exchange", TOTAL, RATE)
-    archive = tmp_path / "archive"
-    config = write_config(
-        tmp_path / "ssmd.toml",
+    exchange, config, archive = scenario(
+        tmp_path,
         [nats_server.url],
-        exchange.url,
-        archive,
+        TOTAL,
+        RATE,
         service={"shutdown_timeout": f"{SHUTDOWN_TIMEOUT_S:g}s"},
     )
     process = ssmd(config, ["connector", "archiver"])
