@@ -8,37 +8,72 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from ssmd.nats.bridge import NatsBridge, OutgoingMessage, StreamSpec
+from ssmd.nats.server import free_port
+from tests import configs
 
 
 def write_config(path: Path, nats_url: str, archive: Path, **archiver: Any) -> Path:
-    archiver.setdefault("batch_size", 500)
-    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in archiver.items() if k != "filter")
-    filt = archiver.get("filter", "prod.kalshi.json.>")
-    path.write_text(
-        f"""env = "prod"
-[nats]
-url = "{nats_url}"
-stream = "MARKETDATA"
-[archiver]
-consumer = "archiver-kalshi"
-filter = "{filt}"
-{extra}[storage]
-path = "{archive}"
-[rotation]
-interval = "15m"
-"""
+    """An archiver-only config; `archiver` overrides its keys."""
+    return configs.write_config(
+        path,
+        {
+            "env": "prod",
+            "nats": {"url": nats_url, "stream": "MARKETDATA"},
+            "archiver": {
+                "consumer": "archiver-kalshi",
+                "filter": "prod.kalshi.json.>",
+                "batch_size": 500,
+                **archiver,
+            },
+            "storage": {"path": str(archive)},
+            "rotation": {"interval": "15m"},
+        },
     )
-    return path
+
+
+def http_get(port: int, path: str, timeout: float = 5) -> tuple[int, str]:
+    """(status, body) of `GET http://127.0.0.1:{port}{path}`; raises OSError if nothing
+    answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of every sample of `name` in a /metrics page."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"not {what} within {timeout}s")
 
 
 class SsmdProcess:
+    """`python -m ssmd run` as a child process, with its health endpoint on a port of
+    its own: the config's `service.health_port` if it sets one, else a free port written
+    into a copy of the config (`*.run.toml` beside the log) at each start."""
+
     def __init__(
         self,
         config: Path,
@@ -53,28 +88,44 @@ class SsmdProcess:
         self.log = log or config.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] | None = None
+        self.health_port = 0
+
+    def _run_config(self) -> Path:
+        settings = tomllib.loads(self.config.read_text())
+        service = settings.setdefault("service", {})
+        if service.get("health_port"):
+            self.health_port = service["health_port"]
+            return self.config
+        self.health_port = service["health_port"] = free_port()
+        return configs.write_config(self.log.with_name(f"{self.log.stem}.run.toml"), settings)
 
     def start(self) -> SsmdProcess:
-        self._ready_marks = (
-            self.log.read_text().count("consumer positioned") if self.log.exists() else 0
-        )
-        args = [sys.executable, "-m", self.module, "run", "-c", str(self.config)]
+        args = [sys.executable, "-m", self.module, "run", "-c", str(self._run_config())]
         for role in self.roles:
             args += ["--role", role]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         return self
 
-    def wait_ready(self, timeout: float = 20) -> None:
-        """Wait until this run has positioned its consumer (it logs that once up)."""
+    def ready(self) -> tuple[int, str]:
+        """This run's `/ready`: (200, "ready") once every role is up and healthy."""
+        try:
+            return http_get(self.health_port, "/ready", timeout=2)
+        except OSError as exc:  # not listening yet
+            return 0, str(exc)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Wait until this run answers 200 on `/ready` (every role up and healthy)."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
+        status, body = 0, ""
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            if self.log.read_text().count("consumer positioned") > self._ready_marks:
+            status, body = self.ready()
+            if status == 200:
                 return
-            time.sleep(0.02)
-        raise TimeoutError(f"ssmd not ready within {timeout}s")
+            time.sleep(0.05)
+        raise TimeoutError(f"ssmd not ready within {timeout}s: {status} {body.strip()}")
 
     def kill9(self) -> None:
         assert self.proc is not None

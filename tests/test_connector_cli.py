@@ -14,6 +14,7 @@ import trio
 
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
+from tests import configs
 from tests.fake_kalshi import API_KEY, other_private_key, pem, private_key, trade_msg
 from tests.test_connector_e2e import STREAM, fake_exchange, stream_messages
 
@@ -21,22 +22,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_config(tmp_path: Path, nats_url: str, ws_url: str) -> Path:
-    path = tmp_path / "ssmd.toml"
-    path.write_text(
-        f"""
-env = "test"
-[nats]
-url = "{nats_url}"
-stream = "{STREAM}"
-[connector]
-url = "{ws_url}"
-channels = ["trade"]
-markets = ["KXA-1"]
-backoff_initial = "50ms"
-backoff_max = "200ms"
-"""
+    return configs.write_config(
+        tmp_path / "ssmd.toml",
+        {
+            "env": "test",
+            "nats": {"url": nats_url, "stream": STREAM},
+            "connector": {
+                "url": ws_url,
+                "channels": ["trade"],
+                "markets": ["KXA-1"],
+                "backoff_initial": "50ms",
+                "backoff_max": "200ms",
+            },
+        },
     )
-    return path
 
 
 def env_with(**values: str) -> dict[str, str]:

@@ -12,35 +12,33 @@ import trio
 
 from ssmd.archiver.lines import strip_meta
 from ssmd.nats.server import NatsServer
+from tests import configs
 from tests.fake_kalshi import API_KEY, pem, private_key, trade_msg
-from tests.procs import SsmdProcess, archived_records, check_manifests
+from tests.procs import SsmdProcess, archived_records, check_manifests, metric
 from tests.test_connector_cli import env_with
 from tests.test_connector_e2e import fake_exchange
+from tests.test_health import get
 
 DOT = "KXBTCD-26MAR1213-T69499.99"
 
 
 def write_config(tmp_path: Path, nats_url: str, ws_url: str) -> Path:
-    path = tmp_path / "ssmd.toml"
-    path.write_text(
-        f"""env = "prod"
-[nats]
-url = "{nats_url}"
-stream = "MARKETDATA"
-[connector]
-url = "{ws_url}"
-channels = ["trade"]
-markets = ["{DOT}", "KXA-1"]
-backoff_initial = "50ms"
-backoff_max = "200ms"
-[archiver]
-consumer = "archiver-kalshi"
-filter = "prod.kalshi.json.>"
-[storage]
-path = "{tmp_path / "archive"}"
-"""
+    return configs.write_config(
+        tmp_path / "ssmd.toml",
+        {
+            "env": "prod",
+            "nats": {"url": nats_url, "stream": "MARKETDATA"},
+            "connector": {
+                "url": ws_url,
+                "channels": ["trade"],
+                "markets": [DOT, "KXA-1"],
+                "backoff_initial": "50ms",
+                "backoff_max": "200ms",
+            },
+            "archiver": {"consumer": "archiver-kalshi", "filter": "prod.kalshi.json.>"},
+            "storage": {"path": str(tmp_path / "archive")},
+        },
     )
-    return path
 
 
 async def test_exchange_to_archive_in_one_process(tmp_path: Path, nats_server: NatsServer) -> None:
@@ -130,39 +128,32 @@ async def _wait_archived(tmp_path: Path, expected: int, timeout: float = 30) -> 
 
 
 async def test_metrics_of_both_roles_and_readiness(tmp_path: Path, nats_server: NatsServer) -> None:
-    from ssmd.nats.server import free_port
-    from tests.test_health import get, metric
-
     key_file = tmp_path / "kalshi.pem"
     key_file.write_text(pem(private_key()))
     key_file.chmod(0o600)
-    port = free_port()
     async with fake_exchange() as exchange:
         config = write_config(tmp_path, nats_server.url, exchange.url)
-        config.write_text(config.read_text() + f"[service]\nhealth_port = {port}\n")
         proc = SsmdProcess(config, roles=("connector", "archiver"))
         proc.env = env_with(KALSHI_API_KEY=API_KEY, KALSHI_PRIVATE_KEY_PATH=str(key_file))
         proc.start()
         session = await exchange.session(0, timeout=20)
         await session.wait_until(lambda: len(session.subscriptions) == 1)
-        base = f"http://127.0.0.1:{port}"
-        with trio.fail_after(10):
-            while (await get(f"{base}/ready"))[0] != 200:
-                await trio.sleep(0.1)
+        await trio.to_thread.run_sync(proc.wait_ready)
+        port = proc.health_port
         sid = session.sub_for("trade").sid
         for i in range(1, 101):
             await session.send_data("trade", sid, trade_msg("KXA-1", i))
         with trio.fail_after(10):
-            while metric((await get(f"{base}/metrics"))[1], "ssmd_archived_messages_total") < 101:
+            while metric((await get(port, "/metrics"))[1], "ssmd_archived_messages_total") < 101:
                 await trio.sleep(0.1)
-        _, text = await get(f"{base}/metrics")
+        _, text = await get(port, "/metrics")
         assert metric(text, "ssmd_received_messages_total") == 100
         assert metric(text, "ssmd_published_messages_total") == 101  # and the connect record
         assert metric(text, "ssmd_connections_up") == 1
         assert metric(text, "ssmd_publish_ack_seconds_count") >= 1
         await session.drop()
         with trio.fail_after(10):
-            while metric((await get(f"{base}/metrics"))[1], "ssmd_reconnects_total") < 1:
+            while metric((await get(port, "/metrics"))[1], "ssmd_reconnects_total") < 1:
                 await trio.sleep(0.1)
         code, _ = proc.terminate()
     assert code == 0

@@ -27,6 +27,7 @@ from ssmd.cli.main import main
 from ssmd.clock import WallClock
 from ssmd.config import ConfigError, Duration, SyncConfig, load_config
 from ssmd.sync import open_destination, run_sync_role, sync_once
+from tests import configs
 from tests.archive_harness import Harness, batch, utc_ns
 
 DAY = "2026-01-05"
@@ -346,10 +347,10 @@ def restore_logging() -> Iterator[None]:
 
 
 def write_config(path: Path, archive: Path, destination: str) -> Path:
-    path.write_text(
-        f'env = "prod"\n[storage]\npath = "{archive}"\n[sync]\ndestination = "{destination}"\n'
+    return configs.write_config(
+        path,
+        {"env": "prod", "storage": {"path": str(archive)}, "sync": {"destination": destination}},
     )
-    return path
 
 
 @pytest.mark.usefixtures("restore_logging")

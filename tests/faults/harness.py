@@ -30,6 +30,7 @@ from ssmd.archiver.lines import strip_meta
 from ssmd.archiver.manifest import load_manifest
 from ssmd.nats.bridge import open_bridge
 from ssmd.reader import days, iter_lines
+from tests import configs
 from tests.fake_kalshi import API_KEY, pem, private_key
 from tests.faults.exchange import CHANNELS, MARKETS
 from tests.procs import SsmdProcess, check_manifests
@@ -153,21 +154,18 @@ def write_config(
         "batch_size": 1000,
         **(archiver or {}),
     }
-    service_settings: dict[str, Any] = {"health_port": 0, **(service or {})}
-
-    def table(values: dict[str, Any]) -> str:
-        return "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
-
-    path.write_text(
-        'env = "prod"\n'
-        f"[nats]\nurl = {json.dumps(nats_urls)}\nstream = {json.dumps(STREAM)}\n"
-        f"[connector]\n{table(connector_settings)}"
-        f"[archiver]\n{table(archiver_settings)}"
-        f"[storage]\npath = {json.dumps(str(archive))}\n"
-        f"[rotation]\ninterval = {json.dumps(rotation)}\n"
-        f"[service]\n{table(service_settings)}"
+    return configs.write_config(
+        path,
+        {
+            "env": "prod",
+            "nats": {"url": nats_urls, "stream": STREAM},
+            "connector": connector_settings,
+            "archiver": archiver_settings,
+            "storage": {"path": str(archive)},
+            "rotation": {"interval": rotation},
+            "service": service,
+        },
     )
-    return path
 
 
 def scenario(
@@ -241,6 +239,7 @@ async def _wait_archived(urls: list[str], timeout: float) -> None:
 class Comparison:
     sent: int
     archived: int
+    archived_by_session: dict[int, int]
     lost_by_session: dict[int, int]
     discontinuities: dict[str, int]
     garbage_archived: int
@@ -382,6 +381,7 @@ def compare(archive: Path, sent_log: Path) -> Comparison:
     return Comparison(
         sent=sum(sent_by_session.values()),
         archived=len(seen),
+        archived_by_session={s: len(i) for s, i in archived_by_session.items()},
         lost_by_session=lost,
         discontinuities=dict(discontinuities),
         garbage_archived=garbage,

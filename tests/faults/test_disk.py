@@ -13,8 +13,6 @@ import asyncio
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +34,7 @@ from tests.faults.harness import (
     ssmd,
     write_config,
 )
-from tests.procs import SsmdProcess
+from tests.procs import SsmdProcess, http_get, metric, wait_until
 
 RATE = 5_000
 BATCH = 500
@@ -150,31 +148,6 @@ def rss_kib(pid: int | None, field: str = "VmRSS") -> int:
     return 0
 
 
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def metric(text: str, name: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"not {what} within {timeout}s")
-
-
 def faulty_ssmd(config: Path, fault_dir: Path) -> SsmdProcess:
     """Connector and archiver in one process, on the disk the test controls."""
     process = ssmd(config, ["connector", "archiver"], module="tests.faults.faulty_ssmd")
@@ -232,7 +205,6 @@ def test_full_disk_pauses_archiving_unready_and_resumes_with_nothing_lost(
         assert process.proc is not None
         watch.pid = process.proc.pid
         process.wait_ready()
-        wait_until(lambda: http_get(port, "/ready")[0] == 200, 20, "ready")
         watch.wait(lambda s: s.ack_floor >= 5_000, 30, "archiving")
 
         (faults / DISK_FULL).touch()
