@@ -18,17 +18,12 @@ from tests.archive_harness import Harness, RecordingOps, batch, utc_ns
 pytestmark = pytest.mark.trio
 
 
-@pytest.fixture
-def mock_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 def names(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
 
 
 async def test_files_cover_aligned_slots(
-    tmp_path: Path, mock_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     h = Harness(tmp_path)
     async with trio.open_nursery() as nursery:
@@ -54,7 +49,7 @@ async def test_files_cover_aligned_slots(
 
 
 async def test_quiet_feed_closes_the_file_on_time(
-    tmp_path: Path, mock_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     h = Harness(tmp_path)
     async with trio.open_nursery() as nursery:
@@ -73,7 +68,7 @@ async def test_quiet_feed_closes_the_file_on_time(
 
 
 async def test_day_rollover_starts_a_new_directory_and_manifest(
-    tmp_path: Path, mock_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     h = Harness(tmp_path)
     async with trio.open_nursery() as nursery:
@@ -90,7 +85,7 @@ async def test_day_rollover_starts_a_new_directory_and_manifest(
 
 
 async def test_shutdown_finishes_the_file_and_writes_the_manifest(
-    tmp_path: Path, mock_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     h = Harness(tmp_path)
     async with trio.open_nursery() as nursery:
@@ -110,7 +105,7 @@ async def test_shutdown_finishes_the_file_and_writes_the_manifest(
 
 
 async def test_restart_merges_the_manifest_and_never_overwrites(
-    tmp_path: Path, mock_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     first = Harness(tmp_path)
     async with trio.open_nursery() as nursery:
@@ -137,7 +132,7 @@ async def test_restart_merges_the_manifest_and_never_overwrites(
 
 
 async def test_acknowledged_only_after_fsync(
-    tmp_path: Path, mock_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     ops = RecordingOps()
     h = Harness(tmp_path, ops=ops)
@@ -156,7 +151,7 @@ async def test_acknowledged_only_after_fsync(
 
 
 async def test_full_disk_pauses_then_resumes_without_loss(
-    tmp_path: Path, mock_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     ops = RecordingOps()
     h = Harness(tmp_path, ops=ops)
@@ -193,7 +188,7 @@ class FullWhenCreating(FileOps):
 
 
 async def test_full_disk_when_creating_the_manifest_pauses_instead_of_crashing(
-    tmp_path: Path, mock_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     ops = FullWhenCreating()
     h = Harness(tmp_path, ops=ops)
@@ -217,7 +212,7 @@ async def test_full_disk_when_creating_the_manifest_pauses_instead_of_crashing(
 
 
 async def test_full_disk_when_creating_the_day_directory_pauses_instead_of_crashing(
-    tmp_path: Path, mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     full = [0]
     mkdir = Path.mkdir
@@ -246,7 +241,7 @@ async def test_full_disk_when_creating_the_day_directory_pauses_instead_of_crash
 
 
 async def test_gap_is_in_the_manifest_before_the_batch_is_acked(
-    tmp_path: Path, mock_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     from ssmd.archiver.fetcher import Batch, GapEvent
 
@@ -280,7 +275,7 @@ async def test_gap_is_in_the_manifest_before_the_batch_is_acked(
 
 
 async def test_shutdown_deadline_bounds_a_stuck_sink(
-    tmp_path: Path, mock_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     ops = RecordingOps()
     h = Harness(tmp_path, ops=ops)

@@ -91,12 +91,9 @@ async def collect(source: ScriptedSource, cursor: int | None, covers: bool = Tru
     return out
 
 
-@pytest.fixture
-def mock_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
-async def test_starts_right_after_the_archive_cursor(mock_clock: trio.testing.MockClock) -> None:
+async def test_starts_right_after_the_archive_cursor(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     source = ScriptedSource([[[delivery(11, 1), delivery(12, 2)]]])
     batches = await collect(source, cursor=10)
     assert source.opened_at == [11]
@@ -105,7 +102,7 @@ async def test_starts_right_after_the_archive_cursor(mock_clock: trio.testing.Mo
 
 
 async def test_missing_delivery_rewinds_instead_of_acking_past_it(
-    mock_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     # Delivery 3 (stream seq 3) never arrived; acking seq 4 with AckAll would lose it.
     source = ScriptedSource(
@@ -121,7 +118,9 @@ async def test_missing_delivery_rewinds_instead_of_acking_past_it(
     assert all(not b.gaps for b in batches)
 
 
-async def test_redeliveries_are_skipped_but_still_acked(mock_clock: trio.testing.MockClock) -> None:
+async def test_redeliveries_are_skipped_but_still_acked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     source = ScriptedSource(
         [[[delivery(1, 1), delivery(2, 2)], [delivery(1, 3, 2), delivery(2, 4, 2), delivery(3, 5)]]]
     )
@@ -131,7 +130,7 @@ async def test_redeliveries_are_skipped_but_still_acked(mock_clock: trio.testing
 
 
 async def test_jump_is_a_gap_when_the_filter_covers_the_stream(
-    mock_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     source = ScriptedSource([[[delivery(11, 1), delivery(15, 2)]]])
     batches = await collect(source, cursor=10)
@@ -140,7 +139,7 @@ async def test_jump_is_a_gap_when_the_filter_covers_the_stream(
 
 
 async def test_narrow_filter_counts_only_messages_that_left_the_stream(
-    mock_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     # Seqs 12..14 belong to another feed and are still in the stream: no gap.
     source = ScriptedSource([[[delivery(11, 1), delivery(15, 2)]]], first_seq=1)
@@ -152,7 +151,7 @@ async def test_narrow_filter_counts_only_messages_that_left_the_stream(
 
 
 async def test_nats_errors_back_off_and_reopen_at_the_cursor(
-    mock_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     source = ScriptedSource(
         [
@@ -167,7 +166,7 @@ async def test_nats_errors_back_off_and_reopen_at_the_cursor(
 
 
 async def test_first_delivery_after_opening_is_checked_too(
-    mock_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     # Delivery 1 (seq 11) was lost; acking seq 13 would also ack 11.
     source = ScriptedSource(
@@ -180,7 +179,7 @@ async def test_first_delivery_after_opening_is_checked_too(
 
 
 async def test_quiet_feed_on_a_busy_stream_has_no_false_gap(
-    mock_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     # Caught up at seq 11 (nothing pending); other feeds' messages 12..59 then aged out.
     source = ScriptedSource([[[delivery(11, 1, pending=0)], [delivery(60, 2)]]], first_seq=50)
@@ -188,7 +187,7 @@ async def test_quiet_feed_on_a_busy_stream_has_no_false_gap(
 
 
 async def test_behind_on_a_narrow_filter_counts_what_left_as_an_upper_bound(
-    mock_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     source = ScriptedSource([[[delivery(11, 1, pending=5)], [delivery(60, 2)]]], first_seq=50)
     gaps = [g for b in await collect(source, cursor=10, covers=False) for g in b.gaps]

@@ -5,10 +5,13 @@ clear error, and nothing readable is silently lost."""
 from __future__ import annotations
 
 import gzip
-import json
 import zlib
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 import tomli
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +19,7 @@ from hypothesis import strategies as st
 
 from ssmd.archiver.files import GzipLines
 from ssmd.config import ConfigError, load_config
+from tests.configs import toml_key, toml_value, write_config
 
 keys = st.sampled_from(
     [
@@ -49,19 +53,6 @@ toml_values = st.recursive(
 )
 
 
-def to_toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(to_toml(v) for v in value) + "]"
-    assert isinstance(value, dict)
-    return "{" + ", ".join(f"{k} = {to_toml(v)}" for k, v in value.items()) + "}"
-
-
 @settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -73,7 +64,7 @@ def test_any_toml_gives_a_config_or_one_clear_error(
     text = (
         document
         if isinstance(document, str)
-        else "\n".join(f"{k} = {to_toml(v)}" for k, v in document.items())
+        else "\n".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in document.items())
     )
     path.write_text(text)
     try:
@@ -85,34 +76,55 @@ def test_any_toml_gives_a_config_or_one_clear_error(
         assert "Traceback" not in message
 
 
-def test_the_documented_example_survives_every_single_key_deletion(tmp_path: Path) -> None:
-    example = Path(__file__).resolve().parent.parent / "examples" / "production.toml"
-    data = tomli.loads(example.read_text())
-    for section, body in data.items():
-        if not isinstance(body, dict):
-            continue
-        for key in body:
-            trimmed = {
-                s: ({k: v for k, v in b.items() if k != key} if s == section else b)
-                for s, b in data.items()
-                if isinstance(b, dict)
-            }
-            trimmed["env"] = data["env"]
-            path = tmp_path / f"{section}-{key}.toml"
-            path.write_text(
-                "\n".join(
-                    [f"env = {json.dumps(data['env'])}"]
-                    + [
-                        f"[{s}]\n" + "\n".join(f"{k} = {to_toml(v)}" for k, v in b.items())
-                        for s, b in trimmed.items()
-                        if isinstance(b, dict)
-                    ]
-                )
-            )
-            try:
-                load_config(path)
-            except ConfigError as exc:
-                assert f"{section}.{key}" in str(exc), str(exc)
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "production.toml"
+
+
+def key_paths(table: dict[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every key of a TOML document, nested tables' keys included (not the tables)."""
+    for key, value in table.items():
+        if isinstance(value, dict):
+            yield from key_paths(value, (*prefix, key))
+        else:
+            yield (*prefix, key)
+
+
+def without(table: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    head, *rest = path
+    if not rest:
+        return {k: v for k, v in table.items() if k != head}
+    return {**table, head: without(table[head], tuple(rest))}
+
+
+def lookup(value: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        value = getattr(value, part)
+    return value
+
+
+def test_deleting_a_key_of_the_example_errors_exactly_when_it_has_no_default(
+    tmp_path: Path,
+) -> None:
+    """Every key of the documented example, deleted alone: a key without a default gives
+    one error naming it; any other loads, with its documented default."""
+    document = tomli.loads(EXAMPLE.read_text())
+    example = load_config(EXAMPLE)
+    outcomes: Counter[str] = Counter()
+    for path in key_paths(document):
+        dotted = ".".join(path)
+        config = write_config(tmp_path / f"{dotted}.toml", without(document, path))
+        field = attrs.fields_dict(type(lookup(example, path[:-1])))[path[-1]]
+        if field.default is attrs.NOTHING:
+            with pytest.raises(ConfigError) as error:
+                load_config(config)
+            assert dotted in str(error.value), str(error.value)
+            outcomes["required"] += 1
+        else:
+            factory = getattr(field.default, "factory", None)  # an attrs.Factory
+            default = factory() if callable(factory) else field.default
+            assert lookup(load_config(config), path) == default, dotted
+            outcomes["defaulted"] += 1
+    # env, archiver.consumer, archiver.filter, storage.path; the rest have defaults.
+    assert outcomes == {"required": 4, "defaulted": len(list(key_paths(document))) - 4}
 
 
 def archive_bytes(lines: int) -> bytes:

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import os
 import socket
+import types
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import trio
 import trio.testing
 
+from ssmd import notify
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
 from ssmd.notify import Notifier
 from ssmd.supervisor import Supervisor, supervise
 from tests.procs import SsmdProcess, publish_range, stream_spec, wait_for_ack_floor, write_config
-
-
-@pytest.fixture
-def mock_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
 
 
 @pytest.fixture
@@ -45,7 +44,7 @@ def received(sock: socket.socket) -> list[str]:
 
 
 async def test_ready_then_watchdog_only_while_healthy_then_stopping(
-    mock_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock,
     notify_socket: tuple[str, socket.socket],
 ) -> None:
     path, sock = notify_socket
@@ -74,15 +73,67 @@ async def test_ready_then_watchdog_only_while_healthy_then_stopping(
     assert received(sock)[-1] == "STOPPING=1\nSTATUS=test over"
 
 
-def test_without_notify_socket_nothing_is_sent() -> None:
-    notifier = Notifier({})
+class RecordingSocket:
+    """Stands in for `socket.socket` in ssmd.notify: records what would be sent."""
+
+    sent: ClassVar[list[tuple[bytes, object]]] = []
+
+    def __init__(self, family: int, kind: int) -> None:
+        assert (family, kind) == (socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def __enter__(self) -> RecordingSocket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def sendto(self, data: bytes, address: object) -> int:
+        self.sent.append((data, address))
+        return len(data)
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, object]]:
+    RecordingSocket.sent = []
+    fake = types.SimpleNamespace(
+        socket=RecordingSocket, AF_UNIX=socket.AF_UNIX, SOCK_DGRAM=socket.SOCK_DGRAM
+    )
+    monkeypatch.setattr(notify, "socket", fake)
+    return RecordingSocket.sent
+
+
+@pytest.mark.parametrize("environ", [{}, {"NOTIFY_SOCKET": ""}, {"NOTIFY_SOCKET": "relative"}])
+def test_without_a_usable_notify_socket_nothing_is_sent(
+    recorded: list[tuple[bytes, object]], environ: dict[str, str]
+) -> None:
+    notifier = Notifier(environ)
     assert not notifier.enabled and notifier.watchdog_interval is None
-    notifier.ready()  # a no-op, not an error
+    notifier.ready("up")
+    notifier.watchdog()
+    notifier.stopping("bye")
+    assert recorded == []
+    # The same calls with a socket configured are seen: the recorder is not blind.
+    Notifier({"NOTIFY_SOCKET": "/run/notify"}).ready("up")
+    assert recorded == [(b"READY=1\nSTATUS=up", "/run/notify")]
 
 
-def test_abstract_socket_address() -> None:
-    notifier = Notifier({"NOTIFY_SOCKET": "@ssmd-test", "WATCHDOG_USEC": "0"})
-    assert notifier.enabled and notifier.watchdog_interval is None
+def test_abstract_socket_address_reaches_the_abstract_namespace() -> None:
+    name = f"ssmd-test-{os.getpid()}-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(b"\0" + name.encode())
+        sock.settimeout(10)
+        notifier = Notifier({"NOTIFY_SOCKET": f"@{name}", "WATCHDOG_USEC": "0"})
+        assert notifier.enabled and notifier.watchdog_interval is None
+        notifier.ready("abstract")
+        assert sock.recv(4096) == b"READY=1\nSTATUS=abstract"
+
+
+def test_watchdog_belongs_to_the_pid_systemd_names() -> None:
+    mine = Notifier(
+        {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": str(os.getpid())}
+    )
+    other = Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"})
+    assert mine.watchdog_interval == 2.0 and other.watchdog_interval is None
 
 
 async def test_the_ssmd_process_notifies_systemd(
@@ -97,10 +148,13 @@ async def test_the_ssmd_process_notifies_systemd(
         proc.env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"}
         proc.start()
         await wait_for_ack_floor(bridge, 100)
-        await trio.sleep(1.2)
+        messages: list[str] = []
+        with trio.fail_after(30):  # the watchdog interval is 0.5 s
+            while "WATCHDOG=1" not in messages:
+                await trio.sleep(0.05)
+                messages += received(sock)
         code, _ = proc.terminate()
     assert code == 0
-    messages = received(sock)
+    messages += received(sock)
     assert messages[0].startswith("READY=1")
-    assert "WATCHDOG=1" in messages
     assert messages[-1].startswith("STOPPING=1")

@@ -276,11 +276,6 @@ PER_SLOT = 40
 START = (2026, 1, 5, 22, 30, 30)
 
 
-@pytest.fixture
-def mock_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -338,7 +333,7 @@ async def run_slots(
 
 
 async def test_rotation_leaks_no_file_or_task_over_120_slots(
-    tmp_path: Path, mock_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     h = Harness(tmp_path, interval_s=60)
     run = await run_slots(h, SLOTS)
@@ -399,7 +394,7 @@ class UnclosedSlotFiles(FileOps):
 
 
 async def test_rotation_probe_catches_a_slot_file_never_closed(
-    tmp_path: Path, mock_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     ops = UnclosedSlotFiles()
     h = Harness(tmp_path, interval_s=60, ops=ops)
@@ -414,7 +409,7 @@ async def test_rotation_probe_catches_a_slot_file_never_closed(
 
 
 async def test_rotation_probe_catches_a_task_never_ended(
-    tmp_path: Path, mock_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     def leak_a_task(h: Harness) -> None:
         assert h.sup is not None
@@ -431,7 +426,7 @@ async def test_rotation_probe_catches_a_task_never_ended(
 
 
 async def test_publisher_counts_stay_bounded_as_tickers_come_and_go(
-    monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
 ) -> None:
     """Markets are listed and expire all day; a long run sees ever more tickers. The
     per-subject ack counts (kept for the metrics) must not grow with them forever."""
