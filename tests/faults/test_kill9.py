@@ -1,9 +1,17 @@
-"""kill -9 of ssmd at random moments during a 100k-message run.
+"""kill -9 of ssmd at random moments during a paced run.
 
 Whatever the connector had read but not yet published when it died is lost: the
 exchange has no replay. The comparison checks that such a loss is only ever the tail of
 a connection and is followed by a discontinuity record, and that nothing the archiver
 acknowledged is lost or doubled.
+
+What each kill hit is recorded when it lands, from evidence outside ssmd's log: the
+`.partial` slot files on disk (the archiver was writing) and the exchange's session
+(the connector was streaming). After the run the archive confirms it: every partial
+seen at a kill is a finished, listed file (recovery salvaged it), and every session seen
+at a kill delivered frames into the archive. Most kills wait until the victim is ready
+(`/ready`) and working, then land at a random moment; every third lands early, while it
+starts up.
 """
 
 from __future__ import annotations
@@ -12,62 +20,164 @@ import random
 import time
 from pathlib import Path
 
+import attrs
+
+from ssmd.archiver.manifest import load_manifest
 from ssmd.nats.server import NatsServer
+from ssmd.reader import days
 from tests.faults.harness import (
+    FEED,
+    Comparison,
+    Exchange,
     finish_and_compare,
     reaped,
     scenario,
     ssmd,
     stop_when_sent,
 )
+from tests.procs import SsmdProcess, wait_until
 
-TOTAL = 100_000
-RATE = 10_000
 KILLS = 10
+# Enough data that the exchange is still streaming when the last kill lands: it sends
+# only while a connector is connected, and the separate archiver's restarts go by while
+# the connector streams.
+ONE_PROCESS_TOTAL, ONE_PROCESS_RATE = 100_000, 10_000
+SEPARATE_TOTAL, SEPARATE_RATE = 75_000, 2_500
+WORKING_TIMEOUT_S = 60
+
+
+@attrs.frozen
+class Kill:
+    victim: str
+    working: bool  # waited until the victim was ready and working
+    partials: frozenset[str]  # `day/final name` of each slot file being written
+    session: int | None  # the exchange session streaming to this connector run
+
+
+def partials(archive: Path) -> frozenset[str]:
+    return frozenset(
+        f"{path.parent.name}/{path.name.removesuffix('.partial')}"
+        for path in (archive / FEED).glob("*/*.jsonl.gz.partial")
+    )
+
+
+def finished_files(archive: Path) -> set[str]:
+    listed: set[str] = set()
+    for day in days(archive, FEED):
+        manifest = load_manifest(archive / FEED / day)
+        assert manifest is not None
+        listed.update(f"{day}/{entry.name}" for entry in manifest.files if entry.records)
+    return listed
+
+
+class Killer:
+    """Kills a process at a random moment and records what the kill landed on."""
+
+    def __init__(self, exchange: Exchange, archive: Path, rng: random.Random) -> None:
+        self.exchange = exchange
+        self.archive = archive
+        self.rng = rng
+        self.kills: list[Kill] = []
+        self._sessions_before: dict[int, int] = {}
+
+    def start(self, process: SsmdProcess) -> None:
+        self._sessions_before[id(process)] = self.exchange.status()["sessions"]
+        process.start()
+
+    def _streaming_session(self, process: SsmdProcess) -> int | None:
+        status = self.exchange.status()
+        newer = status["sessions"] > self._sessions_before[id(process)]
+        return int(status["sessions"]) if status["connected"] and newer else None
+
+    def kill(self, name: str, process: SsmdProcess, working: bool) -> None:
+        if working:
+            process.wait_ready(timeout=WORKING_TIMEOUT_S)
+            if "archiver" in process.roles:
+                wait_until(lambda: bool(partials(self.archive)), WORKING_TIMEOUT_S, "writing")
+            if "connector" in process.roles:
+                wait_until(
+                    lambda: self._streaming_session(process) is not None,
+                    WORKING_TIMEOUT_S,
+                    "streaming",
+                )
+            time.sleep(self.rng.uniform(0.05, 0.8))
+        else:
+            time.sleep(self.rng.uniform(0.05, 0.5))
+        on_disk = partials(self.archive) if "archiver" in process.roles else frozenset()
+        session = self._streaming_session(process) if "connector" in process.roles else None
+        process.kill9()
+        self.kills.append(Kill(name, working, on_disk, session))
+        self.start(process)
+
+    def check(self, result: Comparison) -> dict[str, int]:
+        """Each working kill landed mid-file and mid-stream, as the archive confirms;
+        returns how many kills of each victim did."""
+        finished = finished_files(self.archive)
+        landed: dict[str, int] = {}
+        for kill in self.kills:
+            mid_file = bool(kill.partials & finished)
+            mid_stream = (
+                kill.session is not None and result.archived_by_session.get(kill.session, 0) > 0
+            )
+            expect_file = "archiver" in kill.victim
+            expect_stream = "connector" in kill.victim
+            if kill.working:
+                assert mid_file or not expect_file, f"{kill}: no salvaged slot file"
+                assert mid_stream or not expect_stream, f"{kill}: no archived session"
+            landed[kill.victim] = landed.get(kill.victim, 0) + (
+                (mid_file or not expect_file) and (mid_stream or not expect_stream)
+            )
+        return landed
 
 
 def test_kill9_connector_and_archiver_in_one_process(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
     rng = random.Random(1)
-    exchange, config, archive = scenario(tmp_path, [nats_server.url], TOTAL, RATE)
-    process = ssmd(config, ["connector", "archiver"]).start()
+    exchange, config, archive = scenario(
+        tmp_path, [nats_server.url], ONE_PROCESS_TOTAL, ONE_PROCESS_RATE
+    )
+    process = ssmd(config, ["connector", "archiver"])
+    killer = Killer(exchange, archive, rng)
+    killer.start(process)
     with reaped(process):
-        for _ in range(KILLS):
-            # Anywhere from mid-startup to well into streaming.
-            time.sleep(rng.uniform(0.1, 2.0))
-            process.kill9()
-            process.start()
+        for i in range(KILLS):
+            killer.kill("connector+archiver", process, working=i % 3 != 2)
         stop_when_sent(exchange, process)
     result = finish_and_compare(exchange, config, archive)
-    assert result.sent == TOTAL
-    assert result.lost < TOTAL // 10, result
-    assert result.discontinuities.get("connect", 0) >= 2, result
-    # Some kills landed mid-file, so recovery really salvaged partial files.
-    assert process.log.read_text().count("salvaged") >= 1
-    print(result)
+    assert result.sent == ONE_PROCESS_TOTAL
+    assert result.lost < ONE_PROCESS_TOTAL // 10, result
+    landed = killer.check(result)
+    working = sum(kill.working for kill in killer.kills)
+    assert landed["connector+archiver"] >= working == 7, (landed, killer.kills)
+    assert result.discontinuities.get("connect", 0) > working, result
+    print(landed, result)
 
 
 def test_kill9_connector_and_archiver_as_separate_processes(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
     rng = random.Random(2)
-    exchange, config, archive = scenario(tmp_path, [nats_server.url], TOTAL, RATE)
-    connector = ssmd(config, ["connector"], tmp_path / "connector.log").start()
-    archiver = ssmd(config, ["archiver"], tmp_path / "archiver.log").start()
-    kills = {"connector": 0, "archiver": 0}
-    with reaped(connector, archiver):
-        victims = ["connector", "archiver"] * (KILLS // 2 + 1)
+    exchange, config, archive = scenario(tmp_path, [nats_server.url], SEPARATE_TOTAL, SEPARATE_RATE)
+    processes = {
+        "connector": ssmd(config, ["connector"], tmp_path / "connector.log"),
+        "archiver": ssmd(config, ["archiver"], tmp_path / "archiver.log"),
+    }
+    killer = Killer(exchange, archive, rng)
+    with reaped(*processes.values()):
+        killer.start(processes["connector"])
+        processes["connector"].wait_ready()  # it creates the stream the archiver needs
+        killer.start(processes["archiver"])
+        victims = ["connector", "archiver"] * (KILLS // 2)
         rng.shuffle(victims)
-        for name in victims:
-            time.sleep(rng.uniform(0.1, 1.5))
-            victim = connector if name == "connector" else archiver
-            victim.kill9()
-            victim.start()
-            kills[name] += 1
-        stop_when_sent(exchange, connector, archiver)
+        for i, name in enumerate(victims):
+            killer.kill(name, processes[name], working=i % 3 != 2)
+        stop_when_sent(exchange, *processes.values())
     result = finish_and_compare(exchange, config, archive)
-    assert min(kills.values()) >= KILLS // 2
-    assert result.sent == TOTAL
-    assert result.lost < TOTAL // 10, result
-    print(kills, result)
+    assert result.sent == SEPARATE_TOTAL
+    assert result.lost < SEPARATE_TOTAL // 10, result
+    landed = killer.check(result)
+    for name in processes:
+        working = sum(kill.working for kill in killer.kills if kill.victim == name)
+        assert landed.get(name, 0) >= working >= 2, (name, landed, killer.kills)
+    print(landed, result)
