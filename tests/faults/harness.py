@@ -19,6 +19,7 @@ import tomllib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,7 +34,7 @@ from ssmd.reader import days, iter_lines
 from tests import configs
 from tests.fake_kalshi import API_KEY, pem, private_key
 from tests.faults.exchange import CHANNELS, MARKETS
-from tests.procs import SsmdProcess, check_manifests
+from tests.procs import SsmdProcess, check_manifests, http_get, metric, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 FEED = "kalshi"
@@ -200,13 +201,25 @@ def reaped(*processes: SsmdProcess) -> Iterator[None]:
 
 
 def stop_when_sent(exchange: Exchange, *processes: SsmdProcess) -> None:
-    """Once the exchange has sent everything (and a second passed), SIGTERM each
-    process in turn; each must exit 0."""
+    """Once the exchange has sent everything and each connector has it acknowledged by
+    JetStream (its publish buffer empty, from /metrics), SIGTERM each process in turn;
+    each must exit 0."""
     exchange.wait(lambda s: s["done"], timeout=120)
-    time.sleep(1.0)
+    for connector in (p for p in processes if "connector" in p.roles):
+        wait_until(partial(is_published, connector), 60, "all published")
     for process in processes:
         code, _ = process.terminate()
         assert code == 0, process.log.read_text()[-3000:]
+
+
+def is_published(connector: SsmdProcess) -> bool:
+    """Whether the connector's publish buffer is empty, from its /metrics."""
+    try:
+        _, text = http_get(connector.health_port, "/metrics")
+    except OSError:
+        return False
+    buffered = "# TYPE ssmd_publish_buffer_messages " in text
+    return buffered and metric(text, "ssmd_publish_buffer_messages") == 0
 
 
 def drain_archive(config: Path, log: Path | None = None, timeout: float = 60) -> None:
