@@ -221,3 +221,19 @@ def test_promtool_rule_unit_tests() -> None:
     result = _promtool("test", "rules", str(RULE_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def test_the_dashboard_imports_into_grafana() -> None:
+    """What Grafana needs to import it: unique panel ids, a datasource on every query
+    (the data source variable), refIds unique within a panel."""
+    dashboard = load_dashboard()
+    assert dashboard["uid"] and dashboard["title"]
+    panels = dashboard["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    variables = {variable["name"] for variable in dashboard["templating"]["list"]}
+    assert {"datasource", "job", "feed"} <= variables
+    for panel in panels:
+        targets = panel.get("targets", [])
+        assert len({target["refId"] for target in targets}) == len(targets), panel["title"]
+        for target in targets:
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]

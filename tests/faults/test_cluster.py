@@ -13,7 +13,7 @@ caught up before ssmd is stopped.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -30,7 +30,7 @@ from tests.faults.harness import (
     scenario,
     ssmd,
 )
-from tests.procs import publish_range, stream_spec
+from tests.procs import publish_range, stream_spec, wait_until
 
 TOTAL = 60_000
 RATE = 3_000
@@ -46,15 +46,6 @@ def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         yield nodes
     finally:
         nodes.stop()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"not {what} after {timeout}s")
 
 
 def stream_last_seq(cluster: NatsCluster) -> int:
