@@ -145,6 +145,17 @@ class SsmdProcess:
             time.sleep(0.05)
         raise TimeoutError(f"ssmd not ready within {timeout}s: {status} {body.strip()}")
 
+    def catches(self, signum: int) -> bool:
+        """Whether the process has installed a handler for `signum` (from /proc: the
+        earliest point at which ssmd can act on it)."""
+        assert self.proc is not None
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+        caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+        return bool(int(caught.split()[1], 16) >> (signum - 1) & 1)
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)

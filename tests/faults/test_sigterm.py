@@ -4,11 +4,14 @@ within the shutdown deadline, and an archive that still compares clean at the en
 from __future__ import annotations
 
 import random
+import signal
 import time
+from functools import partial
 from pathlib import Path
 
 from ssmd.nats.server import NatsServer
-from tests.faults.harness import finish_and_compare, reaped, scenario, ssmd
+from tests.faults.harness import finish_and_compare, is_published, reaped, scenario, ssmd
+from tests.procs import wait_until
 
 TOTAL = 50_000
 RATE = 10_000
@@ -32,11 +35,13 @@ def test_sigterm_at_random_moments_exits_0_within_the_deadline(
     with reaped(process):
         for _ in range(STOPS):
             process.start()
-            time.sleep(rng.uniform(0.05, 2.0))
+            # Before ssmd's first line runs, SIGTERM can only kill the interpreter.
+            wait_until(lambda: process.catches(signal.SIGTERM), 30, "catching SIGTERM")
+            time.sleep(rng.uniform(0.0, 2.0))
             exits.append(process.terminate(timeout=SHUTDOWN_TIMEOUT_S + 10))
         process.start()
         exchange.wait(lambda s: s["done"], timeout=120)
-        time.sleep(1.0)
+        wait_until(partial(is_published, process), 60, "all published")
         exits.append(process.terminate())
     assert [code for code, _ in exits] == [0] * (STOPS + 1), process.log.read_text()[-3000:]
     # The deadline, plus the interpreter's own exit.
