@@ -109,14 +109,18 @@ def test_deleting_a_key_of_the_example_errors_exactly_when_it_has_no_default(
     document = tomli.loads(EXAMPLE.read_text())
     example = load_config(EXAMPLE)
     outcomes: Counter[str] = Counter()
-    for path in key_paths(document):
+    for number, path in enumerate(key_paths(document)):
         dotted = ".".join(path)
-        config = write_config(tmp_path / f"{dotted}.toml", without(document, path))
+        # Not named after the key: the error must name it, not the file's name.
+        config = write_config(tmp_path / f"deleted-{number}.toml", without(document, path))
         field = attrs.fields_dict(type(lookup(example, path[:-1])))[path[-1]]
         if field.default is attrs.NOTHING:
             with pytest.raises(ConfigError) as error:
                 load_config(config)
-            assert dotted in str(error.value), str(error.value)
+            message = str(error.value)
+            assert message.startswith(f"{config}: ") and dotted in message.split(": ", 1)[1], (
+                message
+            )
             outcomes["required"] += 1
         else:
             factory = getattr(field.default, "factory", None)  # an attrs.Factory
