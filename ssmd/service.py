@@ -10,7 +10,8 @@ import trio
 from ssmd.clock import WallClock
 from ssmd.config import Config
 from ssmd.health import HealthServer
-from ssmd.nats.bridge import NatsUnavailable, open_bridge
+from ssmd.nats.bridge import open_bridge
+from ssmd.nats.types import NatsUnavailable
 from ssmd.notify import Notifier
 from ssmd.signals import early_signal
 from ssmd.supervisor import EXIT_OK, Supervisor, supervise
@@ -38,7 +39,6 @@ async def run_service(
                 name=f"ssmd-{'-'.join(roles)}",
                 connect_timeout=config.nats.connect_timeout.seconds,
                 request_timeout=config.nats.request_timeout.seconds,
-                publish_window=config.connector.publish_window if config.connector else 4000,
             ) as bridge:
                 log.info("connected to NATS at %s", ", ".join(config.nats.servers))
 

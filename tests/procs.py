@@ -14,7 +14,8 @@ from typing import Any
 
 import trio
 
-from ssmd.nats.bridge import NatsBridge, OutgoingMessage, StreamSpec
+from ssmd.nats.bridge import NatsBridge
+from ssmd.nats.types import OutgoingMessage, StreamSpec
 
 
 def write_config(path: Path, nats_url: str, archive: Path, **archiver: Any) -> Path:

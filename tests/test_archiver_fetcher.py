@@ -8,7 +8,7 @@ import trio.testing
 
 from ssmd.archiver.fetcher import Batch, FetcherStats, RotateTick, run_fetcher
 from ssmd.clock import WallClock
-from ssmd.nats.bridge import FetchedMessage, NatsUnavailable
+from ssmd.nats.types import FetchedMessage, NatsUnavailable
 
 pytestmark = pytest.mark.trio
 

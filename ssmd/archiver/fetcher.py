@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from ssmd.clock import WallClock
-from ssmd.nats.bridge import FetchedMessage, NatsUnavailable
+from ssmd.nats.types import FetchedMessage, NatsUnavailable
 
 log = logging.getLogger("ssmd.archiver.fetcher")
 

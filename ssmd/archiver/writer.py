@@ -28,7 +28,7 @@ from ssmd.archiver.manifest import FileEntry, Gap, Manifest, load_or_new, write_
 from ssmd.archiver.slots import NS, day_of, iso, slot_label, slot_start
 from ssmd.clock import WallClock
 from ssmd.metrics import LatencyHistogram
-from ssmd.nats.bridge import NatsUnavailable
+from ssmd.nats.types import NatsUnavailable
 
 log = logging.getLogger("ssmd.archiver.writer")
 

@@ -34,7 +34,7 @@ from ssmd.connector.records import (
     record_json,
 )
 from ssmd.metrics import LatencyHistogram
-from ssmd.nats.bridge import NatsUnavailable, OutgoingMessage, PublishOutcome
+from ssmd.nats.types import NatsUnavailable, OutgoingMessage, PublishOutcome
 from ssmd.subjects import discontinuity_subject, split_subject
 
 log = logging.getLogger("ssmd.connector.publisher")

@@ -27,7 +27,8 @@ from ssmd.connector.shards import plan_connections
 from ssmd.connector.websocket import Connect, HandshakeRejected, connect_websocket
 from ssmd.connector.wsclient import connect_fast
 from ssmd.metrics import FunctionCollector
-from ssmd.nats.bridge import NatsBridge, StreamSpec
+from ssmd.nats.bridge import NatsBridge
+from ssmd.nats.types import StreamSpec
 from ssmd.subjects import feed_prefix, pattern_covers
 from ssmd.supervisor import StartupRefused, Supervisor
 
