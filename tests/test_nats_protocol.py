@@ -128,6 +128,7 @@ async def test_cancelling_a_call_cancels_and_awaits_the_asyncio_task() -> None:
                 nursery.cancel_scope.cancel()
         assert not scope.cancelled_caught
         assert ended == ["cancelled"]
+
         async def echo(text: str) -> str:
             return text
 

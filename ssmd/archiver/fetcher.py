@@ -19,15 +19,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import attrs
 import trio
 
+from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
-from ssmd.nats.types import FetchedMessage, NatsUnavailable
+from ssmd.nats.types import ConsumerPosition, FetchedMessage, NatsUnavailable
 
 log = logging.getLogger("ssmd.archiver.fetcher")
+
+# Re-opening the consumer while NATS is unavailable.
+REOPEN_BACKOFF = Backoff(initial=0.1, maximum=5.0)
+# Reading the stream's first sequence to classify a gap.
+FIRST_SEQ_BACKOFF = Backoff(initial=0.5, maximum=1.5)
+FIRST_SEQ_ATTEMPTS = 3
+# While draining, a fetch waits no longer than this for what is still on its way.
+DRAIN_FETCH_TIMEOUT_S = 0.2
 
 
 @attrs.frozen
@@ -71,6 +81,16 @@ class ConsumerSource(Protocol):
 
 
 @attrs.define
+class Drain:
+    """A stop that asks the fetcher to finish rather than be cancelled: it ends once it
+    has taken every message the stream holds for its filter (nothing pending for the
+    consumer, and everything delivered forwarded), closing its channel behind them."""
+
+    position: Callable[[], Awaitable[ConsumerPosition | None]]
+    requested: trio.Event = attrs.field(factory=trio.Event)
+
+
+@attrs.define
 class FetcherStats:
     fetched: int = 0
     redelivered_skipped: int = 0
@@ -92,6 +112,7 @@ async def run_fetcher(
     covers_stream: bool,
     clock: WallClock,
     stats: FetcherStats,
+    drain: Drain | None = None,
 ) -> None:
     last = cursor
     consumer: Consumer | None = None
@@ -101,11 +122,14 @@ async def run_fetcher(
     # delivery with nothing pending behind it only skips other subjects.
     caught_up = False
     reconnects = source.reconnects
-    delay = 0.1
+    retry = REOPEN_BACKOFF.retry()
     async with send:
         while True:
             stats.last_beat = trio.current_time()
+            draining = drain is not None and drain.requested.is_set()
             try:
+                if draining and consumer is not None and await _drained(drain, last):
+                    return
                 if consumer is None:
                     reconnects = source.reconnects
                     consumer = await source.open_at(None if last is None else last + 1)
@@ -113,16 +137,17 @@ async def run_fetcher(
                     caught_up = False
                     stats.consumer_resets += 1
                     log.info("consumer positioned after stream seq %s", last)
-                msgs = await consumer.fetch(batch_size, fetch_timeout)
+                timeout = min(fetch_timeout, DRAIN_FETCH_TIMEOUT_S) if draining else fetch_timeout
+                msgs = await consumer.fetch(batch_size, timeout)
             except NatsUnavailable as exc:
                 stats.nats_errors += 1
+                delay = retry.next_delay()
                 log.warning("NATS unavailable (%s); retrying in %.1fs", exc, delay)
                 await _close_quietly(consumer)
                 consumer = None
                 await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
                 continue
-            delay = 0.1
+            retry.reset()
             lost_delivery = False
             forwarded: list[FetchedMessage] = []
             ack_reply: str | None = None
@@ -168,6 +193,18 @@ async def run_fetcher(
                 consumer = None
 
 
+async def _drained(drain: Drain | None, last: int | None) -> bool:
+    """Whether everything the stream holds for the consumer's filter has been forwarded."""
+    assert drain is not None
+    position = await drain.position()
+    if position is None:
+        return False  # the consumer is gone: the next fetch reports it and reopens
+    if position.pending == 0 and (last or 0) >= position.delivered_seq:
+        log.info("drained: every message the stream holds for the filter is taken (seq %s)", last)
+        return True
+    return False
+
+
 async def _close_quietly(consumer: Consumer | None) -> None:
     if consumer is not None:
         with contextlib.suppress(NatsUnavailable):
@@ -181,12 +218,13 @@ async def _classify(
     if covers_stream:
         return [GapEvent(a, b - a - 1, now, True) for a, b in jumps]
     first: int | None = None
-    for attempt in range(3):
+    retry = FIRST_SEQ_BACKOFF.retry()
+    for _ in range(FIRST_SEQ_ATTEMPTS):
         try:
             first = await source.first_seq()
             break
         except NatsUnavailable:
-            await trio.sleep(0.5 * (attempt + 1))
+            await retry.wait()
     if first is None:
         log.warning("cannot read the stream's first sequence; counting whole jumps as gaps")
         return [GapEvent(a, b - a - 1, now, False) for a, b in jumps]

@@ -13,13 +13,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
-from ssmd.archiver.fetcher import Batch, Consumer, FetcherStats, RotateTick, run_fetcher
+from ssmd.archiver.fetcher import (
+    Batch,
+    Consumer,
+    Drain,
+    FetcherStats,
+    RotateTick,
+    run_fetcher,
+)
 from ssmd.archiver.files import FileOps
 from ssmd.archiver.recovery import ArchiveLocked, lock_feed_dir, recover_feed
 from ssmd.archiver.slots import NS, slot_start
@@ -81,8 +89,12 @@ def start_pipeline(
     ops: FileOps | None = None,
     run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
     on_exit: Callable[[], None] | None = None,
+    drain: Callable[[], None] | None = None,
 ) -> None:
-    """Start the four archiver tasks; `source` feeds batches (the fetcher, or a test)."""
+    """Start the archiver's tasks; `source` feeds batches (the fetcher, or a test).
+
+    A stop cancels `source`, or calls `drain` when given: `source` then ends by itself
+    once it has taken what there is."""
     batch_send, batch_receive = trio.open_memory_channel[Batch | RotateTick](settings.queue_batches)
     manifest_send, manifest_receive = trio.open_memory_channel[ManifestUpdate](16)
     ack_send, ack_receive = trio.open_memory_channel[str](1024)
@@ -119,7 +131,7 @@ def start_pipeline(
     sup.start_producer(
         "archiver.rotation", run_rotation_timer, clock, settings.interval_s, batch_send.clone()
     )
-    sup.start_producer("archiver.fetcher", source, batch_send)
+    sup.start_producer("archiver.fetcher", source, batch_send, drain=drain)
 
 
 class StreamChanged(Exception):
@@ -241,6 +253,7 @@ async def start_archiver(
     )
 
     source = JetStreamConsumers(bridge, config)
+    drain = Drain(partial(bridge.consumer_position, stream, archiver.consumer))
 
     async def fetcher(send: trio.MemorySendChannel[Batch | RotateTick]) -> None:
         await run_fetcher(
@@ -252,6 +265,7 @@ async def start_archiver(
             covers_stream=covers,
             clock=clock,
             stats=status.fetcher,
+            drain=drain,
         )
 
     settings = PipelineSettings(
@@ -283,5 +297,15 @@ async def start_archiver(
     from ssmd.archiver.metrics import archiver_metrics
 
     sup.metrics.register(FunctionCollector(lambda: archiver_metrics(feed, status)))
-    start_pipeline(sup, settings, clock, fetcher, bridge.ack, status, ops=file_ops, on_exit=unlock)
+    start_pipeline(
+        sup,
+        settings,
+        clock,
+        fetcher,
+        bridge.ack,
+        status,
+        ops=file_ops,
+        on_exit=unlock,
+        drain=drain.requested.set,
+    )
     return status
