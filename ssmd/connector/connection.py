@@ -40,6 +40,7 @@ from ssmd.connector.router import Routed, RouteKind, Router
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.connector.websocket import Connect, WebSocket
 from ssmd.connector.wsclient import connect_fast
+from ssmd.deadline import shielded
 
 log = logging.getLogger("ssmd.connector.connection")
 
@@ -223,7 +224,8 @@ class Connection:
             except BaseException:
                 # Shutdown: end the subscriptions cleanly, then mark the end of this
                 # connection's data if there is room.
-                with trio.CancelScope(shield=True):
+                clean = False
+                with shielded():
                     clean = await self._unsubscribe_all(ws, session)
                 reason = "shutdown: unsubscribed, nothing in flight" if clean else "shutdown"
                 record = DisconnectRecord(self.index, reason, self._clock.now_ns())
@@ -311,7 +313,7 @@ class Connection:
     ) -> None:
         """Give a read batch to the publisher even if this connection is being torn down:
         the messages are already off the socket, so cancelling here would lose them."""
-        with trio.CancelScope(shield=True), trio.move_on_after(HANDOFF_TIMEOUT_S) as handoff:
+        with shielded(HANDOFF_TIMEOUT_S) as handoff:
             await send.send(batch)
         if handoff.cancelled_caught:
             self.stats.lost += len(batch)
