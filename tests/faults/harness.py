@@ -215,8 +215,9 @@ def drain_archive(config: Path, log: Path | None = None, timeout: float = 60) ->
     """Run the archiver alone until it has acknowledged the stream's last message (so
     that message is fsynced), then stop it.
 
-    Records published while a combined process shut down land in the stream after its
-    archiver stopped; a production deployment archives them on its next start.
+    A clean stop of a combined process archives everything itself
+    (test_shutdown.py); after a kill -9, or with separate processes, what the last run
+    left in the stream is archived here, as a production deployment's next start would.
     """
     archiver = ssmd(config, ["archiver"], log).start()
     archiver.wait_ready()
