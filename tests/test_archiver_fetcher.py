@@ -195,24 +195,37 @@ async def test_behind_on_a_narrow_filter_counts_what_left_as_an_upper_bound(
     assert [(g.after_seq, g.missing_count, g.exact) for g in gaps] == [(11, 38, False)]
 
 
-async def test_a_drain_ends_the_fetcher_once_it_has_taken_what_the_stream_holds(
-    mock_clock: trio.testing.MockClock,
+@pytest.mark.parametrize(
+    "position",
+    [
+        # 1..5 delivered to the client already, not yet fetched.
+        ConsumerPosition(delivered_seq=5, pending=0),
+        # 1..3 delivered, two more matching messages beyond.
+        ConsumerPosition(delivered_seq=3, pending=2),
+    ],
+)
+async def test_a_drain_ends_the_fetcher_once_it_has_taken_what_the_stream_held(
+    mock_clock: trio.testing.MockClock, position: ConsumerPosition
 ) -> None:
-    """Asked to finish, the fetcher keeps fetching while the consumer has messages
-    pending, or delivered beyond what it forwarded; then it ends and closes its channel."""
+    """Asked to finish, the fetcher keeps fetching until it has forwarded everything
+    delivered and pending when the drain began, then ends and closes its channel; the
+    end is read once, so later publishes are not chased."""
     source = ScriptedSource(
-        [[[delivery(1, 1), delivery(2, 2)], [delivery(3, 3)], [delivery(4, 4), delivery(5, 5)]]]
+        [
+            [
+                [delivery(1, 1), delivery(2, 2)],
+                [delivery(3, 3)],
+                [delivery(4, 4), delivery(5, 5)],
+                [delivery(6, 6)],  # published after the drain began
+            ]
+        ]
     )
-    positions = [
-        ConsumerPosition(delivered_seq=5, pending=0),  # 3..5 delivered, not yet fetched
-        ConsumerPosition(delivered_seq=3, pending=2),  # 4 and 5 not yet delivered
-        ConsumerPosition(delivered_seq=5, pending=0),  # all taken
-    ]
+    positions = [position]
 
-    async def position() -> ConsumerPosition:
+    async def read_position() -> ConsumerPosition:
         return positions.pop(0)
 
-    drain = Drain(position)
+    drain = Drain(read_position)
     drain.requested.set()
     send, receive = trio.open_memory_channel[Batch | RotateTick](100)
     forwarded: list[int] = []
@@ -236,4 +249,3 @@ async def test_a_drain_ends_the_fetcher_once_it_has_taken_what_the_stream_holds(
                     assert isinstance(item, Batch)
                     forwarded.extend(m.stream_seq for m in item.messages)
     assert forwarded == [1, 2, 3, 4, 5]
-    assert positions == []

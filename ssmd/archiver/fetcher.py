@@ -83,11 +83,38 @@ class ConsumerSource(Protocol):
 @attrs.define
 class Drain:
     """A stop that asks the fetcher to finish rather than be cancelled: it ends once it
-    has taken every message the stream holds for its filter (nothing pending for the
-    consumer, and everything delivered forwarded), closing its channel behind them."""
+    has taken every message the stream held for its filter when the drain began, closing
+    its channel behind them.
+
+    That end is read once from the consumer: the last stream sequence delivered to it,
+    and how many matching messages lay beyond. Messages published later (by another
+    connector) are left for the next start rather than chased until the deadline."""
 
     position: Callable[[], Awaitable[ConsumerPosition | None]]
     requested: trio.Event = attrs.field(factory=trio.Event)
+    target: ConsumerPosition | None = None
+    # Messages forwarded beyond `target.delivered_seq` since the target was read.
+    beyond: int = 0
+
+    def count(self, stream_seq: int) -> None:
+        if self.target is not None and stream_seq > self.target.delivered_seq:
+            self.beyond += 1
+
+    async def done(self, last: int | None) -> bool:
+        """Whether everything up to the drain's end has been forwarded."""
+        if self.target is None:
+            self.target = await self.position()
+            if self.target is None:
+                return False  # the consumer is gone: the next fetch reports it and reopens
+            log.info(
+                "draining: taking through stream seq %d and %d more matching message(s)",
+                self.target.delivered_seq,
+                self.target.pending,
+            )
+        if (last or 0) >= self.target.delivered_seq and self.beyond >= self.target.pending:
+            log.info("drained: everything the stream held for the filter is taken (seq %s)", last)
+            return True
+        return False
 
 
 @attrs.define
@@ -128,7 +155,12 @@ async def run_fetcher(
             stats.last_beat = trio.current_time()
             draining = drain is not None and drain.requested.is_set()
             try:
-                if draining and consumer is not None and await _drained(drain, last):
+                if (
+                    drain is not None
+                    and draining
+                    and consumer is not None
+                    and await drain.done(last)
+                ):
                     return
                 if consumer is None:
                     reconnects = source.reconnects
@@ -174,6 +206,8 @@ async def run_fetcher(
                     jumps.append((last, m.stream_seq))
                 forwarded.append(m)
                 last = m.stream_seq
+                if drain is not None:
+                    drain.count(m.stream_seq)
                 caught_up = m.pending == 0
             stats.fetched += len(forwarded)
             gaps = await _classify(jumps, source, covers_stream, clock) if jumps else []
@@ -191,18 +225,6 @@ async def run_fetcher(
             if lost_delivery or source.reconnects != reconnects:
                 await _close_quietly(consumer)
                 consumer = None
-
-
-async def _drained(drain: Drain | None, last: int | None) -> bool:
-    """Whether everything the stream holds for the consumer's filter has been forwarded."""
-    assert drain is not None
-    position = await drain.position()
-    if position is None:
-        return False  # the consumer is gone: the next fetch reports it and reopens
-    if position.pending == 0 and (last or 0) >= position.delivered_seq:
-        log.info("drained: every message the stream holds for the filter is taken (seq %s)", last)
-        return True
-    return False
 
 
 async def _close_quietly(consumer: Consumer | None) -> None:
