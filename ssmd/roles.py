@@ -35,6 +35,8 @@ class RoleContext:
     bridge: NatsBridge
     clock: WallClock
     credentials: Credentials | None = None
+    # Every role started in this process.
+    roles: tuple[str, ...] = ()
 
 
 Starter = Callable[["Supervisor", RoleContext], Awaitable[Any]]
@@ -63,7 +65,10 @@ async def _start_connector(sup: Supervisor, ctx: RoleContext) -> Any:
 async def _start_archiver(sup: Supervisor, ctx: RoleContext) -> Any:
     from ssmd.archiver.service import start_archiver
 
-    return await start_archiver(sup, ctx.config, ctx.bridge, ctx.clock)
+    # Beside a connector, a stop lets the archiver take what the connector published.
+    return await start_archiver(
+        sup, ctx.config, ctx.bridge, ctx.clock, drain_on_stop="connector" in ctx.roles
+    )
 
 
 async def _start_sync(sup: Supervisor, ctx: RoleContext) -> Any:
@@ -130,6 +135,7 @@ async def start_roles(sup: Supervisor, names: Sequence[str], ctx: RoleContext) -
     """Start the named roles in registry order, each in its stop stage; what each
     role's starter returned, by name."""
     started: dict[str, Any] = {}
+    ctx = attrs.evolve(ctx, roles=tuple(names))
     for r in ROLES:
         if r.name in names:
             with sup.stop_stage(r.stop_stage):

@@ -186,7 +186,13 @@ async def start_archiver(
     *,
     status: ArchiverStatus | None = None,
     ops: FileOps | None = None,
+    drain_on_stop: bool = False,
 ) -> ArchiverStatus:
+    """Check, recover, and start the archiver's tasks.
+
+    With `drain_on_stop` (a connector runs in the same process and stops first), a stop
+    lets the fetcher take what the stream holds before it ends; without, it is cancelled
+    at once and what is left waits in the stream for the next start."""
     archiver, storage = config.archiver, config.storage
     assert archiver is not None and storage is not None
     status = status or ArchiverStatus()
@@ -265,7 +271,7 @@ async def start_archiver(
             covers_stream=covers,
             clock=clock,
             stats=status.fetcher,
-            drain=drain,
+            drain=drain if drain_on_stop else None,
         )
 
     settings = PipelineSettings(
@@ -306,6 +312,6 @@ async def start_archiver(
         status,
         ops=file_ops,
         on_exit=unlock,
-        drain=drain.requested.set,
+        drain=drain.requested.set if drain_on_stop else None,
     )
     return status
