@@ -28,6 +28,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import attrs
@@ -72,6 +73,8 @@ class _Task:
     # end by itself (it is cancelled if it has not by the drain deadline).
     producer: bool
     drain: Callable[[], None] | None = None
+    # Started with `nursery.start`: up once it calls `task_status.started()`.
+    reports_ready: bool = False
 
 
 class Supervisor:
@@ -91,6 +94,9 @@ class Supervisor:
         # still under way) is stopped at once.
         self._stopper_done = False
         self._task_ended = trio.Event()
+        # Tasks that report readiness and have not yet: the roles are up when it is empty.
+        self._starting: set[str] = set()
+        self._all_started = trio.Event()
         # Scopes of the service tasks: they end when the roles' tasks do.
         self._service_scopes: list[trio.CancelScope] = []
         self._idle = False
@@ -109,7 +115,8 @@ class Supervisor:
 
     def not_ready(self) -> list[str]:
         """What the roles still wait for: empty once every role is up."""
-        return _failing(self._readiness_checks)
+        starting = [f"{name}: starting" for name in sorted(self._starting)]
+        return starting + _failing(self._readiness_checks)
 
     def unhealthy(self) -> list[str]:
         """Why the pipeline is not healthy: empty when every check passes."""
@@ -130,9 +137,15 @@ class Supervisor:
         fn: Callable[..., Awaitable[Any]],
         *args: Any,
         drain: Callable[[], None] | None = None,
+        reports_ready: bool = False,
     ) -> None:
-        """Start a source task; a stop cancels it, or calls `drain` when given."""
-        self._start(_Task(name, self._stage, trio.CancelScope(), True, drain), fn, args)
+        """Start a source task; a stop cancels it, or calls `drain` when given.
+
+        With `reports_ready`, `fn` takes `task_status` and is started with
+        `nursery.start`: the roles are not up (`not_ready`, systemd's READY=1) until it
+        has called `task_status.started()`. The caller does not wait for it."""
+        task = _Task(name, self._stage, trio.CancelScope(), True, drain, reports_ready)
+        self._start(task, fn, args)
 
     def start_sink(self, name: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Start a sink task; it must end by itself when its input channel closes."""
@@ -153,7 +166,30 @@ class Supervisor:
         self._tasks.append(task)
         if task.producer and (task.stage <= self._stopped_through or self._stopper_done):
             self._stop_producer(task)
-        self._nursery.start_soon(self._run, task, fn, args, name=task.name)
+        if task.reports_ready:
+            self._starting.add(task.name)
+            self._nursery.start_soon(self._start_reporting, task, fn, args)
+        else:
+            self._nursery.start_soon(self._run, task, fn, args, name=task.name)
+
+    async def _start_reporting(
+        self, task: _Task, fn: Callable[..., Awaitable[Any]], args: Any
+    ) -> None:
+        async def run(*, task_status: trio.TaskStatus[None]) -> None:
+            await self._run(task, partial(fn, task_status=task_status), args)
+
+        try:
+            await self._nursery.start(run, name=task.name)
+        except RuntimeError:
+            return  # it ended (stopped, failed) before it was up; `_run` has said why
+        self._starting.discard(task.name)
+        if not self._starting:
+            self._all_started.set()
+
+    async def wait_started(self) -> None:
+        """Until every task that reports readiness has reported it."""
+        if self._starting:
+            await self._all_started.wait()
 
     def _running(self, through_stage: int) -> list[_Task]:
         return [t for t in self._tasks if t.stage <= through_stage]
@@ -231,12 +267,21 @@ class Supervisor:
         for scope in self._service_scopes:
             scope.cancel()
 
-    async def _watchdog(
-        self, notifier: Notifier, interval: float, *, task_status: trio.TaskStatus[None]
+    async def _notify_ready(
+        self, notifier: Notifier, *, task_status: trio.TaskStatus[None]
     ) -> None:
+        """READY=1 once every role's tasks are up, then the watchdog."""
+        task_status.started()
+        await self.wait_started()
+        if self.stopping.is_set():
+            return
+        notifier.ready("running")
+        if notifier.watchdog_interval is not None:
+            await self._watchdog(notifier, notifier.watchdog_interval)
+
+    async def _watchdog(self, notifier: Notifier, interval: float) -> None:
         """Ping systemd's watchdog only while every health check passes, so a stuck
         pipeline is restarted; a stop is bounded by systemd's stop timeout instead."""
-        task_status.started()
         while not self.stopping.is_set():
             problems = self.unhealthy()
             if problems:
@@ -286,12 +331,8 @@ async def supervise(
         if not sup._tasks:
             sup.request_stop("no tasks to run")
             sup._end_services()
-        elif notifier is not None and not sup.stopping.is_set():
-            notifier.ready("running")
-            if notifier.watchdog_interval is not None:
-                await sup.start_service(
-                    "supervisor.watchdog", sup._watchdog, notifier, notifier.watchdog_interval
-                )
+        elif notifier is not None:
+            await sup.start_service("supervisor.notify", sup._notify_ready, notifier)
         await sup.stopping.wait()
     if refused is not None:
         raise refused

@@ -5,7 +5,8 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from ssmd.supervisor import EXIT_OK, Supervisor, supervise
+from ssmd.notify import Notifier
+from ssmd.supervisor import EXIT_FAILURE, EXIT_OK, Supervisor, supervise
 
 
 async def test_a_later_stage_stops_only_after_every_task_of_the_earlier_one_ended(
@@ -115,3 +116,61 @@ async def test_a_service_task_is_up_before_the_roles_and_lives_through_the_drain
 
     assert await supervise(start, shutdown_timeout=10.0, handle_signals=False) == EXIT_OK
     assert seen == ["bound", "service ended after the sink"]
+
+
+class RecordingNotifier(Notifier):
+    def __init__(self) -> None:
+        super().__init__({})
+        self.sent: list[tuple[float, str]] = []
+
+    def send(self, *states: str) -> None:
+        self.sent.append((trio.current_time(), "\n".join(states)))
+
+
+async def test_the_roles_are_up_when_their_tasks_report_started(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Readiness comes through `nursery.start`: a task that has not called
+    `task_status.started()` keeps the roles from being ready, and READY=1 waits for it."""
+    notifier = RecordingNotifier()
+    t0 = trio.current_time()
+    seen: list[list[str]] = []
+
+    async def connection(*, task_status: trio.TaskStatus[None]) -> None:
+        await trio.sleep(2.0)  # connecting and subscribing
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def observer(sup: Supervisor) -> None:
+        await sup.wait_started()
+        seen.append(sup.not_ready())
+        await trio.sleep(1.0)
+        sup.request_stop("test")
+
+    async def start(sup: Supervisor) -> None:
+        sup.start_producer("conn", connection, reports_ready=True)
+        sup.start_producer("observer", observer, sup)
+        seen.append(sup.not_ready())
+
+    code = await supervise(start, shutdown_timeout=5.0, handle_signals=False, notifier=notifier)
+    assert code == EXIT_OK
+    assert seen == [["conn: starting"], []]
+    ready = [t - t0 for t, state in notifier.sent if state.startswith("READY=1")]
+    assert ready == [2.0]
+
+
+async def test_a_task_that_fails_before_it_is_up_stops_the_roles(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    notifier = RecordingNotifier()
+
+    async def broken(*, task_status: trio.TaskStatus[None]) -> None:
+        await trio.sleep(1.0)
+        raise OSError("cannot bind")
+
+    async def start(sup: Supervisor) -> None:
+        sup.start_producer("broken", broken, reports_ready=True)
+
+    code = await supervise(start, shutdown_timeout=5.0, handle_signals=False, notifier=notifier)
+    assert code == EXIT_FAILURE
+    assert not any(state.startswith("READY=1") for _, state in notifier.sent)

@@ -140,8 +140,12 @@ async def run_fetcher(
     clock: WallClock,
     stats: FetcherStats,
     drain: Drain | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Forward batches from the stream, in order, after `cursor`; reports started once
+    the consumer is first positioned."""
     last = cursor
+    started = False
     consumer: Consumer | None = None
     # A consumer is always freshly created, so its deliveries are numbered from 1.
     expected_delivery = 1
@@ -169,6 +173,9 @@ async def run_fetcher(
                     caught_up = False
                     stats.consumer_resets += 1
                     log.info("consumer positioned after stream seq %s", last)
+                    if not started:
+                        started = True
+                        task_status.started()
                 timeout = min(fetch_timeout, DRAIN_FETCH_TIMEOUT_S) if draining else fetch_timeout
                 msgs = await consumer.fetch(batch_size, timeout)
             except NatsUnavailable as exc:

@@ -90,11 +90,13 @@ def start_pipeline(
     run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
     on_exit: Callable[[], None] | None = None,
     drain: Callable[[], None] | None = None,
+    source_reports_ready: bool = False,
 ) -> None:
     """Start the archiver's tasks; `source` feeds batches (the fetcher, or a test).
 
     A stop cancels `source`, or calls `drain` when given: `source` then ends by itself
-    once it has taken what there is."""
+    once it has taken what there is. With `source_reports_ready`, `source` takes
+    `task_status` and the archiver is up once it has called `started()`."""
     batch_send, batch_receive = trio.open_memory_channel[Batch | RotateTick](settings.queue_batches)
     manifest_send, manifest_receive = trio.open_memory_channel[ManifestUpdate](16)
     ack_send, ack_receive = trio.open_memory_channel[str](1024)
@@ -131,7 +133,9 @@ def start_pipeline(
     sup.start_producer(
         "archiver.rotation", run_rotation_timer, clock, settings.interval_s, batch_send.clone()
     )
-    sup.start_producer("archiver.fetcher", source, batch_send, drain=drain)
+    sup.start_producer(
+        "archiver.fetcher", source, batch_send, drain=drain, reports_ready=source_reports_ready
+    )
 
 
 class StreamChanged(Exception):
@@ -261,7 +265,11 @@ async def start_archiver(
     source = JetStreamConsumers(bridge, config)
     drain = Drain(partial(bridge.consumer_position, stream, archiver.consumer))
 
-    async def fetcher(send: trio.MemorySendChannel[Batch | RotateTick]) -> None:
+    async def fetcher(
+        send: trio.MemorySendChannel[Batch | RotateTick],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         await run_fetcher(
             source,
             cursor,
@@ -272,6 +280,7 @@ async def start_archiver(
             clock=clock,
             stats=status.fetcher,
             drain=drain if drain_on_stop else None,
+            task_status=task_status,
         )
 
     settings = PipelineSettings(
@@ -313,5 +322,6 @@ async def start_archiver(
         ops=file_ops,
         on_exit=unlock,
         drain=drain.requested.set if drain_on_stop else None,
+        source_reports_ready=True,
     )
     return status

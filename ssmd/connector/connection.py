@@ -170,9 +170,17 @@ class Connection:
         self.stats = ConnectionStats()
         # Connected with every subscription sent: what /ready waits for.
         self.up = False
+        self._task_status: trio.TaskStatus[None] | None = None
 
-    async def run(self, send: trio.MemorySendChannel[list[Inbound]]) -> None:
-        """Connect, serve, reconnect; forever, until cancelled."""
+    async def run(
+        self,
+        send: trio.MemorySendChannel[list[Inbound]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Connect, serve, reconnect; forever, until cancelled. Reports started once
+        first connected with every subscription sent."""
+        self._task_status = task_status
         async with send:
             self._send = send
             failures = 0
@@ -461,6 +469,9 @@ class Connection:
             await self._subscribe(ws, session, plan)
         session.subscribed = True
         self.up = True
+        if self._task_status is not None:
+            self._task_status.started()
+            self._task_status = None
         retry_delay = SUBSCRIBE_RETRY_INITIAL_S
         while True:
             if session.refused:

@@ -207,7 +207,9 @@ async def start_connector(
         for index, plans in enumerate(shards)
     ]
     for connection in connections:
-        sup.start_producer(f"connector.ws{connection.index}", connection.run, send.clone())
+        sup.start_producer(
+            f"connector.ws{connection.index}", connection.run, send.clone(), reports_ready=True
+        )
     send.close()
     sup.start_producer("connector.stats", _report_stats, publisher, connections)
     stall_after = max(30.0, 3 * cc.publish_timeout.seconds)
