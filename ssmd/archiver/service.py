@@ -302,8 +302,7 @@ async def start_archiver(
         return None
 
     def readiness() -> str | None:
-        if status.fetcher.consumer_resets == 0:
-            return "consumer not positioned yet"
+        # Until its consumer is first positioned the fetcher reports itself starting.
         return "disk full" if status.writer.disk_full.value else None
 
     status.fetcher.last_beat = trio.current_time()
