@@ -5,7 +5,8 @@
     rotation ─┘
 
 The fetcher and the rotation timer are producers; the writer and manifest writer are
-sinks that drain and finish the open file when the producers stop.
+sinks that drain and finish the open file when the producers stop. Beside a connector
+the fetcher is drained rather than cancelled: it first takes what the stream holds.
 """
 
 from __future__ import annotations
