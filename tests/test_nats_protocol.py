@@ -13,7 +13,14 @@ import trio
 from ssmd.deadline import arm_shutdown_deadline
 from ssmd.nats.loop import AsyncioThread
 from ssmd.nats.publish import parse_pub_ack
-from ssmd.nats.pull import HEARTBEAT_S, SILENCE_HEARTBEATS, PullCredit, parse_ack_reply
+from ssmd.nats.pull import (
+    HEARTBEAT_S,
+    SILENCE_HEARTBEATS,
+    PullCredit,
+    parse_ack_reply,
+    recv_ns_of,
+    status_lost,
+)
 from ssmd.nats.types import ConsumerLost, NatsUnavailable, PublishOutcome, as_unavailable
 
 
@@ -165,3 +172,13 @@ async def test_a_task_that_ignores_cancellation_is_left_at_the_shutdown_deadline
         release.set()
         await trio.to_thread.run_sync(done.wait, 10.0)
         thread.stop()
+
+
+def test_pull_status_replies() -> None:
+    assert status_lost("503", "No Responders")
+    assert status_lost("409", "Consumer Deleted")
+    assert not status_lost("408", "Request Timeout")
+    assert not status_lost("409", "Exceeded MaxWaiting")
+    assert recv_ns_of({"Ssmd-Recv-Ns": "1767614400123456789"}) == 1767614400123456789
+    assert recv_ns_of({"Ssmd-Recv-Ns": "soon"}) is None
+    assert recv_ns_of(None) is None
