@@ -29,8 +29,9 @@ from ssmd.archiver.lines import format_line
 from ssmd.archiver.service import ArchiverStatus, start_archiver
 from ssmd.clock import WallClock
 from ssmd.config import parse_config
-from ssmd.nats.bridge import FetchedMessage, open_bridge
+from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
+from ssmd.nats.types import FetchedMessage
 from ssmd.supervisor import Supervisor, supervise
 
 STREAM = "MARKETDATA"

@@ -35,8 +35,9 @@ from ssmd.connector.connection import Connection, ConnectionSettings
 from ssmd.connector.publisher import Inbound, PublishBatch, Publisher
 from ssmd.connector.router import Router
 from ssmd.connector.shards import SubscriptionPlan
-from ssmd.nats.bridge import StreamSpec, open_bridge
+from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
+from ssmd.nats.types import StreamSpec
 
 WINDOW = 4000
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -167,7 +168,7 @@ def exchange_process(count: int, ports: multiprocessing.Queue[int]) -> None:
 
 async def measure_connector(nats_url: str, ws_url: str, count: int) -> float:
     clock = WallClock()
-    async with open_bridge([nats_url], publish_window=WINDOW) as bridge:
+    async with open_bridge([nats_url]) as bridge:
         await bridge.ensure_stream(
             StreamSpec("BENCH", ["bench.kalshi.json.>"], 3600, 0, -1, 120, 1)
         )

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from bench_connector import WINDOW, bench_connector_tasks
+from bench_connector import bench_connector_tasks
 
 from ssmd.archiver.files import FileOps
 from ssmd.archiver.lines import read_prefix
@@ -41,7 +41,8 @@ from ssmd.clock import WallClock
 from ssmd.config import parse_config
 from ssmd.connector.publisher import Inbound
 from ssmd.metrics import LatencyHistogram
-from ssmd.nats.bridge import StreamSpec, open_bridge
+from ssmd.nats.bridge import open_bridge
+from ssmd.nats.types import StreamSpec
 from ssmd.supervisor import Supervisor, supervise
 
 STREAM = "BENCH"
@@ -167,7 +168,7 @@ async def run_e2e(nats_url: str, ws_url: str, count: int, archive: Path) -> dict
             "storage": {"path": str(archive)},
         }
     )
-    async with open_bridge([nats_url], publish_window=WINDOW) as bridge:
+    async with open_bridge([nats_url]) as bridge:
         await bridge.ensure_stream(StreamSpec(STREAM, [SUBJECTS], 3600, 0, -1, 120, 1))
         original_ack = bridge.ack
 

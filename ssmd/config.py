@@ -341,9 +341,6 @@ class Config:
         }
 
 
-ROLES = ("archiver", "connector", "sync")
-
-
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
     converter.register_structure_hook(Duration, lambda value, _: Duration.parse(value))
@@ -438,30 +435,3 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except tomli.TOMLDecodeError as exc:
         raise ConfigError(file, "", f"invalid TOML: {exc}") from None
     return parse_config(data, file)
-
-
-def require_roles(config: Config, roles: list[str], file: str) -> None:
-    """Check that every requested role has the sections it needs."""
-    for role in roles:
-        if role not in ROLES:
-            raise ConfigError(
-                file, "", f"unknown role {role!r}; expected one of {', '.join(ROLES)}"
-            )
-        if role == "archiver":
-            if config.archiver is None:
-                raise ConfigError(
-                    file, "archiver", "section [archiver] is required for --role archiver"
-                )
-            if config.storage is None:
-                raise ConfigError(
-                    file, "storage", "section [storage] is required for --role archiver"
-                )
-        if role == "connector" and config.connector is None:
-            raise ConfigError(
-                file, "connector", "section [connector] is required for --role connector"
-            )
-        if role == "sync":
-            if config.sync is None:
-                raise ConfigError(file, "sync", "section [sync] is required for --role sync")
-            if config.storage is None:
-                raise ConfigError(file, "storage", "section [storage] is required for --role sync")

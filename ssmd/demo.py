@@ -13,20 +13,22 @@ import logging
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ssmd.archiver.manifest import load_manifest
 from ssmd.archiver.recovery import day_dirs
-from ssmd.archiver.service import ArchiverStatus, start_archiver
+from ssmd.archiver.service import ArchiverStatus
 from ssmd.clock import WallClock
 from ssmd.config import Config, parse_config
 from ssmd.connector.auth import Credentials
 from ssmd.connector.connection import Connection
-from ssmd.connector.service import ConnectorTasks, start_connector
+from ssmd.connector.service import ConnectorTasks
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
+from ssmd.roles import RoleContext, start_roles
 from ssmd.simulator import SimulatedExchange
 from ssmd.supervisor import EXIT_CONFIG, StartupRefused, Supervisor, supervise
 
@@ -36,6 +38,10 @@ EXCHANGE_SEED = 2026
 EXCHANGE_RATE = 300.0  # messages per second
 CHANNELS = ["ticker", "trade", "orderbook_delta", "market_lifecycle_v2"]
 SHUTDOWN_TIMEOUT_S = 10.0
+# The simulated exchange stops after the recorder (connector stage 0, archiver stage 1),
+# so the connector's unsubscribe at shutdown is answered.
+EXCHANGE_STOP_STAGE = 2
+ROLES = ("connector", "archiver")
 
 
 def demo_config(nats_url: str, exchange: SimulatedExchange, archive: Path) -> Config:
@@ -153,7 +159,9 @@ def summarize(feed_dir: Path) -> str:
     return "\n".join(rows)
 
 
-def _report(exchange: SimulatedExchange, connector: ConnectorTasks | None) -> str:
+def _report(
+    exchange: SimulatedExchange, connector: ConnectorTasks | None, archiver: ArchiverStatus | None
+) -> str:
     s = exchange.stats
     lines = [
         f"exchange: sent {s.messages} messages, accepted {s.connections} signed handshake(s), "
@@ -172,6 +180,11 @@ def _report(exchange: SimulatedExchange, connector: ConnectorTasks | None) -> st
             f"exchange gaps {sum(c.stats.gaps for c in connections)}, "
             f"resubscribes {sum(c.stats.resubscribes for c in connections)}, "
             f"disconnects {sum(c.stats.disconnects for c in connections)}"
+        )
+    if archiver is not None:
+        lines.append(
+            f"archiver: archived {archiver.writer.records} in {archiver.writer.files} file(s), "
+            f"stream gaps {archiver.fetcher.gaps}"
         )
     return "\n".join(lines)
 
@@ -192,11 +205,10 @@ def run_demo(data_dir: str, duration: float) -> int:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
             handler.setStream(display)
-    started: list[ConnectorTasks] = []
+    started: dict[str, Any] = {}
 
     async def main() -> int:
         clock = WallClock()
-        status = ArchiverStatus()
         await exchange.listen()
         config = demo_config(server.url, exchange, archive)
         print(
@@ -207,11 +219,12 @@ def run_demo(data_dir: str, duration: float) -> int:
         print(f"running for {duration:g}s (Ctrl-C stops cleanly)", file=sys.stderr)
         async with open_bridge([server.url], name="ssmd-demo") as bridge:
 
-            async def start_roles(sup: Supervisor) -> None:
-                sup.start_producer("demo.exchange", exchange.serve)
-                connector = await start_connector(sup, config, bridge, clock, credentials)
-                started.append(connector)
-                await start_archiver(sup, config, bridge, clock, status=status)
+            async def start(sup: Supervisor) -> None:
+                with sup.stop_stage(EXCHANGE_STOP_STAGE):
+                    sup.start_producer("demo.exchange", exchange.serve)
+                context = RoleContext(config, bridge, clock, credentials)
+                started.update(await start_roles(sup, ROLES, context))
+                connector, status = started["connector"], started["archiver"]
                 stop_at = trio.current_time() + duration
                 sup.start_producer("demo.progress", _progress, connector, status, stop_at, display)
 
@@ -221,7 +234,7 @@ def run_demo(data_dir: str, duration: float) -> int:
 
                 sup.start_producer("demo.timer", stop_after)
 
-            return await supervise(start_roles, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+            return await supervise(start, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
 
     try:
         code = trio.run(main)
@@ -232,6 +245,6 @@ def run_demo(data_dir: str, duration: float) -> int:
     finally:
         server.stop()
         display.end()
-    print(_report(exchange, started[0] if started else None), file=sys.stderr)
+    print(_report(exchange, started.get("connector"), started.get("archiver")), file=sys.stderr)
     print(summarize(archive / "kalshi"))
     return code

@@ -55,16 +55,26 @@ class HealthServer:
             return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
         return 404, "text/plain", b"not found: try /health, /ready or /metrics\n"
 
-    async def serve(self, host: str, port: int) -> None:
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled; reports the bound port (None if it could not bind)."""
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
             log.error(
                 "health endpoint disabled: cannot listen on %s:%d: %s", host, port, exc.strerror
             )
+            task_status.started(None)
             await trio.sleep_forever()
         self.port = listeners[0].socket.getsockname()[1]
         log.info("health and metrics on http://%s:%d/ (/health, /ready, /metrics)", host, self.port)
+        # Bound and listening: connections wait in the backlog until served.
+        task_status.started(self.port)
         await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, stream: trio.SocketStream) -> None:

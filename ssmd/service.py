@@ -3,26 +3,48 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import trio
 
+from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
 from ssmd.config import Config
 from ssmd.health import HealthServer
-from ssmd.nats.bridge import NatsUnavailable, open_bridge
+from ssmd.nats.bridge import open_bridge
+from ssmd.nats.types import NatsUnavailable
 from ssmd.notify import Notifier
+from ssmd.roles import RoleContext, start_roles
 from ssmd.signals import early_signal
 from ssmd.supervisor import EXIT_OK, Supervisor, supervise
 
 log = logging.getLogger("ssmd.service")
 
-_CONNECT_RETRY_MAX_S = 10.0
+# Waiting for NATS at start-up: it may come up after ssmd (systemd starts both).
+NATS_CONNECT_BACKOFF = Backoff(initial=0.5, maximum=10.0, jitter=0.2)
+
+
+async def start_health(sup: Supervisor, config: Config) -> None:
+    """Serve /health, /ready and /metrics (a service task: it lives through the drain)."""
+    if config.service.health_port:
+        server = HealthServer(sup, sup.metrics, sup.not_ready)
+        await sup.start_service(
+            "health", server.serve, config.service.health_host, config.service.health_port
+        )
+
+
+async def _start(
+    config: Config, roles: Sequence[str], context: RoleContext, sup: Supervisor
+) -> None:
+    await start_health(sup, config)
+    await start_roles(sup, roles, context)
 
 
 async def run_service(
     config: Config,
-    roles: list[str],
+    roles: Sequence[str],
     *,
     clock: WallClock | None = None,
     handle_signals: bool = True,
@@ -30,7 +52,7 @@ async def run_service(
 ) -> int:
     """Run `roles` until stopped; returns the process exit code."""
     clock = clock or WallClock()
-    delay = 0.5
+    retry = NATS_CONNECT_BACKOFF.retry()
     while True:
         try:
             async with open_bridge(
@@ -38,40 +60,10 @@ async def run_service(
                 name=f"ssmd-{'-'.join(roles)}",
                 connect_timeout=config.nats.connect_timeout.seconds,
                 request_timeout=config.nats.request_timeout.seconds,
-                publish_window=config.connector.publish_window if config.connector else 4000,
             ) as bridge:
                 log.info("connected to NATS at %s", ", ".join(config.nats.servers))
-
-                async def start_roles(sup: Supervisor) -> None:
-                    if config.service.health_port:
-                        server = HealthServer(sup, sup.metrics, sup.not_ready)
-                        sup.start_producer(
-                            "health",
-                            server.serve,
-                            config.service.health_host,
-                            config.service.health_port,
-                        )
-                    # The connector first: it creates the stream the archiver reads.
-                    if "connector" in roles:
-                        from ssmd.connector.service import start_connector
-
-                        await start_connector(sup, config, bridge, clock, credentials)
-                    if "archiver" in roles:
-                        from ssmd.archiver.service import start_archiver
-
-                        await start_archiver(sup, config, bridge, clock)
-                    if "sync" in roles:
-                        from pathlib import Path
-
-                        from ssmd.sync import run_sync_role
-
-                        assert config.sync is not None and config.storage is not None
-                        sup.start_producer(
-                            "sync", run_sync_role, Path(config.storage.path), config.sync
-                        )
-
                 return await supervise(
-                    start_roles,
+                    partial(_start, config, roles, RoleContext(config, bridge, clock, credentials)),
                     shutdown_timeout=config.service.shutdown_timeout.seconds,
                     handle_signals=handle_signals,
                     notifier=Notifier(),
@@ -79,6 +71,6 @@ async def run_service(
         except NatsUnavailable as exc:
             if handle_signals and early_signal() is not None:
                 return EXIT_OK
+            delay = retry.next_delay()
             log.warning("%s; retrying in %.1fs", exc, delay)
             await trio.sleep(delay)
-            delay = min(delay * 2, _CONNECT_RETRY_MAX_S)

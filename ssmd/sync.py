@@ -39,6 +39,7 @@ from fsspec.implementations.local import LocalFileSystem
 from ssmd import reader
 from ssmd.archiver.files import FINAL_SUFFIX, PARTIAL_SUFFIX
 from ssmd.archiver.manifest import MANIFEST_NAME, Manifest, ManifestCorrupt
+from ssmd.backoff import Backoff
 from ssmd.config import SyncConfig
 
 log = logging.getLogger("ssmd.sync")
@@ -353,6 +354,16 @@ async def sync_once(
     return report
 
 
+# A pass that failed as a whole (destination unreachable) is retried sooner than the
+# next interval, backing off up to it.
+SYNC_RETRY_INITIAL_S = 10.0
+
+
+def sync_retry(sync: SyncConfig) -> Backoff:
+    interval = sync.interval.seconds
+    return Backoff(initial=min(SYNC_RETRY_INITIAL_S, interval), maximum=interval, jitter=0.2)
+
+
 async def run_sync_role(
     root: Path, sync: SyncConfig, *, storage_options: Mapping[str, Any] | None = None
 ) -> None:
@@ -362,7 +373,9 @@ async def run_sync_role(
     archive stays on disk, and the archiver in the same process keeps running.
     """
     state = SyncState()
+    retry = sync_retry(sync).retry()
     while True:
+        delay = sync.interval.seconds
         try:
             report = await sync_once(
                 root,
@@ -372,13 +385,15 @@ async def run_sync_role(
                 state=state,
             )
         except SyncFailed as exc:
-            log.error("sync: %s; retrying in %s", exc, sync.interval)
+            delay = retry.next_delay()
+            log.error("sync: %s; retrying in %.0fs", exc, delay)
         else:
+            retry.reset()
             for error in report.errors:
                 log.warning("sync: %s", error)
             if report.uploaded or report.errors:
                 log.info("sync to %s: %s", sync.destination, report.summary())
-        await trio.sleep(sync.interval.seconds)
+        await trio.sleep(delay)
 
 
 async def run_sync_until_signalled(root: Path, sync: SyncConfig) -> None:

@@ -22,7 +22,7 @@ from ssmd.archiver.files import FileOps
 from ssmd.archiver.recovery import lock_feed_dir, recover_feed
 from ssmd.archiver.service import ArchiverStatus, PipelineSettings, start_pipeline
 from ssmd.clock import WallClock
-from ssmd.nats.bridge import FetchedMessage
+from ssmd.nats.types import FetchedMessage
 from ssmd.supervisor import Supervisor, supervise
 
 NS = 1_000_000_000

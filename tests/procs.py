@@ -17,8 +17,9 @@ from typing import Any
 
 import trio
 
-from ssmd.nats.bridge import NatsBridge, OutgoingMessage, StreamSpec
+from ssmd.nats.bridge import NatsBridge
 from ssmd.nats.server import free_port
+from ssmd.nats.types import OutgoingMessage, StreamSpec
 from tests import configs
 
 
@@ -69,10 +70,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
     raise TimeoutError(f"not {what} within {timeout}s")
 
 
-# A metric each role registers together with its readiness check.
-ROLE_METRICS = {"connector": "ssmd_connections_up", "archiver": "ssmd_archive_disk_full"}
-
-
 class SsmdProcess:
     """`python -m ssmd run` as a child process, with its health endpoint on a port of
     its own: the config's `service.health_port` if it sets one, else a free port written
@@ -112,22 +109,8 @@ class SsmdProcess:
         return self
 
     def ready(self) -> tuple[int, str]:
-        """(200, "ready") once every role of this run is up and healthy.
-
-        `/ready` alone answers 200 while start-up has registered only some roles' checks
-        (the supervisor learns of a role when it starts it), so a role also counts as up
-        only once its metrics are on `/metrics`, registered beside its readiness check.
-        """
+        """(200, "ready") once every role of this run is up and healthy: `/ready`."""
         try:
-            # Metrics first: once a role's are there, `/ready` includes its check.
-            _, metrics = http_get(self.health_port, "/metrics", timeout=2)
-            missing = [
-                role
-                for role in self.roles
-                if role in ROLE_METRICS and f"# TYPE {ROLE_METRICS[role]} " not in metrics
-            ]
-            if missing:
-                return 503, f"not started: {', '.join(missing)}"
             return http_get(self.health_port, "/ready", timeout=2)
         except OSError as exc:  # not listening yet
             return 0, str(exc)

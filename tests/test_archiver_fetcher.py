@@ -6,9 +6,9 @@ import pytest
 import trio
 import trio.testing
 
-from ssmd.archiver.fetcher import Batch, FetcherStats, RotateTick, run_fetcher
+from ssmd.archiver.fetcher import Batch, Drain, FetcherStats, RotateTick, run_fetcher
 from ssmd.clock import WallClock
-from ssmd.nats.bridge import FetchedMessage, NatsUnavailable
+from ssmd.nats.types import ConsumerPosition, FetchedMessage, NatsUnavailable
 
 pytestmark = pytest.mark.trio
 
@@ -192,3 +192,59 @@ async def test_behind_on_a_narrow_filter_counts_what_left_as_an_upper_bound(
     source = ScriptedSource([[[delivery(11, 1, pending=5)], [delivery(60, 2)]]], first_seq=50)
     gaps = [g for b in await collect(source, cursor=10, covers=False) for g in b.gaps]
     assert [(g.after_seq, g.missing_count, g.exact) for g in gaps] == [(11, 38, False)]
+
+
+@pytest.mark.parametrize(
+    "position",
+    [
+        # 1..5 delivered to the client already, not yet fetched.
+        ConsumerPosition(delivered_seq=5, pending=0),
+        # 1..3 delivered, two more matching messages beyond.
+        ConsumerPosition(delivered_seq=3, pending=2),
+    ],
+)
+async def test_a_drain_ends_the_fetcher_once_it_has_taken_what_the_stream_held(
+    mock_clock: trio.testing.MockClock, position: ConsumerPosition
+) -> None:
+    """Asked to finish, the fetcher keeps fetching until it has forwarded everything
+    delivered and pending when the drain began, then ends and closes its channel; the
+    end is read once, so later publishes are not chased."""
+    source = ScriptedSource(
+        [
+            [
+                [delivery(1, 1), delivery(2, 2)],
+                [delivery(3, 3)],
+                [delivery(4, 4), delivery(5, 5)],
+                [delivery(6, 6)],  # published after the drain began
+            ]
+        ]
+    )
+    positions = [position]
+
+    async def read_position() -> ConsumerPosition:
+        return positions.pop(0)
+
+    drain = Drain(read_position)
+    drain.requested.set()
+    send, receive = trio.open_memory_channel[Batch | RotateTick](100)
+    forwarded: list[int] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: run_fetcher(
+                    source,
+                    None,
+                    send,
+                    batch_size=100,
+                    fetch_timeout=1,
+                    covers_stream=True,
+                    clock=WallClock(0),
+                    stats=FetcherStats(),
+                    drain=drain,
+                )
+            )
+            async with receive:
+                async for item in receive:  # ends when the fetcher closes its channel
+                    assert isinstance(item, Batch)
+                    forwarded.extend(m.stream_seq for m in item.messages)
+    assert forwarded == [1, 2, 3, 4, 5]

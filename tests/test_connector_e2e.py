@@ -18,8 +18,9 @@ from ssmd.clock import WallClock
 from ssmd.config import Config, parse_config
 from ssmd.connector.auth import Credentials
 from ssmd.connector.service import start_connector
-from ssmd.nats.bridge import FetchedMessage, StreamSpec, open_bridge
+from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
+from ssmd.nats.types import FetchedMessage, StreamSpec
 from ssmd.supervisor import StartupRefused, Supervisor, supervise
 from tests.fake_kalshi import API_KEY, FakeKalshi, FakeSession, Subscription, private_key, trade_msg
 

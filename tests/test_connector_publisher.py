@@ -11,7 +11,7 @@ import trio.testing
 
 from ssmd.clock import WallClock
 from ssmd.connector.publisher import Inbound, Publisher
-from ssmd.nats.bridge import NatsUnavailable, OutgoingMessage, PublishOutcome
+from ssmd.nats.types import NatsUnavailable, OutgoingMessage, PublishOutcome
 
 
 @pytest.fixture

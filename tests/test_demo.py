@@ -4,6 +4,7 @@ embedded nats-server -> real archiver, producing an archive that verifies and co
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,11 +39,24 @@ def ssmd_records(archive: Path) -> list[dict[str, Any]]:
     return records
 
 
+def acknowledged_and_archived(stderr: str) -> tuple[int, int]:
+    acknowledged = re.search(r"^connector: .*acknowledged (\d+)", stderr, re.M)
+    archived = re.search(r"^archiver: archived (\d+)", stderr, re.M)
+    assert acknowledged and archived, stderr[-3000:]
+    return int(acknowledged.group(1)), int(archived.group(1))
+
+
 def test_demo_records_the_simulated_exchange_and_a_second_run_continues(tmp_path: Path) -> None:
     archive = tmp_path / "archive"
     first = run("run", "--demo", "--duration", "4", "--data-dir", str(tmp_path))
     assert first.returncode == 0, first.stderr[-3000:]
     assert "stopped cleanly" in first.stderr
+    # The recorder stops before its exchange, and the archiver takes all the connector
+    # had acknowledged, the final disconnect record included: a quiet, complete stop.
+    shutdown = first.stderr[first.stderr.index("stopping: --duration") :]
+    assert " WARNING " not in shutdown and " ERROR " not in shutdown, shutdown
+    acknowledged, archived = acknowledged_and_archived(first.stderr)
+    assert archived == acknowledged > 0
     assert "day" in first.stdout and "connect 1" in first.stdout
     verify = run("data", "verify", "--path", str(archive))
     assert verify.returncode == 0, verify.stdout
@@ -56,8 +70,12 @@ def test_demo_records_the_simulated_exchange_and_a_second_run_continues(tmp_path
     assert gaps[0]["got"] > gaps[0]["expected"]
     assert any("ws://127.0.0.1:" in r.get("url", "") for r in records)
 
+    assert records[-1]["type"] == "ssmd_disconnect", records[-1]
+
     second = run("demo", "--duration", "3", "--data-dir", str(tmp_path))
     assert second.returncode == 0, second.stderr[-3000:]
+    acknowledged, archived = acknowledged_and_archived(second.stderr)
+    assert archived == acknowledged > 0
     verify = run("data", "verify", "--path", str(archive))
     assert verify.returncode == 0, verify.stdout
     assert discontinuities(archive)["connect"] >= found["connect"] + 1

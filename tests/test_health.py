@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 import trio
 import trio.lowlevel
 from trio.testing import wait_all_tasks_blocked
@@ -57,11 +56,6 @@ async def test_health_ready_and_metrics_that_move(tmp_path: Path, nats_server: N
     assert code == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: /ready answers 200 while start-up has registered only some roles' "
-    "readiness checks (the supervisor learns of each role as it starts it)",
-)
 async def test_ready_is_503_until_every_role_has_started() -> None:
     during_startup: list[int] = []
     supervisors: list[Supervisor] = []

@@ -40,8 +40,8 @@ from ssmd.clock import WallClock
 from ssmd.connector import publisher as publisher_module
 from ssmd.connector.metrics import connector_metrics
 from ssmd.connector.publisher import Inbound, Publisher
-from ssmd.nats.bridge import OutgoingMessage, PublishOutcome
 from ssmd.nats.server import NatsServer, free_port
+from ssmd.nats.types import OutgoingMessage, PublishOutcome
 from tests.archive_harness import Harness, batch, utc_ns
 from tests.faults.harness import FEED, Exchange, finish_and_compare, ssmd, write_config
 

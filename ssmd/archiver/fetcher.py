@@ -19,15 +19,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import attrs
 import trio
 
+from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
-from ssmd.nats.bridge import FetchedMessage, NatsUnavailable
+from ssmd.nats.types import ConsumerPosition, FetchedMessage, NatsUnavailable
 
 log = logging.getLogger("ssmd.archiver.fetcher")
+
+# Re-opening the consumer while NATS is unavailable.
+REOPEN_BACKOFF = Backoff(initial=0.1, maximum=5.0)
+# Reading the stream's first sequence to classify a gap.
+FIRST_SEQ_BACKOFF = Backoff(initial=0.5, maximum=1.5)
+FIRST_SEQ_ATTEMPTS = 3
+# While draining, a fetch waits no longer than this for what is still on its way.
+DRAIN_FETCH_TIMEOUT_S = 0.2
 
 
 @attrs.frozen
@@ -71,6 +81,43 @@ class ConsumerSource(Protocol):
 
 
 @attrs.define
+class Drain:
+    """A stop that asks the fetcher to finish rather than be cancelled: it ends once it
+    has taken every message the stream held for its filter when the drain began, closing
+    its channel behind them.
+
+    That end is read once from the consumer: the last stream sequence delivered to it,
+    and how many matching messages lay beyond. Messages published later (by another
+    connector) are left for the next start rather than chased until the deadline."""
+
+    position: Callable[[], Awaitable[ConsumerPosition | None]]
+    requested: trio.Event = attrs.field(factory=trio.Event)
+    target: ConsumerPosition | None = None
+    # Messages forwarded beyond `target.delivered_seq` since the target was read.
+    beyond: int = 0
+
+    def count(self, stream_seq: int) -> None:
+        if self.target is not None and stream_seq > self.target.delivered_seq:
+            self.beyond += 1
+
+    async def done(self, last: int | None) -> bool:
+        """Whether everything up to the drain's end has been forwarded."""
+        if self.target is None:
+            self.target = await self.position()
+            if self.target is None:
+                return False  # the consumer is gone: the next fetch reports it and reopens
+            log.info(
+                "draining: taking through stream seq %d and %d more matching message(s)",
+                self.target.delivered_seq,
+                self.target.pending,
+            )
+        if (last or 0) >= self.target.delivered_seq and self.beyond >= self.target.pending:
+            log.info("drained: everything the stream held for the filter is taken (seq %s)", last)
+            return True
+        return False
+
+
+@attrs.define
 class FetcherStats:
     fetched: int = 0
     redelivered_skipped: int = 0
@@ -92,8 +139,13 @@ async def run_fetcher(
     covers_stream: bool,
     clock: WallClock,
     stats: FetcherStats,
+    drain: Drain | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Forward batches from the stream, in order, after `cursor`; reports started once
+    the consumer is first positioned."""
     last = cursor
+    started = False
     consumer: Consumer | None = None
     # A consumer is always freshly created, so its deliveries are numbered from 1.
     expected_delivery = 1
@@ -101,11 +153,19 @@ async def run_fetcher(
     # delivery with nothing pending behind it only skips other subjects.
     caught_up = False
     reconnects = source.reconnects
-    delay = 0.1
+    retry = REOPEN_BACKOFF.retry()
     async with send:
         while True:
             stats.last_beat = trio.current_time()
+            draining = drain is not None and drain.requested.is_set()
             try:
+                if (
+                    drain is not None
+                    and draining
+                    and consumer is not None
+                    and await drain.done(last)
+                ):
+                    return
                 if consumer is None:
                     reconnects = source.reconnects
                     consumer = await source.open_at(None if last is None else last + 1)
@@ -113,16 +173,20 @@ async def run_fetcher(
                     caught_up = False
                     stats.consumer_resets += 1
                     log.info("consumer positioned after stream seq %s", last)
-                msgs = await consumer.fetch(batch_size, fetch_timeout)
+                    if not started:
+                        started = True
+                        task_status.started()
+                timeout = min(fetch_timeout, DRAIN_FETCH_TIMEOUT_S) if draining else fetch_timeout
+                msgs = await consumer.fetch(batch_size, timeout)
             except NatsUnavailable as exc:
                 stats.nats_errors += 1
+                delay = retry.next_delay()
                 log.warning("NATS unavailable (%s); retrying in %.1fs", exc, delay)
                 await _close_quietly(consumer)
                 consumer = None
                 await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
                 continue
-            delay = 0.1
+            retry.reset()
             lost_delivery = False
             forwarded: list[FetchedMessage] = []
             ack_reply: str | None = None
@@ -149,6 +213,8 @@ async def run_fetcher(
                     jumps.append((last, m.stream_seq))
                 forwarded.append(m)
                 last = m.stream_seq
+                if drain is not None:
+                    drain.count(m.stream_seq)
                 caught_up = m.pending == 0
             stats.fetched += len(forwarded)
             gaps = await _classify(jumps, source, covers_stream, clock) if jumps else []
@@ -181,12 +247,13 @@ async def _classify(
     if covers_stream:
         return [GapEvent(a, b - a - 1, now, True) for a, b in jumps]
     first: int | None = None
-    for attempt in range(3):
+    retry = FIRST_SEQ_BACKOFF.retry()
+    for _ in range(FIRST_SEQ_ATTEMPTS):
         try:
             first = await source.first_seq()
             break
         except NatsUnavailable:
-            await trio.sleep(0.5 * (attempt + 1))
+            await retry.wait()
     if first is None:
         log.warning("cannot read the stream's first sequence; counting whole jumps as gaps")
         return [GapEvent(a, b - a - 1, now, False) for a, b in jumps]

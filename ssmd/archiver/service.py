@@ -5,7 +5,8 @@
     rotation ─┘
 
 The fetcher and the rotation timer are producers; the writer and manifest writer are
-sinks that drain and finish the open file when the producers stop.
+sinks that drain and finish the open file when the producers stop. Beside a connector
+the fetcher is drained rather than cancelled: it first takes what the stream holds.
 """
 
 from __future__ import annotations
@@ -13,13 +14,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
-from ssmd.archiver.fetcher import Batch, Consumer, FetcherStats, RotateTick, run_fetcher
+from ssmd.archiver.fetcher import (
+    Batch,
+    Consumer,
+    Drain,
+    FetcherStats,
+    RotateTick,
+    run_fetcher,
+)
 from ssmd.archiver.files import FileOps
 from ssmd.archiver.recovery import ArchiveLocked, lock_feed_dir, recover_feed
 from ssmd.archiver.slots import NS, slot_start
@@ -81,8 +90,14 @@ def start_pipeline(
     ops: FileOps | None = None,
     run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
     on_exit: Callable[[], None] | None = None,
+    drain: Callable[[], None] | None = None,
+    source_reports_ready: bool = False,
 ) -> None:
-    """Start the four archiver tasks; `source` feeds batches (the fetcher, or a test)."""
+    """Start the archiver's tasks; `source` feeds batches (the fetcher, or a test).
+
+    A stop cancels `source`, or calls `drain` when given: `source` then ends by itself
+    once it has taken what there is. With `source_reports_ready`, `source` takes
+    `task_status` and the archiver is up once it has called `started()`."""
     batch_send, batch_receive = trio.open_memory_channel[Batch | RotateTick](settings.queue_batches)
     manifest_send, manifest_receive = trio.open_memory_channel[ManifestUpdate](16)
     ack_send, ack_receive = trio.open_memory_channel[str](1024)
@@ -119,7 +134,9 @@ def start_pipeline(
     sup.start_producer(
         "archiver.rotation", run_rotation_timer, clock, settings.interval_s, batch_send.clone()
     )
-    sup.start_producer("archiver.fetcher", source, batch_send)
+    sup.start_producer(
+        "archiver.fetcher", source, batch_send, drain=drain, reports_ready=source_reports_ready
+    )
 
 
 class StreamChanged(Exception):
@@ -174,7 +191,13 @@ async def start_archiver(
     *,
     status: ArchiverStatus | None = None,
     ops: FileOps | None = None,
+    drain_on_stop: bool = False,
 ) -> ArchiverStatus:
+    """Check, recover, and start the archiver's tasks.
+
+    With `drain_on_stop` (a connector runs in the same process and stops first), a stop
+    lets the fetcher take what the stream holds before it ends; without, it is cancelled
+    at once and what is left waits in the stream for the next start."""
     archiver, storage = config.archiver, config.storage
     assert archiver is not None and storage is not None
     status = status or ArchiverStatus()
@@ -241,8 +264,13 @@ async def start_archiver(
     )
 
     source = JetStreamConsumers(bridge, config)
+    drain = Drain(partial(bridge.consumer_position, stream, archiver.consumer))
 
-    async def fetcher(send: trio.MemorySendChannel[Batch | RotateTick]) -> None:
+    async def fetcher(
+        send: trio.MemorySendChannel[Batch | RotateTick],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         await run_fetcher(
             source,
             cursor,
@@ -252,6 +280,8 @@ async def start_archiver(
             covers_stream=covers,
             clock=clock,
             stats=status.fetcher,
+            drain=drain if drain_on_stop else None,
+            task_status=task_status,
         )
 
     settings = PipelineSettings(
@@ -273,8 +303,7 @@ async def start_archiver(
         return None
 
     def readiness() -> str | None:
-        if status.fetcher.consumer_resets == 0:
-            return "consumer not positioned yet"
+        # Until its consumer is first positioned the fetcher reports itself starting.
         return "disk full" if status.writer.disk_full.value else None
 
     status.fetcher.last_beat = trio.current_time()
@@ -283,5 +312,16 @@ async def start_archiver(
     from ssmd.archiver.metrics import archiver_metrics
 
     sup.metrics.register(FunctionCollector(lambda: archiver_metrics(feed, status)))
-    start_pipeline(sup, settings, clock, fetcher, bridge.ack, status, ops=file_ops, on_exit=unlock)
+    start_pipeline(
+        sup,
+        settings,
+        clock,
+        fetcher,
+        bridge.ack,
+        status,
+        ops=file_ops,
+        on_exit=unlock,
+        drain=drain.requested.set if drain_on_stop else None,
+        source_reports_ready=True,
+    )
     return status

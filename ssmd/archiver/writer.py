@@ -26,9 +26,10 @@ from ssmd.archiver.fetcher import Batch, GapEvent, RotateTick
 from ssmd.archiver.files import DiskFull, FileOps, FileStats, SlotFile
 from ssmd.archiver.manifest import FileEntry, Gap, Manifest, load_or_new, write_manifest
 from ssmd.archiver.slots import NS, day_of, iso, slot_label, slot_start
+from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
 from ssmd.metrics import LatencyHistogram
-from ssmd.nats.bridge import NatsUnavailable
+from ssmd.nats.types import NatsUnavailable
 
 log = logging.getLogger("ssmd.archiver.writer")
 
@@ -71,11 +72,15 @@ class WriterStatus:
     fsync_seconds: LatencyHistogram = attrs.field(factory=LatencyHistogram)
 
 
+# Retrying a file operation while the disk is full.
+DISK_FULL_RETRY = Backoff(initial=1.0, maximum=30.0)
+
+
 async def retry_disk_full(
     run_sync: RunSync, status: WriterStatus, what: str, fn: Callable[..., T], *args: Any
 ) -> T:
     """Run a blocking file operation, pausing and retrying while the disk is full."""
-    delay = 1.0
+    retry = DISK_FULL_RETRY.retry()
     while True:
         try:
             result: T = await run_sync(fn, *args)
@@ -88,8 +93,7 @@ async def retry_disk_full(
                     exc,
                 )
             status.disk_full.value = True
-            await trio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            await retry.wait()
             continue
         if status.disk_full.value:
             log.info("disk has room again: %s resumed", what)

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import trio
 
 from ssmd import __version__
-from ssmd.config import ROLES, Config, ConfigError, load_config, require_roles
+from ssmd.config import ConfigError, load_config
+from ssmd.roles import ROLE_NAMES, check_roles, needs_credentials, resolve_roles
 from ssmd.supervisor import EXIT_CONFIG, StartupRefused
 
 log = logging.getLogger("ssmd")
@@ -55,16 +56,6 @@ def _split_roles(values: list[str] | None) -> list[str]:
     return roles
 
 
-def _resolve_roles(requested: list[str], config: Config, file: str) -> list[str]:
-    roles = requested or [r for r in ROLES if r in config.sections]
-    if not roles:
-        raise ConfigError(
-            file, "", "no role to run: add an [archiver] or [connector] section, or pass --role"
-        )
-    require_roles(config, roles, file)
-    return roles
-
-
 def _config_error(exc: Exception) -> int:
     print(f"ssmd: config error: {exc}", file=sys.stderr)
     return EXIT_CONFIG
@@ -86,9 +77,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args.config)
-        roles = _resolve_roles(_split_roles(args.role), config, args.config)
+        roles = resolve_roles(_split_roles(args.role), config, args.config)
         credentials = None
-        if "connector" in roles:
+        if needs_credentials(roles):
             from ssmd.connector.auth import load_credentials
 
             credentials = load_credentials(os.environ)
@@ -108,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
-        roles = _resolve_roles(_split_roles(args.role), config, args.config)
+        roles = resolve_roles(_split_roles(args.role), config, args.config)
     except ConfigError as exc:
         return _config_error(exc)
     print(f"{args.config}: ok (env={config.env}, roles: {', '.join(roles)})")
@@ -158,7 +149,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args.config)
-        require_roles(config, ["sync"], args.config)
+        check_roles(config, ["sync"], args.config)
     except ConfigError as exc:
         return _config_error(exc)
     assert config.sync is not None and config.storage is not None
@@ -196,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--role",
         action="append",
         metavar="ROLE",
-        help=f"role to run ({', '.join(ROLES)}); repeat or comma-separate. "
+        help=f"role to run ({', '.join(ROLE_NAMES)}); repeat or comma-separate. "
         "Default: every role that has a section in the config",
     )
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

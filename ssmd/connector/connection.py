@@ -40,6 +40,7 @@ from ssmd.connector.router import Routed, RouteKind, Router
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.connector.websocket import Connect, WebSocket
 from ssmd.connector.wsclient import connect_fast
+from ssmd.deadline import shielded
 
 log = logging.getLogger("ssmd.connector.connection")
 
@@ -169,9 +170,17 @@ class Connection:
         self.stats = ConnectionStats()
         # Connected with every subscription sent: what /ready waits for.
         self.up = False
+        self._task_status: trio.TaskStatus[None] | None = None
 
-    async def run(self, send: trio.MemorySendChannel[list[Inbound]]) -> None:
-        """Connect, serve, reconnect; forever, until cancelled."""
+    async def run(
+        self,
+        send: trio.MemorySendChannel[list[Inbound]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Connect, serve, reconnect; forever, until cancelled. Reports started once
+        first connected with every subscription sent."""
+        self._task_status = task_status
         async with send:
             self._send = send
             failures = 0
@@ -223,7 +232,8 @@ class Connection:
             except BaseException:
                 # Shutdown: end the subscriptions cleanly, then mark the end of this
                 # connection's data if there is room.
-                with trio.CancelScope(shield=True):
+                clean = False
+                with shielded():
                     clean = await self._unsubscribe_all(ws, session)
                 reason = "shutdown: unsubscribed, nothing in flight" if clean else "shutdown"
                 record = DisconnectRecord(self.index, reason, self._clock.now_ns())
@@ -311,7 +321,7 @@ class Connection:
     ) -> None:
         """Give a read batch to the publisher even if this connection is being torn down:
         the messages are already off the socket, so cancelling here would lose them."""
-        with trio.CancelScope(shield=True), trio.move_on_after(HANDOFF_TIMEOUT_S) as handoff:
+        with shielded(HANDOFF_TIMEOUT_S) as handoff:
             await send.send(batch)
         if handoff.cancelled_caught:
             self.stats.lost += len(batch)
@@ -459,6 +469,9 @@ class Connection:
             await self._subscribe(ws, session, plan)
         session.subscribed = True
         self.up = True
+        if self._task_status is not None:
+            self._task_status.started()
+            self._task_status = None
         retry_delay = SUBSCRIBE_RETRY_INITIAL_S
         while True:
             if session.refused:

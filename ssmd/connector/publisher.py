@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import attrs
 import trio
 
+from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
 from ssmd.connector.records import (
     DiscontinuityRecord,
@@ -34,7 +35,7 @@ from ssmd.connector.records import (
     record_json,
 )
 from ssmd.metrics import LatencyHistogram
-from ssmd.nats.bridge import NatsUnavailable, OutgoingMessage, PublishOutcome
+from ssmd.nats.types import NatsUnavailable, OutgoingMessage, PublishOutcome
 from ssmd.subjects import discontinuity_subject, split_subject
 
 log = logging.getLogger("ssmd.connector.publisher")
@@ -42,6 +43,9 @@ log = logging.getLogger("ssmd.connector.publisher")
 # Tickers come and go (new markets are listed every hour), so per-subject ack counts are
 # folded into per-type totals once this many subjects have piled up.
 SUBJECT_COUNT_LIMIT = 10_000
+
+# Between attempts to publish what JetStream did not acknowledge.
+PUBLISH_RETRY = Backoff(initial=0.05, maximum=2.0)
 
 PublishBatch = Callable[[Sequence[OutgoingMessage], float], Awaitable[list[PublishOutcome]]]
 
@@ -118,8 +122,7 @@ class Publisher:
         batch_max: int,
         timeout: float,
         linger: float = 0.0,
-        retry_initial: float = 0.05,
-        retry_max: float = 2.0,
+        retry: Backoff = PUBLISH_RETRY,
         run_id: str | None = None,
     ) -> None:
         self._publish_batch = publish_batch
@@ -131,8 +134,7 @@ class Publisher:
         self._batch_max = batch_max
         self._timeout = timeout
         self._linger = linger
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
+        self._retry = retry
         self.run_id = run_id or secrets.token_hex(8)
         self._counter = 0
         self._buffer: collections.deque[OutgoingMessage] = collections.deque()
@@ -281,7 +283,7 @@ class Publisher:
             self.stats.retried += len(retry)
             self.stats.failed_batches += 1
             first_error = next(o.error for o in outcomes if not o.ok)
-            delay = min(self._retry_max, self._retry_initial * 2 ** min(failures, 32))
+            delay = self._retry.delay(failures)
             failures += 1
             log_fn = log.warning if failures in (1, 10) or failures % 100 == 0 else log.debug
             log_fn(

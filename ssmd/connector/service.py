@@ -27,7 +27,8 @@ from ssmd.connector.shards import plan_connections
 from ssmd.connector.websocket import Connect, HandshakeRejected, connect_websocket
 from ssmd.connector.wsclient import connect_fast
 from ssmd.metrics import FunctionCollector
-from ssmd.nats.bridge import NatsBridge, StreamSpec
+from ssmd.nats.bridge import NatsBridge
+from ssmd.nats.types import StreamSpec
 from ssmd.subjects import feed_prefix, pattern_covers
 from ssmd.supervisor import StartupRefused, Supervisor
 
@@ -206,7 +207,9 @@ async def start_connector(
         for index, plans in enumerate(shards)
     ]
     for connection in connections:
-        sup.start_producer(f"connector.ws{connection.index}", connection.run, send.clone())
+        sup.start_producer(
+            f"connector.ws{connection.index}", connection.run, send.clone(), reports_ready=True
+        )
     send.close()
     sup.start_producer("connector.stats", _report_stats, publisher, connections)
     stall_after = max(30.0, 3 * cc.publish_timeout.seconds)

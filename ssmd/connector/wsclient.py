@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import trio
 
 from ssmd.connector.websocket import HandshakeRejected
+from ssmd.deadline import shielded
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_HEADER_BYTES = 64 * 1024
@@ -355,5 +356,5 @@ async def connect_fast(
     try:
         yield ws
     finally:
-        with trio.CancelScope(shield=True):
+        with shielded():
             await ws.aclose()

@@ -1,1 +1,2 @@
-"""NATS: the asyncio bridge to nats-py and the embedded nats-server process."""
+"""NATS: everything that touches nats-py, behind a Trio bridge (bridge.py, and loop,
+types, publish, pull, admin), and the embedded nats-server process (server.py)."""

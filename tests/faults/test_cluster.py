@@ -20,8 +20,9 @@ import attrs
 import pytest
 import trio
 
-from ssmd.nats.bridge import ConsumerLost, open_bridge
+from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsCluster
+from ssmd.nats.types import ConsumerLost
 from tests.faults.harness import (
     CONSUMER,
     STREAM,

@@ -1,0 +1,68 @@
+"""The shutdown deadline, and shields that never outlive it.
+
+Some work must finish even when its task is cancelled: a batch already read off a socket
+has to reach the publisher, an asyncio task has to end before its Trio caller returns,
+a connection has to be closed. Such work runs in a shield. A plain shield can outlast
+`service.shutdown_timeout`; `shielded` cannot: its deadline is the earlier of its own
+limit and the shutdown deadline, and a shield entered before the stop was requested is
+shortened when it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import trio
+from trio.lowlevel import RunVar
+
+
+class _Shutdown:
+    def __init__(self) -> None:
+        self.deadline = math.inf
+        self.shields: set[trio.CancelScope] = set()
+
+
+_SHUTDOWN: RunVar[_Shutdown] = RunVar("ssmd_shutdown")
+
+
+def _state() -> _Shutdown:
+    try:
+        return _SHUTDOWN.get()
+    except LookupError:
+        state = _Shutdown()
+        _SHUTDOWN.set(state)
+        return state
+
+
+def arm_shutdown_deadline(deadline: float) -> None:
+    """From now on nothing shielded in this Trio run lasts past `deadline` (Trio time)."""
+    state = _state()
+    state.deadline = min(state.deadline, deadline)
+    for scope in state.shields:
+        scope.deadline = min(scope.deadline, state.deadline)
+
+
+def shutdown_deadline() -> float:
+    """The armed shutdown deadline in Trio time; infinity while no stop is under way."""
+    return _state().deadline
+
+
+def time_left(limit: float = math.inf) -> float:
+    """Seconds until the earlier of `limit` from now and the shutdown deadline (>= 0)."""
+    return max(0.0, min(limit, shutdown_deadline() - trio.current_time()))
+
+
+@contextmanager
+def shielded(limit: float = math.inf) -> Iterator[trio.CancelScope]:
+    """Shield the body from cancellation, for at most `limit` seconds and never past the
+    shutdown deadline. `scope.cancelled_caught` tells whether the time ran out."""
+    state = _state()
+    scope = trio.CancelScope(shield=True, deadline=min(trio.current_time() + limit, state.deadline))
+    state.shields.add(scope)
+    try:
+        with scope:
+            yield scope
+    finally:
+        state.shields.discard(scope)
