@@ -154,7 +154,7 @@ async def test_the_roles_are_up_when_their_tasks_report_started(
 
     code = await supervise(start, shutdown_timeout=5.0, handle_signals=False, notifier=notifier)
     assert code == EXIT_OK
-    assert seen == [["conn: starting"], []]
+    assert seen == [["start-up: roles still being started", "conn: starting"], []]
     ready = [t - t0 for t, state in notifier.sent if state.startswith("READY=1")]
     assert ready == [2.0]
 
