@@ -31,10 +31,11 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ssmd.clock import WallClock
+from ssmd.config import ConnectorConfig
 from ssmd.connector.connection import Connection, ConnectionSettings
 from ssmd.connector.publisher import Inbound, PublishBatch, Publisher
-from ssmd.connector.router import Router
 from ssmd.connector.shards import SubscriptionPlan
+from ssmd.feeds.kalshi import VENUE as KALSHI
 from ssmd.nats.bridge import StreamSpec, open_bridge
 from ssmd.nats.server import NatsServer
 
@@ -137,10 +138,10 @@ def bench_connector_tasks(
     connection = Connection(
         0,
         ws_url,
+        KALSHI,
         [SubscriptionPlan("trade")],
-        router=Router("bench", "kalshi"),
+        config=ConnectorConfig(feed="kalshi"),
         env="bench",
-        feed="kalshi",
         clock=clock,
         settings=ConnectionSettings(60, 30, 10, 0.5, 5),
         headers=lambda url: [],

@@ -18,11 +18,12 @@ import trio
 import trio.testing
 
 from ssmd.clock import WallClock
+from ssmd.config import ConnectorConfig
 from ssmd.connector.connection import Connection, ConnectionSettings, backoff_delay
 from ssmd.connector.publisher import Inbound
-from ssmd.connector.router import Router
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.connector.websocket import WebSocket
+from ssmd.feeds.kalshi import VENUE as KALSHI
 
 CLEAN_STOP = "shutdown: unsubscribed, nothing in flight"
 SETTINGS = ConnectionSettings(
@@ -145,10 +146,10 @@ class Harness:
         self.connection = Connection(
             0,
             "ws://fake/trade-api/ws/v2",
+            KALSHI,
             plans,
-            router=Router("test", "kalshi"),
+            config=ConnectorConfig(feed="kalshi"),
             env="test",
-            feed="kalshi",
             clock=WallClock(anchor_ns=1_700_000_000 * 10**9),
             settings=SETTINGS,
             headers=lambda url: [],

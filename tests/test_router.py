@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ssmd.connector.router import CONTROL_TYPES, RouteKind, Router
+from ssmd.feeds.kalshi.routing import CONTROL_TYPES, RouteKind, Router
 
 router = Router("prod", "kalshi")
 
