@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ssmd.config import ConnectorConfig
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.shards import SubscriptionPlan
-from ssmd.feeds import load_venue
+from ssmd.feeds import VenueUnavailable, load_venue
 from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects
 from ssmd.feeds.kalshi import VENUE
 from ssmd.feeds.kalshi.session import KalshiSession
@@ -143,4 +144,6 @@ def test_a_seq_jump_on_trades_is_recorded_without_a_resubscribe() -> None:
 
 def test_the_registry_finds_kalshi_by_kind() -> None:
     assert load_venue("kalshi") is VENUE
+    with pytest.raises(VenueUnavailable, match=r"ssmd\.feeds\.nowhere"):
+        load_venue("nowhere")
     assert VENUE.default_url({"KALSHI_USE_DEMO": "1"}).startswith("wss://demo-api.kalshi.co")

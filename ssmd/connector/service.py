@@ -168,7 +168,7 @@ async def _start_feed(
     clock: WallClock,
     credentials: Credentials | None,
 ) -> FeedTasks:
-    venue = _load(cc)
+    venue = load_venue(cc.venue)
     url = cc.resolved_url()
     connect: Connect = (
         connect_websocket if cc.websocket_client == "trio-websocket" else connect_fast
@@ -254,6 +254,8 @@ async def start_connector(
 ) -> ConnectorTasks:
     if not config.connectors:
         raise StartupRefused("the connector role needs a [connector] section")
+    for cc in config.connectors:  # every venue known before anything starts
+        _load(cc)
     await ensure_stream(config, bridge)
     feeds = [
         await _start_feed(sup, config, cc, bridge, clock, credentials) for cc in config.connectors
