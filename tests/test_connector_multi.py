@@ -12,8 +12,8 @@ from ssmd.config import Config, parse_config
 from ssmd.connector.service import start_connector
 from ssmd.nats.bridge import StreamSpec, open_bridge
 from ssmd.nats.server import NatsServer
+from ssmd.simulators.kalshi import trade_msg
 from ssmd.supervisor import StartupRefused, Supervisor
-from tests.fake_kalshi import trade_msg
 from tests.test_connector_e2e import (
     STREAM,
     _NoNursery,
