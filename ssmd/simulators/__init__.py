@@ -1,0 +1,1 @@
+"""Simulated exchanges: real local servers speaking each venue's protocol."""
