@@ -107,12 +107,13 @@ class SimSession:
     def silent(self) -> bool:
         return self.gate.silent
 
-    async def send(self, frame: str | bytes, kind: FrameKind = FrameKind.DATA) -> None:
-        """Send one frame (text when given str) and record it, unless black-holed."""
-        await self.ws.send_message(frame)
+    async def send(
+        self, frame: str | bytes, kind: FrameKind = FrameKind.DATA, *, binary: bool = False
+    ) -> None:
+        """Send one frame, a text frame unless `binary`, and record it unless black-holed."""
+        data = frame.encode() if isinstance(frame, str) else frame
+        await self.ws.send_message(data if binary else data.decode())
         if not self.gate.silent:
-            binary = isinstance(frame, bytes)
-            data = frame if isinstance(frame, bytes) else frame.encode()
             self.server.sent.append(SentFrame(self.index, data, kind, binary))
             self.server.touch()
         self.last_sent = trio.current_time()
@@ -154,7 +155,7 @@ class SimSession:
         for n in range(count):
             junk = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 40)))
             if n % 2:
-                await self.send(junk, FrameKind.GARBAGE)
+                await self.send(junk, FrameKind.GARBAGE, binary=True)
             else:
                 await self.send("garbage {" + junk.hex(), FrameKind.GARBAGE)
 
