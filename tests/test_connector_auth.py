@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from ssmd.connector.auth import load_credentials
 from ssmd.connector.shards import SubscriptionPlan, plan_connections
 from ssmd.supervisor import StartupRefused
-from tests.fake_kalshi import API_KEY, pem, private_key
+from tests.keys import API_KEY, pem, private_key
 
 
 @pytest.mark.parametrize("pkcs1", [False, True])

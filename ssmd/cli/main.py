@@ -70,6 +70,19 @@ def _config_error(exc: Exception) -> int:
     return EXIT_CONFIG
 
 
+def _needs_credentials(config: Config) -> bool:
+    """Whether a configured connector's venue signs its handshake (Kalshi)."""
+    from ssmd.feeds import VenueUnavailable, load_venue
+
+    for cc in config.connectors:
+        try:
+            if load_venue(cc.venue).needs_credentials:
+                return True
+        except VenueUnavailable:
+            continue  # the start refuses it with a clearer line
+    return False
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.demo:
         if args.config or args.role:
@@ -88,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         roles = _resolve_roles(_split_roles(args.role), config, args.config)
         credentials = None
-        if "connector" in roles:
+        if "connector" in roles and _needs_credentials(config):
             from ssmd.connector.auth import load_credentials
 
             credentials = load_credentials(os.environ)

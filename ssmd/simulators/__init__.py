@@ -1,1 +1,1 @@
-"""Simulated exchanges: real local servers speaking each venue's protocol."""
+"""Simulated exchanges: one real WebSocket server per venue, for the demo, tests and benchmarks."""
