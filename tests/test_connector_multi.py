@@ -87,3 +87,14 @@ async def test_an_existing_stream_must_cover_every_feed(nats_server: NatsServer)
     message = str(info.value)
     assert "do not cover test.kalshi_b.json.>" in message
     assert "test.kalshi.json.>" not in message.split("do not cover")[1]
+
+
+def test_kalshi_credentials_are_needed_only_with_a_kalshi_connector() -> None:
+    from ssmd.cli.main import _needs_credentials
+
+    def config(*feeds: str) -> Config:
+        tables = [{"feed": feed, "markets": ["X"], "channels": ["trade"]} for feed in feeds]
+        return parse_config({"env": "test", "connector": tables})
+
+    assert not _needs_credentials(config("kraken", "polymarket"))
+    assert _needs_credentials(config("kraken", "kalshi"))
