@@ -36,11 +36,6 @@ SETTINGS = ConnectionSettings(
 )
 
 
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 class SocketClosed(Exception):
     pass
 
