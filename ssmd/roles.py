@@ -58,7 +58,7 @@ class Role:
 async def _start_connector(sup: Supervisor, ctx: RoleContext) -> Any:
     from ssmd.connector.service import start_connector
 
-    assert ctx.credentials is not None
+    # Credentials are loaded only when a configured venue signs its handshake (Kalshi).
     return await start_connector(sup, ctx.config, ctx.bridge, ctx.clock, ctx.credentials)
 
 

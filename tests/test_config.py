@@ -160,3 +160,71 @@ def test_kalshi_use_demo_selects_the_demo_url_only_when_url_is_unset(tmp_path: P
     ).connector
     assert explicit is not None
     assert explicit.resolved_url({"KALSHI_USE_DEMO": "true"}) == "ws://127.0.0.1:1/trade-api/ws/v2"
+
+
+CONNECTOR_BASE = 'env = "prod"\n'
+
+
+def test_a_single_connector_table_keeps_working_and_speaks_kalshi(tmp_path: Path) -> None:
+    text = CONNECTOR_BASE + '[connector]\nfeed = "kalshi-a"\nmarkets_per_connection = 5\n'
+    config = load_config(write(tmp_path, text))
+    assert config.connector is not None and config.connectors == (config.connector,)
+    assert config.connector.venue == "kalshi"
+    assert config.connector.markets_per_connection == 5
+    assert config.connector.markets_per_subscription is None  # the venue's default
+
+
+def test_several_connectors_are_an_array_of_tables_with_kinds(tmp_path: Path) -> None:
+    text = CONNECTOR_BASE + (
+        '[[connector]]\nfeed = "kalshi"\nchannels = ["ticker"]\n'
+        '[[connector]]\nfeed = "polymarket"\nchannels = ["market"]\n'
+        'markets = ["0x5f65"]\nrest_url = "http://127.0.0.1:1"\n'
+        '[[connector]]\nfeed = "kraken"\nchannels = ["book", "trade"]\n'
+        'markets = ["BTC/USD"]\ndepth = 25\n'
+        '[[connector]]\nfeed = "kalshi_b"\nkind = "kalshi"\nchannels = ["trade"]\n'
+    )
+    config = load_config(write(tmp_path, text))
+    assert [(c.feed, c.venue) for c in config.connectors] == [
+        ("kalshi", "kalshi"),
+        ("polymarket", "polymarket"),
+        ("kraken", "kraken"),
+        ("kalshi_b", "kalshi"),
+    ]
+    assert config.connector == config.connectors[0]
+    assert config.connectors[1].rest_url == "http://127.0.0.1:1"
+    assert config.connectors[2].depth == 25
+
+
+@pytest.mark.parametrize(
+    ("tables", "key", "expected"),
+    [
+        ('[[connector]]\nfeed = "mine"\n', "connector[0].kind", "kind is required"),
+        (
+            '[[connector]]\nfeed = "kalshi"\n[[connector]]\nfeed = "x"\nkind = "binance"\n',
+            "connector[1].kind",
+            "expected one of kalshi, polymarket, kraken",
+        ),
+        ('[connector]\nkind = "nyse"\n', "connector.kind", "expected one of kalshi"),
+        (
+            '[[connector]]\nfeed = "kraken"\n[[connector]]\nfeed = "kraken"\n',
+            "connector[1].feed",
+            "already used by connector[0]",
+        ),
+        ('[[connector]]\nfeed = "kraken"\ndepth = 7\n', "connector[0].depth", "Kraken book depth"),
+        ('[connector]\nfeed = "kalshi"\ndepth = 10\n', "connector.depth", "kraken"),
+        ('[[connector]]\nfeed = "kalshi"\nmarkts = []\n', "connector[0].markts", "unknown key"),
+        (
+            "[connector]\nmarkets_per_connection = 0\n",
+            "connector.markets_per_connection",
+            "positive",
+        ),
+        ("connectors = 1\n", "connectors", "[[connector]]"),
+    ],
+)
+def test_a_bad_connector_key_is_named(tmp_path: Path, tables: str, key: str, expected: str) -> None:
+    path = write(tmp_path, CONNECTOR_BASE + tables)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}: "), message
+    assert expected in message

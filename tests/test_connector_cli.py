@@ -14,8 +14,9 @@ import trio
 
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
+from ssmd.simulators.kalshi import trade_msg
 from tests import configs
-from tests.fake_kalshi import API_KEY, other_private_key, pem, private_key, trade_msg
+from tests.keys import API_KEY, other_private_key, pem, private_key
 from tests.test_connector_e2e import STREAM, fake_exchange, stream_messages
 
 ROOT = Path(__file__).resolve().parent.parent

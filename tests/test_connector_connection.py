@@ -18,11 +18,13 @@ import trio
 import trio.testing
 
 from ssmd.clock import WallClock
+from ssmd.config import ConnectorConfig
 from ssmd.connector.connection import Connection, ConnectionSettings, backoff_delay
 from ssmd.connector.publisher import Inbound
-from ssmd.connector.router import Router
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.connector.websocket import WebSocket
+from ssmd.feeds.kalshi import VENUE as KALSHI
+from ssmd.feeds.kalshi.session import subscribe_params
 
 CLEAN_STOP = "shutdown: unsubscribed, nothing in flight"
 SETTINGS = ConnectionSettings(
@@ -32,11 +34,6 @@ SETTINGS = ConnectionSettings(
     backoff_initial=0.5,
     backoff_max=30.0,
 )
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
 
 
 class SocketClosed(Exception):
@@ -145,10 +142,10 @@ class Harness:
         self.connection = Connection(
             0,
             "ws://fake/trade-api/ws/v2",
+            KALSHI,
             plans,
-            router=Router("test", "kalshi"),
+            config=ConnectorConfig(feed="kalshi"),
             env="test",
-            feed="kalshi",
             clock=WallClock(anchor_ns=1_700_000_000 * 10**9),
             settings=SETTINGS,
             headers=lambda url: [],
@@ -285,7 +282,7 @@ async def test_dropped_connection_records_and_resubscribes(
         CLEAN_STOP,
     ]
     assert [c["params"] for c in second.commands] == [
-        *(p.params() for p in plans),
+        *(subscribe_params(p) for p in plans),
         {"sids": [3, 4]},
     ]
 
@@ -335,6 +332,7 @@ async def test_seq_gap_records_and_resubscribes_for_a_fresh_snapshot(
         "got": 7,
         "markets": ["A", "B"],
         "ts_ns": gap["ts_ns"],
+        "reason": "seq",
     }
     resubscribe = harness.records("resubscribe")[0]
     assert resubscribe["old_sid"] == 1
@@ -347,7 +345,7 @@ async def test_seq_gap_records_and_resubscribes_for_a_fresh_snapshot(
         "unsubscribe",
     ]
     assert socket.commands[1]["params"] == {"sids": [1]}
-    assert socket.commands[2]["params"] == plan.params()
+    assert socket.commands[2]["params"] == subscribe_params(plan)
     assert harness.connection.stats.gaps == 1
 
 
@@ -389,41 +387,62 @@ async def test_snapshots_numbered_from_one_per_market_are_not_gaps(
     assert [c["cmd"] for c in socket.commands] == ["subscribe", "unsubscribe"]
 
 
-def test_a_batch_read_as_the_connection_is_torn_down_is_still_published() -> None:
-    """The reader's batch is off the socket; tearing the connection down must not lose it."""
+async def test_a_batch_read_as_the_connection_is_torn_down_is_still_published(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The reader's batch is off the socket; tearing the connection down while the batch
+    waits for the publisher must not lose it."""
 
-    class Counting(FakeSocket):
+    class Batching(FakeSocket):
         taken = 0
         sent_at = 0.0
 
-        async def receive_batch(self, limit: int) -> list[str | bytes]:
-            out = list(await super().receive_batch(limit))
-            Counting.taken += sum(1 for f in out if '"trade"' in str(f))
-            return out
-
         async def send_message(self, message: str | bytes) -> None:
-            Counting.sent_at = trio.current_time()
+            Batching.sent_at = trio.current_time()
             await super().send_message(message)
 
-    async def trial() -> tuple[int, int]:
-        exchange = FakeExchange()
-        exchange.answer_commands = False  # the subscribe times out: the connection is torn down
-        exchange.socket_class = Counting
-        harness = Harness(exchange, [SubscriptionPlan("trade", ("A",))])
-        Counting.taken = 0
-        async with running(harness):
-            await trio.sleep(1)
-            socket = exchange.sockets[0]
-            await trio.sleep_until(Counting.sent_at + 30)  # the instant the command gives up
-            for i in range(100):
-                socket.push_data("trade", 1, None, {"market_ticker": "A", "n": i})
-            await trio.sleep(5)
-        published = sum(1 for m in harness.out if ".trade." in m.subject)
-        return Counting.taken, published
+        async def receive_batch(self, limit: int) -> list[str | bytes]:
+            out = list(await super().receive_batch(limit))
+            try:
+                while len(out) < limit:
+                    frame = self._receive.receive_nowait()
+                    assert frame is not None
+                    out.append(frame)
+            except trio.WouldBlock:
+                pass
+            Batching.taken += sum(1 for f in out if '"trade"' in str(f))
+            return out
 
-    for _ in range(20):
-        taken, published = trio.run(trial, clock=trio.testing.MockClock(autojump_threshold=0))
-        assert taken == published
+    exchange = FakeExchange()
+    exchange.answer_commands = False  # the subscribe times out: the connection is torn down
+    exchange.socket_class = Batching
+    harness = Harness(exchange, [SubscriptionPlan("trade", ("A",))])
+    # No buffer: the reader's handoff waits until the publisher takes the batch.
+    send, receive = trio.open_memory_channel[list[Inbound]](0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(harness.connection.run, send)
+        harness.out.extend(await receive.receive())  # the connect record
+        await trio.sleep(1)
+        socket = exchange.sockets[0]
+        assert [c["cmd"] for c in socket.commands] == ["subscribe"]
+        await trio.sleep_until(Batching.sent_at + 29.5)  # half a second before it gives up
+        for i in range(100):
+            socket.push_data("trade", 1, None, {"market_ticker": "A", "n": i})
+        await trio.testing.wait_all_tasks_blocked()
+        assert Batching.taken == 100  # read, and now waiting for the publisher
+        # The subscribe gives up: the connection is cancelled around the handoff, and
+        # the publisher takes the batch a second later.
+        await trio.sleep_until(Batching.sent_at + 31)
+        async for batch in receive:
+            harness.out.extend(batch)
+            if any(".ssmd.disconnect" in m.subject for m in batch):
+                break
+        nursery.cancel_scope.cancel()
+    published = [m for m in harness.out if ".trade." in m.subject]
+    assert len(published) == Batching.taken == 100
+    kinds = [m.subject.split(".", 3)[3] for m in harness.out]
+    assert kinds[0] == "ssmd.connect" and kinds[-1] == "ssmd.disconnect", kinds
+    assert "no reply to subscribe" in harness.records("disconnect")[0]["reason"]
 
 
 async def test_a_refused_subscription_is_recorded_and_retried(

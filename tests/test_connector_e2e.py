@@ -21,8 +21,9 @@ from ssmd.connector.service import start_connector
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
 from ssmd.nats.types import FetchedMessage, StreamSpec
+from ssmd.simulators.kalshi import ExchangeSession, KalshiExchange, Subscription, trade_msg
 from ssmd.supervisor import StartupRefused, Supervisor, supervise
-from tests.fake_kalshi import API_KEY, FakeKalshi, FakeSession, Subscription, private_key, trade_msg
+from tests.keys import API_KEY, private_key
 
 STREAM = "MD"
 DOT_TICKER = "KXBTCD-26MAR1213-T69499.99"
@@ -56,8 +57,8 @@ def credentials() -> Credentials:
 
 
 @asynccontextmanager
-async def fake_exchange() -> AsyncIterator[FakeKalshi]:
-    exchange = FakeKalshi()
+async def fake_exchange() -> AsyncIterator[KalshiExchange]:
+    exchange = KalshiExchange(private_key().public_key(), API_KEY)
     async with trio.open_nursery() as nursery:
         await nursery.start(exchange.run)
         yield exchange
@@ -260,7 +261,7 @@ async def test_server_pings_alone_keep_a_quiet_connection_alive(nats_server: Nat
 
 
 async def test_seq_jump_gives_a_gap_record_and_a_fresh_snapshot(nats_server: NatsServer) -> None:
-    async def snapshot(session: FakeSession, sub: Subscription) -> None:
+    async def snapshot(session: ExchangeSession, sub: Subscription) -> None:
         for ticker in sub.markets:
             await session.send_data(
                 "orderbook_snapshot", sub.sid, {"market_ticker": ticker, "yes": []}

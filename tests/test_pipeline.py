@@ -12,8 +12,9 @@ import trio
 
 from ssmd.archiver.lines import strip_meta
 from ssmd.nats.server import NatsServer
+from ssmd.simulators.kalshi import trade_msg
 from tests import configs
-from tests.fake_kalshi import API_KEY, pem, private_key, trade_msg
+from tests.keys import API_KEY, pem, private_key
 from tests.procs import SsmdProcess, archived_records, check_manifests, metric
 from tests.test_connector_cli import env_with
 from tests.test_connector_e2e import fake_exchange

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ssmd.connector.router import CONTROL_TYPES, RouteKind, Router
+from ssmd.feeds.kalshi.routing import CONTROL_TYPES, RouteKind, Router
 
 router = Router("prod", "kalshi")
 
@@ -117,6 +117,7 @@ def _check_never_dropped(payload: bytes) -> None:
     assert not any(set(t) & set("*> \t\r\n") for t in tokens)
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_never_raise_and_always_have_a_subject(payload: bytes) -> None:
     _check_never_dropped(payload)
@@ -131,6 +132,7 @@ json_values = st.recursive(
 )
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(
     st.fixed_dictionaries(
         {},

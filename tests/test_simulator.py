@@ -20,8 +20,8 @@ from trio_websocket import (
 )
 
 from ssmd.connector.auth import Credentials
-from ssmd.simulator import SimulatedExchange
-from tests.fake_kalshi import other_private_key, private_key
+from ssmd.simulators.kalshi import SimulatedExchange
+from tests.keys import other_private_key, private_key
 
 API_KEY = "5b1f2d3c-0000-4000-8000-000000000001"
 

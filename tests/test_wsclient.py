@@ -162,7 +162,7 @@ async def test_the_fake_exchange_checks_signatures_like_kalshi(
     import time
 
     from ssmd.connector.auth import Credentials
-    from tests.fake_kalshi import API_KEY, other_private_key, private_key
+    from tests.keys import API_KEY, other_private_key, private_key
     from tests.test_connector_e2e import fake_exchange
 
     signer = Credentials(

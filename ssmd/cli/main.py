@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import trio
 
 from ssmd import __version__
-from ssmd.config import ConfigError, load_config
+from ssmd.config import Config, ConfigError, load_config
 from ssmd.roles import ROLE_NAMES, check_roles, needs_credentials, resolve_roles
 from ssmd.supervisor import EXIT_CONFIG, StartupRefused
 
@@ -61,6 +61,19 @@ def _config_error(exc: Exception) -> int:
     return EXIT_CONFIG
 
 
+def _needs_credentials(config: Config) -> bool:
+    """Whether a configured connector's venue signs its handshake (Kalshi)."""
+    from ssmd.feeds import VenueUnavailable, load_venue
+
+    for cc in config.connectors:
+        try:
+            if load_venue(cc.venue).needs_credentials:
+                return True
+        except VenueUnavailable:
+            continue  # the start refuses it with a clearer line
+    return False
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.demo:
         if args.config or args.role:
@@ -79,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         roles = resolve_roles(_split_roles(args.role), config, args.config)
         credentials = None
-        if needs_credentials(roles):
+        if needs_credentials(roles) and _needs_credentials(config):
             from ssmd.connector.auth import load_credentials
 
             credentials = load_credentials(os.environ)

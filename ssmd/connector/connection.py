@@ -1,46 +1,48 @@
-"""One Kalshi WebSocket connection, kept alive forever.
+"""One venue WebSocket connection slot, kept alive forever: the generic engine.
 
-Each connection is a producer task that loops: connect (signed handshake), publish a
-connect record, subscribe its share of the markets, then read until the connection dies,
-publish a disconnect record, wait a capped, jittered exponential backoff, and again.
+Each connection is a producer task that loops: connect (with the venue's handshake
+headers), publish a connect record, send the venue session's subscribe commands, then
+read until the connection dies, publish a disconnect record, wait a capped, jittered
+exponential backoff (`ssmd.backoff`), and again. What the venue does differently lives
+in its `Session` (`ssmd.feeds.base`), which never does I/O.
 
 While connected, four tasks share one nursery:
-- the reader routes every frame to the publisher and resolves command replies;
-- the pinger sends client pings; a pong counts as a frame;
+- the reader gives every frame to the session, which turns it into messages and
+  records, and hands each read batch to the publisher;
+- the pinger sends the venue's keepalive (a WebSocket ping, or a text frame);
 - the watchdog declares the connection dead after `liveness_timeout` with no frame;
-- the commander subscribes, then replaces subscriptions whose `seq` jumped.
+- the commander sends the subscriptions, then what the session asks for later (gap
+  repairs, retries of refused subscriptions), one command at a time.
 
-A clean stop (cancellation) unsubscribes every sid and reads until the exchange confirms,
-so the frames already on the wire are published before the disconnect record.
+A clean stop (cancellation) sends the session's stop commands and reads until the
+exchange confirms, so the frames already on the wire are published before the
+disconnect record.
 """
 
 from __future__ import annotations
 
-import collections
-import json
 import logging
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
+from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
-from ssmd.connector.publisher import Inbound, record_message
-from ssmd.connector.records import (
-    ConnectRecord,
-    DisconnectRecord,
-    DiscontinuityRecord,
-    GapRecord,
-    ResubscribeRecord,
-    SubscribeErrorRecord,
-)
-from ssmd.connector.router import Routed, RouteKind, Router
+from ssmd.connector.publisher import Inbound
+from ssmd.connector.records import ConnectRecord, DisconnectRecord, DiscontinuityRecord
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.connector.websocket import Connect, WebSocket
 from ssmd.connector.wsclient import connect_fast
 from ssmd.deadline import shielded
+from ssmd.feeds.base import Command, ConnectionStats, Session, SessionContext, Subjects, Venue
+
+if TYPE_CHECKING:
+    from ssmd.config import ConnectorConfig
+
+__all__ = ["Connection", "ConnectionLost", "ConnectionSettings", "ConnectionStats", "describe"]
 
 log = logging.getLogger("ssmd.connector.connection")
 
@@ -56,6 +58,11 @@ class ConnectionSettings:
     backoff_initial: float
     backoff_max: float
 
+    @property
+    def backoff(self) -> Backoff:
+        """Reconnect delays: half to all of a doubling step, capped."""
+        return Backoff(self.backoff_initial, self.backoff_max, jitter=0.5)
+
 
 class ConnectionLost(Exception):
     """The connection is unusable (no frame in time, no reply to a command)."""
@@ -63,8 +70,7 @@ class ConnectionLost(Exception):
 
 def backoff_delay(failures: int, initial: float, maximum: float, rng: random.Random) -> float:
     """Delay before reconnect attempt `failures + 1`: half to all of a doubling, capped step."""
-    step = min(maximum, initial * 2 ** min(failures, 62))
-    return rng.uniform(step / 2, step)
+    return Backoff(initial, maximum, jitter=0.5).delay(failures, rng)
 
 
 def describe(exc: BaseException) -> str:
@@ -82,61 +88,27 @@ def describe(exc: BaseException) -> str:
 
 HANDOFF_TIMEOUT_S = 5.0
 STOP_UNSUBSCRIBE_TIMEOUT_S = 1.0
-SUBSCRIBE_RETRY_INITIAL_S = 5.0
-SUBSCRIBE_RETRY_MAX_S = 120.0
-# Channels whose gaps a fresh subscription repairs (it starts with a snapshot). For the
-# others a resubscribe would only open a new window of loss, so a gap is only recorded.
-SNAPSHOT_CHANNELS = frozenset({"orderbook_delta"})
+# Refused subscriptions are retried after 5 s, doubling to 2 min, while connected.
+SUBSCRIBE_RETRY = Backoff(5.0, 120.0)
 
 
 @attrs.define
-class ConnectionStats:
-    connects: int = 0
-    connect_failures: int = 0
-    disconnects: int = 0
-    messages: int = 0
-    unrouted: int = 0
-    gaps: int = 0
-    resubscribes: int = 0
-    subscribe_errors: int = 0
-    lost: int = 0
-    last_message_ns: int = 0
-    by_type: collections.Counter[str] = attrs.field(factory=collections.Counter)
-    control: collections.Counter[str] = attrs.field(factory=collections.Counter)
+class _Socket:
+    """What the engine tracks about one open socket."""
 
-
-RecordFactory = Callable[[dict[str, Any]], DiscontinuityRecord | None]
-
-
-@attrs.define
-class _Waiter:
-    event: trio.Event = attrs.field(factory=trio.Event)
-    reply: dict[str, Any] = attrs.field(factory=dict)
-    record: RecordFactory | None = None
-
-
-@attrs.define
-class _Session:
     last_frame: float
     connected: bool = False
     subscribed: bool = False
     reason: str | None = None
-    next_command_id: int = 0
-    waiters: dict[int, _Waiter] = attrs.field(factory=dict)
-    subscriptions: dict[int, SubscriptionPlan] = attrs.field(factory=dict)
-    next_seq: dict[int, int] = attrs.field(factory=dict)
-    resubscribe_pending: dict[int, None] = attrs.field(factory=dict)
-    resubscribe_wanted: trio.Event = attrs.field(factory=trio.Event)
-    # Subscriptions the exchange refused; retried with backoff while connected.
-    refused: list[SubscriptionPlan] = attrs.field(factory=list)
-    # Sids whose `unsubscribed` reply has arrived.
-    unsubscribed: set[int] = attrs.field(factory=set)
+    # The command sent and not yet answered; a subscribe in flight may have opened a
+    # subscription the session does not know yet.
+    awaiting: Command | None = None
+    # Set (and replaced) whenever the session handled a control frame.
+    changed: trio.Event = attrs.field(factory=trio.Event)
 
-
-def _reply_sid(reply: dict[str, Any]) -> int | None:
-    body = reply.get("msg")
-    sid = body.get("sid") if isinstance(body, dict) else reply.get("sid")
-    return sid if isinstance(sid, int) and not isinstance(sid, bool) else None
+    def notify(self) -> None:
+        changed, self.changed = self.changed, trio.Event()
+        changed.set()
 
 
 class Connection:
@@ -144,11 +116,11 @@ class Connection:
         self,
         index: int,
         url: str,
-        plans: list[SubscriptionPlan],
+        venue: Venue,
+        plans: Sequence[SubscriptionPlan],
         *,
-        router: Router,
+        config: ConnectorConfig,
         env: str,
-        feed: str,
         clock: WallClock,
         settings: ConnectionSettings,
         headers: HeaderSource,
@@ -157,18 +129,19 @@ class Connection:
     ) -> None:
         self.index = index
         self._url = url
-        self._plans = plans
-        self._router = router
-        self._env = env
-        self._feed = feed
         self._clock = clock
         self._settings = settings
         self._headers = headers
         self._connect = connect
         self._rng = rng or random.Random()
         self._send: trio.MemorySendChannel[list[Inbound]] | None = None
+        self.feed = config.feed
+        self.subjects = Subjects(env, config.feed)
         self.stats = ConnectionStats()
-        # Connected with every subscription sent: what /ready waits for.
+        self.session: Session = venue.session(
+            SessionContext(index, self.subjects, self.stats, config), plans
+        )
+        # Connected with every subscription answered: what /ready waits for.
         self.up = False
         self._task_status: trio.TaskStatus[None] | None = None
 
@@ -183,135 +156,110 @@ class Connection:
         self._task_status = task_status
         async with send:
             self._send = send
-            failures = 0
+            retry = self._settings.backoff.retry(self._rng)
             while True:
-                session = _Session(last_frame=trio.current_time())
+                socket = _Socket(last_frame=trio.current_time())
                 try:
-                    await self._serve(session)
+                    await self._serve(socket)
                     reason = "connection ended"
                 except Exception as exc:
-                    reason = session.reason or describe(exc)
+                    reason = socket.reason or describe(exc)
                 self.up = False
-                if session.connected:
+                if socket.connected:
                     self.stats.disconnects += 1
                     log.warning("conn %d: disconnected: %s", self.index, reason)
                     await self._emit(DisconnectRecord(self.index, reason, self._clock.now_ns()))
                 else:
                     self.stats.connect_failures += 1
                     log.warning("conn %d: cannot connect to %s: %s", self.index, self._url, reason)
-                if session.subscribed:
-                    failures = 0
-                delay = backoff_delay(
-                    failures, self._settings.backoff_initial, self._settings.backoff_max, self._rng
-                )
-                failures += 1
+                if socket.subscribed:
+                    retry.reset()
+                delay = retry.next_delay()
                 log.info("conn %d: reconnecting in %.2fs", self.index, delay)
                 await trio.sleep(delay)
 
     async def _emit(self, record: DiscontinuityRecord) -> None:
         assert self._send is not None
-        await self._send.send([record_message(self._env, self._feed, record)])
+        await self._send.send([self.subjects.record(record)])
 
-    async def _serve(self, session: _Session) -> None:
+    async def _serve(self, socket: _Socket) -> None:
         headers = self._headers(self._url)
         async with self._connect(self._url, headers, self._settings.command_timeout) as ws:
-            session.connected = True
-            session.last_frame = trio.current_time()
+            socket.connected = True
+            socket.last_frame = trio.current_time()
             self.stats.connects += 1
             log.info("conn %d: connected to %s", self.index, self._url)
             try:
                 await self._emit(ConnectRecord(self.index, self._url, self._clock.now_ns()))
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._read, ws, session)
-                    nursery.start_soon(self._ping, ws, session)
-                    nursery.start_soon(self._watch, session)
-                    nursery.start_soon(self._command_loop, ws, session)
+                    nursery.start_soon(self._read, ws, socket)
+                    nursery.start_soon(self._ping, ws, socket)
+                    nursery.start_soon(self._watch, socket)
+                    nursery.start_soon(self._command_loop, ws, socket)
             except Exception as exc:
-                session.reason = describe(exc)
+                socket.reason = describe(exc)
                 raise
             except BaseException:
                 # Shutdown: end the subscriptions cleanly, then mark the end of this
                 # connection's data if there is room.
                 clean = False
                 with shielded():
-                    clean = await self._unsubscribe_all(ws, session)
+                    clean = await self._stop(ws, socket)
                 reason = "shutdown: unsubscribed, nothing in flight" if clean else "shutdown"
                 record = DisconnectRecord(self.index, reason, self._clock.now_ns())
                 assert self._send is not None
                 try:
-                    self._send.send_nowait([record_message(self._env, self._feed, record)])
+                    self._send.send_nowait([self.subjects.record(record)])
                 except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
                     log.warning("conn %d: no room for the shutdown record", self.index)
                 raise
 
-    async def _read(self, ws: WebSocket, session: _Session) -> None:
+    async def _read(self, ws: WebSocket, socket: _Socket) -> None:
         while True:
-            await self._read_batch(ws, session)
+            await self._read_batch(ws, socket)
 
-    async def _read_batch(self, ws: WebSocket, session: _Session) -> None:
+    async def _read_batch(self, ws: WebSocket, socket: _Socket) -> None:
         send = self._send
         assert send is not None
-        route = self._router.route
-        stats = self.stats
+        on_frame = self.session.on_frame
         frames = await ws.receive_batch(READ_BATCH)
         recv_ns = self._clock.now_ns()
-        stats.last_message_ns = recv_ns
-        session.last_frame = trio.current_time()
+        self.stats.last_message_ns = recv_ns
+        socket.last_frame = trio.current_time()
         batch: list[Inbound] = []
+        control = False
         for frame in frames:
             payload = frame.encode("utf-8") if isinstance(frame, str) else frame
-            routed = route(payload)
-            if routed.kind is RouteKind.CONTROL:
-                record = await self._on_control(routed, session)
-                if record is not None:
-                    batch.append(record_message(self._env, self._feed, record))
-                continue
-            if routed.seq is not None and routed.sid is not None:
-                gap = self._check_seq(routed, routed.sid, routed.seq, session, recv_ns)
-                if gap is not None:
-                    batch.append(record_message(self._env, self._feed, gap))
-            stats.messages += 1
-            stats.by_type[routed.message_type or "invalid"] += 1
-            if routed.kind is RouteKind.UNROUTED:
-                stats.unrouted += 1
-                log.debug("conn %d: unrouted message (%s)", self.index, routed.reason)
-            assert routed.subject is not None
-            batch.append(Inbound(routed.subject, payload, recv_ns))
+            if on_frame(payload, recv_ns, batch):
+                control = True
+        if control:
+            socket.notify()
         if batch:
             await self._hand_over(send, batch)
 
-    async def _unsubscribe_all(self, ws: WebSocket, session: _Session) -> bool:
-        """At a clean stop: unsubscribe every sid and keep reading until the exchange
-        confirms each one, so nothing it sent on this connection is left unread.
+    async def _stop(self, ws: WebSocket, socket: _Socket) -> bool:
+        """At a clean stop: end every subscription and keep reading until the exchange
+        confirms, so nothing it sent on this connection is left unread.
 
-        True when every sid was confirmed within `STOP_UNSUBSCRIBE_TIMEOUT_S` and no
-        command was in flight (a subscribe in flight may have opened a sid not known yet).
+        True when everything was confirmed within `STOP_UNSUBSCRIBE_TIMEOUT_S` and no
+        command was in flight.
         """
-        sids = list(session.subscriptions)
-        settled = session.subscribed and not session.waiters
-        if not sids:
+        settled = socket.subscribed and socket.awaiting is None
+        commands = self.session.stop()
+        if not commands:
             return settled
-        session.unsubscribed.clear()
         with trio.move_on_after(min(STOP_UNSUBSCRIBE_TIMEOUT_S, self._settings.command_timeout)):
             try:
-                session.next_command_id += 1
-                await ws.send_message(
-                    json.dumps(
-                        {
-                            "id": session.next_command_id,
-                            "cmd": "unsubscribe",
-                            "params": {"sids": sids},
-                        }
-                    )
-                )
-                while not session.unsubscribed.issuperset(sids):
-                    await self._read_batch(ws, session)
+                for command in commands:
+                    await ws.send_message(command.text)
+                while not self.session.stop_confirmed():
+                    await self._read_batch(ws, socket)
             except Exception as exc:
                 log.info(
                     "conn %d: could not unsubscribe at shutdown: %s", self.index, describe(exc)
                 )
                 return False
-            log.info("conn %d: unsubscribed %d sids at shutdown", self.index, len(sids))
+            log.info("conn %d: unsubscribed at shutdown", self.index)
             return settled
         log.info("conn %d: unsubscribe not confirmed at shutdown", self.index)
         return False
@@ -329,190 +277,72 @@ class Connection:
                 "conn %d: publisher did not take %d messages; they are lost", self.index, len(batch)
             )
 
-    async def _on_control(self, routed: Routed, session: _Session) -> DiscontinuityRecord | None:
-        """Log and count a control message; resolve its command; maybe give a record."""
-        reply = routed.envelope or {}
-        kind = routed.message_type or "?"
-        self.stats.control[kind] += 1
-        command_id = reply.get("id")
-        if kind == "error":
-            log.warning(
-                "conn %d: exchange error (command %s): %s", self.index, command_id, reply.get("msg")
-            )
-        else:
-            log.debug("conn %d: %s (command %s)", self.index, kind, command_id)
-        if kind == "unsubscribed" and (sid := _reply_sid(reply)) is not None:
-            session.unsubscribed.add(sid)
-        if not isinstance(command_id, int):
-            return None
-        waiter = session.waiters.pop(command_id, None)
-        if waiter is None:
-            return None
-        waiter.reply = reply
-        waiter.event.set()
-        # Queued in the reader's batch, so the record precedes the fresh snapshot.
-        return waiter.record(reply) if waiter.record is not None else None
-
-    def _check_seq(
-        self, routed: Routed, sid: int, seq: int, session: _Session, recv_ns: int
-    ) -> GapRecord | None:
-        """Track `seq` per sid; on a jump, schedule a resubscribe and give a gap record."""
-        expected = session.next_seq.get(sid)
-        session.next_seq[sid] = seq + 1
-        if expected is None or seq == expected:
-            return None
-        if seq == 1 and routed.message_type == "orderbook_snapshot":
-            # Some feeds number each market's snapshot from 1 within a shared sid.
-            return None
-        plan = session.subscriptions.get(sid)
-        markets = list(plan.markets) if plan else ([routed.key] if routed.key else [])
-        self.stats.gaps += 1
-        log.warning(
-            "conn %d: exchange gap on sid %d: expected seq %d, got %d",
-            self.index,
-            sid,
-            expected,
-            seq,
-        )
-        if plan is None:
-            log.warning(
-                "conn %d: sid %d is not one of ours; cannot resubscribe it", self.index, sid
-            )
-        elif plan.channel in SNAPSHOT_CHANNELS and sid not in session.resubscribe_pending:
-            session.resubscribe_pending[sid] = None
-            session.resubscribe_wanted.set()
-        return GapRecord(
-            self.index, sid, plan.channel if plan else None, expected, seq, markets, recv_ns
-        )
-
-    async def _ping(self, ws: WebSocket, session: _Session) -> None:
+    async def _ping(self, ws: WebSocket, socket: _Socket) -> None:
         count = 0
         while True:
             await trio.sleep(self._settings.ping_interval)
             count += 1
+            text = self.session.keepalive(count)
+            if text is not None:
+                # The answer is a frame, which the reader counts as liveness.
+                await ws.send_message(text)
+                continue
             # An unanswered ping is left to the watchdog, which ends the connection.
             with trio.move_on_after(self._settings.liveness_timeout):
                 await ws.ping(b"ssmd-%d" % count)
-                session.last_frame = trio.current_time()
+                socket.last_frame = trio.current_time()
 
-    async def _watch(self, session: _Session) -> None:
+    async def _watch(self, socket: _Socket) -> None:
         timeout = self._settings.liveness_timeout
         while True:
-            deadline = session.last_frame + timeout
+            deadline = socket.last_frame + timeout
             if trio.current_time() >= deadline:
                 raise ConnectionLost(f"no frame for {timeout:g}s")
             await trio.sleep_until(deadline)
 
-    async def _command(
-        self,
-        ws: WebSocket,
-        session: _Session,
-        cmd: str,
-        params: dict[str, object],
-        record: RecordFactory | None = None,
-    ) -> dict[str, Any]:
-        session.next_command_id += 1
-        command_id = session.next_command_id
-        waiter = _Waiter(record=record)
-        session.waiters[command_id] = waiter
-        await ws.send_message(json.dumps({"id": command_id, "cmd": cmd, "params": params}))
-        with trio.move_on_after(self._settings.command_timeout):
-            await waiter.event.wait()
-            return waiter.reply
-        session.waiters.pop(command_id, None)
-        raise ConnectionLost(
-            f"no reply to {cmd} (id {command_id}) within {self._settings.command_timeout:g}s"
-        )
-
-    async def _subscribe(
-        self,
-        ws: WebSocket,
-        session: _Session,
-        plan: SubscriptionPlan,
-        record: RecordFactory | None = None,
-    ) -> int | None:
-        reply = await self._command(ws, session, "subscribe", plan.params(), record)
-        if reply.get("type") == "error":
-            self.stats.subscribe_errors += 1
-            log.error(
-                "conn %d: subscribe %s (%d markets) refused: %s; will retry",
-                self.index,
-                plan.channel,
-                len(plan.markets),
-                reply.get("msg"),
-            )
-            session.refused.append(plan)
-            await self._emit(
-                SubscribeErrorRecord(
-                    self.index,
-                    plan.channel,
-                    list(plan.markets),
-                    json.dumps(reply.get("msg"), separators=(",", ":")),
-                    self._clock.now_ns(),
+    async def _send_command(self, ws: WebSocket, socket: _Socket, command: Command) -> None:
+        """Send one command and wait for the session to see its answer, if it has one."""
+        socket.awaiting = command
+        await ws.send_message(command.text)
+        token = command.reply
+        if token is not None:
+            with trio.move_on_after(self._settings.command_timeout) as waiting:
+                while not self.session.replied(token):
+                    await socket.changed.wait()
+            if waiting.cancelled_caught:
+                raise ConnectionLost(
+                    f"no reply to {command.what or command.text[:80]} within "
+                    f"{self._settings.command_timeout:g}s"
                 )
-            )
-            return None
-        sid = _reply_sid(reply)
-        if sid is not None:
-            session.subscriptions[sid] = plan
-        log.info(
-            "conn %d: subscribed %s (%s) as sid %s",
-            self.index,
-            plan.channel,
-            f"{len(plan.markets)} markets" if plan.markets else "all markets",
-            sid,
-        )
-        return sid
+        socket.awaiting = None
 
-    async def _command_loop(self, ws: WebSocket, session: _Session) -> None:
-        for plan in self._plans:
-            await self._subscribe(ws, session, plan)
-        session.subscribed = True
+    async def _command_loop(self, ws: WebSocket, socket: _Socket) -> None:
+        session = self.session
+        for command in session.start():
+            await self._send_command(ws, socket, command)
+        socket.subscribed = True
         self.up = True
         if self._task_status is not None:
             self._task_status.started()
             self._task_status = None
-        retry_delay = SUBSCRIBE_RETRY_INITIAL_S
+        retry = SUBSCRIBE_RETRY.retry(self._rng)
+        retry_at: float | None = None
         while True:
-            if session.refused:
-                with trio.move_on_after(retry_delay):
-                    await session.resubscribe_wanted.wait()
-            else:
-                await session.resubscribe_wanted.wait()
-            if session.refused and not session.resubscribe_wanted.is_set():
-                plans, session.refused = session.refused, []
-                for plan in plans:
-                    await self._subscribe(ws, session, plan)
-                retry_delay = min(retry_delay * 2, SUBSCRIBE_RETRY_MAX_S)
+            changed = socket.changed
+            commands = session.take_commands()
+            if commands:
+                for command in commands:
+                    await self._send_command(ws, socket, command)
                 continue
-            session.resubscribe_wanted = trio.Event()
-            while session.resubscribe_pending:
-                old_sid = next(iter(session.resubscribe_pending))
-                del session.resubscribe_pending[old_sid]
-                replaced = session.subscriptions.pop(old_sid, None)
-                if replaced is not None:
-                    await self._resubscribe(ws, session, old_sid, replaced)
-
-    async def _resubscribe(
-        self, ws: WebSocket, session: _Session, old_sid: int, plan: SubscriptionPlan
-    ) -> None:
-        await self._command(ws, session, "unsubscribe", {"sids": [old_sid]})
-        session.next_seq.pop(old_sid, None)
-
-        def record(reply: dict[str, Any]) -> ResubscribeRecord:
-            new_sid = None if reply.get("type") == "error" else _reply_sid(reply)
-            return ResubscribeRecord(
-                self.index,
-                "gap",
-                plan.channel,
-                old_sid,
-                new_sid,
-                list(plan.markets),
-                self._clock.now_ns(),
-            )
-
-        new_sid = await self._subscribe(ws, session, plan, record)
-        self.stats.resubscribes += 1
-        log.info(
-            "conn %d: resubscribed %s: sid %d -> %s", self.index, plan.channel, old_sid, new_sid
-        )
+            if not session.retries_waiting():
+                retry_at = None
+                await changed.wait()
+                continue
+            if retry_at is None:
+                retry_at = trio.current_time() + retry.next_delay()
+            with trio.move_on_at(retry_at):
+                await changed.wait()
+            if trio.current_time() >= retry_at:
+                retry_at = None
+                for command in session.take_retries():
+                    await self._send_command(ws, socket, command)

@@ -35,16 +35,23 @@ class DisconnectRecord:
 
 @attrs.frozen
 class GapRecord:
-    """The exchange's `seq` jumped within a subscription: messages were lost upstream."""
+    """Messages were lost upstream, as the venue's continuity check shows.
+
+    `reason` says which check: `seq` (Kalshi: `seq` jumped within subscription `sid`;
+    `expected` and `got` are seq numbers), `checksum` (Kraken: the kept book's CRC32
+    `expected` differs from the `got` in the message; a resubscribe follows), `trade_id`
+    (Kraken: a symbol's trade id jumped). `sid` is None for venues without one.
+    """
 
     kind: ClassVar[str] = "gap"
     conn: int
-    sid: int
+    sid: int | None
     channel: str | None
     expected: int
     got: int
     markets: list[str]
     ts_ns: int
+    reason: str = "seq"
 
 
 @attrs.frozen

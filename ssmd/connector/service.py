@@ -1,8 +1,10 @@
 """Wiring of the connector role: stream check, credential probe, then tasks on the supervisor.
 
     ws0 ─┐
-    ws1 ─┼─ Inbound ─> publisher ─ publish_batch ─> JetStream
+    ws1 ─┼─ Inbound ─> publisher ─ publish_batch ─> JetStream      (one per configured feed)
     ... ─┘
+
+Each connection speaks its venue's protocol through the venue module (`ssmd.feeds`).
 
 The WebSocket connections are producers; the publisher is a sink that drains and
 waits for acknowledgements when the producers stop.
@@ -11,6 +13,7 @@ waits for acknowledgements when the producers stop.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from functools import partial
 
 import attrs
@@ -22,11 +25,11 @@ from ssmd.connector.auth import Credentials
 from ssmd.connector.connection import Connection, ConnectionSettings, describe
 from ssmd.connector.metrics import connector_metrics
 from ssmd.connector.publisher import Inbound, Publisher
-from ssmd.connector.router import Router
-from ssmd.connector.shards import plan_connections
 from ssmd.connector.websocket import Connect, HandshakeRejected, connect_websocket
 from ssmd.connector.wsclient import connect_fast
-from ssmd.metrics import FunctionCollector
+from ssmd.feeds import VenueUnavailable, load_venue
+from ssmd.feeds.base import Venue
+from ssmd.metrics import FunctionCollector, merge_families
 from ssmd.nats.bridge import NatsBridge
 from ssmd.nats.types import StreamSpec
 from ssmd.subjects import feed_prefix, pattern_covers
@@ -40,11 +43,11 @@ STATS_INTERVAL_S = 60.0
 
 
 def stream_spec(config: Config) -> StreamSpec:
-    assert config.connector is not None
+    """The stream the connector creates: every configured feed's subjects."""
     limits = config.nats.stream_limits
     return StreamSpec(
         name=config.nats.stream,
-        subjects=[f"{feed_prefix(config.env, config.connector.feed)}.>"],
+        subjects=[f"{feed_prefix(config.env, cc.feed)}.>" for cc in config.connectors],
         max_age_s=limits.max_age.seconds,
         max_bytes=limits.max_bytes.value,
         max_msgs=limits.max_msgs,
@@ -54,17 +57,22 @@ def stream_spec(config: Config) -> StreamSpec:
 
 
 async def ensure_stream(config: Config, bridge: NatsBridge) -> None:
-    """Create the stream if missing; refuse to start if an existing one misses our subjects."""
+    """Create the stream if missing; refuse to start if an existing one misses a feed."""
     spec = stream_spec(config)
-    wanted = spec.subjects[0]
     state, created = await bridge.ensure_stream(spec)
     if created:
-        log.info("created stream %s for %s", spec.name, wanted)
+        log.info("created stream %s for %s", spec.name, ", ".join(spec.subjects))
         return
-    if not any(pattern_covers(subject, wanted) for subject in state.subjects):
+    missing = [
+        wanted
+        for wanted in spec.subjects
+        if not any(pattern_covers(subject, wanted) for subject in state.subjects)
+    ]
+    if missing:
         raise StartupRefused(
             f"stream {spec.name} exists with subjects {', '.join(state.subjects) or '(none)'}, "
-            f"which do not cover {wanted}; add {wanted} to the stream or set [nats] stream"
+            f"which do not cover {', '.join(missing)}; add them to the stream or set "
+            "[nats] stream"
         )
     log.info("using existing stream %s (%d messages)", spec.name, state.messages)
 
@@ -101,77 +109,86 @@ def connection_settings(cc: ConnectorConfig) -> ConnectionSettings:
     )
 
 
-async def _report_stats(publisher: Publisher, connections: list[Connection]) -> None:
+async def _report_stats(feed: str, publisher: Publisher, connections: list[Connection]) -> None:
     while True:
         await trio.sleep(STATS_INTERVAL_S)
-        received = sum(c.stats.messages for c in connections)
-        gaps = sum(c.stats.gaps for c in connections)
-        reconnects = sum(c.stats.disconnects for c in connections)
         s = publisher.stats
         log.info(
-            "received %d, acknowledged %d (%d duplicates), buffered %d, dropped %d, "
+            "%s: received %d, acknowledged %d (%d duplicates), buffered %d, dropped %d, "
             "unrouted %d, gaps %d, disconnects %d",
-            received,
+            feed,
+            sum(c.stats.messages for c in connections),
             s.acked,
             s.duplicates,
             publisher.buffered,
             s.dropped,
             sum(c.stats.unrouted for c in connections),
-            gaps,
-            reconnects,
+            sum(c.stats.gaps for c in connections),
+            sum(c.stats.disconnects for c in connections),
         )
 
 
-# Channels Kalshi serves only for listed market tickers.
-NEEDS_MARKETS = frozenset({"orderbook_delta"})
+@attrs.frozen
+class FeedTasks:
+    """One configured connector: its publisher and its connections."""
+
+    feed: str
+    publisher: Publisher
+    connections: list[Connection]
 
 
 @attrs.frozen
 class ConnectorTasks:
     """What `start_connector` started, for callers that watch its counters."""
 
-    publisher: Publisher
-    connections: list[Connection]
+    feeds: list[FeedTasks]
+
+    @property
+    def publisher(self) -> Publisher:
+        """The first (with one connector, the only) feed's publisher."""
+        return self.feeds[0].publisher
+
+    @property
+    def connections(self) -> list[Connection]:
+        """Every feed's connections."""
+        return [c for feed in self.feeds for c in feed.connections]
 
 
-async def start_connector(
+def _load(cc: ConnectorConfig) -> Venue:
+    try:
+        return load_venue(cc.venue)
+    except VenueUnavailable as exc:
+        raise StartupRefused(f"connector for feed {cc.feed!r}: {exc}") from None
+
+
+async def _start_feed(
     sup: Supervisor,
     config: Config,
+    cc: ConnectorConfig,
     bridge: NatsBridge,
     clock: WallClock,
-    credentials: Credentials,
-) -> ConnectorTasks:
-    cc = config.connector
-    if cc is None:
-        raise StartupRefused("the connector role needs a [connector] section")
-    await ensure_stream(config, bridge)
+    credentials: Credentials | None,
+) -> FeedTasks:
+    venue = load_venue(cc.venue)
     url = cc.resolved_url()
     connect: Connect = (
         connect_websocket if cc.websocket_client == "trio-websocket" else connect_fast
     )
-    await probe_credentials(
-        connect, url, credentials, min(cc.command_timeout.seconds, PROBE_TIMEOUT_S)
-    )
-
-    channels = list(cc.channels)
-    if not cc.markets:
-        for channel in sorted(NEEDS_MARKETS & set(channels)):
-            log.warning(
-                "connector.channels has %r but connector.markets is empty: Kalshi serves that "
-                "channel only for listed markets, so it is not subscribed",
-                channel,
+    if venue.needs_credentials:
+        if credentials is None:
+            raise StartupRefused(
+                f"the {cc.venue} connector for feed {cc.feed!r} needs credentials "
+                "(KALSHI_API_KEY and KALSHI_PRIVATE_KEY or KALSHI_PRIVATE_KEY_PATH)"
             )
-        channels = [c for c in channels if c not in NEEDS_MARKETS]
-    if not channels:
-        raise StartupRefused(
-            "no channel can be subscribed: list connector.markets for "
-            + ", ".join(sorted(NEEDS_MARKETS & set(cc.channels)))
+        await probe_credentials(
+            connect, url, credentials, min(cc.command_timeout.seconds, PROBE_TIMEOUT_S)
         )
-    shards = plan_connections(
-        channels, cc.markets, cc.markets_per_subscription, cc.markets_per_connection
-    )
+    markets = await venue.subscription_markets(cc)
+    shards = venue.plan(cc, markets)
     log.info(
-        "connector: %d connection(s), %d subscription(s) to %s",
+        "connector %s (%s): %d connection(s), %d subscription(s) to %s",
+        cc.feed,
+        venue.kind,
         len(shards),
         sum(len(s) for s in shards),
         url,
@@ -187,31 +204,32 @@ async def start_connector(
         timeout=cc.publish_timeout.seconds,
         linger=cc.publish_linger.seconds,
     )
+    # With several connectors, task names carry the feed; one keeps today's names.
+    name = "connector" if len(config.connectors) == 1 else f"connector.{cc.feed}"
     send, receive = trio.open_memory_channel[list[Inbound]](INBOUND_CHANNEL_SIZE)
-    sup.start_sink("connector.publisher", publisher.run, receive)
-    router = Router(config.env, cc.feed)
+    sup.start_sink(f"{name}.publisher", publisher.run, receive)
     settings = connection_settings(cc)
     connections = [
         Connection(
             index,
             url,
+            venue,
             plans,
-            router=router,
+            config=cc,
             env=config.env,
-            feed=cc.feed,
             clock=clock,
             settings=settings,
-            headers=partial(Credentials.handshake_headers, credentials),
+            headers=partial(venue.handshake_headers, credentials=credentials),
             connect=connect,
         )
         for index, plans in enumerate(shards)
     ]
     for connection in connections:
         sup.start_producer(
-            f"connector.ws{connection.index}", connection.run, send.clone(), reports_ready=True
+            f"{name}.ws{connection.index}", connection.run, send.clone(), reports_ready=True
         )
     send.close()
-    sup.start_producer("connector.stats", _report_stats, publisher, connections)
+    sup.start_producer(f"{name}.stats", _report_stats, cc.feed, publisher, connections)
     stall_after = max(30.0, 3 * cc.publish_timeout.seconds)
     publisher.stats.last_ack_at = trio.current_time()
 
@@ -225,9 +243,33 @@ async def start_connector(
         down = [c.index for c in connections if not c.up]
         return f"connection(s) {down} not connected and subscribed" if down else None
 
-    sup.add_health_check("connector", health)
-    sup.add_readiness_check("connector", readiness)
-    sup.metrics.register(
-        FunctionCollector(lambda: connector_metrics(cc.feed, publisher, connections))
-    )
-    return ConnectorTasks(publisher, connections)
+    sup.add_health_check(name, health)
+    sup.add_readiness_check(name, readiness)
+    return FeedTasks(cc.feed, publisher, connections)
+
+
+async def start_connector(
+    sup: Supervisor,
+    config: Config,
+    bridge: NatsBridge,
+    clock: WallClock,
+    credentials: Credentials | None,
+) -> ConnectorTasks:
+    if not config.connectors:
+        raise StartupRefused("the connector role needs a [connector] section")
+    for cc in config.connectors:  # every venue known before anything starts
+        _load(cc)
+    await ensure_stream(config, bridge)
+    feeds = [
+        await _start_feed(sup, config, cc, bridge, clock, credentials) for cc in config.connectors
+    ]
+
+    def collect() -> Iterator[object]:
+        return merge_families(
+            family
+            for feed in feeds
+            for family in connector_metrics(feed.feed, feed.publisher, feed.connections)
+        )
+
+    sup.metrics.register(FunctionCollector(collect))
+    return ConnectorTasks(feeds)

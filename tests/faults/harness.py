@@ -2,7 +2,7 @@
 independent comparison of the archive with what the exchange sent.
 
 A scenario runs the real `ssmd` process (tests.procs.SsmdProcess) against real
-nats-server processes and `tests.faults.exchange`, breaks something, and ends with
+nats-server processes and `ssmd.simulators.kalshi.paced`, breaks something, and ends with
 `finish_and_compare`: drain the stream into the archive, run `ssmd data verify`, then
 check the archive line by line against the exchange's log of sent frames.
 """
@@ -31,9 +31,9 @@ from ssmd.archiver.lines import strip_meta
 from ssmd.archiver.manifest import load_manifest
 from ssmd.nats.bridge import open_bridge
 from ssmd.reader import days, iter_lines
+from ssmd.simulators.kalshi.paced import CHANNELS, MARKETS
 from tests import configs
-from tests.fake_kalshi import API_KEY, pem, private_key
-from tests.faults.exchange import CHANNELS, MARKETS
+from tests.keys import API_KEY, pem, private_key
 from tests.procs import SsmdProcess, check_manifests, http_get, metric, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ class Exchange:
         self._stderr = open(workdir / "exchange.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "tests.faults.exchange"),
+                *(sys.executable, "-m", "ssmd.simulators.kalshi.paced"),
                 *(str(self.key_file), str(self.sent_log), str(total), str(rate)),
             ],
             cwd=ROOT,

@@ -1,4 +1,4 @@
-"""Route one exchange message to its subject, reading only type, sid, seq and the key.
+"""Route one Kalshi message to its subject, reading only type, sid, seq and the key.
 
 The payload itself is never rewritten: the router only decides where the received
 bytes go. Routing never raises: anything that cannot be routed goes to the fallback
@@ -13,10 +13,13 @@ from typing import Any
 
 import attrs
 
+from ssmd.feeds.base import MAX_TOKEN_CHARS
 from ssmd.subjects import RESERVED_TYPES, encode_token, fallback_subject
 
+# Replies to commands: control, never archived.
 CONTROL_TYPES = frozenset({"subscribed", "ok", "unsubscribed", "error"})
 
+# The subject's type token per Kalshi type (both orderbook types share `orderbook`).
 TYPE_TOKENS: dict[str, str] = {
     "ticker": "ticker",
     "ticker_v2": "ticker_v2",
@@ -30,8 +33,6 @@ KEY_FIELDS: dict[str, tuple[str, ...]] = {"event_lifecycle": ("event_ticker",)}
 DEFAULT_KEY_FIELDS: tuple[str, ...] = ("market_ticker",)
 UNKNOWN_TYPE_KEY_FIELDS: tuple[str, ...] = ("market_ticker", "event_ticker")
 
-# NATS limits a protocol line to 4 KiB; a longer subject would be refused forever.
-MAX_TOKEN_CHARS = 256
 _TOKEN_CACHE_LIMIT = 100_000
 
 

@@ -1,7 +1,7 @@
-"""A paced fake Kalshi exchange in its own process, for the fault-injection suite.
+"""A paced Kalshi exchange in its own process, for the fault-injection suite and soak test.
 
-`python -m tests.faults.exchange PUBLIC_KEY_PEM SENT_LOG TOTAL RATE` serves the signed
-WebSocket protocol of `tests.fake_kalshi` and streams TOTAL numbered messages, at RATE
+`python -m ssmd.simulators.kalshi.paced PUBLIC_KEY_PEM SENT_LOG TOTAL RATE` serves the
+signed WebSocket protocol of `KalshiExchange` and streams TOTAL numbered messages, at RATE
 per second, to whichever connection has subscribed to every channel in `CHANNELS`.
 Message `n` (a trade or a ticker, alternating) names `n` in its `trade_id` or
 `market_id`, so every frame on the wire is unique. When a connection ends, the numbers
@@ -14,7 +14,8 @@ went out, connection by connection.
 The test drives it over stdin, one command per line, one JSON reply per line:
 `status`, `drop` (close the TCP connection without a close handshake), `silent`
 (black-hole the connection: it stays open, nothing moves), `garbage K` (K frames that
-are not JSON, half of them binary), `pause`, `resume`, and `quit`.
+are not JSON, half of them binary), `gap K` (a seq break: the next trade skips K seq
+numbers), `pause`, `resume`, and `quit`.
 """
 
 from __future__ import annotations
@@ -29,11 +30,44 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.fake_kalshi import FakeKalshi, FakeSession, Subscription, ticker_msg, trade_msg
+from ssmd.simulators.kalshi.exchange import ExchangeSession, KalshiExchange, Subscription
 
+API_KEY = "0d5c8a4e-1111-4222-8333-944455556666"
 CHANNELS = ("trade", "ticker")
 MARKETS = ["KXBTCD-26MAR1213-T69499.99", "KXHIGHNY-26MAR12-B40.5", "INXD-26MAR12-B5712.5"]
 TICK_S = 0.005
+
+
+def trade_msg(ticker: str, n: int) -> dict[str, Any]:
+    """A trade whose `trade_id` names `n`."""
+    return {
+        "trade_id": f"t-{n:08d}",
+        "market_ticker": ticker,
+        "yes_price": 40 + n % 50,
+        "no_price": 60 - n % 50,
+        "yes_price_dollars": "0.4500",
+        "no_price_dollars": "0.5500",
+        "count": 1 + n % 7,
+        "count_fp": f"{1 + n % 7}.00",
+        "taker_side": "yes" if n % 2 else "no",
+        "ts": 1773331880 + n,
+    }
+
+
+def ticker_msg(ticker: str, n: int) -> dict[str, Any]:
+    """A ticker whose `market_id` names `n`."""
+    return {
+        "market_id": f"2ee2-{n}",
+        "market_ticker": ticker,
+        "price": 12,
+        "yes_bid": 11,
+        "yes_ask": 12,
+        "price_dollars": "0.1200",
+        "volume": 351970 + n,
+        "open_interest": 182646,
+        "ts": 1732579880 + n,
+        "Clock": 6598272994 + n,
+    }
 
 
 def message_for(n: int) -> tuple[str, dict[str, Any]]:
@@ -57,29 +91,30 @@ def number_of(payload: dict[str, Any]) -> int | None:
 
 class PacedExchange:
     def __init__(self, public_key: rsa.RSAPublicKey, log: IO[str], total: int, rate: float):
-        self.fake = FakeKalshi(public_key)
-        self.fake.on_subscribe = self._on_subscribe
+        self.exchange = KalshiExchange(public_key, API_KEY)
+        self.exchange.on_subscribe = self._on_subscribe
         self.log = log
         self.total = total
         self.rate = rate
         self.next_n = 1
         self.garbage = 0
         self.paused = False
-        self.current: FakeSession | None = None
+        self.skip_trade_seq = 0
+        self.current: ExchangeSession | None = None
         self.session_ids: dict[int, int] = {}
         self._nursery: trio.Nursery | None = None
 
-    def _session_id(self, session: FakeSession) -> int:
+    def _session_id(self, session: ExchangeSession) -> int:
         return self.session_ids.setdefault(id(session), len(self.session_ids) + 1)
 
-    async def _on_subscribe(self, session: FakeSession, sub: Subscription) -> None:
+    async def _on_subscribe(self, session: ExchangeSession, sub: Subscription) -> None:
         active = {s.channel for s in session.subscriptions.values() if s.active}
         if active.issuperset(CHANNELS) and id(session) not in self.session_ids:
             assert self._nursery is not None
             self._session_id(session)
             self._nursery.start_soon(self._stream, session)
 
-    def _record(self, session: FakeSession, frame: str | bytes) -> None:
+    def _record(self, session: ExchangeSession, frame: str | bytes) -> None:
         entry: dict[str, Any] = {"s": self._session_id(session)}
         if isinstance(frame, bytes):
             entry["b"] = base64.b64encode(frame).decode()
@@ -87,11 +122,11 @@ class PacedExchange:
             entry["f"] = frame
         self.log.write(json.dumps(entry) + "\n")
 
-    async def _send(self, session: FakeSession, frame: str | bytes) -> None:
+    async def _send(self, session: ExchangeSession, frame: str | bytes) -> None:
         await session.ws.send_message(frame)
         self._record(session, frame)
 
-    async def _stream(self, session: FakeSession) -> None:
+    async def _stream(self, session: ExchangeSession) -> None:
         self.current = session
         sids = {
             session.sub_for(channel).channel: session.sub_for(channel).sid for channel in CHANNELS
@@ -114,6 +149,9 @@ class PacedExchange:
                     sid = sids[channel]
                     if not session.subscriptions[sid].active:
                         return  # unsubscribed: nothing more on this connection
+                    if channel == "trade" and self.skip_trade_seq:
+                        seqs[sid] += self.skip_trade_seq
+                        self.skip_trade_seq = 0
                     seqs[sid] += 1
                     frame = json.dumps(
                         {"type": channel, "sid": sid, "seq": seqs[sid], "msg": msg},
@@ -151,7 +189,7 @@ class PacedExchange:
             "done": self.next_n > self.total,
             "sessions": len(self.session_ids),
             "connected": self.current is not None,
-            "rejections": len(self.fake.rejections),
+            "rejections": len(self.exchange.rejections),
         }
 
     async def _command(self, line: str) -> dict[str, Any]:
@@ -163,6 +201,9 @@ class PacedExchange:
         elif words[0] == "silent" and self.current is not None:
             self.current.go_silent()
             reply["silenced"] = True
+        elif words[0] == "gap":
+            self.skip_trade_seq = int(words[1])
+            reply["gap"] = self.skip_trade_seq
         elif words[0] == "garbage":
             reply["garbage"] = await self._garbage(int(words[1]))
         elif words[0] == "pause":
@@ -175,8 +216,8 @@ class PacedExchange:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await nursery.start(self.fake.run)
-            print(json.dumps({"url": self.fake.url}), flush=True)
+            await nursery.start(self.exchange.run)
+            print(json.dumps({"url": self.exchange.url}), flush=True)
             stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
             buffer = b""
             while True:

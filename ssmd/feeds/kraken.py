@@ -1,0 +1,400 @@
+"""Kraken Spot WebSocket v2 (public): req_id acks per symbol, books checked by checksum,
+trades checked by trade_id, routing by channel and symbol (see kraken-ws.md).
+
+- Subjects: `{env}.{feed}.json.{channel}.{symbol}` (`BTC/USD` is a legal token);
+  `status` frames, which name no symbol, go to `{env}.{feed}.json.status.system`.
+- Control, never archived: subscribe/unsubscribe acks (`method`), `pong`, and
+  `heartbeat` (liveness only). Everything else is data, published as received.
+- Continuity: each subscribed symbol's book is kept at the subscribed depth
+  (`connector.depth`, default 10) and every book message's CRC32 is checked. A mismatch
+  is a `gap` record (reason `checksum`, expected = ours, got = Kraken's), then that
+  symbol's book is unsubscribed and subscribed again; the ack of the new subscription
+  gives a `resubscribe` record just before the fresh snapshot. A jump in a symbol's
+  `trade_id` is a `gap` record (reason `trade_id`) and nothing else: a resubscribe would
+  not bring missed trades back. The last trade id survives reconnects, so the first trade
+  after one measures exactly what was missed meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import msgspec
+
+from ssmd.connector.publisher import Inbound
+from ssmd.connector.records import GapRecord, ResubscribeRecord, SubscribeErrorRecord
+from ssmd.connector.shards import SubscriptionPlan, plan_connections
+from ssmd.feeds.base import Command, SessionContext, Venue, VenueLimits
+from ssmd.feeds.kraken_book import KrakenBook, decode_book_frame
+from ssmd.supervisor import StartupRefused
+
+if TYPE_CHECKING:
+    from ssmd.config import ConnectorConfig
+    from ssmd.connector.auth import Credentials
+
+log = logging.getLogger("ssmd.connector.kraken")
+
+KRAKEN_URL = "wss://ws.kraken.com/v2"
+CHANNELS = frozenset({"book", "trade", "ticker", "ohlc", "instrument"})
+DEFAULT_DEPTH = 10
+STATUS_KEY = "system"
+
+
+class _Item(msgspec.Struct):
+    symbol: Any = None
+    trade_id: Any = None
+
+
+class _Frame(msgspec.Struct):
+    """The few fields routing and continuity read; the rest is skipped unparsed."""
+
+    channel: Any = None
+    type: Any = None
+    method: Any = None
+    req_id: Any = None
+    success: Any = None
+    error: Any = None
+    result: Any = None
+    data: list[_Item] | None = None
+
+
+_FRAME = msgspec.json.Decoder(_Frame)
+_ANY = msgspec.json.Decoder()
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@attrs.define
+class _Request:
+    """A subscribe or unsubscribe in flight: done after one ack per symbol or an error."""
+
+    method: str
+    channel: str
+    symbols: tuple[str, ...]
+    acks: int = 0
+    failed: bool = False
+    repair: bool = False  # the subscribe of a checksum repair
+
+    @property
+    def done(self) -> bool:
+        return self.failed or self.acks >= len(self.symbols)
+
+
+class KrakenSession:
+    def __init__(self, context: SessionContext, plans: Sequence[SubscriptionPlan]) -> None:
+        self._conn = context.conn
+        self._stats = context.stats
+        self._subjects = context.subjects
+        self._depth = context.config.depth or DEFAULT_DEPTH
+        self._plans = list(plans)
+        # Survives reconnects: the last trade id per symbol.
+        self.last_trade_id: dict[str, int] = {}
+        self._next_req_id = 0
+        self.start()
+
+    # Commands.
+    def start(self) -> list[Command]:
+        self._requests: dict[int, _Request] = {}
+        self._done: set[int] = set()
+        self.subscribed: dict[str, set[str]] = {}
+        self.books: dict[str, KrakenBook] = {}
+        self._repairs: dict[str, None] = {}  # symbols whose book is to be resubscribed
+        self._refused: dict[str, set[str]] = {}
+        self._stopping: set[int] = set()
+        return [self._subscribe(plan.channel, plan.markets) for plan in self._plans]
+
+    def _request(self, method: str, channel: str, symbols: Sequence[str], repair: bool) -> Command:
+        self._next_req_id += 1
+        req_id = self._next_req_id
+        params: dict[str, object] = {"channel": channel, "symbol": list(symbols)}
+        if channel == "book" and method == "subscribe":
+            params["depth"] = self._depth
+        text = json.dumps({"method": method, "params": params, "req_id": req_id})
+        self._requests[req_id] = _Request(method, channel, tuple(symbols), repair=repair)
+        what = f"{method} {channel} ({len(symbols)} symbols, req_id {req_id})"
+        return Command(text, req_id, what)
+
+    def _subscribe(self, channel: str, symbols: Sequence[str], repair: bool = False) -> Command:
+        return self._request("subscribe", channel, symbols, repair)
+
+    def replied(self, token: Hashable) -> bool:
+        return token in self._done
+
+    def take_commands(self) -> list[Command]:
+        """One book repair at a time: unsubscribe the symbol, subscribe it again."""
+        while self._repairs:
+            symbol = next(iter(self._repairs))
+            del self._repairs[symbol]
+            if symbol not in self.subscribed.get("book", set()):
+                continue
+            return [
+                self._request("unsubscribe", "book", [symbol], repair=False),
+                self._subscribe("book", [symbol], repair=True),
+            ]
+        return []
+
+    def retries_waiting(self) -> bool:
+        return any(self._refused.values())
+
+    def take_retries(self) -> list[Command]:
+        commands = []
+        for channel, symbols in self._refused.items():
+            waiting = sorted(symbols - self.subscribed.get(channel, set()))
+            if waiting:
+                commands.append(self._subscribe(channel, waiting))
+        self._refused = {}
+        return commands
+
+    def keepalive(self, count: int) -> str | None:
+        self._next_req_id += 1
+        return json.dumps({"method": "ping", "req_id": self._next_req_id})
+
+    def stop(self) -> list[Command]:
+        commands = [
+            self._request("unsubscribe", channel, sorted(symbols), repair=False)
+            for channel, symbols in self.subscribed.items()
+            if symbols
+        ]
+        self._stopping = {int(c.reply) for c in commands if isinstance(c.reply, int)}
+        return commands
+
+    def stop_confirmed(self) -> bool:
+        return self._stopping <= self._done
+
+    # Frames.
+    def on_frame(self, payload: bytes, recv_ns: int, out: list[Inbound]) -> bool:
+        try:
+            frame = _FRAME.decode(payload)
+        except msgspec.ValidationError:
+            return self._unrouted(payload, recv_ns, out, self._type_of(payload), "unexpected shape")
+        except (msgspec.DecodeError, RecursionError):
+            return self._unrouted(payload, recv_ns, out, None, "not JSON")
+        if isinstance(frame.method, str):
+            return self._on_reply(frame, recv_ns, out)
+        channel = frame.channel
+        if channel == "heartbeat":
+            self._stats.control["heartbeat"] += 1
+            return False
+        if not isinstance(channel, str) or not channel:
+            return self._unrouted(payload, recv_ns, out, None, "no channel")
+        items = frame.data or []
+        symbol = items[0].symbol if items else None
+        if channel == "status":
+            symbol = STATUS_KEY
+        if not isinstance(symbol, str) or not symbol:
+            return self._unrouted(payload, recv_ns, out, channel, "no symbol")
+        subject = self._subjects.data(channel, symbol)
+        if subject is None:
+            return self._unrouted(payload, recv_ns, out, channel, "unusable channel or symbol")
+        queued = False
+        if channel == "book":
+            queued = self._check_book(payload, recv_ns, out)
+        elif channel == "trade" and frame.type == "update":
+            self._check_trades(items, recv_ns, out)
+        elif channel == "trade":
+            for item in items:  # a snapshot of recent trades: no gap check
+                self._note_trade(item)
+        self._stats.messages += 1
+        self._stats.by_type[channel] += 1
+        out.append(Inbound(subject, payload, recv_ns))
+        return queued
+
+    def _type_of(self, payload: bytes) -> str | None:
+        try:
+            value = _ANY.decode(payload)
+        except (msgspec.MsgspecError, RecursionError):
+            return None
+        channel = value.get("channel") if isinstance(value, dict) else None
+        return channel if isinstance(channel, str) and channel else None
+
+    def _unrouted(
+        self, payload: bytes, recv_ns: int, out: list[Inbound], kind: str | None, why: str
+    ) -> bool:
+        self._stats.messages += 1
+        self._stats.unrouted += 1
+        self._stats.by_type[kind or "invalid"] += 1
+        log.debug("conn %d: unrouted message (%s)", self._conn, why)
+        out.append(Inbound(self._subjects.unrouted(kind), payload, recv_ns))
+        return False
+
+    def _on_reply(self, frame: _Frame, recv_ns: int, out: list[Inbound]) -> bool:
+        method = frame.method
+        self._stats.control[method] += 1
+        if method == "pong":
+            return False
+        req_id = _int(frame.req_id)
+        request = self._requests.get(req_id) if req_id is not None else None
+        if request is None:
+            if frame.success is False:
+                log.warning("conn %d: exchange error: %s", self._conn, frame.error)
+            return True
+        request.acks += 1
+        result = frame.result if isinstance(frame.result, dict) else {}
+        symbol = result.get("symbol")
+        if frame.success is True and isinstance(symbol, str):
+            self._on_ack(request, symbol, recv_ns, out)
+        elif frame.success is not True:
+            self._on_error(request, frame.error, recv_ns, out)
+        if request.done:
+            assert req_id is not None
+            self._done.add(req_id)
+            del self._requests[req_id]
+        return True
+
+    def _on_ack(self, request: _Request, symbol: str, recv_ns: int, out: list[Inbound]) -> None:
+        symbols = self.subscribed.setdefault(request.channel, set())
+        if request.method == "unsubscribe":
+            symbols.discard(symbol)
+            if request.channel == "book":
+                self.books.pop(symbol, None)
+            return
+        symbols.add(symbol)
+        if request.channel == "book":
+            self.books.pop(symbol, None)  # the snapshot that follows makes it anew
+        if request.repair:
+            # Before the fresh snapshot that follows the ack.
+            record = ResubscribeRecord(
+                self._conn, "checksum", request.channel, None, None, [symbol], recv_ns
+            )
+            out.append(self._subjects.record(record))
+            self._stats.resubscribes += 1
+            log.info("conn %d: resubscribed book %s for a fresh snapshot", self._conn, symbol)
+        else:
+            log.info("conn %d: subscribed %s %s", self._conn, request.channel, symbol)
+
+    def _on_error(self, request: _Request, error: object, recv_ns: int, out: list[Inbound]) -> None:
+        request.failed = True
+        text = error if isinstance(error, str) else json.dumps(error)
+        if request.method != "subscribe":
+            log.warning(
+                "conn %d: %s %s refused: %s", self._conn, request.method, request.channel, text
+            )
+            return
+        waiting = [
+            s for s in request.symbols if s not in self.subscribed.get(request.channel, set())
+        ]
+        self._stats.subscribe_errors += 1
+        log.error(
+            "conn %d: subscribe %s %s refused: %s; will retry",
+            self._conn,
+            request.channel,
+            ",".join(waiting),
+            text,
+        )
+        self._refused.setdefault(request.channel, set()).update(waiting)
+        record = SubscribeErrorRecord(self._conn, request.channel, waiting, text, recv_ns)
+        out.append(self._subjects.record(record))
+
+    def _check_book(self, payload: bytes, recv_ns: int, out: list[Inbound]) -> bool:
+        """Apply a book message and check its checksums; True when a repair was queued."""
+        try:
+            frame = decode_book_frame(payload)
+        except (msgspec.MsgspecError, RecursionError):
+            log.warning("conn %d: book message without readable levels", self._conn)
+            return False
+        queued = False
+        for data in frame.data:
+            book = self.books.get(data.symbol)
+            if frame.type == "snapshot":
+                book = self.books[data.symbol] = KrakenBook(self._depth)
+                book.apply_snapshot(data.bids, data.asks)
+            elif book is None:
+                continue  # no snapshot yet (or a repair under way): nothing to check against
+            else:
+                book.apply_update(data.bids, data.asks)
+            if data.checksum is None:
+                continue
+            ours = book.checksum()
+            if ours == data.checksum:
+                continue
+            self._stats.gaps += 1
+            log.warning(
+                "conn %d: book %s checksum mismatch (ours %d, Kraken's %d): resubscribing",
+                self._conn,
+                data.symbol,
+                ours,
+                data.checksum,
+            )
+            record = GapRecord(
+                self._conn, None, "book", ours, data.checksum, [data.symbol], recv_ns, "checksum"
+            )
+            out.append(self._subjects.record(record))
+            del self.books[data.symbol]
+            self._repairs[data.symbol] = None
+            queued = True
+        return queued
+
+    def _note_trade(self, item: _Item) -> None:
+        trade_id = _int(item.trade_id)
+        if isinstance(item.symbol, str) and trade_id is not None:
+            last = self.last_trade_id.get(item.symbol)
+            self.last_trade_id[item.symbol] = trade_id if last is None else max(last, trade_id)
+
+    def _check_trades(self, items: list[_Item], recv_ns: int, out: list[Inbound]) -> None:
+        for item in items:
+            trade_id = _int(item.trade_id)
+            symbol = item.symbol
+            if trade_id is None or not isinstance(symbol, str):
+                continue
+            last = self.last_trade_id.get(symbol)
+            self.last_trade_id[symbol] = trade_id
+            if last is None or trade_id == last + 1:
+                continue
+            self._stats.gaps += 1
+            log.warning(
+                "conn %d: trade_id jump on %s: expected %d, got %d",
+                self._conn,
+                symbol,
+                last + 1,
+                trade_id,
+            )
+            record = GapRecord(
+                self._conn, None, "trade", last + 1, trade_id, [symbol], recv_ns, "trade_id"
+            )
+            out.append(self._subjects.record(record))
+
+
+class KrakenVenue:
+    kind = "kraken"
+    needs_credentials = False
+    limits = VenueLimits(markets_per_subscription=50, markets_per_connection=200)
+
+    def default_url(self, environ: Mapping[str, str]) -> str:
+        return KRAKEN_URL
+
+    def handshake_headers(self, url: str, credentials: Credentials | None) -> list[tuple[str, str]]:
+        return []
+
+    async def subscription_markets(self, config: ConnectorConfig) -> list[str]:
+        return list(config.markets)
+
+    def plan(self, config: ConnectorConfig, markets: Sequence[str]) -> list[list[SubscriptionPlan]]:
+        if not markets:
+            raise StartupRefused(
+                f"connector {config.feed!r} (kraken): connector.markets must list symbols, "
+                'e.g. ["BTC/USD", "ETH/USD"]'
+            )
+        unknown = sorted(set(config.channels) - CHANNELS)
+        if unknown:
+            raise StartupRefused(
+                f"connector {config.feed!r} (kraken): unknown channel(s) {', '.join(unknown)}; "
+                f"expected some of {', '.join(sorted(CHANNELS))}"
+            )
+        return plan_connections(
+            list(config.channels),
+            list(markets),
+            config.markets_per_subscription or self.limits.markets_per_subscription,
+            config.markets_per_connection or self.limits.markets_per_connection,
+        )
+
+    def session(self, context: SessionContext, plans: Sequence[SubscriptionPlan]) -> KrakenSession:
+        return KrakenSession(context, plans)
+
+
+VENUE: Venue = KrakenVenue()

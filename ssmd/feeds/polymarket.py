@@ -1,0 +1,167 @@
+"""Polymarket CLOB market channel: token-id subscriptions with no replies, frames that are
+one event or a JSON array of events, routing by `event_type` and condition id.
+
+- Subscription units are token ids (`asset_id`); the configured `markets` are condition
+  ids, resolved to their token ids through the Gamma API at start-up (gamma.py).
+- A connection holds at most `markets_per_connection` token ids (default 200). Its first
+  frame is `{"assets_ids": [...], "type": "market", "custom_feature_enabled": true}`;
+  further subscription chunks use `"operation": "subscribe"`. Polymarket acknowledges
+  nothing, so no command waits for a reply; the `book` per asset that follows is the
+  evidence (and what a reader rebuilds from after ssmd's `connect` record).
+- Each element of an array frame is published by itself, as its exact bytes in the frame,
+  in order, on `{env}.{feed}.json.{event_type}.{market}`: both tokens of a market share
+  a subject. Text `PING` is sent every `ping_interval`; the `PONG` is liveness only.
+- There are no sequence numbers, so no gap can be detected here: every reconnect is
+  recorded by the engine (`connect`/`disconnect`), and the fresh books follow it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ssmd.connector.publisher import Inbound
+from ssmd.connector.shards import SubscriptionPlan, plan_connections
+from ssmd.feeds.base import Command, SessionContext, Venue, VenueLimits
+from ssmd.feeds.gamma import GAMMA_URL, resolve_token_ids
+from ssmd.feeds.jsonframes import split_array
+from ssmd.supervisor import StartupRefused
+
+if TYPE_CHECKING:
+    from ssmd.config import ConnectorConfig
+    from ssmd.connector.auth import Credentials
+
+log = logging.getLogger("ssmd.connector.polymarket")
+
+POLYMARKET_URL = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
+CHANNELS = frozenset({"market"})
+PING = "PING"
+PONG = b"PONG"
+
+
+class _Event(msgspec.Struct):
+    event_type: Any = None
+    market: Any = None
+
+
+_EVENT = msgspec.json.Decoder(_Event)
+
+
+class PolymarketSession:
+    def __init__(self, context: SessionContext, plans: Sequence[SubscriptionPlan]) -> None:
+        self._conn = context.conn
+        self._stats = context.stats
+        self._subjects = context.subjects
+        self._plans = list(plans)
+        self.assets: list[str] = []
+
+    def start(self) -> list[Command]:
+        commands = []
+        self.assets = []
+        for n, plan in enumerate(self._plans):
+            tokens = list(plan.markets)
+            self.assets += tokens
+            message: dict[str, object] = {"assets_ids": tokens}
+            if n == 0:
+                message |= {"type": "market", "custom_feature_enabled": True}
+            else:
+                message["operation"] = "subscribe"
+            commands.append(Command(json.dumps(message), None, f"subscribe {len(tokens)} assets"))
+        log.info("conn %d: subscribing %d assets", self._conn, len(self.assets))
+        return commands
+
+    def on_frame(self, payload: bytes, recv_ns: int, out: list[Inbound]) -> bool:
+        if payload.strip() == PONG:
+            self._stats.control["pong"] += 1
+            return False
+        stats = self._stats
+        subjects = self._subjects
+        for element in split_array(payload):
+            try:
+                event = _EVENT.decode(element)
+            except (msgspec.MsgspecError, RecursionError):
+                event = None
+            event_type = event.event_type if event is not None else None
+            market = event.market if event is not None else None
+            kind = event_type if isinstance(event_type, str) and event_type else None
+            subject = None
+            if kind is not None and isinstance(market, str):
+                subject = subjects.data(kind, market)
+            stats.messages += 1
+            stats.by_type[kind or "invalid"] += 1
+            if subject is None:
+                stats.unrouted += 1
+                subject = subjects.unrouted(kind)
+            out.append(Inbound(subject, element, recv_ns))
+        return False
+
+    def replied(self, token: Hashable) -> bool:
+        return True  # Polymarket answers nothing; commands carry no reply token
+
+    def take_commands(self) -> list[Command]:
+        return []
+
+    def retries_waiting(self) -> bool:
+        return False
+
+    def take_retries(self) -> list[Command]:
+        return []
+
+    def keepalive(self, count: int) -> str | None:
+        return PING
+
+    def stop(self) -> list[Command]:
+        if not self.assets:
+            return []
+        message = {"assets_ids": self.assets, "operation": "unsubscribe"}
+        return [Command(json.dumps(message), None, f"unsubscribe {len(self.assets)} assets")]
+
+    def stop_confirmed(self) -> bool:
+        return True  # never confirmed by the exchange
+
+
+class PolymarketVenue:
+    kind = "polymarket"
+    needs_credentials = False
+    limits = VenueLimits(markets_per_subscription=200, markets_per_connection=200)
+
+    def default_url(self, environ: Mapping[str, str]) -> str:
+        return POLYMARKET_URL
+
+    def handshake_headers(self, url: str, credentials: Credentials | None) -> list[tuple[str, str]]:
+        return []
+
+    async def subscription_markets(self, config: ConnectorConfig) -> list[str]:
+        if not config.markets:
+            raise StartupRefused(
+                f"connector {config.feed!r} (polymarket): connector.markets must list condition "
+                "ids (0x...); following every active market is not implemented yet"
+            )
+        return await resolve_token_ids(config.rest_url or GAMMA_URL, config.markets)
+
+    def plan(self, config: ConnectorConfig, markets: Sequence[str]) -> list[list[SubscriptionPlan]]:
+        unknown = sorted(set(config.channels) - CHANNELS)
+        if unknown:
+            raise StartupRefused(
+                f"connector {config.feed!r} (polymarket): unknown channel(s) "
+                f"{', '.join(unknown)}; the only channel is 'market'"
+            )
+        if not markets:
+            raise StartupRefused(
+                f"connector {config.feed!r} (polymarket): no token ids to subscribe"
+            )
+        per_connection = config.markets_per_connection or self.limits.markets_per_connection
+        per_subscription = config.markets_per_subscription or per_connection
+        return plan_connections(["market"], list(markets), per_subscription, per_connection)
+
+    def session(
+        self, context: SessionContext, plans: Sequence[SubscriptionPlan]
+    ) -> PolymarketSession:
+        return PolymarketSession(context, plans)
+
+
+VENUE: Venue = PolymarketVenue()

@@ -1,0 +1,1 @@
+"""Simulated exchanges: one real WebSocket server per venue, for the demo, tests and benchmarks."""
