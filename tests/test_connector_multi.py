@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from ssmd.clock import WallClock
 from ssmd.config import Config, parse_config
@@ -52,7 +53,7 @@ async def test_two_feeds_record_into_one_stream_that_covers_both(
 ) -> None:
     async with fake_exchange() as a, fake_exchange() as b:
         config = two_feeds(nats_server.url, a.url, b.url)
-        async with running_connector(config):
+        async with running_connector(config) as sup:
             sent: list[bytes] = []
             for n, exchange in enumerate((a, b)):
                 session = await exchange.session(0)
@@ -64,6 +65,7 @@ async def test_two_feeds_record_into_one_stream_that_covers_both(
                     )
                 )
             messages = await stream_messages(nats_server.url, 4)
+            exposition = generate_latest(sup.metrics).decode()
         async with open_bridge([nats_server.url]) as bridge:
             state = await bridge.stream_state(STREAM)
     assert state is not None
@@ -75,6 +77,10 @@ async def test_two_feeds_record_into_one_stream_that_covers_both(
     }
     connects = sorted(m.subject for m in messages if m.subject.endswith(".ssmd.connect"))
     assert connects == ["test.kalshi.json.ssmd.connect", "test.kalshi_b.json.ssmd.connect"]
+    # One family per metric, a sample per feed.
+    assert exposition.count("# TYPE ssmd_connections_up gauge") == 1, exposition
+    assert 'ssmd_connections_up{feed="kalshi"} 1.0' in exposition
+    assert 'ssmd_connections_up{feed="kalshi_b"} 1.0' in exposition
 
 
 async def test_an_existing_stream_must_cover_every_feed(nats_server: NatsServer) -> None:
@@ -87,3 +93,14 @@ async def test_an_existing_stream_must_cover_every_feed(nats_server: NatsServer)
     message = str(info.value)
     assert "do not cover test.kalshi_b.json.>" in message
     assert "test.kalshi.json.>" not in message.split("do not cover")[1]
+
+
+def test_kalshi_credentials_are_needed_only_with_a_kalshi_connector() -> None:
+    from ssmd.cli.main import _needs_credentials
+
+    def config(*feeds: str) -> Config:
+        tables = [{"feed": feed, "markets": ["X"], "channels": ["trade"]} for feed in feeds]
+        return parse_config({"env": "test", "connector": tables})
+
+    assert not _needs_credentials(config("kraken", "polymarket"))
+    assert _needs_credentials(config("kraken", "kalshi"))

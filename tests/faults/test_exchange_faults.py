@@ -1,5 +1,6 @@
-"""The exchange misbehaves in one run: garbage frames, a dropped TCP connection, and a
-half-open connection that stays up but carries nothing (pings go unanswered)."""
+"""The exchange misbehaves in one run: garbage frames, a dropped TCP connection, a seq
+break, and a half-open connection that stays up but carries nothing (pings go
+unanswered)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ RATE = 10_000
 GARBAGE = 20
 
 
-def test_garbage_drop_and_half_open_in_one_run(tmp_path: Path, nats_server: NatsServer) -> None:
+def test_garbage_drop_seq_break_and_half_open_in_one_run(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
     exchange, config, archive = scenario(tmp_path, [nats_server.url], TOTAL, RATE)
     process = ssmd(config, ["connector", "archiver"]).start()
     with reaped(process):
@@ -30,6 +33,9 @@ def test_garbage_drop_and_half_open_in_one_run(tmp_path: Path, nats_server: Nats
         exchange.wait_sent(10_000)
         assert exchange.command("drop")["dropped"]
         exchange.wait(lambda s: s["sessions"] == 2 and s["connected"])
+
+        exchange.wait_sent(15_000)
+        assert exchange.command("gap 3")["gap"] == 3  # on trades: recorded, no resubscribe
 
         exchange.wait_sent(20_000)
         assert exchange.command("silent")["silenced"]
@@ -45,6 +51,8 @@ def test_garbage_drop_and_half_open_in_one_run(tmp_path: Path, nats_server: Nats
     # Garbage is kept, byte for byte, not dropped.
     assert result.garbage_archived == 2 * GARBAGE, result
     assert result.discontinuities["connect"] == 3, result
+    assert result.discontinuities["gap"] == 1, result
+    assert "resubscribe" not in result.discontinuities, result
     # The drop, the half-open connection, and the final stop.
     assert result.discontinuities["disconnect"] == 3, result
     print(result)

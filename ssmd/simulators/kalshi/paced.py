@@ -14,7 +14,8 @@ went out, connection by connection.
 The test drives it over stdin, one command per line, one JSON reply per line:
 `status`, `drop` (close the TCP connection without a close handshake), `silent`
 (black-hole the connection: it stays open, nothing moves), `garbage K` (K frames that
-are not JSON, half of them binary), `pause`, `resume`, and `quit`.
+are not JSON, half of them binary), `gap K` (a seq break: the next trade skips K seq
+numbers), `pause`, `resume`, and `quit`.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class PacedExchange:
         self.next_n = 1
         self.garbage = 0
         self.paused = False
+        self.skip_trade_seq = 0
         self.current: ExchangeSession | None = None
         self.session_ids: dict[int, int] = {}
         self._nursery: trio.Nursery | None = None
@@ -147,6 +149,9 @@ class PacedExchange:
                     sid = sids[channel]
                     if not session.subscriptions[sid].active:
                         return  # unsubscribed: nothing more on this connection
+                    if channel == "trade" and self.skip_trade_seq:
+                        seqs[sid] += self.skip_trade_seq
+                        self.skip_trade_seq = 0
                     seqs[sid] += 1
                     frame = json.dumps(
                         {"type": channel, "sid": sid, "seq": seqs[sid], "msg": msg},
@@ -196,6 +201,9 @@ class PacedExchange:
         elif words[0] == "silent" and self.current is not None:
             self.current.go_silent()
             reply["silenced"] = True
+        elif words[0] == "gap":
+            self.skip_trade_seq = int(words[1])
+            reply["gap"] = self.skip_trade_seq
         elif words[0] == "garbage":
             reply["garbage"] = await self._garbage(int(words[1]))
         elif words[0] == "pause":
