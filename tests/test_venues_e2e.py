@@ -257,3 +257,33 @@ async def test_kraken_drop_reconnects_and_resubscribes_everything(nats_server: N
     assert len(records(messages, "connect")) == 2 and len(records(messages, "disconnect")) == 1
     # Books after the reconnect start from fresh snapshots: no checksum gap.
     assert not [g for g in records(messages, "gap") if g["reason"] == "checksum"]
+
+
+async def test_polymarket_asset_without_a_book_is_recorded_and_retried(
+    nats_server: NatsServer,
+) -> None:
+    sim = PolymarketExchange(markets=2, rate=50, seed=4)
+    withheld = sim.markets[1].tokens[0]
+    sim.withhold_books.add(withheld)
+    async with serving(sim):
+        config = config_for(
+            nats_server.url,
+            {
+                "feed": "polymarket",
+                "url": sim.url,
+                "rest_url": sim.gamma.url,
+                "channels": ["market"],
+                "markets": [m.condition_id for m in sim.markets],
+            },
+        )
+        async with running_connector(config):
+            session = await sim.session(0)
+            retry = json.dumps({"assets_ids": [withheld], "operation": "subscribe"})
+            # 3 keepalives of 250 ms, then the engine's first subscribe retry (5 s).
+            await sim.wait_until(lambda: retry in session.received, timeout=30)
+            messages = await stream_until(
+                nats_server.url, lambda ms: bool(records(ms, "subscribe_error"))
+            )
+    (record,) = records(messages, "subscribe_error")
+    assert record["markets"] == [withheld] and record["channel"] == "market"
+    assert "no book" in record["error"]

@@ -13,6 +13,7 @@ keep each element's exact bytes. Books list both sides worst to best, as live fr
 
 `gamma` serves the same markets over HTTP (see gamma.py): `clobTokenIds` is a string
 holding a JSON array. Faults: per connection `drop()`, `go_silent()`, `send_garbage(k)`;
+`withhold_books` (token ids subscribed but never given a book);
 `ping_timeout` closes a connection that stopped sending `PING`. `sent` records every frame.
 """
 
@@ -95,6 +96,8 @@ class PolymarketExchange(SimServer):
         self.rate = rate
         self.ping_timeout = ping_timeout
         self.paused = False
+        # Token ids whose subscription this exchange takes but never answers with a book.
+        self.withhold_books: set[str] = set()
         self.markets: list[SimMarket] = []
         self.by_token: dict[str, SimMarket] = {}
         self.assets: dict[int, set[str]] = {}  # session index -> subscribed token ids
@@ -260,7 +263,9 @@ class PolymarketExchange(SimServer):
             return
         new = [t for t in dict.fromkeys(tokens) if t not in subscribed]
         subscribed.update(tokens)
-        books = [self.book_event(t) for t in new if t in self.by_token]
+        books = [
+            self.book_event(t) for t in new if t in self.by_token and t not in self.withhold_books
+        ]
         if books and command.get("initial_dump", True):
             texts = [json.dumps(b, separators=(",", ":")) for b in books]
             session.post(("[" + ",".join(texts) + "]").encode())
@@ -305,14 +310,18 @@ class PolymarketExchange(SimServer):
                     changes = [c for c in event["price_changes"] if c["asset_id"] in assets]
                     if changes:
                         mine.append({**event, "price_changes": changes})
-                elif event["event_type"] == "best_bid_ask" and not self.custom.get(session.index):
-                    continue
-                elif event.get("asset_id") in assets:
+                elif event.get("asset_id") in assets and self._sends(session, event):
                     mine.append(event)
             if mine:
                 session.post(self._encode(mine))
                 posted += 1
         return posted
+
+    def _sends(self, session: SimSession, event: dict[str, Any]) -> bool:
+        """Whether a one-token event goes to this (subscribed) connection."""
+        if event["event_type"] == "best_bid_ask":
+            return bool(self.custom.get(session.index))
+        return not (event["event_type"] == "book" and event["asset_id"] in self.withhold_books)
 
     def _event(self, market: SimMarket) -> dict[str, Any]:
         rng = self.rng
