@@ -44,7 +44,8 @@ from ssmd.feeds.kraken import KrakenSession
 from ssmd.nats.bridge import StreamSpec, open_bridge
 from ssmd.nats.server import NatsServer
 from ssmd.simulators.kalshi.raw import read_client_frame, ws_frame
-from ssmd.simulators.kraken import KrakenExchange, KrakenSubscriptions, encode
+from ssmd.simulators.kraken import KrakenExchange, KrakenSubscriptions
+from ssmd.simulators.kraken_wire import encode
 from ssmd.simulators.polymarket import PolymarketExchange
 
 KRAKEN_SYMBOLS = ("BTC/USD", "ETH/USD")
