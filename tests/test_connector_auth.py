@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from ssmd.connector.auth import load_credentials
 from ssmd.connector.shards import SubscriptionPlan, plan_connections
+from ssmd.feeds.kalshi.session import subscribe_params
 from ssmd.supervisor import StartupRefused
 from tests.keys import API_KEY, pem, private_key
 
@@ -88,7 +89,7 @@ def test_markets_split_into_subscriptions_and_connections() -> None:
     assert plan_connections(["ticker", "trade"], [], 200, 300) == [
         [SubscriptionPlan("ticker"), SubscriptionPlan("trade")]
     ]
-    assert SubscriptionPlan("trade", ("A",)).params() == {
+    assert subscribe_params(SubscriptionPlan("trade", ("A",))) == {
         "channels": ["trade"],
         "market_tickers": ["A"],
     }

@@ -24,6 +24,7 @@ from ssmd.connector.publisher import Inbound
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.connector.websocket import WebSocket
 from ssmd.feeds.kalshi import VENUE as KALSHI
+from ssmd.feeds.kalshi.session import subscribe_params
 
 CLEAN_STOP = "shutdown: unsubscribed, nothing in flight"
 SETTINGS = ConnectionSettings(
@@ -33,11 +34,6 @@ SETTINGS = ConnectionSettings(
     backoff_initial=0.5,
     backoff_max=30.0,
 )
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
 
 
 class SocketClosed(Exception):
@@ -286,7 +282,7 @@ async def test_dropped_connection_records_and_resubscribes(
         CLEAN_STOP,
     ]
     assert [c["params"] for c in second.commands] == [
-        *(p.params() for p in plans),
+        *(subscribe_params(p) for p in plans),
         {"sids": [3, 4]},
     ]
 
@@ -349,7 +345,7 @@ async def test_seq_gap_records_and_resubscribes_for_a_fresh_snapshot(
         "unsubscribe",
     ]
     assert socket.commands[1]["params"] == {"sids": [1]}
-    assert socket.commands[2]["params"] == plan.params()
+    assert socket.commands[2]["params"] == subscribe_params(plan)
     assert harness.connection.stats.gaps == 1
 
 

@@ -7,16 +7,11 @@ import attrs
 
 @attrs.frozen
 class SubscriptionPlan:
-    """One subscribe command: a channel and its markets (empty: all markets)."""
+    """One subscription: a channel and its markets (empty: all markets); each venue
+    turns it into its own subscribe command."""
 
     channel: str
     markets: tuple[str, ...] = ()
-
-    def params(self) -> dict[str, object]:
-        params: dict[str, object] = {"channels": [self.channel]}
-        if self.markets:
-            params["market_tickers"] = list(self.markets)
-        return params
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

@@ -191,9 +191,10 @@ class Session(Protocol):
         """Classify one received frame (text frames arrive UTF-8 encoded, binary as is).
 
         Append its data messages and any records to `out`, count it in the context's
-        stats. Return True when the frame was control that may have answered a command
-        or queued new commands (the engine then checks `replied` and `take_commands`);
-        False for data and pure liveness. Never raises.
+        stats. Return True when the frame may have answered a command or queued new
+        commands: a reply, or data whose continuity check queued a repair (the engine
+        then checks `replied` and `take_commands`); False otherwise (data, liveness).
+        Never raises.
         """
         ...
 

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
-from ssmd.simulators.gated import GatedListener, GatedStream
+from ssmd.simulators.wsserver import GatedListener, GatedStream
 
 log = logging.getLogger("ssmd.simulators.kalshi")
 

@@ -152,7 +152,8 @@ class _Feed:
                 budget = 0.0
                 continue
             budget = min(budget + rate * SEND_TICK_S, rate)
-            while budget >= 1:
+            # Subscriptions may end while a burst is being sent.
+            while budget >= 1 and self.routes:
                 budget -= 1
                 message_type, sid, msg, with_seq = self._next_message()
                 await self.session.send_data(message_type, sid, msg, with_seq=with_seq)
