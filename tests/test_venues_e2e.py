@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 
 from ssmd.config import Config, parse_config
@@ -158,10 +159,11 @@ async def test_polymarket_elements_byte_identical_and_a_drop_resubscribes(
     assert len(records(messages, "disconnect")) >= 1
 
 
-def kraken_config(nats_url: str, sim: KrakenExchange) -> Config:
+def kraken_config(nats_url: str, sim: KrakenExchange, client: str = "ssmd") -> Config:
     return config_for(
         nats_url,
         {
+            "websocket_client": client,
             "feed": "kraken",
             "url": sim.url,
             "channels": ["book", "trade", "ticker"],
@@ -236,9 +238,12 @@ async def test_kraken_frames_byte_identical_checksum_repair_and_trade_gap(
     assert not any(b'"heartbeat"' in p or b'"pong"' in p or b'"method"' in p for _, p in got)
 
 
-async def test_kraken_drop_reconnects_and_resubscribes_everything(nats_server: NatsServer) -> None:
+@pytest.mark.parametrize("client", ["ssmd", "trio-websocket"])
+async def test_kraken_drop_reconnects_and_resubscribes_everything(
+    nats_server: NatsServer, client: str
+) -> None:
     sim = KrakenExchange(rate=200, seed=6)
-    async with serving(sim), running_connector(kraken_config(nats_server.url, sim)):
+    async with serving(sim), running_connector(kraken_config(nats_server.url, sim, client)):
         first = await sim.session(0)
         await sim.wait_until(lambda: len(sim.data_frames(first.index)) > 50)
         await first.drop()
