@@ -86,7 +86,7 @@ def records(messages: list[FetchedMessage], kind: str) -> list[dict[str, Any]]:
 
 async def quiesce(sim: SimServer) -> None:
     """Stop the market and wait until every queued frame has gone out."""
-    sim.paused = True  # type: ignore[attr-defined]
+    sim.paused = True
     await sim.wait_until(lambda: all(s.queued == 0 or s.closed.is_set() for s in sim.sessions))
 
 
