@@ -84,7 +84,7 @@ class PolymarketSession:
             else:
                 message["operation"] = "subscribe"
             commands.append(Command(json.dumps(message), None, f"subscribe {len(tokens)} assets"))
-        log.info("conn %d: subscribing %d assets", self._conn, len(self.assets))
+        log.debug("conn %d: subscribing %d assets", self._conn, len(self.assets))
         return commands
 
     def on_frame(self, payload: bytes, recv_ns: int, out: list[Inbound]) -> bool:
