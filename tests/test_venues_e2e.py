@@ -93,6 +93,8 @@ async def quiesce(sim: SimServer) -> None:
 def polymarket_expected(sim: PolymarketExchange) -> list[tuple[str, bytes]]:
     expected = []
     for frame in sim.sent:
+        if frame.kind is FrameKind.GARBAGE:
+            expected.append(("test.polymarket.json.unrouted.invalid", frame.data))
         if frame.kind is not FrameKind.DATA:
             continue
         for element in split_array(frame.data):
@@ -125,6 +127,7 @@ async def test_polymarket_elements_byte_identical_and_a_drop_resubscribes(
             await sim.wait_until(lambda: len(sim.data_frames()) > 200)
             # Both connections ping; the exchange pongs; none of it is data.
             await sim.wait_until(lambda: sum(f.kind is FrameKind.KEEPALIVE for f in sim.sent) >= 2)
+            await first.send_garbage(4)
             await first.drop()
             third = await sim.session(2)
             await sim.wait_until(lambda: len(sim.data_frames(third.index)) > 20)
@@ -246,11 +249,12 @@ async def test_kraken_drop_reconnects_and_resubscribes_everything(
     async with serving(sim), running_connector(kraken_config(nats_server.url, sim, client)):
         first = await sim.session(0)
         await sim.wait_until(lambda: len(sim.data_frames(first.index)) > 50)
+        await first.send_garbage(4)  # text and binary frames that are not JSON: kept
         await first.drop()
         second = await sim.session(1)
         await sim.wait_until(lambda: len(sim.data_frames(second.index)) > 50)
         await quiesce(sim)
-        expected = sim.data_frames()
+        expected = [f.data for f in sim.sent if f.kind in (FrameKind.DATA, FrameKind.GARBAGE)]
         messages = await stream_until(nats_server.url, lambda ms: len(data(ms)) >= len(expected))
     requests = [json.loads(m) for m in second.received if '"subscribe"' in str(m)]
     assert sorted((r["params"]["channel"], tuple(r["params"]["symbol"])) for r in requests) == [
@@ -259,6 +263,8 @@ async def test_kraken_drop_reconnects_and_resubscribes_everything(
         ("trade", ("BTC/USD", "ETH/USD")),
     ]
     assert [payload for _, payload in data(messages)] == expected
+    garbage = [f.data for f in sim.sent if f.kind is FrameKind.GARBAGE]
+    assert [p for s, p in data(messages) if s == "test.kraken.json.unrouted.invalid"] == garbage
     assert len(records(messages, "connect")) == 2 and len(records(messages, "disconnect")) == 1
     # Books after the reconnect start from fresh snapshots: no checksum gap.
     assert not [g for g in records(messages, "gap") if g["reason"] == "checksum"]
