@@ -298,3 +298,35 @@ async def test_polymarket_asset_without_a_book_is_recorded_and_retried(
     (record,) = records(messages, "subscribe_error")
     assert record["markets"] == [withheld] and record["channel"] == "market"
     assert "no book" in record["error"]
+
+
+async def test_polymarket_silent_connection_is_found_by_its_missing_pongs(
+    nats_server: NatsServer,
+) -> None:
+    """A black-holed socket: no data and no PONG, so liveness (3 s) ends it; the
+    connector reconnects and subscribes the same assets again."""
+    sim = PolymarketExchange(markets=2, rate=0, seed=9)
+    async with serving(sim):
+        config = config_for(
+            nats_server.url,
+            {
+                "feed": "polymarket",
+                "url": sim.url,
+                "rest_url": sim.gamma.url,
+                "channels": ["market"],
+                "markets": [m.condition_id for m in sim.markets],
+            },
+        )
+        async with running_connector(config):
+            first = await sim.session(0)
+            await sim.wait_until(lambda: sum(f.data == b"PONG" for f in sim.sent) >= 2)
+            first.go_silent()
+            second = await sim.session(1, timeout=20)
+            await sim.wait_until(lambda: bool(second.received))
+            messages = await stream_until(
+                nats_server.url, lambda ms: len(records(ms, "connect")) == 2
+            )
+    assert json.loads(second.received[0]) == json.loads(first.received[0])
+    (disconnect,) = records(messages, "disconnect")
+    assert "no frame for 3s" in disconnect["reason"]
+    assert b"PONG" not in {payload for _, payload in data(messages)}
