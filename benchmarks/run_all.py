@@ -56,6 +56,8 @@ import trio
 from bench_archiver import bare_fetch_ack, fill_stream, ssmd_archiver, writer_vs_raw_gzip
 from bench_connector import measure_bare, measure_connector
 from bench_e2e import run_e2e
+from bench_venues import checksum_cpu, kraken_frames, measure_venue, messages_of, polymarket_frames
+from bench_venues import exchange_process as venue_exchange_process
 
 from ssmd.nats.server import NatsServer, nats_server_binary
 from ssmd.simulators.kalshi.raw import exchange_process, kalshi_messages, paced_exchange_process
@@ -99,6 +101,10 @@ def connector_child(nats_url: str, ws_url: str, n: int) -> float:
 
 def bare_publish_child(nats_url: str, payloads: list[bytes]) -> float:
     return asyncio.run(measure_bare(nats_url, payloads))
+
+
+def venue_child(nats_url: str, ws_url: str, venue: str, n: int) -> float:
+    return trio.run(measure_venue, nats_url, ws_url, venue, n)
 
 
 def e2e_child(nats_url: str, ws_url: str, n: int, archive: Path) -> dict[str, Any]:
@@ -251,6 +257,46 @@ def main() -> int:
             f"{conn_cpu / pub_cpu:.2f}",
         )
         table.row("peak RSS, MiB", f"{conn_rss:.0f}", f"{pub_rss:.0f}", f"{conn_rss / pub_rss:.2f}")
+
+        # Polymarket and Kraken frames: the same exchange and baseline, per venue.
+        for venue in ("polymarket", "kraken"):
+            exchange, ws_url = start_exchange(venue_exchange_process, venue, n)
+            frames = kraken_frames(n) if venue == "kraken" else polymarket_frames(n)[0]
+            venue_payloads = messages_of(venue, frames)
+            server = NatsServer(tmp / f"js-{venue}")
+            server.start()
+            try:
+                ours, our_cpu, _ = isolated(venue_child, server.url, ws_url, venue, n)
+                log(f"[{venue}] ssmd connector: {ours:,.0f} msg/s")
+                pub, pub_cpu, _ = isolated(bare_publish_child, server.url, venue_payloads)
+                log(f"[{venue}] bare publish_async: {pub:,.0f} msg/s")
+            finally:
+                server.stop()
+                exchange.terminate()
+            avg = sum(map(len, venue_payloads)) / n
+            table.section(
+                f"connector, {venue} frames: {n:,} msgs of ~{avg:.0f} B in {len(frames):,} frames"
+            )
+            table.row(
+                "throughput, msg/s (base: nats-py publish_async)",
+                f"{ours:,.0f}",
+                f"{pub:,.0f}",
+                f"{ours / pub:.2f}",
+            )
+            table.row(
+                "CPU s per 1M msgs",
+                f"{our_cpu / n * 1e6:.1f}",
+                f"{pub_cpu / n * 1e6:.1f}",
+                f"{our_cpu / pub_cpu:.2f}",
+            )
+        (checked, routed), _, _ = isolated(checksum_cpu)
+        table.section("Kraken book checksums (BTC/USD, depth 10), per 1,000 book updates")
+        table.row(
+            "CPU ms, kept and checked (base: routing only)",
+            f"{checked:.1f}",
+            f"{routed:.1f}",
+            f"{checked / routed:.2f}",
+        )
 
         # End to end at fixed rates.
         fsync_from: dict[str, Any] = {}

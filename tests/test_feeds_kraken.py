@@ -17,7 +17,8 @@ from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds import load_venue
 from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects
 from ssmd.feeds.kraken import VENUE, KrakenSession
-from ssmd.simulators.kraken import KrakenExchange, KrakenSubscriptions, encode
+from ssmd.simulators.kraken import KrakenExchange, KrakenSubscriptions
+from ssmd.simulators.kraken_wire import encode
 from ssmd.supervisor import StartupRefused
 
 PLANS = [SubscriptionPlan("book", ("BTC/USD", "ETH/USD")), SubscriptionPlan("trade", ("BTC/USD",))]

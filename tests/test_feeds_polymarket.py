@@ -234,3 +234,37 @@ def test_classification_of_arbitrary_events_never_raises_or_drops(
 def test_arbitrary_bytes_never_raise_or_drop(payload: bytes) -> None:
     session, stats = new_session()
     check_nothing_dropped(session, stats, payload)
+
+
+def test_an_asset_without_a_book_is_recorded_and_subscribed_again() -> None:
+    session, stats = new_session(SubscriptionPlan("market", (YES, "2")))
+    session.start()
+    out: list[Inbound] = []
+    book = b'{"event_type":"book","market":"%s","asset_id":"%s","bids":[],"asks":[]}' % (
+        MARKET.encode(),
+        YES.encode(),
+    )
+    session.on_frame(book, 1, out)
+    for count in (1, 2):
+        assert session.keepalive(count) == "PING"
+        assert not session.on_frame(b"PONG", 2, out)
+    assert session.keepalive(3) == "PING"
+    assert session.on_frame(b"PONG", 3, out)  # the record goes out with the next frame
+    record = json.loads(out[-1].payload)
+    assert out[-1].subject == "prod.polymarket.json.ssmd.subscribe_error"
+    assert record["markets"] == ["2"] and record["channel"] == "market"
+    assert stats.subscribe_errors == 1 and session.retries_waiting()
+    (retry,) = session.take_retries()
+    assert json.loads(retry.text) == {"assets_ids": ["2"], "operation": "subscribe"}
+    # Its book now comes: nothing more is recorded, however long it runs.
+    session.on_frame(book.replace(YES.encode(), b"2"), 4, out)
+    for count in range(4, 12):
+        session.keepalive(count)
+        session.on_frame(b"PONG", 5, out)
+    assert stats.subscribe_errors == 1 and not session.retries_waiting()
+    # A reconnect waits for every book again.
+    session.start()
+    for count in (1, 2, 3):
+        session.keepalive(count)
+    session.on_frame(b"PONG", 6, out)
+    assert json.loads(out[-1].payload)["markets"] == [YES, "2"]

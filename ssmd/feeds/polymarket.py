@@ -13,6 +13,9 @@ one event or a JSON array of events, routing by `event_type` and condition id.
   a subject. Text `PING` is sent every `ping_interval`; the `PONG` is liveness only.
 - There are no sequence numbers, so no gap can be detected here: every reconnect is
   recorded by the engine (`connect`/`disconnect`), and the fresh books follow it.
+- A subscription is only evidenced by its `book`. An asset still without one after
+  `BOOK_WAIT_KEEPALIVES` keepalives gets a `subscribe_error` record (so the archive says
+  it is not being recorded) and is subscribed again after the usual retry backoff.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ssmd.connector.publisher import Inbound
+from ssmd.connector.records import SubscribeErrorRecord
 from ssmd.connector.shards import SubscriptionPlan, plan_connections
 from ssmd.feeds.base import Command, SessionContext, Venue, VenueLimits
 from ssmd.feeds.gamma import GAMMA_URL, resolve_token_ids
@@ -41,11 +45,13 @@ POLYMARKET_URL = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
 CHANNELS = frozenset({"market"})
 PING = "PING"
 PONG = b"PONG"
+BOOK_WAIT_KEEPALIVES = 3
 
 
 class _Event(msgspec.Struct):
     event_type: Any = None
     market: Any = None
+    asset_id: Any = None
 
 
 _EVENT = msgspec.json.Decoder(_Event)
@@ -58,26 +64,37 @@ class PolymarketSession:
         self._subjects = context.subjects
         self._plans = list(plans)
         self.assets: list[str] = []
+        self.start()
 
     def start(self) -> list[Command]:
         commands = []
         self.assets = []
+        self._keepalives = 0
+        # Asset -> the keepalive count when it was (re)subscribed, until its book comes.
+        self._awaiting: dict[str, int] = {}
+        self._missing: list[str] = []  # found without a book, not yet recorded
+        self._refused: list[str] = []  # recorded, waiting for the retry
         for n, plan in enumerate(self._plans):
             tokens = list(plan.markets)
             self.assets += tokens
+            self._awaiting.update(dict.fromkeys(tokens, 0))
             message: dict[str, object] = {"assets_ids": tokens}
             if n == 0:
                 message |= {"type": "market", "custom_feature_enabled": True}
             else:
                 message["operation"] = "subscribe"
             commands.append(Command(json.dumps(message), None, f"subscribe {len(tokens)} assets"))
-        log.info("conn %d: subscribing %d assets", self._conn, len(self.assets))
+        log.debug("conn %d: subscribing %d assets", self._conn, len(self.assets))
         return commands
 
     def on_frame(self, payload: bytes, recv_ns: int, out: list[Inbound]) -> bool:
+        queued = False
+        if self._missing:
+            self._record_missing(recv_ns, out)
+            queued = True
         if payload.strip() == PONG:
             self._stats.control["pong"] += 1
-            return False
+            return queued
         stats = self._stats
         subjects = self._subjects
         for element in split_array(payload):
@@ -87,6 +104,8 @@ class PolymarketSession:
                 event = None
             event_type = event.event_type if event is not None else None
             market = event.market if event is not None else None
+            if event is not None and event_type == "book" and isinstance(event.asset_id, str):
+                self._awaiting.pop(event.asset_id, None)
             kind = event_type if isinstance(event_type, str) and event_type else None
             subject = None
             if kind is not None and isinstance(market, str):
@@ -97,7 +116,24 @@ class PolymarketSession:
                 stats.unrouted += 1
                 subject = subjects.unrouted(kind)
             out.append(Inbound(subject, element, recv_ns))
-        return False
+        return queued
+
+    def _record_missing(self, recv_ns: int, out: list[Inbound]) -> None:
+        missing, self._missing = self._missing, []
+        error = f"no book within {BOOK_WAIT_KEEPALIVES} keepalives"
+        log.warning(
+            "conn %d: %d assets got no book (%s); subscribing them again later",
+            self._conn,
+            len(missing),
+            ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else ""),
+        )
+        self._stats.subscribe_errors += 1
+        out.append(
+            self._subjects.record(
+                SubscribeErrorRecord(self._conn, "market", missing, error, recv_ns)
+            )
+        )
+        self._refused += missing
 
     def replied(self, token: Hashable) -> bool:
         return True  # Polymarket answers nothing; commands carry no reply token
@@ -106,12 +142,26 @@ class PolymarketSession:
         return []
 
     def retries_waiting(self) -> bool:
-        return False
+        return bool(self._refused)
 
     def take_retries(self) -> list[Command]:
-        return []
+        assets, self._refused = self._refused, []
+        if not assets:
+            return []
+        self._awaiting.update(dict.fromkeys(assets, self._keepalives))
+        message = {"assets_ids": assets, "operation": "subscribe"}
+        return [Command(json.dumps(message), None, f"subscribe {len(assets)} assets again")]
 
     def keepalive(self, count: int) -> str | None:
+        """`PING`; and, as the keepalives count time, find assets whose book is overdue
+        (recorded with the next frame)."""
+        self._keepalives = count
+        overdue = [
+            a for a, since in self._awaiting.items() if count - since >= BOOK_WAIT_KEEPALIVES
+        ]
+        for asset in overdue:
+            del self._awaiting[asset]
+        self._missing += overdue
         return PING
 
     def stop(self) -> list[Command]:

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 import attrs
-import msgspec
 import trio
 
 from ssmd.feeds.kraken_book import DEPTHS, book_checksum
+from ssmd.simulators.kraken_wire import Side, changed_levels, encode, levels_json, rfc3339, top
 from ssmd.simulators.wsserver import FrameKind, SimServer, SimSession
 
 WS_PATH = "/v2"
@@ -45,41 +44,6 @@ _START: dict[str, tuple[Decimal, Decimal]] = {  # mid price, tick
     "ETH/USD": (Decimal("2512.35"), Decimal("0.01")),
     "SOL/USD": (Decimal("98.412"), Decimal("0.001")),
 }
-_ENCODER = msgspec.json.Encoder(decimal_format="number")
-Side = dict[Decimal, Decimal]
-
-
-def rfc3339(now: float | None = None) -> str:
-    now = time.time() if now is None else now
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
-
-
-def encode(message: dict[str, Any]) -> bytes:
-    """Compact JSON with Decimals as numbers in their exact digits, as Kraken writes them."""
-    return _ENCODER.encode(message)
-
-
-def top(side: Side, depth: int, best_is_highest: bool) -> list[tuple[Decimal, Decimal]]:
-    prices = sorted(side, reverse=best_is_highest)[:depth]
-    return [(p, side[p]) for p in prices]
-
-
-def levels_json(levels: Sequence[tuple[Decimal, Decimal]]) -> list[dict[str, Decimal]]:
-    return [{"price": p, "qty": q} for p, q in levels]
-
-
-def changed_levels(
-    before: list[tuple[Decimal, Decimal]],
-    after: list[tuple[Decimal, Decimal]],
-    side: Side,
-) -> list[tuple[Decimal, Decimal]]:
-    """What Kraken sends for one side of one depth: new or changed levels, and a qty 0
-    for levels that left the book; nothing for levels only pushed out of range."""
-    old = dict(before)
-    new = dict(after)
-    changes = [(p, q) for p, q in after if old.get(p) != q]
-    changes += [(p, Decimal("0.00000000")) for p in old if p not in new and p not in side]
-    return changes
 
 
 @attrs.define

@@ -13,6 +13,7 @@ keep each element's exact bytes. Books list both sides worst to best, as live fr
 
 `gamma` serves the same markets over HTTP (see gamma.py): `clobTokenIds` is a string
 holding a JSON array. Faults: per connection `drop()`, `go_silent()`, `send_garbage(k)`;
+`withhold_books` (token ids subscribed but never given a book);
 `ping_timeout` closes a connection that stopped sending `PING`. `sent` records every frame.
 """
 
@@ -24,10 +25,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
 import trio
 
 from ssmd.simulators.gamma import GammaServer
+from ssmd.simulators.polymarket_market import SimMarket, price_text
 from ssmd.simulators.wsserver import FrameKind, SimServer, SimSession
 
 WS_PATH = "/ws/market"
@@ -40,43 +41,6 @@ _QUESTIONS = (
     "Will the S&P 500 close above 6,000 on Friday?",
     'Best AI model at the end of the month: "Claude"?',
 )
-
-
-@attrs.define
-class SimMarket:
-    gamma_id: str
-    condition_id: str
-    question: str
-    slug: str
-    tokens: tuple[str, str]  # (Yes, No) token ids
-    yes_cents: int
-    tick_size: str = "0.01"
-    active: bool = True
-    closed: bool = False
-    # Per token: price (cents) -> size, each side.
-    books: dict[str, dict[str, dict[int, int]]] = attrs.Factory(dict)
-
-    def gamma(self) -> dict[str, Any]:
-        yes = self.yes_cents / 100
-        return {
-            "id": self.gamma_id,
-            "question": self.question,
-            "conditionId": self.condition_id,
-            "slug": self.slug,
-            "outcomes": json.dumps(["Yes", "No"]),
-            "outcomePrices": json.dumps([f"{yes:.2f}", f"{1 - yes:.2f}"]),
-            "clobTokenIds": json.dumps(list(self.tokens)),
-            "active": self.active,
-            "closed": self.closed,
-            "enableOrderBook": True,
-            "acceptingOrders": self.active and not self.closed,
-            "orderPriceMinTickSize": float(self.tick_size),
-        }
-
-
-def price_text(cents: int) -> str:
-    """Cents as Polymarket writes a price: `0.5`, `0.92`, `1`."""
-    return f"{cents / 100:.2f}".rstrip("0").rstrip(".")
 
 
 class PolymarketExchange(SimServer):
@@ -95,6 +59,8 @@ class PolymarketExchange(SimServer):
         self.rate = rate
         self.ping_timeout = ping_timeout
         self.paused = False
+        # Token ids whose subscription this exchange takes but never answers with a book.
+        self.withhold_books: set[str] = set()
         self.markets: list[SimMarket] = []
         self.by_token: dict[str, SimMarket] = {}
         self.assets: dict[int, set[str]] = {}  # session index -> subscribed token ids
@@ -260,7 +226,9 @@ class PolymarketExchange(SimServer):
             return
         new = [t for t in dict.fromkeys(tokens) if t not in subscribed]
         subscribed.update(tokens)
-        books = [self.book_event(t) for t in new if t in self.by_token]
+        books = [
+            self.book_event(t) for t in new if t in self.by_token and t not in self.withhold_books
+        ]
         if books and command.get("initial_dump", True):
             texts = [json.dumps(b, separators=(",", ":")) for b in books]
             session.post(("[" + ",".join(texts) + "]").encode())
@@ -305,14 +273,18 @@ class PolymarketExchange(SimServer):
                     changes = [c for c in event["price_changes"] if c["asset_id"] in assets]
                     if changes:
                         mine.append({**event, "price_changes": changes})
-                elif event["event_type"] == "best_bid_ask" and not self.custom.get(session.index):
-                    continue
-                elif event.get("asset_id") in assets:
+                elif event.get("asset_id") in assets and self._sends(session, event):
                     mine.append(event)
             if mine:
                 session.post(self._encode(mine))
                 posted += 1
         return posted
+
+    def _sends(self, session: SimSession, event: dict[str, Any]) -> bool:
+        """Whether a one-token event goes to this (subscribed) connection."""
+        if event["event_type"] == "best_bid_ask":
+            return bool(self.custom.get(session.index))
+        return not (event["event_type"] == "book" and event["asset_id"] in self.withhold_books)
 
     def _event(self, market: SimMarket) -> dict[str, Any]:
         rng = self.rng

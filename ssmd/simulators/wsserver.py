@@ -169,6 +169,7 @@ class SimServer:
         self.sent: list[SentFrame] = []
         self.sessions: list[SimSession] = []
         self.drops = 0
+        self.paused = False  # True: the exchange's own stream stops (connections stay)
         self._listener: GatedListener | None = None
         self._changed = trio.Event()
 
