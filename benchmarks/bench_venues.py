@@ -41,8 +41,9 @@ from ssmd.feeds import load_venue
 from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects
 from ssmd.feeds.jsonframes import split_array
 from ssmd.feeds.kraken import KrakenSession
-from ssmd.nats.bridge import StreamSpec, open_bridge
+from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
+from ssmd.nats.types import StreamSpec
 from ssmd.simulators.kalshi.raw import read_client_frame, ws_frame
 from ssmd.simulators.kraken import KrakenExchange, KrakenSubscriptions
 from ssmd.simulators.kraken_wire import encode
@@ -200,7 +201,7 @@ async def measure_venue(nats_url: str, ws_url: str, venue: str, count: int) -> f
     _, tokens = polymarket_frames(1) if venue == "polymarket" else ([], [])
     config, plans = venue_config(venue, tokens)
     clock = WallClock()
-    async with open_bridge([nats_url], publish_window=WINDOW) as bridge:
+    async with open_bridge([nats_url]) as bridge:
         await bridge.ensure_stream(
             StreamSpec("BENCH", [f"bench.{venue}.json.>"], 3600, 0, -1, 120, 1)
         )

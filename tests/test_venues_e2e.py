@@ -19,8 +19,9 @@ import trio
 
 from ssmd.config import Config, parse_config
 from ssmd.feeds.jsonframes import split_array
-from ssmd.nats.bridge import FetchedMessage, open_bridge
+from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
+from ssmd.nats.types import FetchedMessage
 from ssmd.simulators.kraken import KrakenExchange
 from ssmd.simulators.polymarket import PolymarketExchange
 from ssmd.simulators.wsserver import FrameKind, SimServer
