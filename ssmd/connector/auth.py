@@ -54,12 +54,17 @@ class Credentials:
 
     def handshake_headers(self, url: str, timestamp_ms: int | None = None) -> list[tuple[str, str]]:
         """The three authentication headers for a WebSocket upgrade to `url`."""
+        return self.request_headers("GET", urlsplit(url).path or "/", timestamp_ms)
+
+    def request_headers(
+        self, method: str, path: str, timestamp_ms: int | None = None
+    ) -> list[tuple[str, str]]:
+        """The three authentication headers for one request; `path` without the query."""
         ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
-        path = urlsplit(url).path or "/"
         return [
             (KEY_HEADER, self.api_key),
             (TIMESTAMP_HEADER, str(ts)),
-            (SIGNATURE_HEADER, self.sign(ts, "GET", path)),
+            (SIGNATURE_HEADER, self.sign(ts, method, path)),
         ]
 
 

@@ -1,0 +1,225 @@
+"""A venue's REST API, paced, timed out and retried: what discovery and backfill read.
+
+Every request waits for a token from a token bucket (the venue's documented budget), has
+a deadline, and is retried with backoff on HTTP 429 (honouring `Retry-After` when the
+venue sends one), on 5xx, and on transport errors, until it succeeds or its caller's
+cancel scope ends it: a REST outage pauses discovery, it never ends the process. Any
+other 4xx is the caller's mistake and raises `RestRefused` at once.
+
+httpx runs on Trio; pacing and backoff read `trio.current_time()`, so a MockClock drives
+them in tests.
+"""
+
+from __future__ import annotations
+
+import collections
+import email.utils
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from ssmd.backoff import Backoff, Retry
+
+log = logging.getLogger("ssmd.connector.rest")
+
+HeaderSource = Callable[[str, str], list[tuple[str, str]]]
+"""Headers for one request, from its method and URL path (Kalshi signs each request)."""
+
+Params = Mapping[str, str | int]
+
+
+class RestRefused(Exception):
+    """The venue answered a request with a client error other than 429: retrying the same
+    request cannot help (bad credentials, bad parameters, unknown path)."""
+
+    def __init__(self, status: int, path: str, body: str) -> None:
+        self.status = status
+        self.path = path
+        super().__init__(f"HTTP {status} for GET {path}: {body[:200]}")
+
+
+@attrs.define
+class TokenBucket:
+    """`rate` tokens per second, at most `burst` saved up."""
+
+    rate: float
+    burst: float
+    tokens: float = attrs.field(init=False)
+    stamp: float | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.rate <= 0 or self.burst < 1:
+            raise ValueError(f"a token bucket needs rate > 0 and burst >= 1, got {self!r}")
+        self.tokens = self.burst
+
+    def _refill(self, now: float) -> None:
+        if self.stamp is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_time(self, now: float, cost: float = 1.0) -> float:
+        """Seconds until `cost` tokens are there (0 when they are)."""
+        self._refill(now)
+        return max(0.0, (cost - self.tokens) / self.rate)
+
+    def take(self, now: float, cost: float = 1.0) -> None:
+        self._refill(now)
+        self.tokens -= cost
+
+    async def acquire(self, cost: float = 1.0) -> None:
+        """Wait for `cost` tokens and take them. The bucket refills continuously, so
+        one sleep of the computed time is enough."""
+        await trio.sleep(self.wait_time(trio.current_time(), cost))
+        self.take(trio.current_time(), cost)
+
+
+def retry_after_seconds(value: str | None, now_epoch: float | None = None) -> float | None:
+    """A `Retry-After` header as seconds to wait: delta-seconds or an HTTP date."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    now = time.time() if now_epoch is None else now_epoch
+    return max(0.0, when.timestamp() - now)
+
+
+@attrs.define
+class RestStats:
+    requests: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    """Finished requests by outcome: the HTTP status code, or `error` / `timeout`."""
+    retries: int = 0
+    last_success_ns: int = 0
+
+
+@attrs.frozen
+class RestSettings:
+    rate: float = 10.0
+    burst: float = 10.0
+    timeout: float = 10.0
+    backoff: Backoff = Backoff(1.0, 60.0, jitter=0.5)
+    max_retry_after: float = 300.0
+
+
+class RestClient:
+    """GET JSON from one venue's REST base URL, within its budget, through its outages."""
+
+    def __init__(
+        self,
+        base_url: str,
+        settings: RestSettings,
+        *,
+        headers: HeaderSource | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        label: str = "rest",
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._base_path = httpx.URL(self._base).path.rstrip("/")
+        self._settings = settings
+        self._headers = headers
+        self._bucket = TokenBucket(settings.rate, settings.burst)
+        self._label = label
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(settings.timeout),
+            headers={"Accept": "application/json", "User-Agent": "ssmd"},
+            follow_redirects=False,
+        )
+        self.stats = RestStats()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> RestClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+            await self.aclose()
+
+    async def get_json(self, path: str, params: Params | None = None) -> Any:
+        """The decoded JSON body of `GET base + path`, retried until it succeeds."""
+        retry = Retry(self._settings.backoff)
+        while True:
+            await self._bucket.acquire()
+            outcome, delay = await self._attempt(path, params)
+            if not isinstance(outcome, _Failed):
+                return outcome
+            self.stats.retries += 1
+            wait = retry.next_delay() if delay is None else delay
+            if retry.failures in (1, 10) or retry.failures % 100 == 0:
+                log.warning(
+                    "%s: GET %s failed (%s); retrying in %.1fs (attempt %d)",
+                    self._label,
+                    path,
+                    outcome.reason,
+                    wait,
+                    retry.failures,
+                )
+            await trio.sleep(wait)
+
+    async def _attempt(self, path: str, params: Params | None) -> tuple[Any, float | None]:
+        url = self._base + path
+        headers = self._headers("GET", self._base_path + path) if self._headers else []
+        try:
+            with trio.fail_after(self._settings.timeout):
+                response = await self._client.get(url, params=params, headers=headers)
+        except trio.TooSlowError:
+            self.stats.requests["timeout"] += 1
+            return _Failed("timed out"), None
+        except httpx.HTTPError as exc:
+            self.stats.requests["error"] += 1
+            return _Failed(f"{type(exc).__name__}: {exc}"), None
+        status = response.status_code
+        self.stats.requests[str(status)] += 1
+        if status == 429:
+            hinted = retry_after_seconds(response.headers.get("Retry-After"))
+            if hinted is not None:
+                hinted = min(hinted, self._settings.max_retry_after)
+            return _Failed("HTTP 429 too many requests"), hinted
+        if status >= 500:
+            return _Failed(f"HTTP {status}"), None
+        if status >= 400 or status < 200:
+            raise RestRefused(status, path, response.text)
+        try:
+            body = response.json()
+        except ValueError:
+            return _Failed(f"HTTP {status} with a body that is not JSON"), None
+        self.stats.last_success_ns = time.time_ns()
+        return body, None
+
+    async def walk(
+        self, path: str, params: Params, items_key: str, *, limit: int
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Each page's `items_key` list, following `cursor` until it is empty or absent."""
+        cursor: str | None = None
+        while True:
+            query: dict[str, str | int] = {**params, "limit": limit}
+            if cursor:
+                query["cursor"] = cursor
+            body = await self.get_json(path, query)
+            items = body.get(items_key) if isinstance(body, dict) else None
+            page = (
+                [item for item in items if isinstance(item, dict)]
+                if isinstance(items, list)
+                else []
+            )
+            yield page
+            next_cursor = body.get("cursor") if isinstance(body, dict) else None
+            if not isinstance(next_cursor, str) or not next_cursor or next_cursor == cursor:
+                return
+            cursor = next_cursor
+
+
+@attrs.frozen
+class _Failed:
+    reason: str

@@ -1,0 +1,152 @@
+"""Discovery without I/O: the market set under live events and REST walks, the catalogue,
+Kalshi's selection and lifecycle rules, and the trade ledger behind backfills."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ssmd.connector.reconcile import Catalogue, Diff, MarketSet
+from ssmd.feeds.kalshi_discovery import (
+    VOLATILE_MARKET_FIELDS,
+    BackfillWindow,
+    LifecycleChange,
+    Selection,
+    TradeLedger,
+    backfill_window,
+    lifecycle_change,
+    series_of,
+)
+
+
+def test_a_walk_adds_and_removes_what_changed_before_it_began() -> None:
+    markets = MarketSet()
+    assert markets.reconcile(["A", "B"], walk_started=10.0) == Diff(("A", "B"), ())
+    assert markets.reconcile(["B", "C"], walk_started=20.0) == Diff(("C",), ("A",))
+    assert markets.members == {"B", "C"}
+    assert not markets.reconcile(["B", "C"], walk_started=30.0)
+
+
+def test_a_walk_never_undoes_a_live_event_that_came_during_it() -> None:
+    markets = MarketSet()
+    markets.reconcile(["A", "B"], walk_started=0.0)
+    # During a walk begun at 100: N is created, B settles.
+    assert markets.live_add("N", now=105.0)
+    assert markets.live_remove("B", now=106.0)
+    # The walk's pages were read before those events: B still there, N not yet.
+    assert markets.reconcile(["A", "B"], walk_started=100.0) == Diff()
+    assert markets.members == {"A", "N"}
+    # The next walk knows better about both.
+    assert markets.reconcile(["A"], walk_started=200.0) == Diff((), ("N",))
+
+
+def test_a_live_event_before_the_walk_is_settled_by_it() -> None:
+    markets = MarketSet()
+    markets.live_add("X", now=5.0)
+    assert markets.reconcile([], walk_started=10.0) == Diff((), ("X",))
+    assert not markets.live_remove("X", now=11.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    before=st.sets(st.sampled_from("ABCDEFGH")),
+    walked=st.sets(st.sampled_from("ABCDEFGH")),
+)
+def test_without_live_events_a_walk_makes_the_set_what_it_saw(
+    before: set[str], walked: set[str]
+) -> None:
+    markets = MarketSet()
+    markets.reconcile(sorted(before), walk_started=1.0)
+    diff = markets.reconcile(sorted(walked), walk_started=2.0)
+    assert markets.members == walked
+    assert set(diff.added) == walked - before and set(diff.removed) == before - walked
+
+
+def test_the_catalogue_publishes_again_only_when_what_a_market_is_changes() -> None:
+    catalogue = Catalogue(VOLATILE_MARKET_FIELDS)
+    market = {"ticker": "T", "title": "Will it?", "yes_bid_dollars": "0.40", "volume_fp": "10.00"}
+    assert catalogue.changed("T", market)
+    assert not catalogue.changed("T", {**market, "yes_bid_dollars": "0.41", "volume_fp": "12.00"})
+    assert catalogue.changed("T", {**market, "close_time": "2026-12-01T00:00:00Z"})
+    assert catalogue.changed("U", market)
+    assert len(catalogue) == 2
+
+
+def test_selection_by_series_and_status() -> None:
+    assert series_of("KXBTCD-26MAR1213-T69499.99") == "KXBTCD"
+    every = Selection()
+    btc = Selection(frozenset({"KXBTCD"}))
+    open_btc = {
+        "ticker": "KXBTCD-26MAR1213-T1",
+        "event_ticker": "KXBTCD-26MAR1213",
+        "status": "active",
+    }
+    assert every.wants(open_btc) and btc.wants(open_btc)
+    assert not btc.wants({**open_btc, "ticker": "KXINX-1", "event_ticker": "KXINX-1"})
+    assert not every.wants({**open_btc, "status": "closed"})
+    assert not every.wants({"status": "active"})
+    assert every.market_walks() == [{"status": "open", "mve_filter": "exclude"}]
+    assert [w["series_ticker"] for w in Selection(frozenset({"B", "A"})).market_walks()] == [
+        "A",
+        "B",
+    ]
+
+
+def lifecycle(event_type: str, ticker: str = "KXBTCD-1-T1", **extra: object) -> dict[str, object]:
+    return {
+        "type": "market_lifecycle_v2",
+        "sid": 1,
+        "seq": 3,
+        "msg": {"event_type": event_type, "market_ticker": ticker, **extra},
+    }
+
+
+def test_lifecycle_events_add_and_remove_selected_markets() -> None:
+    every = Selection()
+    assert lifecycle_change(lifecycle("created"), every) == LifecycleChange(
+        "KXBTCD-1-T1", True, "lifecycle:created"
+    )
+    for kind in ("determined", "settled", "deactivated"):
+        change = lifecycle_change(lifecycle(kind), every)
+        assert change == LifecycleChange("KXBTCD-1-T1", False, f"lifecycle:{kind}")
+    assert lifecycle_change(lifecycle("metadata_updated"), every) is None
+    assert lifecycle_change(lifecycle("close_date_updated"), every) is None
+    inx = Selection(frozenset({"KXINX"}))
+    assert lifecycle_change(lifecycle("created"), inx) is None
+    created_inx = lifecycle(
+        "created", "ODD-TICKER", additional_metadata={"event_ticker": "KXINX-26DEC01"}
+    )
+    assert lifecycle_change(created_inx, inx) == LifecycleChange(
+        "ODD-TICKER", True, "lifecycle:created"
+    )
+    assert lifecycle_change({"type": "trade", "msg": {}}, every) is None
+    assert lifecycle_change({"type": "market_lifecycle_v2", "msg": "x"}, every) is None
+
+
+def test_backfill_window_covers_the_loss_in_whole_seconds() -> None:
+    window = backfill_window(
+        last_trade_ns=1_700_000_010_500_000_000,
+        lost_ns=1_700_000_012_000_000_000,
+        resumed_ns=1_700_000_020_100_000_000,
+        markets=["A"],
+    )
+    assert window == BackfillWindow(1_700_000_009, 1_700_000_021, ("A",))
+    assert window.queries() == [{"min_ts": 1_700_000_009, "max_ts": 1_700_000_021, "ticker": "A"}]
+    assert BackfillWindow(1, 2).queries() == [{"min_ts": 1, "max_ts": 2}]
+
+
+def test_the_ledger_publishes_only_what_was_missed_and_only_once() -> None:
+    ledger = TradeLedger(capacity=4)
+    assert not ledger.seen("t1") and not ledger.seen("t2")
+    rest = [
+        {"trade_id": "t1"},
+        {"trade_id": "t3"},
+        {"trade_id": ""},
+        {"no": "id"},
+        {"trade_id": "t4"},
+    ]
+    assert ledger.missing(rest) == [{"trade_id": "t3"}, {"trade_id": "t4"}]
+    assert ledger.missing(rest) == []
+    # Memory is bounded: the oldest id is forgotten first.
+    assert not ledger.seen("t5")
+    assert len(ledger) == 4 and "t1" not in ledger and "t5" in ledger
