@@ -1,0 +1,127 @@
+"""`ssmd data book`: books rebuilt from the archive equal the exchange's own books, in
+both Kalshi forms, and a book touched by a gap is invalid until its own next snapshot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from ssmd.cli.main import main
+from ssmd.connector.records import GapRecord, ResubscribeRecord
+from tests.archive_harness import utc_ns
+from tests.market_tape import KalshiBooks, Tape, archive_tape
+
+MS = 1_000_000
+A, B, C = "KXBTCD-26MAR1213-T69499.99", "KXHIGHNY-26MAR12-B40.5", "INXD-26MAR12-B5712.5"
+T0 = utc_ns(2026, 1, 5, 12, 0)
+
+
+def book(capsys: pytest.CaptureFixture[str], root: Path, market: str, at: int) -> dict[str, Any]:
+    code = main(["data", "book", "kalshi", market, "--at", str(at), "--json", "--path", str(root)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def levels(view: dict[str, Any]) -> dict[str, Any]:
+    return {"yes": view["yes"], "no": view["no"]}
+
+
+@pytest.mark.parametrize("form", ["cents", "fp"])
+def test_books_equal_the_exchange_and_a_gap_invalidates_exactly_its_sid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], form: str
+) -> None:
+    tape = Tape()
+    exchange = KalshiBooks(tape, form, {1: [A, B], 2: [C]})  # type: ignore[arg-type]
+    now = T0
+    for market in (A, B, C):
+        exchange.snapshot(market, now)
+        now += 10 * MS
+    checks: list[tuple[int, dict[str, Any], set[str]]] = []  # (time, states, invalid)
+
+    def run_deltas(n: int) -> None:
+        nonlocal now
+        for i in range(n):
+            exchange.delta((A, B, C, A)[i % 4], now)
+            now += 40 * MS
+
+    def check(invalid: set[str]) -> None:
+        # Between the last message and the next: the book must equal the state now.
+        checks.append((now - 20 * MS, {m: exchange.state(m) for m in (A, B, C)}, invalid))
+
+    run_deltas(200)
+    check(set())
+    run_deltas(300)
+    check(set())
+    # A delta of A on sid 1 is lost upstream; the connector sees the jump on the next one.
+    exchange.delta(A, now, deliver=False)
+    sid1_expected = exchange.seq[1]
+    exchange.delta(B, now + 5 * MS)
+    gap_at = now + 6 * MS
+    tape.record(
+        GapRecord(0, 1, "orderbook_delta", sid1_expected, sid1_expected + 1, [A, B], gap_at), gap_at
+    )
+    tape.record(ResubscribeRecord(0, "gap", "orderbook_delta", 1, 3, [A, B], gap_at), gap_at + MS)
+    now += 20 * MS
+    run_deltas(100)
+    check({A, B})
+    exchange.snapshot(A, now)
+    now += 10 * MS
+    run_deltas(40)
+    check({B})
+    exchange.snapshot(B, now)
+    now += 10 * MS
+    run_deltas(40)
+    check(set())
+
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+
+    for at, states, invalid in checks:
+        for market in (A, B, C):
+            view = book(capsys, tmp_path, market, at)
+            assert view["market"] == market and view["feed"] == "kalshi"
+            if market in invalid:
+                assert view["valid"] is False, (market, at)
+                assert "exchange gap on sid 1" in view["reason"]
+            else:
+                assert view["valid"] is True and view["reason"] is None, (market, at, view)
+                assert levels(view) == states[market], (market, at)
+    # The lost delta really made A's rebuilt book differ: invalid was the truth.
+    at, states, _ = checks[2]
+    assert levels(book(capsys, tmp_path, A, at)) != states[A]
+
+
+def test_book_before_any_snapshot_is_invalid_and_depth_cuts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tape = Tape()
+    exchange = KalshiBooks(tape, "fp", {1: [A]})
+    exchange.snapshot(A, T0 + 1000 * MS)
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    early = book(capsys, tmp_path, A, T0)
+    assert early["valid"] is False and early["reason"] == "no snapshot yet"
+    code = main(
+        [
+            "data",
+            "book",
+            "kalshi",
+            A,
+            "--at",
+            "2026-01-05T12:00:02Z",
+            "--depth",
+            "2",
+            "--json",
+            "--path",
+            str(tmp_path),
+        ]
+    )
+    view = json.loads(capsys.readouterr().out)
+    assert code == 0 and view["valid"] is True
+    assert view["yes"] == exchange.state(A)["yes"][:2] and len(view["no"]) == 2
+    assert view["yes"][0][0] == "0.4400"  # best (highest) bid first, fixed-point text
