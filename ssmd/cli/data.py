@@ -45,6 +45,13 @@ def _root(args: argparse.Namespace) -> Path:
     raise DataError("no archive path: pass --path, -c CONFIG, or set SSMD_DATA_PATH")
 
 
+def _optional_root(args: argparse.Namespace) -> Path | None:
+    try:
+        return _root(args)
+    except DataError:
+        return None
+
+
 def _parse_time(value: str, day: str) -> int:
     """Nanoseconds from `HH:MM[:SS]` (on the given day), ISO 8601 UTC, or epoch seconds."""
     text = value.strip()
@@ -313,7 +320,8 @@ def add_data_commands(sub: Any) -> None:
 def run_data_command(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "research", None) is not None:
-            code: int = args.research(args, _root(args))
+            root = _optional_root(args) if getattr(args, "optional_root", False) else _root(args)
+            code: int = args.research(args, root)
         else:
             code = args.func(args)
         return code

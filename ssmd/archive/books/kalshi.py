@@ -19,7 +19,7 @@ PRICE_PLACES = Decimal("0.0001")
 QTY_PLACES = Decimal("0.01")
 
 
-def _side(msg: dict[str, Any], side: str) -> Levels:
+def side_levels(msg: dict[str, Any], side: str) -> Levels:
     levels: Levels = {}
     if f"{side}_dollars_fp" in msg:
         pairs, scale = msg[f"{side}_dollars_fp"], None
@@ -62,7 +62,7 @@ class KalshiVenue:
         kind = payload.get("type")
         try:
             if kind == "orderbook_snapshot":
-                book.reset(_side(msg, "yes"), _side(msg, "no"), record.seq)
+                book.reset(side_levels(msg, "yes"), side_levels(msg, "no"), record.seq)
             elif kind == "orderbook_delta":
                 self._delta(book, msg, record.seq)
         except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
