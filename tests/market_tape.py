@@ -138,7 +138,9 @@ class KalshiBooks:
         }
 
 
-async def archive_tape(root: Path, tape: Tape, interval_s: int = 900) -> dict[str, Any]:
+async def archive_tape(
+    root: Path, tape: Tape, interval_s: int = 900, after_seq: int = 0
+) -> dict[str, Any]:
     """Archive the tape with the real pipeline, each message written at its receive
     time (run under a MockClock). Returns per-stream-seq what was archived."""
     first = tape.items[0].recv_ns
@@ -147,7 +149,7 @@ async def archive_tape(root: Path, tape: Tape, interval_s: int = 900) -> dict[st
     async with trio.open_nursery() as nursery:
         clock = WallClock(first - NS)
         await h.start(nursery, clock)
-        stream_seq = 0
+        stream_seq = after_seq
         pending: list[FetchedMessage] = []
         gaps: list[GapEvent] = []
         second = first // NS
