@@ -125,3 +125,33 @@ def test_book_before_any_snapshot_is_invalid_and_depth_cuts(
     assert code == 0 and view["valid"] is True
     assert view["yes"] == exchange.state(A)["yes"][:2] and len(view["no"]) == 2
     assert view["yes"][0][0] == "0.4400"  # best (highest) bid first, fixed-point text
+
+
+def test_every_step_gives_one_line_per_book_and_the_api_agrees(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ssmd.archive
+
+    tape = Tape()
+    exchange = KalshiBooks(tape, "cents", {1: [A]})
+    exchange.snapshot(A, T0 + 500 * MS)
+    states = {}
+    for second in range(1, 6):
+        exchange.delta(A, T0 + second * 1000 * MS)
+        states[second] = exchange.state(A)
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    code = main(
+        ["data", "book", "kalshi", A, "--every", "1s", "--start", "2026-01-05T12:00:00Z",
+         "--end", "2026-01-05T12:00:05.5Z", "--path", str(tmp_path)]
+    )  # fmt: skip
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and len(lines) == 6
+    assert [v["valid"] for v in lines] == [False, True, True, True, True, True]
+    assert [v["at"] for v in lines[:2]] == [
+        "2026-01-05T12:00:00.000000000Z",
+        "2026-01-05T12:00:01.000000000Z",
+    ]
+    for second in range(1, 6):
+        assert levels(lines[second]) == states[second]
+    api = ssmd.archive.open(tmp_path).book("kalshi", A, at="2026-01-05T12:00:03Z")
+    assert api.to_json() == lines[3]
