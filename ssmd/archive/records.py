@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import calendar
+import functools
 import json
 import re
 from decimal import Decimal
@@ -27,7 +28,7 @@ class Record:
         self.subject = subject
         self.recv_ns = recv_ns
         self.line = line
-        self.type_token, self.market = split_subject(subject)
+        self.type_token, self.market = _split(subject)
         self._payload: Any = _UNSET
 
     @classmethod
@@ -42,11 +43,12 @@ class Record:
         parts = self.subject.split(".", 2)
         return parts[1] if len(parts) > 1 else ""
 
-    def payload(self) -> Any:
-        """The original payload's JSON value (numbers with a point as Decimal, so no
-        price is ever rounded); bytes for a payload that was not UTF-8."""
+    def payload(self, exact: bool = True) -> Any:
+        """The original payload's JSON value; bytes for a payload that was not UTF-8.
+        `exact`: numbers with a point as Decimal, so no price is ever rounded (else
+        float, faster, for tables that hold float64 anyway). The first call decides."""
         if self._payload is _UNSET:
-            record = json.loads(self.line, parse_float=Decimal)
+            record = json.loads(self.line, parse_float=Decimal) if exact else json.loads(self.line)
             if "_raw" in record:
                 self._payload = record["_raw"]
             elif "_raw_b64" in record:
@@ -60,6 +62,8 @@ class Record:
         value = self.payload()
         if isinstance(value, bytes):
             return json.dumps(base64.b64encode(value).decode())
+        if isinstance(value, dict):
+            return self.payload_bytes().decode()
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
     def payload_bytes(self) -> bytes:
@@ -81,6 +85,7 @@ class Record:
 
 
 _UNSET: Any = object()
+_split = functools.lru_cache(maxsize=1 << 16)(split_subject)
 
 
 def _is_json(text: str) -> bool:

@@ -23,9 +23,10 @@ from ssmd.archive.integrity import ConnectionTracker, Interruption, interruption
 from ssmd.archive.records import Record
 from ssmd.archive.store import days, file_lines, read_manifest
 from ssmd.archiver.lines import read_prefix
-from ssmd.subjects import DISCONTINUITY_TYPE, split_subject
+from ssmd.subjects import DISCONTINUITY_TYPE, encode_token, split_subject
 
 NS = 1_000_000_000
+_SSMD = b".json.ssmd."
 DEFAULT_HORIZON_NS = 300 * NS
 
 
@@ -120,8 +121,11 @@ def _events(
     gaps = sorted(stream_gaps(manifest.gaps), key=lambda g: g.seq)
     day_dir = root / feed / day
     last_recv: int | None = None
+    token = encode_token(market).encode()
     for entry in manifest.files:
         for line in file_lines(day_dir / entry.name):
+            if token not in line and _SSMD not in line:
+                continue
             prefix = read_prefix(line)
             if prefix is None:
                 continue
@@ -147,6 +151,8 @@ def _start_day(root: Path, feed: str, market: str, venue: Venue, first: int) -> 
         manifest = read_manifest(root, feed, day)
         for entry in manifest.files:
             for line in file_lines(root / feed / day / entry.name):
+                if not venue.is_snapshot_line(line):
+                    continue
                 prefix = read_prefix(line)
                 if prefix is None or (prefix[2] is not None and prefix[2] > first):
                     continue
