@@ -450,3 +450,30 @@ def test_corrupt_or_truncated_files_are_a_clear_error_naming_the_file(
     assert (
         result.returncode == 1 and "Traceback" not in result.stderr and str(victim) in result.stderr
     )
+
+
+def test_export_keeps_odd_messages_in_raw_instead_of_failing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tape = Tape()
+    odd: list[tuple[str, dict[str, Any] | bytes]] = [
+        (market_subject(ENV, "kalshi", "orderbook", A), {"type": "orderbook_delta", "sid": 1, "msg": {"market_ticker": A, "side": "yes"}}),
+        (market_subject(ENV, "kalshi", "trade", A), {"type": "trade", "msg": {"market_ticker": A, "yes_price": "abc", "count": 1.5}}),
+        ("prod.kalshi.json.unrouted.invalid", b"not json at all"),
+        (market_subject(ENV, "kalshi", "trade", A), {"type": "trade", "msg": {"market_ticker": A, "yes_price": 40, "count": 2}}),
+    ]  # fmt: skip
+    for i, (subject, payload) in enumerate(odd):
+        tape.add(subject, payload, at(12, 0, i))
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    out = tmp_path / "pq"
+    code, _, err = run(capsys, "export", "--out", str(out), "--path", str(tmp_path))
+    assert code == 0, err
+    con = ssmd.archive.open(tmp_path).duckdb(out)
+    raw = con.execute("SELECT type, payload FROM raw ORDER BY seq").fetchall()
+    assert [t for t, _ in raw] == ["orderbook", "trade", "unrouted", "trade"]
+    assert raw[2][1] == '"not json at all"'
+    assert con.execute("SELECT count(*) FROM book_deltas").fetchone() == (0,)
+    assert con.execute("SELECT price, size FROM trades ORDER BY seq").fetchall() == [
+        (None, 1.5),
+        (0.4, 2.0),
+    ]

@@ -283,10 +283,14 @@ def record_rows(record: Record, extract: Extractor | None) -> Iterator[tuple[str
         },
     )
     if record.type_token == DISCONTINUITY_TYPE:
-        rows: Iterator[tuple[str, Row]] = _discontinuity(record, payload)
+        typed: Iterator[tuple[str, Row]] = _discontinuity(record, payload)
     elif extract is None:
         return
     else:
-        rows = extract(record, payload)
+        typed = extract(record, payload)
+    try:
+        rows = list(typed)
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError):
+        return  # a message of an unexpected shape: it stays in `raw`, whole
     for table, row in rows:
         yield table, {**base, **row}

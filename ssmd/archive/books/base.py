@@ -83,4 +83,6 @@ def dec(value: object) -> Decimal:
         return value
     if isinstance(value, int | str):
         return Decimal(value)
+    if isinstance(value, float):
+        return Decimal(repr(value))
     raise ValueError(f"not a number: {value!r}")
