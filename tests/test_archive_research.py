@@ -180,7 +180,7 @@ def test_export_is_typed_hive_parquet_that_duckdb_and_polars_read_exactly(
         assert r["n"] == exp.trades[m]
         assert Decimal(str(r["contracts"])) == exp.contracts[m]
         assert abs(Decimal(str(r["notional"])) - exp.notional[m]) < Decimal("1e-9")
-        assert r["ts_type"] == "TIMESTAMPTZ_NS" and r["d"] == DAY
+        assert r["ts_type"] == "TIMESTAMP WITH TIME ZONE" and r["d"] == DAY
 
     # polars reads the same tree with hive partitioning.
     trades = pl.scan_parquet(

@@ -164,3 +164,43 @@ def test_polymarket_books_per_token_checked_against_best_bid_ask(
     assert views[NO]["valid"] is True
     [only] = book(capsys, tmp_path, "polymarket", COND, T0 + 350 * MS, "--asset", NO)
     assert only["asset_id"] == NO and only["valid"] is False and "disconnect" in only["reason"]
+
+
+def test_polymarket_and_kraken_export_into_the_same_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ssmd.archive
+
+    kraken = Tape(feed="kraken")
+    kraken.add(market_subject(ENV, "kraken", "book", "BTC/USD"), KRAKEN_DOC_SNAPSHOT.encode(), T0)
+    trade = '{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","side":"buy","price":45285.2,"qty":0.5,"ord_type":"limit","trade_id":7,"timestamp":"2026-01-05T12:00:01.000000Z"},{"symbol":"BTC/USD","side":"sell","price":45283.5,"qty":0.25,"ord_type":"market","trade_id":8,"timestamp":"2026-01-05T12:00:01.500000Z"}]}'
+    kraken.add(market_subject(ENV, "kraken", "trade", "BTC/USD"), trade.encode(), T0 + MS)
+    poly = Tape(feed="polymarket")
+    poly.add(market_subject(ENV, "polymarket", "book", COND), {
+        "event_type": "book", "market": COND, "asset_id": YES, "timestamp": "1767614400000",
+        "bids": [{"price": "0.48", "size": "100"}], "asks": [{"price": "0.52", "size": "80"}, {"price": "0.55", "size": "5"}],
+    }, T0)  # fmt: skip
+    poly.add(market_subject(ENV, "polymarket", "last_trade_price", COND), {
+        "event_type": "last_trade_price", "market": COND, "asset_id": YES, "price": "0.52", "size": "12.5",
+        "side": "BUY", "timestamp": "1767614400500", "transaction_hash": "0xabc",
+    }, T0 + MS)  # fmt: skip
+    for tape in (kraken, poly):
+        trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert main(["data", "export", "--out", str(tmp_path / "pq"), "--path", str(tmp_path)]) == 0
+    capsys.readouterr()
+    con = ssmd.archive.open(tmp_path).duckdb(tmp_path / "pq")
+    doc = json.loads(KRAKEN_DOC_SNAPSHOT, parse_float=Decimal)["data"][0]
+    kraken_qty = float(sum(level["qty"] for level in doc["bids"] + doc["asks"]))
+    assert con.execute(
+        "SELECT feed, market, asset_id, count(*), sum(size) FROM book_snapshots GROUP BY ALL ORDER BY feed"
+    ).fetchall() == [
+        ("kraken", "BTC/USD", None, 20, pytest.approx(kraken_qty)),
+        ("polymarket", COND, YES, 3, 185.0),
+    ]
+    assert con.execute(
+        "SELECT feed, trade_id, price, size, epoch_ms(exchange_ts) FROM trades ORDER BY feed, trade_id"
+    ).fetchall() == [
+        ("kraken", "7", 45285.2, 0.5, 1767614401000),
+        ("kraken", "8", 45283.5, 0.25, 1767614401500),
+        ("polymarket", "0xabc", 0.52, 12.5, 1767614400500),
+    ]

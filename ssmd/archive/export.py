@@ -63,7 +63,7 @@ def slot_rows(
                     "seq": after,
                     "market": None,
                     "kind": gap.kind,
-                    "ts": gap.at_ns,
+                    "ts": None if gap.at_ns is None else gap.at_ns // 1000,
                     "reason": gap.reason,
                     "count": gap.detail["missing_count"],
                 }

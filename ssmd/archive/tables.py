@@ -20,7 +20,8 @@ from ssmd.archive.records import Record, iso_ns
 from ssmd.subjects import DISCONTINUITY_TYPE
 
 Row = dict[str, Any]
-TS = pa.timestamp("ns", tz="UTC")
+# Microseconds: every venue's clock is ms or µs, and DuckDB's TIMESTAMPTZ is µs.
+TS = pa.timestamp("us", tz="UTC")
 F64 = pa.float64()
 STR = pa.string()
 _COMMON = [("recv_ns", pa.int64()), ("seq", pa.int64()), ("market", STR)]
@@ -75,12 +76,14 @@ def _pick(msg: dict[str, Any], new: tuple[str, ...], cents: str | None) -> float
 
 
 def _ts(value: object, unit_ns: int = 1_000_000) -> int | None:
+    """Microseconds (the column's unit) from ms/s/ns numbers or RFC 3339 text."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | Decimal):
-        return int(value) * unit_ns
+        return int(value) * unit_ns // 1000
     if isinstance(value, str):
-        return int(value) * unit_ns if value.isdigit() else iso_ns(value)
+        ns = int(value) * unit_ns if value.isdigit() else iso_ns(value)
+        return None if ns is None else ns // 1000
     return None
 
 
