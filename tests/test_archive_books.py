@@ -155,3 +155,40 @@ def test_every_step_gives_one_line_per_book_and_the_api_agrees(
         assert levels(lines[second]) == states[second]
     api = ssmd.archive.open(tmp_path).book("kalshi", A, at="2026-01-05T12:00:03Z")
     assert api.to_json() == lines[3]
+
+
+def test_records_apply_in_stream_order_up_to_the_last_received_by_the_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A retry can be stored after a message received later; the book takes the stream's
+    order and stops at the last record received at or before the time asked."""
+    tape = Tape()
+    exchange = KalshiBooks(tape, "fp", {1: [A]})
+    exchange.snapshot(A, T0 + 1000 * MS)
+    at_snapshot = exchange.state(A)
+    exchange.delta(A, T0 + 3000 * MS)  # stored first, received last
+    after_first = exchange.state(A)
+    exchange.delta(A, T0 + 2000 * MS)  # stored second, received earlier
+    after_both = exchange.state(A)
+    assert after_first != after_both
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert levels(book(capsys, tmp_path, A, T0 + 1500 * MS)) == at_snapshot
+    assert levels(book(capsys, tmp_path, A, T0 + 2500 * MS)) == after_both
+    assert levels(book(capsys, tmp_path, A, T0 + 3500 * MS)) == after_both
+
+
+def test_a_book_starts_from_the_previous_days_snapshot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tape = Tape()
+    exchange = KalshiBooks(tape, "cents", {1: [A]})
+    exchange.snapshot(A, utc_ns(2026, 1, 5, 23, 59))
+    for i in range(20):
+        exchange.delta(A, utc_ns(2026, 1, 6, 0, 1, i))
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert sorted(p.name for p in (tmp_path / "kalshi").iterdir() if p.is_dir()) == [
+        "2026-01-05",
+        "2026-01-06",
+    ]
+    view = book(capsys, tmp_path, A, utc_ns(2026, 1, 6, 0, 2))
+    assert view["valid"] is True and levels(view) == exchange.state(A)
