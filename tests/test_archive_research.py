@@ -443,6 +443,7 @@ def test_corrupt_or_truncated_files_are_a_clear_error_naming_the_file(
         assert code == 1, (args, err)
         assert err.startswith("ssmd: corrupt archive: ") and str(victim) in err, (args, err)
     assert not list((tmp_path / "pq").rglob(f"{victim.name.split('.')[0]}.parquet"))
+    assert not [p for p in (tmp_path / "pq").rglob(".*") if p.is_file()]  # no temp left
     result = subprocess.run(
         [sys.executable, "-m", "ssmd", "data", "export", "--out", str(tmp_path / "pq2"), "--path", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
@@ -453,8 +454,9 @@ def test_corrupt_or_truncated_files_are_a_clear_error_naming_the_file(
 
 
 def test_export_keeps_odd_messages_in_raw_instead_of_failing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("ssmd.archive.export.BATCH_ROWS", 2)  # several row groups per file
     tape = Tape()
     odd: list[tuple[str, dict[str, Any] | bytes]] = [
         (market_subject(ENV, "kalshi", "orderbook", A), {"type": "orderbook_delta", "sid": 1, "msg": {"market_ticker": A, "side": "yes"}}),
