@@ -192,3 +192,36 @@ def test_a_book_starts_from_the_previous_days_snapshot(
     ]
     view = book(capsys, tmp_path, A, utc_ns(2026, 1, 6, 0, 2))
     assert view["valid"] is True and levels(view) == exchange.state(A)
+
+
+def test_book_prints_a_readable_table_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tape = Tape()
+    exchange = KalshiBooks(tape, "fp", {1: [A]})
+    exchange.snapshot(A, T0 + 1000 * MS)
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert main(["data", "book", "kalshi", A, "--at", str(T0), "--path", str(tmp_path)]) == 0
+    assert "INVALID: no snapshot yet" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "data",
+                "book",
+                "kalshi",
+                A,
+                "--at",
+                str(T0 + 2000 * MS),
+                "--depth",
+                "1",
+                "--path",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    best = exchange.state(A)["yes"][0]
+    assert ": valid" in out and f"{best[0]:>14} {best[1]:>16}" in out
+    assert main(["data", "book", "nosuchvenue", A, "--at", str(T0), "--path", str(tmp_path)]) == 2
+    assert "no book rules for feed 'nosuchvenue'" in capsys.readouterr().err
