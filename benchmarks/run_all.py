@@ -26,6 +26,9 @@ processes and are not counted):
   (connecting, creating the consumer), which is small next to the run. For the paced
   end-to-end runs the window is from the connector's start to the last ack, so the
   figure includes the pipeline's fixed per-batch and idle costs at that rate.
+* reading back (`bench_archive.measure`): an archive written by the archiver's slot
+  writer; `ssmd data export` rate and one market's book rebuild against gzip +
+  json.loads per line of the same files.
 * peak RSS: `VmHWM` of the measuring process (its own image; not `ru_maxrss`, which on
   Linux carries over the spawning parent's peak across exec).
 """
@@ -53,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_* (when import
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # ssmd from this checkout
 
 import trio
+from bench_archive import measure as measure_archive_reading
 from bench_archiver import bare_fetch_ack, fill_stream, ssmd_archiver, writer_vs_raw_gzip
 from bench_connector import measure_bare, measure_connector
 from bench_e2e import run_e2e
@@ -338,6 +342,28 @@ def main() -> int:
             )
             table.row("peak RSS, MiB", f"{rss:.0f}")
             fsync_from = {"rate": rate, **result}
+
+        # Reading back: export and book rebuilding against a plain read of the same files.
+        reading, _, read_rss = isolated(measure_archive_reading, n, tmp / "reading")
+        log(f"[archive] {reading}")
+        table.section(f"reading the archive back, {n:,} Kalshi records (half of them book deltas)")
+        table.row(
+            "Parquet export, records/s (base: gzip + json.loads per line)",
+            f"{reading['export_rate']:,.0f}",
+            f"{reading['read_rate']:,.0f}",
+            f"{reading['export_rate'] / reading['read_rate']:.2f}",
+        )
+        table.row(
+            f"book rebuild of one market, deltas/s ({reading['book_records']:,} of its records)",
+            f"{reading['book_rate']:,.0f}",
+        )
+        table.row(
+            "  the same, archive records scanned/s (base: plain read)",
+            f"{reading['book_scan_rate']:,.0f}",
+            f"{reading['read_rate']:,.0f}",
+            f"{reading['book_scan_rate'] / reading['read_rate']:.2f}",
+        )
+        table.row("peak RSS (export), MiB", f"{read_rss:.0f}")
 
         hist = fsync_from["fsync_hist"]
         table.section(

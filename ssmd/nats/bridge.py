@@ -28,6 +28,7 @@ from ssmd.nats.loop import AsyncioThread
 from ssmd.nats.publish import AckInbox
 from ssmd.nats.pull import PullConsumer
 from ssmd.nats.types import (
+    RECV_NS_HEADER,
     ConsumerPosition,
     NatsUnavailable,
     OutgoingMessage,
@@ -143,6 +144,17 @@ class NatsBridge:
             self._acks = AckInbox(self._nc)
             await self._acks.subscribe()
         return await self._acks.publish(messages, timeout)
+
+    async def publish_core(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Core NATS publishes, then a flush: for replaying the archive to live
+        subscribers (a JetStream stream on those subjects stores them too). Each carries
+        its original receive time in `Ssmd-Recv-Ns`."""
+        await self._call(self._publish_core, messages)
+
+    async def _publish_core(self, messages: Sequence[OutgoingMessage]) -> None:
+        for m in messages:
+            await self._nc.publish(m.subject, m.payload, headers={RECV_NS_HEADER: str(m.recv_ns)})
+        await self._nc.flush(timeout=self._request_timeout)
 
     async def close(self) -> None:
         self.closing = True
