@@ -23,6 +23,11 @@ from ssmd.simulators.polymarket import PolymarketExchange
 from ssmd.simulators.wsserver import FrameKind, SimServer
 from tests.procs import SsmdProcess, archived_records, check_manifests
 
+SHUTDOWN_REASON = {
+    "polymarket": "shutdown: venue does not confirm unsubscribe",
+    "kraken": "shutdown: unsubscribed, nothing in flight",
+}
+
 
 def write_config(tmp_path: Path, nats_url: str, venue: str, connector: str) -> Path:
     path = tmp_path / "ssmd.toml"
@@ -108,7 +113,8 @@ async def test_venue_to_archive_through_a_drop(
             expected = sent_messages(sim, venue)
             await wait_archived(tmp_path / "archive" / venue, len(expected))
         finally:
-            code, _ = proc.terminate()
+            # In a thread: the simulator in this process answers the unsubscribes meanwhile.
+            code, _ = await trio.to_thread.run_sync(proc.terminate)
         nursery.cancel_scope.cancel()
     assert code == 0, proc.log.read_text()[-3000:]
     feed_dir = tmp_path / "archive" / venue
@@ -117,6 +123,9 @@ async def test_venue_to_archive_through_a_drop(
     assert [strip_meta(r) for r in market] == [json.loads(m) for m in expected]
     kinds = [r["_subject"].rsplit(".", 1)[1] for r in records if ".json.ssmd." in r["_subject"]]
     assert kinds.count("connect") == 2 and kinds.count("disconnect") >= 1
+    # The stop is recorded honestly: Kraken confirms each unsubscribe, Polymarket never does.
+    assert records[-1]["type"] == "ssmd_disconnect"
+    assert records[-1]["reason"] == SHUTDOWN_REASON[venue]
     manifest = json.loads(next(feed_dir.glob("*/manifest.json")).read_text())
     assert key in manifest["tickers"]
     assert check_manifests(feed_dir)["gaps"] == []
