@@ -324,9 +324,7 @@ async def test_a_venue_that_never_confirms_an_unsubscribe_does_not_claim_a_clean
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     toy = Toy(["quiet"], {})
-    toy.connection.session = UnconfirmingToyVenue().session(
-        toy.connection.session.context, toy.connection.session.plans
-    )
+    toy.connection.session = UnconfirmingToyVenue().session(toy.session.context, toy.session.plans)
     async with toy.running():
         await trio.sleep(1)
         assert toy.connection.up
