@@ -190,8 +190,8 @@ path = "{tmp_path / "archive"}"
         proc.start()
         try:
             await trio.to_thread.run_sync(proc.wait_ready)
-            for sim in (poly, kraken):
-                await sim.wait_until(lambda sim=sim: len(sim.data_frames()) > 300, timeout=30)
+            await poly.wait_until(lambda: len(poly.data_frames()) > 300, timeout=30)
+            await kraken.wait_until(lambda: len(kraken.data_frames()) > 300, timeout=30)
             _, metrics = await trio.to_thread.run_sync(http_get, proc.health_port, "/metrics")
             # The exchanges keep streaming: the stop itself must take the tail.
             code, _ = await trio.to_thread.run_sync(proc.terminate)
@@ -203,7 +203,8 @@ path = "{tmp_path / "archive"}"
     assert metrics.count("# TYPE ssmd_archived_messages_total counter") == 1, metrics
     for feed in ("polymarket", "kraken"):
         assert f'ssmd_archive_acks_total{{feed="{feed}"}}' in metrics
-    for feed, sim in (("polymarket", poly), ("kraken", kraken)):
+    sims: dict[str, SimServer] = {"polymarket": poly, "kraken": kraken}
+    for feed, sim in sims.items():
         records = archived_records(tmp_path / "archive" / feed)
         market = [strip_meta(r) for r in records if ".json.ssmd." not in r["_subject"]]
         sent = [json.loads(m) for m in sent_messages(sim, feed)]
