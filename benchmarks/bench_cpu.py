@@ -28,8 +28,10 @@ import base64
 import json
 import multiprocessing
 import os
+import resource
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -68,7 +70,12 @@ def frames_needed(rate: float, warm_s: float, window_s: float) -> int:
 
 
 async def ssmd_recorder(
-    nats_url: str, ws_url: str, rate: float, warm_s: float, window_s: float, idle_s: float,
+    nats_url: str,
+    ws_url: str,
+    rate: float,
+    warm_s: float,
+    window_s: float,
+    idle_s: float,
     archive: Path,
 ) -> dict[str, float]:
     """Share of one core for ssmd's connector + archiver: at `rate`, then idle."""
@@ -141,8 +148,29 @@ async def ssmd_recorder(
     return result
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each live thread of this process, by thread name (kernel `comm`)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = names.get(int(tid)) or stat[stat.index("(") + 1 : stat.rindex(")")]
+        name = name.split(" ")[0] if name.startswith("Trio") else name
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def _window_start(name: str, records: int) -> dict[str, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
+        **{f"{name}_thread0 {k}": v for k, v in thread_cpu().items()},
+        f"{name}_csw0": usage.ru_nvcsw + usage.ru_nivcsw,
         f"{name}_cpu0": time.process_time(),
         f"{name}_t0": time.perf_counter(),
         f"{name}_n0": records,
@@ -152,6 +180,15 @@ def _window_start(name: str, records: int) -> dict[str, float]:
 def _window_end(result: dict[str, float], name: str, records: int) -> None:
     elapsed = time.perf_counter() - result.pop(f"{name}_t0")
     result[f"{name}_core"] = (time.process_time() - result.pop(f"{name}_cpu0")) / elapsed
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result[f"{name}_switches"] = (
+        usage.ru_nvcsw + usage.ru_nivcsw - result.pop(f"{name}_csw0")
+    ) / elapsed
+    for thread, cpu in thread_cpu().items():
+        start = result.pop(f"{name}_thread0 {thread}", 0.0)
+        result[f"{name}_thread {thread}"] = (cpu - start) / elapsed
+    for key in [k for k in result if k.startswith(f"{name}_thread0 ")]:
+        del result[key]
     result[f"{name}_rate"] = (records - result.pop(f"{name}_n0")) / elapsed
 
 
@@ -172,7 +209,12 @@ async def _ws_connect(ws_url: str) -> tuple[asyncio.StreamReader, asyncio.Stream
 
 
 async def bare_recorder(
-    nats_url: str, ws_url: str, rate: float, warm_s: float, window_s: float, idle_s: float,
+    nats_url: str,
+    ws_url: str,
+    rate: float,
+    warm_s: float,
+    window_s: float,
+    idle_s: float,
     archive: Path,
 ) -> dict[str, float]:
     """The same job in one asyncio loop with nats-py as documented."""
@@ -205,7 +247,9 @@ async def bare_recorder(
                 sent += 1
                 headers = {"Nats-Msg-Id": f"bare-{sent}", "Ssmd-Recv-Ns": str(recv_ns)}
                 acks.append(
-                    await js.publish_async(f"bare.kalshi.json.trade.{ticker}", payload, headers=headers)
+                    await js.publish_async(
+                        f"bare.kalshi.json.trade.{ticker}", payload, headers=headers
+                    )
                 )
             if acks:
                 await asyncio.gather(*acks)
@@ -294,13 +338,20 @@ def main() -> int:
             archive = Path(tmp) / f"archive-{name}"
             archive.mkdir()
             try:
-                r = child(server.url, ws_url, args.rate, args.warm, args.seconds, args.idle, archive)
+                r = child(
+                    server.url, ws_url, args.rate, args.warm, args.seconds, args.idle, archive
+                )
             finally:
                 server.stop()
                 exchange.terminate()
             print(
                 f"{name}: {r['busy_core'] * 100:5.2f}% of a core at {r['busy_rate']:,.0f} msg/s; "
-                f"idle {r['idle_core'] * 100:.2f}%",
+                f"idle {r['idle_core'] * 100:.2f}%; {r['busy_switches']:,.0f} context switches/s; "
+                + ", ".join(
+                    f"{k.split(' ', 1)[1]} {v * 100:.1f}%"
+                    for k, v in r.items()
+                    if k.startswith("busy_thread ") and v > 0.0005
+                ),
                 flush=True,
             )
     return 0
