@@ -171,6 +171,7 @@ def _window_start(name: str, records: int) -> dict[str, float]:
     return {
         **{f"{name}_thread0 {k}": v for k, v in thread_cpu().items()},
         f"{name}_csw0": usage.ru_nvcsw + usage.ru_nivcsw,
+        f"{name}_sys0": usage.ru_stime,
         f"{name}_cpu0": time.process_time(),
         f"{name}_t0": time.perf_counter(),
         f"{name}_n0": records,
@@ -184,6 +185,7 @@ def _window_end(result: dict[str, float], name: str, records: int) -> None:
     result[f"{name}_switches"] = (
         usage.ru_nvcsw + usage.ru_nivcsw - result.pop(f"{name}_csw0")
     ) / elapsed
+    result[f"{name}_sys"] = (usage.ru_stime - result.pop(f"{name}_sys0")) / elapsed
     for thread, cpu in thread_cpu().items():
         start = result.pop(f"{name}_thread0 {thread}", 0.0)
         result[f"{name}_thread {thread}"] = (cpu - start) / elapsed
@@ -346,7 +348,8 @@ def main() -> int:
                 exchange.terminate()
             print(
                 f"{name}: {r['busy_core'] * 100:5.2f}% of a core at {r['busy_rate']:,.0f} msg/s; "
-                f"idle {r['idle_core'] * 100:.2f}%; {r['busy_switches']:,.0f} context switches/s; "
+                f"idle {r['idle_core'] * 100:.2f}%; system {r['busy_sys'] * 100:.1f}%; "
+                f"{r['busy_switches']:,.0f} context switches/s; "
                 + ", ".join(
                     f"{k.split(' ', 1)[1]} {v * 100:.1f}%"
                     for k, v in r.items()
