@@ -17,7 +17,7 @@ processes and are not counted):
 * end-to-end latency (`bench_e2e`): connector + archiver in one process, the exchange
   pacing at 1k and 10k msg/s; per message, fsync-completion time of the block holding
   its line minus its `_recv_ns` ("durable"), and the time the AckAll covering it was
-  flushed to nats-server ("acked"). See bench_e2e's docstring for the method.
+  handed to nats-py ("acked"); both lingers at their defaults. See bench_e2e's docstring.
 * CPU at Kalshi's real rates (`bench_cpu`): connector + archiver in one process with
   default settings, and beside it a bare nats-py recorder doing the same job in one
   asyncio loop, each against the same paced exchange; the share of one core over a
