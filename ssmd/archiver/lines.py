@@ -5,6 +5,9 @@ start with `_`: `_seq` (stream sequence), `_subject`, and `_recv_ns` (the connec
 receive time) when the message carries it. The payload's bytes are kept as they are, so
 `json.loads(line)` minus the `_` keys equals `json.loads(payload)`.
 
+A single-line object payload is checked by msgspec, reading only its top-level keys;
+everything else (and whatever msgspec refuses) is read by `json.loads`, as before.
+
 A payload that is not a JSON object, or an object with its own top-level `_` keys, is
 kept whole under `_raw` (the JSON value), or as a string under `_raw` when it is not
 JSON, or base64 under `_raw_b64` when it is not even UTF-8. Nothing is dropped.
@@ -16,7 +19,12 @@ import base64
 import json
 import re
 
+import msgspec
+
 _loads = json.loads
+# The top level of an object payload: its keys, and its values left as raw JSON (checked,
+# never built). Anything this refuses takes the `json.loads` path.
+_decode_top = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _PREFIX = re.compile(rb'^\{"_seq":(\d+),"_subject":"((?:[^"\\]|\\.)*)"(?:,"_recv_ns":(\d+))?')
 
 
@@ -30,6 +38,17 @@ def format_line(seq: int, subject: str, payload: bytes, recv_ns: int | None) -> 
     head = b'{"_seq":%d,"_subject":%s' % (seq, _subject_json(subject))
     if recv_ns is not None:
         head += b',"_recv_ns":%d' % recv_ns
+    if b"\n" not in payload and b"\r" not in payload and _utf8(payload):
+        try:
+            top = _decode_top(payload)
+        except (msgspec.MsgspecError, RecursionError):
+            pass  # not an object, or JSON msgspec reads differently: see below
+        else:
+            if not any(key.startswith("_") for key in top):
+                inner = payload.strip()[1:].lstrip()
+                if inner.startswith(b"}"):
+                    return head + b"}\n"
+                return head + b"," + inner + b"\n"
     try:
         value = _loads(payload.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
@@ -49,6 +68,16 @@ def format_line(seq: int, subject: str, payload: bytes, recv_ns: int | None) -> 
     else:
         raw = payload.strip()
     return head + b',"_raw":' + raw + b"}\n"
+
+
+def _utf8(payload: bytes) -> bool:
+    if payload.isascii():
+        return True
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _wrap_invalid(payload: bytes) -> bytes:

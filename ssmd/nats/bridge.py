@@ -42,7 +42,6 @@ log = logging.getLogger("ssmd.nats")
 
 T = TypeVar("T")
 
-_ACK_FLUSH_TIMEOUT_S = 1.0
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -76,13 +75,12 @@ class NatsBridge:
         """Acknowledge a fetched message by its reply subject.
 
         The archiver's consumers use AckPolicy.ALL, so this acknowledges every message
-        delivered before it too.
+        delivered before it too. The ack goes out with nats-py's next write (at once on
+        an idle connection, or with its reconnect), without a round trip to confirm it:
+        an ack that never arrives only means a redelivery, which the fetcher skips by
+        sequence. A closed connection raises.
         """
-        await self._call(self._ack, reply)
-
-    async def _ack(self, reply: str) -> None:
-        await self._nc.publish(reply, b"+ACK")
-        await self._nc.flush(timeout=min(self._request_timeout, _ACK_FLUSH_TIMEOUT_S))
+        await self._call(self._nc.publish, reply, b"+ACK")
 
     async def stream_state(self, stream: str) -> StreamState | None:
         return await self._call(admin.stream_state, self._js, stream)
