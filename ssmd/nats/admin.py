@@ -86,8 +86,11 @@ async def consumer_position(js: Any, stream: str, durable: str) -> ConsumerPosit
     except nats.js.errors.NotFoundError:
         return None
     delivered = info.delivered
-    seq = int(delivered.stream_seq or 0) if delivered is not None else 0
-    return ConsumerPosition(delivered_seq=seq, pending=int(info.num_pending or 0))
+    return ConsumerPosition(
+        delivered_seq=int(delivered.stream_seq or 0) if delivered is not None else 0,
+        pending=int(info.num_pending or 0),
+        consumer_seq=int(delivered.consumer_seq or 0) if delivered is not None else 0,
+    )
 
 
 async def reset_pull_consumer(
