@@ -36,6 +36,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from ssmd.deadline import arm_shutdown_deadline
+from ssmd.nats.types import NatsUnavailable
 from ssmd.notify import Notifier
 from ssmd.signals import early_signal
 
@@ -313,8 +314,12 @@ async def supervise(
     handle_signals: bool = True,
     notifier: Notifier | None = None,
 ) -> int:
-    """Run the roles under one nursery until they stop; return the process exit code."""
-    refused: StartupRefused | None = None
+    """Run the roles under one nursery until they stop; return the process exit code.
+
+    A refusal or NATS failing while the roles start stops what has started, then is
+    raised bare (not wrapped in an ExceptionGroup): the caller reports the one or
+    retries the other."""
+    refused: StartupRefused | NatsUnavailable | None = None
     async with trio.open_nursery() as nursery:
         sup = Supervisor(nursery, shutdown_timeout)
         sup.notifier = notifier
@@ -330,6 +335,9 @@ async def supervise(
         except StartupRefused as exc:
             refused = exc
             sup.request_stop("start-up refused")
+        except NatsUnavailable as exc:
+            refused = exc
+            sup.request_stop(f"NATS unavailable during start-up: {exc}")
         except BaseException:
             sup._end_services()
             raise

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
+from ssmd.nats.types import NatsUnavailable
 from ssmd.notify import Notifier
 from ssmd.supervisor import EXIT_FAILURE, EXIT_OK, Supervisor, supervise
 
@@ -174,3 +176,26 @@ async def test_a_task_that_fails_before_it_is_up_stops_the_roles(
     code = await supervise(start, shutdown_timeout=5.0, handle_signals=False, notifier=notifier)
     assert code == EXIT_FAILURE
     assert not any(state.startswith("READY=1") for _, state in notifier.sent)
+
+
+async def test_nats_failing_while_the_roles_start_is_raised_bare_after_the_stop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The service retries NatsUnavailable; wrapped in an ExceptionGroup it would crash
+    the process instead. What had started is stopped first."""
+    stopped: list[str] = []
+
+    async def started_first() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            stopped.append("started_first")
+
+    async def start(sup: Supervisor) -> None:
+        sup.start_producer("started_first", started_first)
+        await trio.sleep(1.0)
+        raise NatsUnavailable("JetStream not ready (503)")
+
+    with pytest.raises(NatsUnavailable, match="503"):
+        await supervise(start, shutdown_timeout=5.0, handle_signals=False)
+    assert stopped == ["started_first"]
