@@ -62,7 +62,12 @@ class ScriptedSource:
         return self._first_seq
 
 
-async def collect(source: ScriptedSource, cursor: int | None, covers: bool = True) -> list[Batch]:
+async def collect(
+    source: ScriptedSource,
+    cursor: int | None,
+    covers: bool = True,
+    stats: FetcherStats | None = None,
+) -> list[Batch]:
     send, receive = trio.open_memory_channel[Batch | RotateTick](100)
     out: list[Batch] = []
     async with trio.open_nursery() as nursery:
@@ -75,7 +80,7 @@ async def collect(source: ScriptedSource, cursor: int | None, covers: bool = Tru
                 fetch_timeout=1,
                 covers_stream=covers,
                 clock=WallClock(0),
-                stats=FetcherStats(),
+                stats=stats or FetcherStats(),
             )
         )
         await trio.sleep(30)
@@ -99,6 +104,20 @@ async def test_starts_right_after_the_archive_cursor(
     assert source.opened_at == [11]
     assert [m.stream_seq for b in batches for m in b.messages] == [11, 12]
     assert batches[0].ack_reply == "r12"
+
+
+async def test_the_backlog_is_what_the_last_delivery_left_pending(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """ssmd_archive_pending_messages (the SsmdArchiveBacklogGrowing alert) reads it; an
+    empty fetch (nothing delivered) leaves the last figure standing."""
+    source = ScriptedSource(
+        [[[delivery(1, 1, pending=40), delivery(2, 2, pending=950)], [delivery(3, 3, pending=7)]]]
+    )
+    stats = FetcherStats()
+    batches = await collect(source, cursor=None, stats=stats)
+    assert [m.stream_seq for b in batches for m in b.messages] == [1, 2, 3]
+    assert stats.pending == 7
 
 
 async def test_missing_delivery_rewinds_instead_of_acking_past_it(

@@ -136,6 +136,9 @@ class FetcherStats:
     gaps: int = 0
     missing: int = 0
     nats_errors: int = 0
+    # Messages matching the filter that the stream held beyond the last delivery, as its
+    # ack subject reported: the archiver's backlog in the stream.
+    pending: int = 0
     # Trio time of the loop's last turn: a health check sees a stuck fetcher.
     last_beat: float = 0.0
 
@@ -200,6 +203,8 @@ async def run_fetcher(
                 await trio.sleep(delay)
                 continue
             retry.reset()
+            if msgs:
+                stats.pending = msgs[-1].pending
             lost_delivery = False
             forwarded: list[FetchedMessage] = []
             ack_reply: str | None = None
