@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+
 import pytest
 import trio
 import trio.testing
 
+from ssmd.deadline import shielded
 from ssmd.nats.types import NatsUnavailable
 from ssmd.notify import Notifier
 from ssmd.supervisor import EXIT_FAILURE, EXIT_OK, Supervisor, supervise
@@ -199,3 +203,32 @@ async def test_nats_failing_while_the_roles_start_is_raised_bare_after_the_stop(
     with pytest.raises(NatsUnavailable, match="503"):
         await supervise(start, shutdown_timeout=5.0, handle_signals=False)
     assert stopped == ["started_first"]
+
+
+async def test_a_second_signal_stops_now_shields_included(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handoff nobody takes would hold the stop until the shutdown deadline; a
+    second SIGTERM ends it at once, and the log says why."""
+
+    async def stuck_handoff() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with shielded():
+                await trio.sleep_forever()
+
+    async def start(sup: Supervisor) -> None:
+        sup.start_producer("stuck", stuck_handoff)
+        await trio.sleep(1.0)
+        signal.raise_signal(signal.SIGTERM)
+        await trio.sleep(1.0)
+        signal.raise_signal(signal.SIGTERM)
+
+    t0 = trio.current_time()
+    with caplog.at_level(logging.INFO, logger="ssmd.supervisor"):
+        code = await supervise(start, shutdown_timeout=30.0, handle_signals=True)
+    assert code == EXIT_FAILURE
+    assert trio.current_time() - t0 == pytest.approx(2.0)
+    assert "received SIGTERM again" in caplog.text
+    assert "did not finish within" not in caplog.text
