@@ -36,6 +36,15 @@ def _state() -> _Shutdown:
         return state
 
 
+def reset_shutdown_deadline() -> None:
+    """Forget any armed deadline: a new run of the roles starts (a restart after NATS
+    failed during start-up would otherwise find every shield already expired).
+
+    The state is not restored when that run ends: what follows it (closing the NATS
+    connection) belongs to the same stop and stays within its deadline."""
+    _SHUTDOWN.set(_Shutdown())
+
+
 def arm_shutdown_deadline(deadline: float) -> None:
     """From now on nothing shielded in this Trio run lasts past `deadline` (Trio time)."""
     state = _state()

@@ -35,7 +35,7 @@ import attrs
 import trio
 from prometheus_client import CollectorRegistry
 
-from ssmd.deadline import arm_shutdown_deadline
+from ssmd.deadline import arm_shutdown_deadline, reset_shutdown_deadline
 from ssmd.nats.types import NatsUnavailable
 from ssmd.notify import Notifier
 from ssmd.signals import early_signal
@@ -330,6 +330,7 @@ async def supervise(
     raised bare (not wrapped in an ExceptionGroup): the caller reports the one or
     retries the other."""
     refused: StartupRefused | NatsUnavailable | None = None
+    reset_shutdown_deadline()
     async with trio.open_nursery() as nursery:
         sup = Supervisor(nursery, shutdown_timeout)
         sup.notifier = notifier

@@ -232,3 +232,30 @@ async def test_a_second_signal_stops_now_shields_included(
     assert trio.current_time() - t0 == pytest.approx(2.0)
     assert "received SIGTERM again" in caplog.text
     assert "did not finish within" not in caplog.text
+
+
+async def test_each_run_of_the_roles_gets_its_own_shutdown_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """run_service runs the roles again after NATS failed during start-up: the first
+    stop's deadline, long past, must not cut the second run's shields short."""
+    waited: list[float] = []
+
+    async def handoff() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            began = trio.current_time()
+            with shielded(2.0):
+                await trio.sleep(1.0)
+            waited.append(trio.current_time() - began)
+
+    async def start(sup: Supervisor) -> None:
+        sup.start_producer("handoff", handoff)
+        await trio.sleep(1.0)
+        sup.request_stop("test")
+
+    assert await supervise(start, shutdown_timeout=5.0, handle_signals=False) == EXIT_OK
+    await trio.sleep(10.0)  # past the first stop's deadline
+    assert await supervise(start, shutdown_timeout=5.0, handle_signals=False) == EXIT_OK
+    assert waited == [1.0, 1.0]
