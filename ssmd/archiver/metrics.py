@@ -63,6 +63,12 @@ def archiver_metrics(feed: str, status: ArchiverStatus) -> Iterator[object]:
         labels,
         float(f.pending),
     )
+    yield counter(
+        "ssmd_archive_disk_full_events",
+        "Times the archiver paused because the disk was full.",
+        labels,
+        w.disk_full_events,
+    )
     yield gauge(
         "ssmd_archive_disk_full",
         "1 while the archiver is paused by a full disk.",

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily
 
-from ssmd.metrics import by_label
+from ssmd.metrics import by_label, counter
 from ssmd.nats.bridge import NatsBridge
 
 
@@ -19,4 +19,10 @@ def nats_metrics(bridge: NatsBridge) -> Iterator[object]:
         {},
         "error",
         dict(bridge.client_errors.counts),
+    )
+    yield counter(
+        "ssmd_nats_reconnects",
+        "Times the NATS connection was re-established after it was lost.",
+        {},
+        bridge.reconnects,
     )
