@@ -4,8 +4,8 @@ Some work must finish even when its task is cancelled: a batch already read off 
 has to reach the publisher, an asyncio task has to end before its Trio caller returns,
 a connection has to be closed. Such work runs in a shield. A plain shield can outlast
 `service.shutdown_timeout`; `shielded` cannot: its deadline is the earlier of its own
-limit and the shutdown deadline, and a shield entered before the stop was requested is
-shortened when it is.
+limit, the shutdown deadline and the deadline of the `shielded` it is nested in, and a
+shield entered before the stop was requested is shortened when it is.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import trio
 from trio.lowlevel import RunVar
@@ -25,6 +26,9 @@ class _Shutdown:
 
 
 _SHUTDOWN: RunVar[_Shutdown] = RunVar("ssmd_shutdown")
+# The innermost `shielded` scope the current task runs in: a shield nested in it would
+# otherwise protect its body from that scope's deadline too.
+_ENCLOSING: ContextVar[trio.CancelScope | None] = ContextVar("ssmd_enclosing_shield", default=None)
 
 
 def _state() -> _Shutdown:
@@ -34,6 +38,15 @@ def _state() -> _Shutdown:
         state = _Shutdown()
         _SHUTDOWN.set(state)
         return state
+
+
+def reset_shutdown_deadline() -> None:
+    """Forget any armed deadline: a new run of the roles starts (a restart after NATS
+    failed during start-up would otherwise find every shield already expired).
+
+    The state is not restored when that run ends: what follows it (closing the NATS
+    connection) belongs to the same stop and stays within its deadline."""
+    _SHUTDOWN.set(_Shutdown())
 
 
 def arm_shutdown_deadline(deadline: float) -> None:
@@ -59,10 +72,16 @@ def shielded(limit: float = math.inf) -> Iterator[trio.CancelScope]:
     """Shield the body from cancellation, for at most `limit` seconds and never past the
     shutdown deadline. `scope.cancelled_caught` tells whether the time ran out."""
     state = _state()
-    scope = trio.CancelScope(shield=True, deadline=min(trio.current_time() + limit, state.deadline))
+    deadline = min(trio.current_time() + limit, state.deadline)
+    enclosing = _ENCLOSING.get()
+    if enclosing is not None:
+        deadline = min(deadline, enclosing.deadline)
+    scope = trio.CancelScope(shield=True, deadline=deadline)
     state.shields.add(scope)
+    token = _ENCLOSING.set(scope)
     try:
         with scope:
             yield scope
     finally:
+        _ENCLOSING.reset(token)
         state.shields.discard(scope)

@@ -13,7 +13,9 @@ from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
 from ssmd.config import Config
 from ssmd.health import HealthServer
+from ssmd.metrics import FunctionCollector
 from ssmd.nats.bridge import open_bridge
+from ssmd.nats.metrics import nats_metrics
 from ssmd.nats.types import NatsUnavailable
 from ssmd.notify import Notifier
 from ssmd.roles import RoleContext, start_roles
@@ -38,6 +40,7 @@ async def start_health(sup: Supervisor, config: Config) -> None:
 async def _start(
     config: Config, roles: Sequence[str], context: RoleContext, sup: Supervisor
 ) -> None:
+    sup.metrics.register(FunctionCollector(lambda: nats_metrics(context.bridge)))
     await start_health(sup, config)
     await start_roles(sup, roles, context)
 

@@ -35,7 +35,8 @@ import attrs
 import trio
 from prometheus_client import CollectorRegistry
 
-from ssmd.deadline import arm_shutdown_deadline
+from ssmd.deadline import arm_shutdown_deadline, reset_shutdown_deadline
+from ssmd.nats.types import NatsUnavailable
 from ssmd.notify import Notifier
 from ssmd.signals import early_signal
 
@@ -84,6 +85,8 @@ class Supervisor:
         self.finish_reserve = min(FINISH_RESERVE_S, FINISH_RESERVE_SHARE * shutdown_timeout)
         self.stopping = trio.Event()
         self.stop_reason = ""
+        # Set when a second signal asked to stop now, without finishing the drain.
+        self.forced_by = ""
         self.failures: list[tuple[str, BaseException]] = []
         self._tasks: list[_Task] = []
         self._stage = 0
@@ -230,6 +233,15 @@ class Supervisor:
         self._drain_deadline = deadline - self.finish_reserve
         self._nursery.start_soon(self._stop_in_stages, name="supervisor.stop")
 
+    def stop_now(self, reason: str) -> None:
+        """Stop at once, without finishing the drain: every task and every shield
+        (handoffs, flushes) is cancelled now, not at the shutdown deadline."""
+        log.warning("%s: stopping now without finishing the drain", reason)
+        self.forced_by = reason
+        self.request_stop(reason)
+        arm_shutdown_deadline(trio.current_time())
+        self._nursery.cancel_scope.cancel()
+
     def _stop_producer(self, task: _Task) -> None:
         if task.drain is None:
             task.scope.cancel()
@@ -300,8 +312,7 @@ class Supervisor:
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if self.stopping.is_set():
-                    log.warning("%s again: stopping now without finishing the drain", name)
-                    self._nursery.cancel_scope.cancel()
+                    self.stop_now(f"received {name} again")
                 else:
                     self.request_stop(f"received {name}")
 
@@ -313,8 +324,13 @@ async def supervise(
     handle_signals: bool = True,
     notifier: Notifier | None = None,
 ) -> int:
-    """Run the roles under one nursery until they stop; return the process exit code."""
-    refused: StartupRefused | None = None
+    """Run the roles under one nursery until they stop; return the process exit code.
+
+    A refusal or NATS failing while the roles start stops what has started, then is
+    raised bare (not wrapped in an ExceptionGroup): the caller reports the one or
+    retries the other."""
+    refused: StartupRefused | NatsUnavailable | None = None
+    reset_shutdown_deadline()
     async with trio.open_nursery() as nursery:
         sup = Supervisor(nursery, shutdown_timeout)
         sup.notifier = notifier
@@ -330,6 +346,9 @@ async def supervise(
         except StartupRefused as exc:
             refused = exc
             sup.request_stop("start-up refused")
+        except NatsUnavailable as exc:
+            refused = exc
+            sup.request_stop(f"NATS unavailable during start-up: {exc}")
         except BaseException:
             sup._end_services()
             raise
@@ -341,6 +360,9 @@ async def supervise(
         await sup.stopping.wait()
     if refused is not None:
         raise refused
+    if sup.forced_by:
+        log.error("stopped without finishing the drain (%s)", sup.forced_by)
+        return EXIT_FAILURE
     if nursery.cancel_scope.cancelled_caught:
         log.error("shutdown did not finish within %.1fs; forced stop", shutdown_timeout)
         return EXIT_FAILURE

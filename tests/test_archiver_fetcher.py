@@ -62,7 +62,12 @@ class ScriptedSource:
         return self._first_seq
 
 
-async def collect(source: ScriptedSource, cursor: int | None, covers: bool = True) -> list[Batch]:
+async def collect(
+    source: ScriptedSource,
+    cursor: int | None,
+    covers: bool = True,
+    stats: FetcherStats | None = None,
+) -> list[Batch]:
     send, receive = trio.open_memory_channel[Batch | RotateTick](100)
     out: list[Batch] = []
     async with trio.open_nursery() as nursery:
@@ -75,7 +80,7 @@ async def collect(source: ScriptedSource, cursor: int | None, covers: bool = Tru
                 fetch_timeout=1,
                 covers_stream=covers,
                 clock=WallClock(0),
-                stats=FetcherStats(),
+                stats=stats or FetcherStats(),
             )
         )
         await trio.sleep(30)
@@ -99,6 +104,20 @@ async def test_starts_right_after_the_archive_cursor(
     assert source.opened_at == [11]
     assert [m.stream_seq for b in batches for m in b.messages] == [11, 12]
     assert batches[0].ack_reply == "r12"
+
+
+async def test_the_backlog_is_what_the_last_delivery_left_pending(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """ssmd_archive_pending_messages (the SsmdArchiveBacklogGrowing alert) reads it; an
+    empty fetch (nothing delivered) leaves the last figure standing."""
+    source = ScriptedSource(
+        [[[delivery(1, 1, pending=40), delivery(2, 2, pending=950)], [delivery(3, 3, pending=7)]]]
+    )
+    stats = FetcherStats()
+    batches = await collect(source, cursor=None, stats=stats)
+    assert [m.stream_seq for b in batches for m in b.messages] == [1, 2, 3]
+    assert stats.pending == 7
 
 
 async def test_missing_delivery_rewinds_instead_of_acking_past_it(
@@ -198,9 +217,9 @@ async def test_behind_on_a_narrow_filter_counts_what_left_as_an_upper_bound(
     "position",
     [
         # 1..5 delivered to the client already, not yet fetched.
-        ConsumerPosition(delivered_seq=5, pending=0),
+        ConsumerPosition(delivered_seq=5, pending=0, consumer_seq=5),
         # 1..3 delivered, two more matching messages beyond.
-        ConsumerPosition(delivered_seq=3, pending=2),
+        ConsumerPosition(delivered_seq=3, pending=2, consumer_seq=3),
     ],
 )
 async def test_a_drain_ends_the_fetcher_once_it_has_taken_what_the_stream_held(
@@ -248,3 +267,49 @@ async def test_a_drain_ends_the_fetcher_once_it_has_taken_what_the_stream_held(
                     assert isinstance(item, Batch)
                     forwarded.extend(m.stream_seq for m in item.messages)
     assert forwarded == [1, 2, 3, 4, 5]
+
+
+async def test_a_drain_reads_its_end_again_when_the_consumer_is_reopened(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A reopened consumer numbers its deliveries from 1: the end read from the old one
+    would never be reached (or be reached too early)."""
+    source = ScriptedSource(
+        [
+            [[delivery(1, 1), delivery(2, 2)], [delivery(3, 5)]],  # delivery 3 lost: reopen
+            [[delivery(3, 1)], [delivery(4, 2)]],
+        ]
+    )
+    positions = [
+        ConsumerPosition(delivered_seq=2, pending=2, consumer_seq=2),
+        ConsumerPosition(delivered_seq=3, pending=1, consumer_seq=1),
+    ]
+
+    async def read_position() -> ConsumerPosition:
+        return positions.pop(0)
+
+    drain = Drain(read_position)
+    drain.requested.set()
+    send, receive = trio.open_memory_channel[Batch | RotateTick](100)
+    forwarded: list[int] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: run_fetcher(
+                    source,
+                    None,
+                    send,
+                    batch_size=100,
+                    fetch_timeout=1,
+                    covers_stream=True,
+                    clock=WallClock(0),
+                    stats=FetcherStats(),
+                    drain=drain,
+                )
+            )
+            async with receive:
+                async for item in receive:
+                    assert isinstance(item, Batch)
+                    forwarded.extend(m.stream_seq for m in item.messages)
+    assert forwarded == [1, 2, 3, 4]
+    assert source.opened_at == [None, 3]

@@ -505,6 +505,32 @@ async def test_a_clean_stop_unsubscribes_and_keeps_what_arrives_until_confirmed(
     }
 
 
+async def test_the_shutdown_record_waits_for_a_slow_publisher(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The publisher is busy (NATS slow) when the stop comes: no room in the channel.
+    The disconnect record waits for it rather than being dropped, so the archive ends
+    with it."""
+    exchange = FakeExchange()
+    harness = Harness(exchange, [SubscriptionPlan("trade")])
+    send, receive = trio.open_memory_channel[list[Inbound]](0)
+
+    async def slow_publisher() -> None:
+        async for batch in receive:
+            harness.out.extend(batch)
+            await trio.sleep(3.0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow_publisher)
+        async with trio.open_nursery() as producer:
+            producer.start_soon(harness.connection.run, send)
+            await trio.sleep(1)
+            producer.cancel_scope.cancel()
+    kinds = [m.subject.split(".", 3)[3] for m in harness.out]
+    assert kinds == ["ssmd.connect", "ssmd.disconnect"]
+    assert harness.records("disconnect")[0]["reason"] == CLEAN_STOP
+
+
 async def test_a_stop_the_exchange_does_not_confirm_takes_at_most_a_second(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -5,18 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-import pytest
 import trio
 import trio.testing
 
 from ssmd.clock import WallClock
 from ssmd.connector.publisher import Inbound, Publisher
 from ssmd.nats.types import NatsUnavailable, OutgoingMessage, PublishOutcome
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
 
 
 class FakeStream:

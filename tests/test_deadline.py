@@ -24,6 +24,26 @@ async def test_a_shield_holds_for_its_limit_while_no_stop_is_under_way(
     assert trio.current_time() - t0 == 3.0
 
 
+async def test_a_nested_shield_ends_with_the_one_it_is_nested_in(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Closing the bridge (5 s) around a call that waits for its asyncio task (10 s)
+    takes 5 s, not 15, even with no stop under way."""
+    t0 = trio.current_time()
+    with trio.CancelScope() as outer:
+        outer.cancel()
+        with shielded(5.0) as bridge_close:
+            with shielded(10.0) as call:
+                await trio.sleep(60)
+            await trio.sleep(60)
+    assert call.cancelled_caught and bridge_close.cancelled_caught
+    assert trio.current_time() - t0 == 5.0
+    # Outside it, a shield has its own limit again.
+    with shielded(2.0):
+        await trio.sleep(60)
+    assert trio.current_time() - t0 == 7.0
+
+
 async def test_a_shield_entered_after_the_stop_ends_at_the_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -8,11 +8,12 @@ import threading
 
 import nats.errors
 import nats.js.errors
+import pytest
 import trio
 
 from ssmd.deadline import arm_shutdown_deadline
 from ssmd.nats.loop import AsyncioThread
-from ssmd.nats.publish import parse_pub_ack
+from ssmd.nats.publish import AckInbox, _BatchAcks, parse_pub_ack
 from ssmd.nats.pull import (
     HEARTBEAT_S,
     SILENCE_HEARTBEATS,
@@ -34,6 +35,81 @@ def test_ack_reply_with_domain_and_account_hash() -> None:
     # $JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>.<token>
     reply = "$JS.ACK.hub.ACCHASH.MARKETDATA.archiver-kalshi.1.5.3.1767614400123456789.0.xyz"
     assert parse_ack_reply(reply) == (5, 3, 1, 0)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.MARKETDATA.archiver-kalshi.1.5.3.1767614400123456789",  # 8 tokens
+        "$JS.ACK.hub.MARKETDATA.archiver-kalshi.1.5.3.1767614400123456789.0",  # 10 tokens
+        "_INBOX.abc.MARKETDATA.archiver-kalshi.2.8812.17.1767614400123456789.41",
+        "",
+    ],
+)
+def test_an_ack_reply_of_another_shape_is_a_clear_error(reply: str) -> None:
+    with pytest.raises(ValueError, match="not a JetStream ack subject"):
+        parse_ack_reply(reply)
+
+
+def test_an_ack_reply_without_the_trailing_token_is_read_like_nats_py() -> None:
+    reply = "$JS.ACK.hub.ACCHASH.MARKETDATA.archiver-kalshi.1.5.3.1767614400123456789.0"
+    assert parse_ack_reply(reply) == (5, 3, 1, 0)
+
+
+def test_batch_acks_keep_the_first_outcome_and_finish_when_all_are_settled() -> None:
+    batch = _BatchAcks(2)
+    batch.settle(1, PublishOutcome(stream_seq=8))
+    batch.settle(1, PublishOutcome(stream_seq=9, duplicate=True))  # a late duplicate
+    assert not batch.done.is_set() and batch.remaining == 1
+    batch.settle(0, PublishOutcome(stream_seq=7))
+    assert batch.done.is_set()
+    assert batch.outcomes == [PublishOutcome(stream_seq=7), PublishOutcome(stream_seq=8)]
+
+
+def test_the_ack_inbox_settles_the_message_its_reply_subject_names() -> None:
+    class FakeNats:
+        def new_inbox(self) -> str:
+            return "_INBOX.x"
+
+    class Ack:
+        def __init__(self, subject: str, data: bytes) -> None:
+            self.subject, self.data, self.headers = subject, data, None
+
+    def deliver() -> tuple[_BatchAcks, _BatchAcks]:
+        inbox = AckInbox(FakeNats())
+        first, second = _BatchAcks(3), _BatchAcks(12)
+        inbox._batches.update({"0": first, "12": second})
+        inbox._on_ack(Ack("_INBOX.x.12.10", b'{"stream":"MARKETDATA","seq":110}'))
+        inbox._on_ack(Ack("_INBOX.x.0.2", b'{"stream":"MARKETDATA","seq":3}'))
+        inbox._on_ack(Ack("_INBOX.x.7.0", b'{"stream":"MARKETDATA","seq":1}'))  # gone
+        return first, second
+
+    async def in_a_loop() -> tuple[_BatchAcks, _BatchAcks]:
+        return deliver()  # _BatchAcks makes asyncio events, so an asyncio loop must run
+
+    first, second = asyncio.run(in_a_loop())
+    assert first.outcomes == [None, None, PublishOutcome(stream_seq=3)]
+    assert second.outcomes[10] == PublishOutcome(stream_seq=110)
+    assert second.remaining == 11
+
+
+def test_an_asyncio_task_cancelled_on_its_own_side_is_nats_unavailable() -> None:
+    async def main() -> None:
+        thread = AsyncioThread()
+
+        async def cancelled_by_the_loop() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            await asyncio.sleep(1)
+
+        try:
+            with pytest.raises(NatsUnavailable, match="cancelled on the asyncio side"):
+                await thread.call(cancelled_by_the_loop)
+        finally:
+            thread.stop()
+
+    trio.run(main)
 
 
 def test_pub_ack_stored_and_duplicate() -> None:

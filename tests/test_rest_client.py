@@ -17,6 +17,7 @@ from ssmd.connector.rest import (
     TokenBucket,
     retry_after_seconds,
 )
+from ssmd.deadline import arm_shutdown_deadline
 
 SETTINGS = RestSettings(rate=2.0, burst=2.0, timeout=5.0, backoff=Backoff(1.0, 8.0))
 
@@ -141,3 +142,21 @@ def test_retry_after_forms() -> None:
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:10 GMT", now_epoch=1445412480.0) == 10.0
     assert retry_after_seconds("soon") is None
     assert retry_after_seconds(None) is None
+
+
+async def test_closing_the_client_ends_at_the_shutdown_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Its close is shielded (a connection pool to tear down) but, like every shield,
+    never past the shutdown deadline."""
+    rest = client_for(httpx.MockTransport(lambda request: httpx.Response(200)))
+
+    async def slow_close() -> None:
+        await trio.sleep(10)
+
+    rest.aclose = slow_close  # type: ignore[method-assign]
+    t0 = trio.current_time()
+    arm_shutdown_deadline(t0 + 0.25)
+    async with rest:
+        pass
+    assert trio.current_time() - t0 == pytest.approx(0.25)

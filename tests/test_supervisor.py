@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+
+import pytest
 import trio
 import trio.testing
 
+from ssmd.deadline import shielded
+from ssmd.nats.types import NatsUnavailable
 from ssmd.notify import Notifier
 from ssmd.supervisor import EXIT_FAILURE, EXIT_OK, Supervisor, supervise
 
@@ -174,3 +180,82 @@ async def test_a_task_that_fails_before_it_is_up_stops_the_roles(
     code = await supervise(start, shutdown_timeout=5.0, handle_signals=False, notifier=notifier)
     assert code == EXIT_FAILURE
     assert not any(state.startswith("READY=1") for _, state in notifier.sent)
+
+
+async def test_nats_failing_while_the_roles_start_is_raised_bare_after_the_stop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The service retries NatsUnavailable; wrapped in an ExceptionGroup it would crash
+    the process instead. What had started is stopped first."""
+    stopped: list[str] = []
+
+    async def started_first() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            stopped.append("started_first")
+
+    async def start(sup: Supervisor) -> None:
+        sup.start_producer("started_first", started_first)
+        await trio.sleep(1.0)
+        raise NatsUnavailable("JetStream not ready (503)")
+
+    with pytest.raises(NatsUnavailable, match="503"):
+        await supervise(start, shutdown_timeout=5.0, handle_signals=False)
+    assert stopped == ["started_first"]
+
+
+async def test_a_second_signal_stops_now_shields_included(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handoff nobody takes would hold the stop until the shutdown deadline; a
+    second SIGTERM ends it at once, and the log says why."""
+
+    async def stuck_handoff() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with shielded():
+                await trio.sleep_forever()
+
+    async def start(sup: Supervisor) -> None:
+        sup.start_producer("stuck", stuck_handoff)
+        await trio.sleep(1.0)
+        signal.raise_signal(signal.SIGTERM)
+        await trio.sleep(1.0)
+        signal.raise_signal(signal.SIGTERM)
+
+    t0 = trio.current_time()
+    with caplog.at_level(logging.INFO, logger="ssmd.supervisor"):
+        code = await supervise(start, shutdown_timeout=30.0, handle_signals=True)
+    assert code == EXIT_FAILURE
+    assert trio.current_time() - t0 == pytest.approx(2.0)
+    assert "received SIGTERM again" in caplog.text
+    assert "did not finish within" not in caplog.text
+
+
+async def test_each_run_of_the_roles_gets_its_own_shutdown_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """run_service runs the roles again after NATS failed during start-up: the first
+    stop's deadline, long past, must not cut the second run's shields short."""
+    waited: list[float] = []
+
+    async def handoff() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            began = trio.current_time()
+            with shielded(2.0):
+                await trio.sleep(1.0)
+            waited.append(trio.current_time() - began)
+
+    async def start(sup: Supervisor) -> None:
+        sup.start_producer("handoff", handoff)
+        await trio.sleep(1.0)
+        sup.request_stop("test")
+
+    assert await supervise(start, shutdown_timeout=5.0, handle_signals=False) == EXIT_OK
+    await trio.sleep(10.0)  # past the first stop's deadline
+    assert await supervise(start, shutdown_timeout=5.0, handle_signals=False) == EXIT_OK
+    assert waited == [1.0, 1.0]

@@ -86,33 +86,44 @@ class Drain:
     has taken every message the stream held for its filter when the drain began, closing
     its channel behind them.
 
-    That end is read once from the consumer: the last stream sequence delivered to it,
-    and how many matching messages lay beyond. Messages published later (by another
-    connector) are left for the next start rather than chased until the deadline."""
+    That end is read once from the consumer: the last delivery made to it (its consumer
+    sequence), and how many matching messages lay beyond. It is counted in deliveries,
+    not stream sequences: a consumer opened below the stream's first sequence reports a
+    delivered stream sequence that no message of a narrow filter may ever reach. A
+    reopened consumer numbers its deliveries afresh, so the end is read again. Messages
+    published later (by another connector) are left for the next start rather than
+    chased until the deadline."""
 
     position: Callable[[], Awaitable[ConsumerPosition | None]]
     requested: trio.Event = attrs.field(factory=trio.Event)
     target: ConsumerPosition | None = None
-    # Messages forwarded beyond `target.delivered_seq` since the target was read.
+    # Messages forwarded beyond `target.consumer_seq` since the target was read.
     beyond: int = 0
 
-    def count(self, stream_seq: int) -> None:
-        if self.target is not None and stream_seq > self.target.delivered_seq:
+    def reopened(self) -> None:
+        self.target = None
+        self.beyond = 0
+
+    def count(self, consumer_seq: int) -> None:
+        if self.target is not None and consumer_seq > self.target.consumer_seq:
             self.beyond += 1
 
-    async def done(self, last: int | None) -> bool:
-        """Whether everything up to the drain's end has been forwarded."""
+    async def done(self, delivered: int) -> bool:
+        """Whether everything up to the drain's end has been forwarded; `delivered` is
+        the last delivery (consumer sequence) the fetcher has taken."""
         if self.target is None:
             self.target = await self.position()
             if self.target is None:
                 return False  # the consumer is gone: the next fetch reports it and reopens
             log.info(
-                "draining: taking through stream seq %d and %d more matching message(s)",
+                "draining: taking through delivery %d (stream seq %d) and %d more matching "
+                "message(s)",
+                self.target.consumer_seq,
                 self.target.delivered_seq,
                 self.target.pending,
             )
-        if (last or 0) >= self.target.delivered_seq and self.beyond >= self.target.pending:
-            log.info("drained: everything the stream held for the filter is taken (seq %s)", last)
+        if delivered >= self.target.consumer_seq and self.beyond >= self.target.pending:
+            log.info("drained: everything the stream held for the filter is taken")
             return True
         return False
 
@@ -125,6 +136,9 @@ class FetcherStats:
     gaps: int = 0
     missing: int = 0
     nats_errors: int = 0
+    # Messages matching the filter that the stream held beyond the last delivery, as its
+    # ack subject reported: the archiver's backlog in the stream.
+    pending: int = 0
     # Trio time of the loop's last turn: a health check sees a stuck fetcher.
     last_beat: float = 0.0
 
@@ -163,7 +177,7 @@ async def run_fetcher(
                     drain is not None
                     and draining
                     and consumer is not None
-                    and await drain.done(last)
+                    and await drain.done(expected_delivery - 1)
                 ):
                     return
                 if consumer is None:
@@ -171,6 +185,8 @@ async def run_fetcher(
                     consumer = await source.open_at(None if last is None else last + 1)
                     expected_delivery = 1
                     caught_up = False
+                    if drain is not None:
+                        drain.reopened()
                     stats.consumer_resets += 1
                     log.info("consumer positioned after stream seq %s", last)
                     if not started:
@@ -187,6 +203,8 @@ async def run_fetcher(
                 await trio.sleep(delay)
                 continue
             retry.reset()
+            if msgs:
+                stats.pending = msgs[-1].pending
             lost_delivery = False
             forwarded: list[FetchedMessage] = []
             ack_reply: str | None = None
@@ -214,7 +232,7 @@ async def run_fetcher(
                 forwarded.append(m)
                 last = m.stream_seq
                 if drain is not None:
-                    drain.count(m.stream_seq)
+                    drain.count(m.consumer_seq)
                 caught_up = m.pending == 0
             stats.fetched += len(forwarded)
             gaps = await _classify(jumps, source, covers_stream, clock) if jumps else []

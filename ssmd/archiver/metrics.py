@@ -57,6 +57,19 @@ def archiver_metrics(feed: str, status: ArchiverStatus) -> Iterator[object]:
         f.nats_errors,
     )
     yield gauge(
+        "ssmd_archive_pending_messages",
+        "Messages of this feed the stream holds beyond the last one delivered to the "
+        "archiver: its backlog (grows while the archiver is slower than the feed).",
+        labels,
+        float(f.pending),
+    )
+    yield counter(
+        "ssmd_archive_disk_full_events",
+        "Times the archiver paused because the disk was full.",
+        labels,
+        w.disk_full_events,
+    )
+    yield gauge(
         "ssmd_archive_disk_full",
         "1 while the archiver is paused by a full disk.",
         labels,

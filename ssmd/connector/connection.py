@@ -217,16 +217,23 @@ class Connection:
                 raise
             except BaseException:
                 # Shutdown: end the subscriptions cleanly, then mark the end of this
-                # connection's data if there is room.
+                # connection's data, waiting for a slow publisher like a read batch does.
                 reason = SHUTDOWN
                 with shielded():
                     reason = await self._stop(ws, socket)
                 record = DisconnectRecord(self.index, reason, self._clock.now_ns())
                 assert self._send is not None
-                try:
-                    self._send.send_nowait([self.subjects.record(record)])
-                except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-                    log.warning("conn %d: no room for the shutdown record", self.index)
+                taken = False
+                with shielded(HANDOFF_TIMEOUT_S):
+                    try:
+                        await self._send.send([self.subjects.record(record)])
+                        taken = True
+                    except (trio.ClosedResourceError, trio.BrokenResourceError):
+                        pass
+                if not taken:
+                    log.warning(
+                        "conn %d: the publisher did not take the shutdown record", self.index
+                    )
                 raise
 
     async def _read(self, ws: WebSocket, socket: _Socket) -> None:

@@ -24,6 +24,7 @@ import httpx
 import trio
 
 from ssmd.backoff import Backoff, Retry
+from ssmd.deadline import shielded
 
 log = logging.getLogger("ssmd.connector.rest")
 
@@ -143,7 +144,7 @@ class RestClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+        with shielded(1.0):
             await self.aclose()
 
     async def get_json(self, path: str, params: Params | None = None) -> Any:

@@ -72,23 +72,30 @@ async def delete_consumer(js: Any, stream: str, durable: str) -> bool:
     return True
 
 
-async def consumer_ack_floor(js: Any, stream: str, durable: str) -> int | None:
+async def _consumer_info(js: Any, stream: str, durable: str) -> api.ConsumerInfo | None:
     try:
-        info = await js.consumer_info(stream, durable)
+        info: api.ConsumerInfo = await js.consumer_info(stream, durable)
     except nats.js.errors.NotFoundError:
         return None
-    floor = info.ack_floor
+    return info
+
+
+async def consumer_ack_floor(js: Any, stream: str, durable: str) -> int | None:
+    info = await _consumer_info(js, stream, durable)
+    floor = info.ack_floor if info is not None else None
     return int(floor.stream_seq) if floor is not None and floor.stream_seq else None
 
 
 async def consumer_position(js: Any, stream: str, durable: str) -> ConsumerPosition | None:
-    try:
-        info = await js.consumer_info(stream, durable)
-    except nats.js.errors.NotFoundError:
+    info = await _consumer_info(js, stream, durable)
+    if info is None:
         return None
     delivered = info.delivered
-    seq = int(delivered.stream_seq or 0) if delivered is not None else 0
-    return ConsumerPosition(delivered_seq=seq, pending=int(info.num_pending or 0))
+    return ConsumerPosition(
+        delivered_seq=int(delivered.stream_seq or 0) if delivered is not None else 0,
+        pending=int(info.num_pending or 0),
+        consumer_seq=int(delivered.consumer_seq or 0) if delivered is not None else 0,
+    )
 
 
 async def reset_pull_consumer(

@@ -16,6 +16,7 @@ would cap throughput near 4k msg/s.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
@@ -43,6 +44,36 @@ log = logging.getLogger("ssmd.nats")
 T = TypeVar("T")
 
 CLOSE_TIMEOUT_S = 5.0
+# Errors nats-py reports (an exception in a subscription callback, a slow consumer that
+# dropped messages) are logged at most once per this many seconds per kind; all counted.
+CLIENT_ERROR_LOG_INTERVAL_S = 60.0
+
+
+class ClientErrors:
+    """Counts nats-py's asynchronous errors by kind and logs them, rate-limited."""
+
+    def __init__(self, interval_s: float = CLIENT_ERROR_LOG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self.counts: dict[str, int] = {}
+        self._logged_at: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+
+    def record(self, exc: BaseException) -> None:
+        kind = type(exc).__name__
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        now = time.monotonic()
+        last = self._logged_at.get(kind)
+        if last is not None and now - last < self.interval_s:
+            self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+            return
+        self._logged_at[kind] = now
+        more = self._unlogged.pop(kind, 0)
+        log.warning(
+            "NATS client error: %s: %s%s",
+            kind,
+            exc,
+            f" (and {more} more since the last report)" if more else "",
+        )
 
 
 class NatsBridge:
@@ -56,6 +87,7 @@ class NatsBridge:
         self.reconnects = 0
         self.disconnects = 0
         self.closing = False
+        self.client_errors = ClientErrors()
         self._acks: AckInbox | None = None
 
     @property
@@ -164,7 +196,11 @@ class NatsBridge:
 
 
 async def _connect(
-    servers: list[str], name: str, connect_timeout: float, on_event: Callable[[str], None]
+    servers: list[str],
+    name: str,
+    connect_timeout: float,
+    on_event: Callable[[str], None],
+    on_error: Callable[[Exception], None],
 ) -> Any:
     async def disconnected() -> None:
         on_event("disconnected")
@@ -173,7 +209,7 @@ async def _connect(
         on_event("reconnected")
 
     async def error(exc: Exception) -> None:
-        log.debug("nats client error: %s", exc)
+        on_error(exc)
 
     return await nats.connect(
         servers=servers,
@@ -218,9 +254,13 @@ async def open_bridge(
             bridge.reconnects += 1
             log.info("NATS connection re-established")
 
+    def on_error(exc: Exception) -> None:
+        if bridge is not None and not bridge.closing:
+            bridge.client_errors.record(exc)
+
     try:
         try:
-            nc = await thread.call(_connect, servers, name, connect_timeout, on_event)
+            nc = await thread.call(_connect, servers, name, connect_timeout, on_event, on_error)
         except Exception as exc:
             unavailable = as_unavailable(exc)
             if unavailable is None:

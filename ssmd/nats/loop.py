@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import trio
 
 from ssmd.deadline import shielded
+from ssmd.nats.types import NatsUnavailable
 
 log = logging.getLogger("ssmd.nats")
 
@@ -67,7 +68,12 @@ class AsyncioThread:
             if waited.cancelled_caught:
                 log.error("asyncio task did not finish after its cancellation; left behind")
             raise
-        return holder[0].result()
+        task = holder[0]
+        if task.cancelled():
+            # Not by us (we were not cancelled): the loop is shutting down. An asyncio
+            # CancelledError must not reach Trio, where it means nothing.
+            raise NatsUnavailable("the NATS call was cancelled on the asyncio side")
+        return task.result()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop; wait up to `timeout` for its thread (a daemon: never past exit)."""

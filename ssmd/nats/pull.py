@@ -40,9 +40,14 @@ def parse_ack_reply(reply: str) -> tuple[int, int, int, int]:
     """(stream seq, consumer seq, delivery count, pending) from a JetStream ack subject.
 
     `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`, or the
-    newer form with domain and account hash after `$JS.ACK` and a trailing token.
+    newer form with domain and account hash after `$JS.ACK` and a trailing token (as in
+    nats-py, 11 tokens or more). Anything else is a ValueError naming the subject.
     """
     tokens = reply.split(".")
+    if tokens[:2] != ["$JS", "ACK"] or not (len(tokens) == 9 or len(tokens) >= 11):
+        raise ValueError(
+            f"not a JetStream ack subject (expected $JS.ACK and 9 or 11+ tokens): {reply!r}"
+        )
     base = 2 if len(tokens) == 9 else 4
     return (
         int(tokens[base + 3]),

@@ -48,11 +48,17 @@ class StreamState:
 
 @attrs.frozen
 class ConsumerPosition:
-    """How far a consumer has got: the last stream sequence delivered to it, and how
-    many messages matching its filter the stream holds beyond that."""
+    """How far a consumer has got: the last stream sequence and the last delivery
+    (consumer sequence) delivered to it, and how many messages matching its filter the
+    stream holds beyond that.
+
+    `delivered_seq` can lie below anything this filter ever matched (a consumer opened
+    below the stream's first sequence reports first-1), so "taken everything" is
+    measured in deliveries, `consumer_seq`, never in stream sequences."""
 
     delivered_seq: int
     pending: int
+    consumer_seq: int
 
 
 @attrs.frozen(slots=True)

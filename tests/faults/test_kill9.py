@@ -8,7 +8,8 @@ acknowledged is lost or doubled.
 What each kill hit is recorded when it lands, from evidence outside ssmd's log: the
 `.partial` slot files on disk (the archiver was writing) and the exchange's session
 (the connector was streaming). After the run the archive confirms it: every partial
-seen at a kill is a finished, listed file (recovery salvaged it), and every session seen
+seen at a kill is a finished, listed file, and recovery salvaged it (its log says so: a
+slot deleted and fetched again would also end finished and listed), and every session seen
 at a kill delivered frames into the archive. Most kills wait until the victim is ready
 (`/ready`) and working, then land at a random moment; every third lands early, while it
 starts up.
@@ -17,6 +18,7 @@ starts up.
 from __future__ import annotations
 
 import random
+import re
 import time
 from pathlib import Path
 
@@ -52,6 +54,11 @@ class Kill:
     working: bool  # waited until the victim was ready and working
     partials: frozenset[str]  # `day/final name` of each slot file being written
     session: int | None  # the exchange session streaming to this connector run
+    log: Path  # the victim's log, where its next start reports what it salvaged
+
+
+# What recovery logs for each leftover `.partial` it keeps (ssmd/archiver/recovery.py).
+SALVAGED = re.compile(r"salvaged (\S+/\S+): \d+ complete records kept")
 
 
 def partials(archive: Path) -> frozenset[str]:
@@ -106,16 +113,21 @@ class Killer:
         on_disk = partials(self.archive) if "archiver" in process.roles else frozenset()
         session = self._streaming_session(process) if "connector" in process.roles else None
         process.kill9()
-        self.kills.append(Kill(name, working, on_disk, session))
+        self.kills.append(Kill(name, working, on_disk, session, process.log))
         self.start(process)
 
     def check(self, result: Comparison) -> dict[str, int]:
         """Each working kill landed mid-file and mid-stream, as the archive confirms;
         returns how many kills of each victim did."""
         finished = finished_files(self.archive)
+        salvaged = {
+            name
+            for log in {kill.log for kill in self.kills}
+            for name in SALVAGED.findall(log.read_text())
+        }
         landed: dict[str, int] = {}
         for kill in self.kills:
-            mid_file = bool(kill.partials & finished)
+            mid_file = bool(kill.partials & finished & salvaged)
             mid_stream = (
                 kill.session is not None and result.archived_by_session.get(kill.session, 0) > 0
             )

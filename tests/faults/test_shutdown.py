@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import trio
@@ -19,6 +18,7 @@ from ssmd.nats.server import NatsServer
 from tests.faults.harness import (
     CLEAN_STOP,
     STREAM,
+    Exchange,
     archive_records,
     compare,
     reaped,
@@ -26,12 +26,32 @@ from tests.faults.harness import (
     scenario,
     ssmd,
 )
+from tests.procs import SsmdProcess, http_get, metric, wait_until
 
 TOTAL = 200_000
 RATE = 3_000
 SHUTDOWN_TIMEOUT_S = 5.0
 # The interpreter's own start-up of the exit path and the test's polling.
 EXIT_MARGIN_S = 1.5
+
+
+def _combined(tmp_path: Path, nats_url: str) -> tuple[Exchange, Path, SsmdProcess]:
+    """The paced exchange, and one process running connector and archiver:
+    (exchange, archive root, process)."""
+    exchange, config, archive = scenario(
+        tmp_path,
+        [nats_url],
+        TOTAL,
+        RATE,
+        service={"shutdown_timeout": f"{SHUTDOWN_TIMEOUT_S:g}s"},
+    )
+    return exchange, archive, ssmd(config, ["connector", "archiver"])
+
+
+def _publish_buffer(process: SsmdProcess) -> float:
+    """Messages awaiting a JetStream ack, from the process's /metrics."""
+    _, text = http_get(process.health_port, "/metrics")
+    return metric(text, "ssmd_publish_buffer_messages")
 
 
 async def _stream_last_seq(url: str) -> int:
@@ -44,14 +64,7 @@ async def _stream_last_seq(url: str) -> int:
 def test_sigterm_archives_everything_acknowledged_before_exit(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
-    exchange, config, archive = scenario(
-        tmp_path,
-        [nats_server.url],
-        TOTAL,
-        RATE,
-        service={"shutdown_timeout": f"{SHUTDOWN_TIMEOUT_S:g}s"},
-    )
-    process = ssmd(config, ["connector", "archiver"])
+    exchange, archive, process = _combined(tmp_path, nats_server.url)
     with reaped(process):
         process.start()
         process.wait_ready()
@@ -81,14 +94,7 @@ def test_sigterm_archives_everything_acknowledged_before_exit(
 def test_sigterm_with_nats_hung_exits_within_the_shutdown_timeout(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
-    exchange, config, _ = scenario(
-        tmp_path,
-        [nats_server.url],
-        TOTAL,
-        RATE,
-        service={"shutdown_timeout": f"{SHUTDOWN_TIMEOUT_S:g}s"},
-    )
-    process = ssmd(config, ["connector", "archiver"])
+    exchange, _, process = _combined(tmp_path, nats_server.url)
     assert nats_server.process is not None
     try:
         with reaped(process):
@@ -96,8 +102,9 @@ def test_sigterm_with_nats_hung_exits_within_the_shutdown_timeout(
             process.wait_ready()
             exchange.wait_sent(3_000, timeout=60)
             nats_server.process.send_signal(signal.SIGSTOP)
-            # Let publishes and fetches get stuck inside the bridge.
-            time.sleep(1.0)
+            # Publishes stuck inside the bridge: the buffer grows past what is normally
+            # in flight (a few hundred messages at this rate).
+            wait_until(lambda: _publish_buffer(process) > 1_000, 60, "publishes stuck")
             code, seconds = process.terminate(timeout=SHUTDOWN_TIMEOUT_S + 20)
     finally:
         nats_server.process.send_signal(signal.SIGCONT)
