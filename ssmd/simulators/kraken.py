@@ -176,6 +176,7 @@ class KrakenExchange(SimServer):
         *,
         result: dict[str, Any] | None = None,
         error: str | None = None,
+        symbol: str | None = None,
     ) -> None:
         reply: dict[str, Any] = {"method": method}
         if req_id is not None:
@@ -184,6 +185,8 @@ class KrakenExchange(SimServer):
             reply |= {"success": True, "result": result or {}}
         else:
             reply |= {"success": False, "error": error}
+            if symbol is not None:  # Kraken names the refused symbol of a multi-symbol request
+                reply["symbol"] = symbol
         now = rfc3339()
         session.post(encode({**reply, "time_in": now, "time_out": now}), FrameKind.CONTROL)
 
@@ -210,20 +213,25 @@ class KrakenExchange(SimServer):
         subscribed = subs.channels[channel]
         for symbol in symbols:
             if not isinstance(symbol, str) or symbol not in self.symbols:
-                self._reply(session, method, req_id, error="Currency pair not supported")
+                name = symbol if isinstance(symbol, str) else None
+                self._reply(
+                    session, method, req_id, error="Currency pair not supported", symbol=name
+                )
                 continue
             result: dict[str, Any] = {"channel": channel, "symbol": symbol}
             if channel == "book":
                 result |= {"depth": depth, "snapshot": True}
             if method == "unsubscribe":
                 if symbol not in subscribed:
-                    self._reply(session, method, req_id, error="Subscription Not Found")
+                    self._reply(
+                        session, method, req_id, error="Subscription Not Found", symbol=symbol
+                    )
                     continue
                 subscribed.discard(symbol)
                 self._reply(session, method, req_id, result=result)
                 continue
             if symbol in subscribed:
-                self._reply(session, method, req_id, error="Already subscribed")
+                self._reply(session, method, req_id, error="Already subscribed", symbol=symbol)
                 continue
             subscribed.add(symbol)
             self._reply(session, method, req_id, result=result)
