@@ -12,9 +12,13 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import attrs
 import trio
 
+from ssmd.backoff import Backoff
 from ssmd.config import Config, parse_config
+from ssmd.connector import service
+from ssmd.feeds import gamma
 from ssmd.feeds.jsonframes import split_array
 from ssmd.nats.server import NatsServer
 from ssmd.nats.types import FetchedMessage
@@ -180,3 +184,43 @@ async def test_three_venues_in_one_process_survive_their_faults(
     assert any(
         r["type"] == "ssmd_resubscribe" and "BTC/USD" in r["markets"] for r in kraken_records
     ), kraken_records
+
+
+async def test_a_gamma_outage_delays_polymarket_alone(
+    nats_server: NatsServer, monkeypatch: Any
+) -> None:
+    """Gamma answers 503 for a while: Kalshi runs throughout without a disconnect, the
+    process stays up (not ready), and Polymarket subscribes once Gamma recovers."""
+    monkeypatch.setattr(gamma, "RETRY", Backoff(0.02, 0.05))
+    monkeypatch.setattr(service, "MARKETS_RETRY", Backoff(0.05, 0.1))
+    kalshi = MarketExchange(
+        private_key().public_key(),
+        API_KEY,
+        markets=["KXA-1", "KXB-2"],
+        rate=200,
+        ping_interval=1.0,
+        disconnect_every=None,
+        gap_after=None,
+    )
+    poly = PolymarketExchange(markets=3, rate=50)
+    async with serving(kalshi, poly):
+        poly.gamma.fail_next(10**6)
+        full = three_venues(nats_server.url, kalshi.url, poly, "ws://127.0.0.1:9")
+        config = attrs.evolve(full, connectors=full.connectors[:2])
+        async with running_connector(config) as sup:
+            k0 = await kalshi.session(0, timeout=15)
+            await k0.wait_until(lambda: len(k0.subscriptions) == 3, timeout=15)
+            # Well past the feed's first tries (five): retried in the background.
+            with trio.fail_after(30):
+                while len(poly.gamma.requests) <= 20:
+                    await trio.sleep(0.05)
+            assert not sup.stopping.is_set()
+            assert any("polymarket.markets" in why for why in sup.not_ready())
+            assert poly.sessions == []
+            poly.gamma.fail_next(0)
+            await poly.session(0, timeout=15)
+            await poly.wait_until(lambda: len(poly.data_frames()) > 10, timeout=15)
+            with trio.fail_after(15):
+                while sup.not_ready():
+                    await trio.sleep(0.05)
+            assert len(kalshi.sessions) == 1 and not sup.stopping.is_set()
