@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import msgspec
 
+from ssmd.config import VENUE_CHANNELS
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.records import GapRecord, ResubscribeRecord, SubscribeErrorRecord
 from ssmd.connector.shards import SubscriptionPlan, plan_connections
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ssmd.connector.kraken")
 
 KRAKEN_URL = "wss://ws.kraken.com/v2"
-CHANNELS = frozenset({"book", "trade", "ticker", "ohlc", "instrument"})
+CHANNELS = VENUE_CHANNELS["kraken"] or frozenset()
 DEFAULT_DEPTH = 10
 STATUS_KEY = "system"
 
