@@ -32,7 +32,7 @@ DEFAULT_CHANNELS: dict[str, tuple[str, ...]] = {
 VENUE_CHANNELS: dict[str, frozenset[str] | None] = {
     "kalshi": None,
     "polymarket": frozenset({"market"}),
-    "kraken": frozenset({"book", "trade", "ticker", "ohlc", "instrument"}),
+    "kraken": frozenset({"book", "trade", "ticker", "ohlc"}),
 }
 # Venues whose connector must list its markets (nothing discovers them yet).
 MARKETS_REQUIRED = {

@@ -241,6 +241,11 @@ def test_each_venue_has_its_own_default_channels(tmp_path: Path) -> None:
             "connector[0].channels",
             "'orderbook_delta' not a kraken channel",
         ),
+        (
+            '[[connector]]\nfeed = "kraken"\nmarkets = ["BTC/USD"]\nchannels = ["instrument"]\n',
+            "connector[0].channels",
+            "'instrument' not a kraken channel; expected some of book, ohlc, ticker, trade",
+        ),
         ('[[connector]]\nfeed = "kraken"\ndepth = 7\n', "connector[0].depth", "Kraken book depth"),
         ('[connector]\nfeed = "kalshi"\ndepth = 10\n', "connector.depth", "kraken"),
         ('[[connector]]\nfeed = "kalshi"\nmarkts = []\n', "connector[0].markts", "unknown key"),

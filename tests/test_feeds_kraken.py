@@ -67,6 +67,9 @@ def test_venue_is_loadable_and_plans_symbols() -> None:
         VENUE.plan(config, [])
     with pytest.raises(StartupRefused, match="unknown channel"):
         VENUE.plan(ConnectorConfig(feed="kraken", channels=["bogus"]), ["BTC/USD"])
+    # `instrument` names no symbol in its acks or data: it cannot be routed or confirmed.
+    with pytest.raises(StartupRefused, match=r"unknown channel.*instrument"):
+        VENUE.plan(ConnectorConfig(feed="kraken", channels=["instrument"]), ["BTC/USD"])
 
 
 def test_subscribe_commands_carry_req_id_depth_and_wait_for_one_ack_per_symbol() -> None:
