@@ -330,6 +330,21 @@ def test_a_trade_id_jump_is_a_gap_with_no_resubscribe_and_survives_reconnects() 
     assert stats.gaps == 2
 
 
+def test_a_trade_id_going_back_is_no_gap_and_never_moves_the_last_back() -> None:
+    session, stats = new_session()
+    subscribe_all(session)
+    out: list[Inbound] = []
+    for trade_id in (100, 99, 101, 101, 102):
+        frame = {
+            "channel": "trade",
+            "type": "update",
+            "data": [{"symbol": "BTC/USD", "trade_id": trade_id}],
+        }
+        session.on_frame(json.dumps(frame).encode(), 1, out)
+    assert stats.gaps == 0 and [m for m in out if ".ssmd." in m.subject] == []
+    assert session.trade_ids_behind == 2 and session.last_trade_id["BTC/USD"] == 102
+
+
 def test_stop_unsubscribes_every_channel_and_waits_for_the_acks() -> None:
     session, _ = new_session()
     subscribe_all(session)

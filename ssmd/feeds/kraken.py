@@ -103,6 +103,7 @@ class KrakenSession:
         self._plans = list(plans)
         # Survives reconnects: the last trade id per symbol.
         self.last_trade_id: dict[str, int] = {}
+        self.trade_ids_behind = 0  # trades repeating or older than the last one
         self._next_req_id = 0
         self.start()
 
@@ -389,6 +390,11 @@ class KrakenSession:
             if trade_id is None or not isinstance(symbol, str):
                 continue
             last = self.last_trade_id.get(symbol)
+            if last is not None and trade_id <= last:
+                # A repeat or an older trade: nothing missed, and `last` never goes back
+                # (100, 99, 101 is no gap at all).
+                self.trade_ids_behind += 1
+                continue
             self.last_trade_id[symbol] = trade_id
             if last is None or trade_id == last + 1:
                 continue
