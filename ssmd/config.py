@@ -17,11 +17,12 @@ import cattrs
 import tomli
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from ssmd.feeds.kraken_book import DEPTHS as KRAKEN_BOOK_DEPTHS
+
 KALSHI_PROD_URL = "wss://external-api-ws.kalshi.com/trade-api/ws/v2"
 KALSHI_DEMO_URL = "wss://demo-api.kalshi.co/trade-api/ws/v2"
 # The venues a connector can speak; each is the module `ssmd.feeds.{kind}`.
 VENUE_KINDS = ("kalshi", "polymarket", "kraken")
-KRAKEN_BOOK_DEPTHS = (10, 25, 100, 500, 1000)
 # Per venue: the channels a connector subscribes when it lists none, and those it may
 # list (None: any, the venue answers for itself).
 DEFAULT_CHANNELS: dict[str, tuple[str, ...]] = {

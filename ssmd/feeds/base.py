@@ -110,7 +110,7 @@ class Command:
 
     `text`: the exact text frame. `reply`: a hashable token that `Session.replied` reports
     once the exchange has answered (Kalshi: the command `id`; Kraken: the `req_id`, done
-    after one ack per symbol or an error); None when the venue never answers (Polymarket),
+    once every symbol is acked or refused); None when the venue never answers (Polymarket),
     so the engine sends the next command at once. `what`: a short description for logs
     and the "no reply to ..." reason, e.g. "subscribe ticker (3 markets)".
     """

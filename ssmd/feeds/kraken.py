@@ -3,8 +3,9 @@ trades checked by trade_id, routing by channel and symbol (see kraken-ws.md).
 
 - Subjects: `{env}.{feed}.json.{channel}.{symbol}` (`BTC/USD` is a legal token);
   `status` frames, which name no symbol, go to `{env}.{feed}.json.status.system`.
-- Control, never archived: subscribe/unsubscribe acks (`method`), `pong`, and
-  `heartbeat` (liveness only). Everything else is data, published as received.
+- Control, never archived: any frame with a string `method` (subscribe/unsubscribe
+  acks, `pong`) and `heartbeat` (liveness only). Everything else is data, published as
+  received.
 - Continuity: each subscribed symbol's book is kept at the subscribed depth
   (`connector.depth`, default 10) and every book message's CRC32 is checked. A mismatch
   is a `gap` record (reason `checksum`, expected = ours, got = Kraken's), then that
