@@ -86,7 +86,8 @@ class ConnectionStats:
     - `unrouted`: those of them that went to the fallback subject;
     - `control[kind]`: frames that are not data: command replies, errors, pongs,
       heartbeats (e.g. control["heartbeat"], control["pong"], control["subscribed"]);
-    - `gaps` (every gap record), `resubscribes` (every repair resubscription completed),
+    - `gaps` (every gap record, counted with `gap(reason)`, which keeps `gap_reasons`
+      beside it), `resubscribes` (every repair resubscription completed),
       `subscribe_errors` (every refused subscription).
     """
 
@@ -102,6 +103,12 @@ class ConnectionStats:
     last_message_ns: int = 0
     by_type: collections.Counter[str] = attrs.field(factory=collections.Counter)
     control: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    gap_reasons: collections.Counter[str] = attrs.field(factory=collections.Counter)
+
+    def gap(self, reason: str) -> None:
+        """Count one gap record, by its `reason` (e.g. seq, checksum, trade_id)."""
+        self.gaps += 1
+        self.gap_reasons[reason] += 1
 
 
 @attrs.frozen(slots=True)

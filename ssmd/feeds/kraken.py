@@ -361,7 +361,7 @@ class KrakenSession:
             ours = book.checksum()
             if ours == data.checksum:
                 continue
-            self._stats.gaps += 1
+            self._stats.gap("checksum")
             log.warning(
                 "conn %d: book %s checksum mismatch (ours %d, Kraken's %d): resubscribing",
                 self._conn,
@@ -399,7 +399,7 @@ class KrakenSession:
             self.last_trade_id[symbol] = trade_id
             if last is None or trade_id == last + 1:
                 continue
-            self._stats.gaps += 1
+            self._stats.gap("trade_id")
             log.warning(
                 "conn %d: trade_id jump on %s: expected %d, got %d",
                 self._conn,
