@@ -275,7 +275,9 @@ class Venue(Protocol):
     async def subscription_markets(self, config: ConnectorConfig) -> list[str]:
         """The subscription units for the configured `markets`: Kalshi tickers and
         Kraken symbols as given; Polymarket condition ids resolved to their token ids
-        (Gamma REST at `config.rest_url`). May raise `StartupRefused` with one line.
+        (Gamma REST at `config.rest_url`). May raise `StartupRefused` with one line
+        (a definitive answer), or `StartupUnavailable` (a transient failure: the
+        connector retries in the feed's own task while the other feeds run).
         The seam where market discovery will plug in."""
         ...
 
