@@ -17,11 +17,29 @@ import cattrs
 import tomli
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from ssmd.feeds.kraken_book import DEPTHS as KRAKEN_BOOK_DEPTHS
+
 KALSHI_PROD_URL = "wss://external-api-ws.kalshi.com/trade-api/ws/v2"
 KALSHI_DEMO_URL = "wss://demo-api.kalshi.co/trade-api/ws/v2"
 # The venues a connector can speak; each is the module `ssmd.feeds.{kind}`.
 VENUE_KINDS = ("kalshi", "polymarket", "kraken")
-KRAKEN_BOOK_DEPTHS = (10, 25, 100, 500, 1000)
+# Per venue: the channels a connector subscribes when it lists none, and those it may
+# list (None: any, the venue answers for itself).
+DEFAULT_CHANNELS: dict[str, tuple[str, ...]] = {
+    "kalshi": ("ticker", "trade", "orderbook_delta"),
+    "polymarket": ("market",),
+    "kraken": ("book", "trade", "ticker"),
+}
+VENUE_CHANNELS: dict[str, frozenset[str] | None] = {
+    "kalshi": None,
+    "polymarket": frozenset({"market"}),
+    "kraken": frozenset({"book", "trade", "ticker", "ohlc"}),
+}
+# Venues whose connector must list its markets (nothing discovers them yet).
+MARKETS_REQUIRED = {
+    "polymarket": 'condition ids, e.g. ["0x5f65..."]',
+    "kraken": 'symbols, e.g. ["BTC/USD", "ETH/USD"]',
+}
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -232,7 +250,13 @@ class ConnectorConfig:
     # The venue protocol (`ssmd.feeds.{kind}`); unset: the feed name when it names a venue.
     kind: str | None = None
     url: str | None = None
-    channels: list[str] = attrs.field(factory=lambda: ["ticker", "trade", "orderbook_delta"])
+    # Unset: the venue's DEFAULT_CHANNELS (an unknown kind is refused after).
+    channels: list[str] = attrs.field(
+        default=attrs.Factory(
+            lambda self: list(DEFAULT_CHANNELS.get(self.venue, DEFAULT_CHANNELS["kalshi"])),
+            takes_self=True,
+        )
+    )
     markets: list[str] = attrs.field(factory=list)
     # Unset: the venue's default (Kalshi 200 and 2000; Polymarket 200 assets a connection).
     markets_per_subscription: int | None = attrs.field(default=None, validator=_positive_or_unset)
@@ -478,6 +502,19 @@ def _resolve_kind(cc: ConnectorConfig, key: str, file: str, single: bool) -> Con
         )
     if cc.depth is not None and kind != "kraken":
         raise ConfigError(file, f"{key}.depth", f"applies to kind 'kraken' only, not {kind!r}")
+    allowed = VENUE_CHANNELS[kind]
+    unknown = [c for c in cc.channels if allowed is not None and c not in allowed]
+    if unknown:
+        raise ConfigError(
+            file,
+            f"{key}.channels",
+            f"{', '.join(map(repr, unknown))} not a {kind} channel; "
+            f"expected some of {', '.join(sorted(allowed or ()))}",
+        )
+    if not cc.markets and kind in MARKETS_REQUIRED:
+        raise ConfigError(
+            file, f"{key}.markets", f"a {kind} connector must list {MARKETS_REQUIRED[kind]}"
+        )
     return attrs.evolve(cc, kind=kind)
 
 

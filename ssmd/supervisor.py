@@ -61,6 +61,11 @@ class StartupRefused(Exception):
     """
 
 
+class StartupUnavailable(Exception):
+    """Something a role needs to start is unavailable for now (a REST API down): the
+    role keeps retrying in its own task while the others run."""
+
+
 def _failing(checks: dict[str, HealthCheck]) -> list[str]:
     return [f"{name}: {why}" for name, check in checks.items() if (why := check()) is not None]
 

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from ssmd.archive.books.kraken import _kraken_checksum
+from ssmd.archive.books.kraken import levels_checksum
 from ssmd.cli.main import main
 from ssmd.connector.records import DisconnectRecord
 from ssmd.subjects import market_subject
@@ -40,13 +40,13 @@ def book(
     return [json.loads(line) for line in out.splitlines()]
 
 
-def test_kraken_checksum_matches_the_documented_vector() -> None:
+def testlevels_checksum_matches_the_documented_vector() -> None:
     data = json.loads(KRAKEN_DOC_SNAPSHOT, parse_float=Decimal)["data"][0]
     bids = {d["price"]: d["qty"] for d in data["bids"]}
     asks = {d["price"]: d["qty"] for d in data["asks"]}
-    assert _kraken_checksum(bids, asks) == 3310070434
+    assert levels_checksum(bids, asks) == 3310070434
     asks[Decimal("45285.2")] = Decimal("0.00200000")
-    assert _kraken_checksum(bids, asks) != 3310070434
+    assert levels_checksum(bids, asks) != 3310070434
 
 
 def _kraken_update(
@@ -65,7 +65,7 @@ def _kraken_update(
     for levels, desc in ((bids, True), (asks, False)):
         for p in sorted(levels, reverse=desc)[10:]:
             del levels[p]
-    crc = _kraken_checksum(bids, asks) if checksum is None else checksum
+    crc = levels_checksum(bids, asks) if checksum is None else checksum
     side_json = {
         side: ",".join(f'{{"price":{p},"qty":{q}}}' for p, q in rows)
         for side, rows in changes.items()

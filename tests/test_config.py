@@ -195,6 +195,20 @@ def test_several_connectors_are_an_array_of_tables_with_kinds(tmp_path: Path) ->
     assert config.connectors[2].depth == 25
 
 
+def test_each_venue_has_its_own_default_channels(tmp_path: Path) -> None:
+    text = CONNECTOR_BASE + (
+        '[[connector]]\nfeed = "kalshi"\n'
+        '[[connector]]\nfeed = "polymarket"\nmarkets = ["0x5f65"]\n'
+        '[[connector]]\nfeed = "k2"\nkind = "kraken"\nmarkets = ["BTC/USD"]\n'
+    )
+    config = load_config(write(tmp_path, text))
+    assert [c.channels for c in config.connectors] == [
+        ["ticker", "trade", "orderbook_delta"],
+        ["market"],
+        ["book", "trade", "ticker"],
+    ]
+
+
 @pytest.mark.parametrize(
     ("tables", "key", "expected"),
     [
@@ -206,9 +220,31 @@ def test_several_connectors_are_an_array_of_tables_with_kinds(tmp_path: Path) ->
         ),
         ('[connector]\nkind = "nyse"\n', "connector.kind", "expected one of kalshi"),
         (
-            '[[connector]]\nfeed = "kraken"\n[[connector]]\nfeed = "kraken"\n',
+            '[[connector]]\nfeed = "kalshi"\n[[connector]]\nfeed = "kalshi"\n',
             "connector[1].feed",
             "already used by connector[0]",
+        ),
+        (
+            '[[connector]]\nfeed = "kalshi"\n[[connector]]\nfeed = "polymarket"\n',
+            "connector[1].markets",
+            "must list condition ids",
+        ),
+        ('[[connector]]\nfeed = "kraken"\n', "connector[0].markets", "must list symbols"),
+        (
+            '[[connector]]\nfeed = "polymarket"\nmarkets = ["0x1"]\nchannels = ["ticker"]\n',
+            "connector[0].channels",
+            "'ticker' not a polymarket channel; expected some of market",
+        ),
+        (
+            '[[connector]]\nfeed = "k2"\nkind = "kraken"\nmarkets = ["BTC/USD"]\n'
+            'channels = ["book", "orderbook_delta"]\n',
+            "connector[0].channels",
+            "'orderbook_delta' not a kraken channel",
+        ),
+        (
+            '[[connector]]\nfeed = "kraken"\nmarkets = ["BTC/USD"]\nchannels = ["instrument"]\n',
+            "connector[0].channels",
+            "'instrument' not a kraken channel; expected some of book, ohlc, ticker, trade",
         ),
         ('[[connector]]\nfeed = "kraken"\ndepth = 7\n', "connector[0].depth", "Kraken book depth"),
         ('[connector]\nfeed = "kalshi"\ndepth = 10\n', "connector.depth", "kraken"),

@@ -19,7 +19,7 @@ import trio.testing
 
 from ssmd.clock import WallClock
 from ssmd.config import ConnectorConfig
-from ssmd.connector.connection import Connection, ConnectionSettings, backoff_delay
+from ssmd.connector.connection import Connection, ConnectionSettings
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.connector.websocket import WebSocket
@@ -174,11 +174,12 @@ async def running(harness: Harness) -> AsyncIterator[None]:
             producer.cancel_scope.cancel()
 
 
-def test_backoff_delay_is_capped_and_jittered() -> None:
+def test_reconnect_backoff_is_capped_and_jittered() -> None:
     rng = random.Random(1)
+    settings = ConnectionSettings(1.0, 1.0, 1.0, backoff_initial=0.5, backoff_max=30.0)
     for failures in range(40):
         step = min(30.0, 0.5 * 2**failures)
-        delays = [backoff_delay(failures, 0.5, 30.0, rng) for _ in range(50)]
+        delays = [settings.backoff.delay(failures, rng) for _ in range(50)]
         assert all(step / 2 <= d <= step for d in delays)
         assert len(set(delays)) > 1
 

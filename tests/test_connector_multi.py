@@ -100,7 +100,7 @@ def test_kalshi_credentials_are_needed_only_with_a_kalshi_connector() -> None:
     from ssmd.cli.main import _needs_credentials
 
     def config(*feeds: str) -> Config:
-        tables = [{"feed": feed, "markets": ["X"], "channels": ["trade"]} for feed in feeds]
+        tables = [{"feed": feed, "markets": ["X"]} for feed in feeds]
         return parse_config({"env": "test", "connector": tables})
 
     assert not _needs_credentials(config("kraken", "polymarket"))

@@ -40,7 +40,7 @@ def ack(request: dict[str, Any], symbol: str, success: bool = True) -> bytes:
             "result": {"channel": request["params"]["channel"], "symbol": symbol},
         }
     else:
-        reply |= {"success": False, "error": "Currency pair not supported"}
+        reply |= {"success": False, "error": "Currency pair not supported", "symbol": symbol}
     return json.dumps(reply).encode()
 
 
@@ -67,6 +67,9 @@ def test_venue_is_loadable_and_plans_symbols() -> None:
         VENUE.plan(config, [])
     with pytest.raises(StartupRefused, match="unknown channel"):
         VENUE.plan(ConnectorConfig(feed="kraken", channels=["bogus"]), ["BTC/USD"])
+    # `instrument` names no symbol in its acks or data: it cannot be routed or confirmed.
+    with pytest.raises(StartupRefused, match=r"unknown channel.*instrument"):
+        VENUE.plan(ConnectorConfig(feed="kraken", channels=["instrument"]), ["BTC/USD"])
 
 
 def test_subscribe_commands_carry_req_id_depth_and_wait_for_one_ack_per_symbol() -> None:
@@ -103,6 +106,80 @@ def test_a_refused_symbol_is_recorded_and_retried_alone() -> None:
     (retry,) = session.take_retries()
     assert json.loads(retry.text)["params"]["symbol"] == ["ETH/USD"]
     assert not session.retries_waiting()
+
+
+def test_an_error_before_another_symbols_ack_refuses_only_its_own_symbol() -> None:
+    plans = [SubscriptionPlan("book", ("FOO/BAR", "BTC/USD"))]
+    stats = ConnectionStats()
+    config = ConnectorConfig(feed="kraken", kind="kraken")
+    session = KrakenSession(SessionContext(0, Subjects("prod", "kraken"), stats, config), plans)
+    (command,) = session.start()
+    book = json.loads(command.text)
+    out: list[Inbound] = []
+    session.on_frame(ack(book, "FOO/BAR", success=False), 5, out)
+    assert not session.replied(command.reply)
+    session.on_frame(ack(book, "BTC/USD"), 6, out)
+    assert session.replied(command.reply)
+    assert session.subscribed["book"] == {"BTC/USD"}
+    (record,) = [json.loads(m.payload) for m in out]
+    assert record["markets"] == ["FOO/BAR"]
+    (retry,) = session.take_retries()
+    assert json.loads(retry.text)["params"]["symbol"] == ["FOO/BAR"]
+    # BTC/USD's book is checked and repaired like any other.
+    sim = KrakenExchange(rate=0, seed=3)
+    snapshot = sim._book_snapshot(sim.symbols["BTC/USD"], 10)
+    snapshot["data"][0]["checksum"] += 1
+    out.clear()
+    assert session.on_frame(encode(snapshot), 7, out)
+    unsubscribe, resubscribe = session.take_commands()
+    assert json.loads(unsubscribe.text)["params"]["symbol"] == ["BTC/USD"]
+    assert json.loads(resubscribe.text)["params"]["symbol"] == ["BTC/USD"]
+    assert [json.loads(c.text)["params"]["symbol"] for c in session.stop()] == [["BTC/USD"]]
+
+
+def test_an_error_naming_no_symbol_refuses_every_unanswered_symbol() -> None:
+    session, _ = new_session()
+    commands = session.start()
+    book = json.loads(commands[0].text)
+    out: list[Inbound] = []
+    session.on_frame(ack(book, "BTC/USD"), 5, out)
+    error = {"method": "subscribe", "req_id": book["req_id"], "success": False, "error": "x"}
+    session.on_frame(json.dumps(error).encode(), 6, out)
+    assert session.replied(commands[0].reply)
+    (record,) = [json.loads(m.payload) for m in out]
+    assert record["markets"] == ["ETH/USD"]
+    # A late ack still counts.
+    session.on_frame(ack(book, "ETH/USD"), 7, out)
+    assert session.subscribed["book"] == {"BTC/USD", "ETH/USD"}
+    assert session.take_retries() == []
+
+
+def test_a_book_update_with_no_book_and_no_repair_resubscribes() -> None:
+    session, _ = new_session()
+    subscribe_all(session)
+    update = {
+        "channel": "book",
+        "type": "update",
+        "data": [{"symbol": "BTC/USD", "bids": [], "asks": [], "checksum": 1}],
+    }
+    out: list[Inbound] = []
+    assert session.on_frame(json.dumps(update).encode(), 5, out)
+    _, resubscribe = session.take_commands()
+    assert json.loads(resubscribe.text)["params"]["symbol"] == ["BTC/USD"]
+    # While the repair is in flight, more updates do not queue another.
+    assert not session.on_frame(json.dumps(update).encode(), 6, out)
+    assert session.take_commands() == []
+
+
+def test_a_snapshot_before_its_ack_is_kept() -> None:
+    session, _ = new_session()
+    commands = session.start()
+    book = json.loads(commands[0].text)
+    sim = KrakenExchange(rate=0, seed=3)
+    out: list[Inbound] = []
+    session.on_frame(encode(sim._book_snapshot(sim.symbols["BTC/USD"], 10)), 5, out)
+    session.on_frame(ack(book, "BTC/USD"), 6, out)
+    assert "BTC/USD" in session.books
 
 
 def test_routing_keepalives_and_status() -> None:
@@ -251,6 +328,21 @@ def test_a_trade_id_jump_is_a_gap_with_no_resubscribe_and_survives_reconnects() 
     out.clear()
     feed(session, frames, out)
     assert stats.gaps == 2
+
+
+def test_a_trade_id_going_back_is_no_gap_and_never_moves_the_last_back() -> None:
+    session, stats = new_session()
+    subscribe_all(session)
+    out: list[Inbound] = []
+    for trade_id in (100, 99, 101, 101, 102):
+        frame = {
+            "channel": "trade",
+            "type": "update",
+            "data": [{"symbol": "BTC/USD", "trade_id": trade_id}],
+        }
+        session.on_frame(json.dumps(frame).encode(), 1, out)
+    assert stats.gaps == 0 and [m for m in out if ".ssmd." in m.subject] == []
+    assert session.trade_ids_behind == 2 and session.last_trade_id["BTC/USD"] == 102
 
 
 def test_stop_unsubscribes_every_channel_and_waits_for_the_acks() -> None:

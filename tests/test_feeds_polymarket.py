@@ -8,6 +8,7 @@ import json
 import re
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from hypothesis import given, settings
@@ -18,11 +19,11 @@ from ssmd.connector.publisher import Inbound
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds import load_venue
 from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects
-from ssmd.feeds.gamma import resolve_token_ids, token_ids
+from ssmd.feeds.gamma import ATTEMPTS, resolve_token_ids, token_ids
 from ssmd.feeds.jsonframes import element_offsets
 from ssmd.feeds.polymarket import VENUE, PolymarketSession
 from ssmd.simulators.polymarket import PolymarketExchange
-from ssmd.supervisor import StartupRefused
+from ssmd.supervisor import StartupRefused, StartupUnavailable
 
 MARKET = "0x5f65177b394277fd294cd75650044e32ba009a95022d88a0c1d565897d72f8f1"
 YES = "71321045679252212594626385532706912750332728571942532289631379312455583992563"
@@ -174,11 +175,34 @@ async def test_gamma_resolves_condition_ids_to_token_ids() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_gamma_unreachable_refuses_the_start_in_one_line(autojump_clock: Any) -> None:
+async def test_gamma_unreachable_is_unavailable_for_now(autojump_clock: Any) -> None:
     with pytest.raises(
-        StartupRefused, match=re.escape("Gamma API http://127.0.0.1:9/markets: ConnectError")
+        StartupUnavailable, match=re.escape("Gamma API http://127.0.0.1:9/markets: ConnectError")
     ):
         await resolve_token_ids("http://127.0.0.1:9", ["0xab"])
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "tries"),
+    [
+        (404, b"{}", StartupRefused, 1),  # a definitive answer: refused at once
+        (200, b"<html>", StartupUnavailable, ATTEMPTS),  # a proxy's page: transient
+        (200, b'{"error": 1}', StartupUnavailable, ATTEMPTS),
+        (503, b"", StartupUnavailable, ATTEMPTS),
+    ],
+)
+async def test_gamma_answers_are_definitive_or_transient(
+    autojump_clock: Any, status: int, body: bytes, error: type[Exception], tries: int
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, content=body)
+
+    with pytest.raises(error, match=f"Gamma API http://gamma/markets: .*{status}"):
+        await resolve_token_ids("http://gamma", ["0xab"], transport=httpx.MockTransport(answer))
+    assert len(seen) == tries
 
 
 def test_token_ids_accepts_a_string_or_an_array() -> None:

@@ -242,6 +242,39 @@ async def test_kraken_frames_byte_identical_checksum_repair_and_trade_gap(
     assert not any(b'"heartbeat"' in p or b'"pong"' in p or b'"method"' in p for _, p in got)
 
 
+async def test_kraken_refused_symbol_beside_a_good_one(nats_server: NatsServer) -> None:
+    """XBT/USD is refused before ETH/USD is acked in the same request: only XBT/USD is
+    recorded and retried; ETH/USD stays subscribed, checked and repaired."""
+    sim = KrakenExchange(rate=200, seed=7)
+    async with serving(sim):
+        markets = ["XBT/USD", "ETH/USD"]
+        connector = {"feed": "kraken", "url": sim.url, "channels": ["book"], "markets": markets}
+        async with running_connector(config_for(nats_server.url, connector)):
+            session = await sim.session(0)
+            await sim.wait_until(lambda: len(sim.data_frames()) > 50)
+            sim.break_checksum("ETH/USD")
+            snapshot = b'{"channel":"book","type":"snapshot"'
+            await sim.wait_until(lambda: sum(f.data.startswith(snapshot) for f in sim.sent) == 2)
+            # The refused XBT/USD has been asked for again (after the retry backoff).
+            await sim.wait_until(
+                lambda: sum('"XBT/USD"' in str(m) for m in session.received) >= 2, timeout=20
+            )
+            await quiesce(sim)
+            expected = sim.data_frames()
+            messages = await stream_until(
+                nats_server.url, lambda ms: len(data(ms)) >= len(expected)
+            )
+    assert [payload for _, payload in data(messages)] == expected
+    errors = records(messages, "subscribe_error")
+    assert errors and all(e["markets"] == ["XBT/USD"] for e in errors)
+    (resubscribe,) = records(messages, "resubscribe")
+    assert resubscribe["markets"] == ["ETH/USD"]
+    eth = [json.loads(m) for m in session.received if '"ETH/USD"' in str(m)]
+    # Subscribed, repaired (unsubscribe, subscribe), and unsubscribed at the stop.
+    assert [r["method"] for r in eth] == ["subscribe", "unsubscribe", "subscribe", "unsubscribe"]
+    assert len(sim.sessions) == 1
+
+
 @pytest.mark.parametrize("client", ["ssmd", "trio-websocket"])
 async def test_kraken_drop_reconnects_and_resubscribes_everything(
     nats_server: NatsServer, client: str

@@ -76,11 +76,6 @@ class ConnectionLost(Exception):
     """The connection is unusable (no frame in time, no reply to a command)."""
 
 
-def backoff_delay(failures: int, initial: float, maximum: float, rng: random.Random) -> float:
-    """Delay before reconnect attempt `failures + 1`: half to all of a doubling, capped step."""
-    return Backoff(initial, maximum, jitter=0.5).delay(failures, rng)
-
-
 def describe(exc: BaseException) -> str:
     """A one-line reason, looking through exception groups to the first real error."""
     while isinstance(exc, BaseExceptionGroup):

@@ -64,11 +64,45 @@ def connector_metrics(
         labels,
         sum(c.stats.disconnects for c in connections),
     )
-    yield counter(
+    gaps: collections.Counter[str] = collections.Counter()
+    control: collections.Counter[str] = collections.Counter()
+    for c in connections:
+        gaps.update(c.stats.gap_reasons)
+        control.update(c.stats.control)
+    yield by_label(
+        CounterMetricFamily,
         "ssmd_exchange_gaps",
-        "Jumps in the exchange's seq within a subscription.",
+        "Breaks in the exchange's own continuity (gap records), by reason: seq (Kalshi), "
+        "checksum and trade_id (Kraken).",
         labels,
-        sum(c.stats.gaps for c in connections),
+        "reason",
+        dict(gaps),
+    )
+    yield by_label(
+        CounterMetricFamily,
+        "ssmd_control_messages",
+        "Exchange frames that are not data (replies, pongs, heartbeats), by kind.",
+        labels,
+        "kind",
+        {str(kind): n for kind, n in control.items()},
+    )
+    yield counter(
+        "ssmd_subscribe_errors",
+        "Subscriptions the exchange refused (each retried with backoff).",
+        labels,
+        sum(c.stats.subscribe_errors for c in connections),
+    )
+    yield counter(
+        "ssmd_resubscribes",
+        "Resubscriptions made to repair a book (e.g. after a Kraken checksum mismatch).",
+        labels,
+        sum(c.stats.resubscribes for c in connections),
+    )
+    yield counter(
+        "ssmd_lost_messages",
+        "Messages read but never handed to the publisher (it stopped taking them).",
+        labels,
+        sum(c.stats.lost for c in connections),
     )
     yield counter(
         "ssmd_unrouted_messages",

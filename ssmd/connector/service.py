@@ -19,6 +19,7 @@ from functools import partial
 import attrs
 import trio
 
+from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
 from ssmd.config import Config, ConnectorConfig
 from ssmd.connector.auth import Credentials
@@ -33,13 +34,14 @@ from ssmd.metrics import FunctionCollector, merge_families
 from ssmd.nats.bridge import NatsBridge
 from ssmd.nats.types import StreamSpec
 from ssmd.subjects import feed_prefix, pattern_covers
-from ssmd.supervisor import StartupRefused, Supervisor
+from ssmd.supervisor import StartupRefused, StartupUnavailable, Supervisor
 
 log = logging.getLogger("ssmd.connector")
 
 INBOUND_CHANNEL_SIZE = 64  # batches of up to 1000 messages
 PROBE_TIMEOUT_S = 10.0
 STATS_INTERVAL_S = 60.0
+MARKETS_RETRY = Backoff(1.0, 60.0, jitter=0.5)
 
 
 def stream_spec(config: Config) -> StreamSpec:
@@ -183,16 +185,12 @@ async def _start_feed(
         await probe_credentials(
             connect, url, credentials, min(cc.command_timeout.seconds, PROBE_TIMEOUT_S)
         )
-    markets = await venue.subscription_markets(cc)
-    shards = venue.plan(cc, markets)
-    log.info(
-        "connector %s (%s): %d connection(s), %d subscription(s) to %s",
-        cc.feed,
-        venue.kind,
-        len(shards),
-        sum(len(s) for s in shards),
-        url,
-    )
+    try:
+        markets: list[str] | None = await venue.subscription_markets(cc)
+    except StartupUnavailable as exc:
+        # Other feeds must not wait or stop for it: retried in this feed's own task.
+        log.warning("connector %s: %s; retrying while the other feeds run", cc.feed, exc)
+        markets = None
     publisher = Publisher(
         bridge.publish_batch,
         env=config.env,
@@ -209,26 +207,62 @@ async def _start_feed(
     send, receive = trio.open_memory_channel[list[Inbound]](INBOUND_CHANNEL_SIZE)
     sup.start_sink(f"{name}.publisher", publisher.run, receive)
     settings = connection_settings(cc)
-    connections = [
-        Connection(
-            index,
+    connections: list[Connection] = []
+
+    def plan_connections(markets: list[str]) -> None:
+        shards = venue.plan(cc, markets)
+        log.info(
+            "connector %s (%s): %d connection(s), %d subscription(s) to %s",
+            cc.feed,
+            venue.kind,
+            len(shards),
+            sum(len(s) for s in shards),
             url,
-            venue,
-            plans,
-            config=cc,
-            env=config.env,
-            clock=clock,
-            settings=settings,
-            headers=partial(venue.handshake_headers, credentials=credentials),
-            connect=connect,
         )
-        for index, plans in enumerate(shards)
-    ]
-    for connection in connections:
-        sup.start_producer(
-            f"{name}.ws{connection.index}", connection.run, send.clone(), reports_ready=True
+        connections.extend(
+            Connection(
+                index,
+                url,
+                venue,
+                plans,
+                config=cc,
+                env=config.env,
+                clock=clock,
+                settings=settings,
+                headers=partial(venue.handshake_headers, credentials=credentials),
+                connect=connect,
+            )
+            for index, plans in enumerate(shards)
         )
-    send.close()
+
+    async def resolve_then_connect(*, task_status: trio.TaskStatus[None]) -> None:
+        """Retry the market list until it comes, then run the connections (not ready until
+        they are up); a definitive refusal (StartupRefused) stops the process."""
+        with send:
+            retry = MARKETS_RETRY.retry()
+            while True:
+                await retry.wait()
+                try:
+                    markets = await venue.subscription_markets(cc)
+                    break
+                except StartupUnavailable as exc:
+                    log.warning("connector %s: %s; retrying", cc.feed, exc)
+            log.info("connector %s: markets resolved after %d tries", cc.feed, retry.failures)
+            plan_connections(markets)
+            async with trio.open_nursery() as nursery:
+                for connection in connections:
+                    await nursery.start(connection.run, send.clone())
+                task_status.started()
+
+    if markets is None:
+        sup.start_producer(f"{name}.markets", resolve_then_connect, reports_ready=True)
+    else:
+        plan_connections(markets)
+        for connection in connections:
+            sup.start_producer(
+                f"{name}.ws{connection.index}", connection.run, send.clone(), reports_ready=True
+            )
+        send.close()
     sup.start_producer(f"{name}.stats", _report_stats, cc.feed, publisher, connections)
     stall_after = max(30.0, 3 * cc.publish_timeout.seconds)
     publisher.stats.last_ack_at = trio.current_time()

@@ -95,7 +95,8 @@ class ConnectionStats:
     - `unrouted`: those of them that went to the fallback subject;
     - `control[kind]`: frames that are not data: command replies, errors, pongs,
       heartbeats (e.g. control["heartbeat"], control["pong"], control["subscribed"]);
-    - `gaps` (every gap record), `resubscribes` (every repair resubscription completed),
+    - `gaps` (every gap record, counted with `gap(reason)`, which keeps `gap_reasons`
+      beside it), `resubscribes` (every repair resubscription completed),
       `subscribe_errors` (every refused subscription).
     """
 
@@ -111,6 +112,12 @@ class ConnectionStats:
     last_message_ns: int = 0
     by_type: collections.Counter[str] = attrs.field(factory=collections.Counter)
     control: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    gap_reasons: collections.Counter[str] = attrs.field(factory=collections.Counter)
+
+    def gap(self, reason: str) -> None:
+        """Count one gap record, by its `reason` (e.g. seq, checksum, trade_id)."""
+        self.gaps += 1
+        self.gap_reasons[reason] += 1
 
 
 @attrs.frozen(slots=True)
@@ -119,7 +126,7 @@ class Command:
 
     `text`: the exact text frame. `reply`: a hashable token that `Session.replied` reports
     once the exchange has answered (Kalshi: the command `id`; Kraken: the `req_id`, done
-    after one ack per symbol or an error); None when the venue never answers (Polymarket),
+    once every symbol is acked or refused); None when the venue never answers (Polymarket),
     so the engine sends the next command at once. `what`: a short description for logs
     and the "no reply to ..." reason, e.g. "subscribe ticker (3 markets)".
     """
@@ -283,7 +290,9 @@ class Venue(Protocol):
     async def subscription_markets(self, config: ConnectorConfig) -> list[str]:
         """The subscription units for the configured `markets`: Kalshi tickers and
         Kraken symbols as given; Polymarket condition ids resolved to their token ids
-        (Gamma REST at `config.rest_url`). May raise `StartupRefused` with one line.
+        (Gamma REST at `config.rest_url`). May raise `StartupRefused` with one line
+        (a definitive answer), or `StartupUnavailable` (a transient failure: the
+        connector retries in the feed's own task while the other feeds run).
         The seam where market discovery will plug in."""
         ...
 

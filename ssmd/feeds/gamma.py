@@ -2,9 +2,10 @@
 
 `GET {base}/markets?condition_ids=...` (at most 100 ids a request, repeated parameters)
 lists each market with `conditionId` and `clobTokenIds`, a string holding a JSON array
-(a real array is accepted too). Transient failures (connection errors, 429, 5xx) are
-retried with backoff a few times; then, or for an id Gamma does not know, the start is
-refused with one line.
+(a real array is accepted too). Transient failures (connection errors, 429, 5xx, a
+body that is not a JSON list) are retried with backoff a few times, then reported as
+`StartupUnavailable` (the connector retries in the background); a definitive answer
+(another 4xx, an id Gamma does not know) refuses the start with one line.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 
 from ssmd.backoff import Backoff
-from ssmd.supervisor import StartupRefused
+from ssmd.supervisor import StartupRefused, StartupUnavailable
 
 log = logging.getLogger("ssmd.connector.polymarket")
 
@@ -51,17 +52,21 @@ async def _get(client: httpx.AsyncClient, params: dict[str, Any]) -> list[dict[s
             problem = f"{type(exc).__name__}: {exc}"
         else:
             if response.status_code == 200:
-                body = response.json()
-                if not isinstance(body, list):
-                    raise StartupRefused(f"Gamma API {client.base_url}/markets: expected a list")
-                return [m for m in body if isinstance(m, dict)]
-            problem = f"HTTP {response.status_code}"
-            if response.status_code != 429 and response.status_code < 500:
-                break
+                try:
+                    body = response.json()
+                except ValueError:
+                    body = None
+                if isinstance(body, list):
+                    return [m for m in body if isinstance(m, dict)]
+                problem = "HTTP 200 whose body is not a JSON list"
+            else:
+                problem = f"HTTP {response.status_code}"
+                if response.status_code != 429 and response.status_code < 500:
+                    raise StartupRefused(f"Gamma API {client.base_url}/markets: {problem}")
         if attempt < ATTEMPTS:
             delay = await retry.wait()
             log.warning("Gamma API: %s; retrying in %.1fs", problem, delay)
-    raise StartupRefused(f"Gamma API {client.base_url}/markets: {problem}")
+    raise StartupUnavailable(f"Gamma API {client.base_url}/markets: {problem}")
 
 
 async def resolve_token_ids(

@@ -3,8 +3,9 @@ trades checked by trade_id, routing by channel and symbol (see kraken-ws.md).
 
 - Subjects: `{env}.{feed}.json.{channel}.{symbol}` (`BTC/USD` is a legal token);
   `status` frames, which name no symbol, go to `{env}.{feed}.json.status.system`.
-- Control, never archived: subscribe/unsubscribe acks (`method`), `pong`, and
-  `heartbeat` (liveness only). Everything else is data, published as received.
+- Control, never archived: any frame with a string `method` (subscribe/unsubscribe
+  acks, `pong`) and `heartbeat` (liveness only). Everything else is data, published as
+  received.
 - Continuity: each subscribed symbol's book is kept at the subscribed depth
   (`connector.depth`, default 10) and every book message's CRC32 is checked. A mismatch
   is a `gap` record (reason `checksum`, expected = ours, got = Kraken's), then that
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import msgspec
 
+from ssmd.config import VENUE_CHANNELS
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.records import GapRecord, ResubscribeRecord, SubscribeErrorRecord
 from ssmd.connector.shards import SubscriptionPlan, plan_connections
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ssmd.connector.kraken")
 
 KRAKEN_URL = "wss://ws.kraken.com/v2"
-CHANNELS = frozenset({"book", "trade", "ticker", "ohlc", "instrument"})
+CHANNELS = VENUE_CHANNELS["kraken"] or frozenset()
 DEFAULT_DEPTH = 10
 STATUS_KEY = "system"
 
@@ -56,6 +58,7 @@ class _Frame(msgspec.Struct):
     type: Any = None
     method: Any = None
     req_id: Any = None
+    symbol: Any = None  # the refused symbol of an error ack
     success: Any = None
     error: Any = None
     result: Any = None
@@ -72,18 +75,24 @@ def _int(value: object) -> int | None:
 
 @attrs.define
 class _Request:
-    """A subscribe or unsubscribe in flight: done after one ack per symbol or an error."""
+    """A subscribe or unsubscribe in flight: done once every symbol is acked or refused.
+
+    Kraken answers each symbol on its own; an error naming a symbol refuses that symbol
+    only, an error naming none refuses every symbol not yet answered."""
 
     method: str
     channel: str
     symbols: tuple[str, ...]
-    acks: int = 0
-    failed: bool = False
+    acked: set[str] = attrs.Factory(set)
+    refused: set[str] = attrs.Factory(set)
     repair: bool = False  # the subscribe of a checksum repair
 
     @property
     def done(self) -> bool:
-        return self.failed or self.acks >= len(self.symbols)
+        return self.acked | self.refused >= set(self.symbols)
+
+    def unanswered(self) -> list[str]:
+        return [s for s in self.symbols if s not in self.acked and s not in self.refused]
 
 
 class KrakenSession:
@@ -95,6 +104,7 @@ class KrakenSession:
         self._plans = list(plans)
         # Survives reconnects: the last trade id per symbol.
         self.last_trade_id: dict[str, int] = {}
+        self.trade_ids_behind = 0  # trades repeating or older than the last one
         self._next_req_id = 0
         self.start()
 
@@ -105,6 +115,7 @@ class KrakenSession:
         self.subscribed: dict[str, set[str]] = {}
         self.books: dict[str, KrakenBook] = {}
         self._repairs: dict[str, None] = {}  # symbols whose book is to be resubscribed
+        self._repairing: set[str] = set()  # symbols whose repair requests are in flight
         self._refused: dict[str, set[str]] = {}
         self._stopping: set[int] = set()
         return [self._subscribe(plan.channel, plan.markets) for plan in self._plans]
@@ -133,6 +144,7 @@ class KrakenSession:
             del self._repairs[symbol]
             if symbol not in self.subscribed.get("book", set()):
                 continue
+            self._repairing.add(symbol)
             return [
                 self._request("unsubscribe", "book", [symbol], repair=False),
                 self._subscribe("book", [symbol], repair=True),
@@ -230,17 +242,34 @@ class KrakenSession:
             return False
         req_id = _int(frame.req_id)
         request = self._requests.get(req_id) if req_id is not None else None
+        result = frame.result if isinstance(frame.result, dict) else {}
         if request is None:
+            channel, symbol = result.get("channel"), result.get("symbol")
             if frame.success is False:
                 log.warning("conn %d: exchange error: %s", self._conn, frame.error)
+            elif (
+                method in ("subscribe", "unsubscribe")
+                and isinstance(channel, str)
+                and isinstance(symbol, str)
+            ):
+                # A late ack of a request already done (an error came first): still true.
+                self._on_ack(_Request(method, channel, (symbol,)), symbol, recv_ns, out)
             return True
-        request.acks += 1
-        result = frame.result if isinstance(frame.result, dict) else {}
-        symbol = result.get("symbol")
-        if frame.success is True and isinstance(symbol, str):
-            self._on_ack(request, symbol, recv_ns, out)
-        elif frame.success is not True:
-            self._on_error(request, frame.error, recv_ns, out)
+        if frame.success is True:
+            symbol = result.get("symbol")
+            if isinstance(symbol, str) and symbol in request.symbols:
+                request.acked.add(symbol)
+                request.refused.discard(symbol)
+                self._on_ack(request, symbol, recv_ns, out)
+        else:
+            refused = frame.symbol
+            if isinstance(refused, str) and refused in request.symbols:
+                symbols = [refused] if refused not in request.acked else []
+            else:
+                symbols = request.unanswered()
+            request.refused.update(symbols)
+            if symbols:
+                self._on_error(request, symbols, frame.error, recv_ns, out)
         if request.done:
             assert req_id is not None
             self._done.add(req_id)
@@ -255,9 +284,8 @@ class KrakenSession:
                 self.books.pop(symbol, None)
             return
         symbols.add(symbol)
-        if request.channel == "book":
-            self.books.pop(symbol, None)  # the snapshot that follows makes it anew
         if request.repair:
+            self._repairing.discard(symbol)
             # Before the fresh snapshot that follows the ack.
             record = ResubscribeRecord(
                 self._conn, "checksum", request.channel, None, None, [symbol], recv_ns
@@ -268,27 +296,37 @@ class KrakenSession:
         else:
             log.info("conn %d: subscribed %s %s", self._conn, request.channel, symbol)
 
-    def _on_error(self, request: _Request, error: object, recv_ns: int, out: list[Inbound]) -> None:
-        request.failed = True
+    def _on_error(
+        self,
+        request: _Request,
+        symbols: list[str],
+        error: object,
+        recv_ns: int,
+        out: list[Inbound],
+    ) -> None:
         text = error if isinstance(error, str) else json.dumps(error)
+        if request.repair:
+            self._repairing.difference_update(symbols)
         if request.method != "subscribe":
             log.warning(
-                "conn %d: %s %s refused: %s", self._conn, request.method, request.channel, text
+                "conn %d: %s %s %s refused: %s",
+                self._conn,
+                request.method,
+                request.channel,
+                ",".join(symbols),
+                text,
             )
             return
-        waiting = [
-            s for s in request.symbols if s not in self.subscribed.get(request.channel, set())
-        ]
         self._stats.subscribe_errors += 1
         log.error(
             "conn %d: subscribe %s %s refused: %s; will retry",
             self._conn,
             request.channel,
-            ",".join(waiting),
+            ",".join(symbols),
             text,
         )
-        self._refused.setdefault(request.channel, set()).update(waiting)
-        record = SubscribeErrorRecord(self._conn, request.channel, waiting, text, recv_ns)
+        self._refused.setdefault(request.channel, set()).update(symbols)
+        record = SubscribeErrorRecord(self._conn, request.channel, symbols, text, recv_ns)
         out.append(self._subjects.record(record))
 
     def _check_book(self, payload: bytes, recv_ns: int, out: list[Inbound]) -> bool:
@@ -305,7 +343,17 @@ class KrakenSession:
                 book = self.books[data.symbol] = KrakenBook(self._depth)
                 book.apply_snapshot(data.bids, data.asks)
             elif book is None:
-                continue  # no snapshot yet (or a repair under way): nothing to check against
+                # Nothing to check against. Unless a repair is under way (or the symbol
+                # is not subscribed yet), the book is lost: resubscribe for a snapshot.
+                symbol = data.symbol
+                subscribed = symbol in self.subscribed.get("book", set())
+                if subscribed and symbol not in self._repairing and symbol not in self._repairs:
+                    log.warning(
+                        "conn %d: book %s update without a book: resubscribing", self._conn, symbol
+                    )
+                    self._repairs[symbol] = None
+                    queued = True
+                continue
             else:
                 book.apply_update(data.bids, data.asks)
             if data.checksum is None:
@@ -313,7 +361,7 @@ class KrakenSession:
             ours = book.checksum()
             if ours == data.checksum:
                 continue
-            self._stats.gaps += 1
+            self._stats.gap("checksum")
             log.warning(
                 "conn %d: book %s checksum mismatch (ours %d, Kraken's %d): resubscribing",
                 self._conn,
@@ -343,10 +391,15 @@ class KrakenSession:
             if trade_id is None or not isinstance(symbol, str):
                 continue
             last = self.last_trade_id.get(symbol)
+            if last is not None and trade_id <= last:
+                # A repeat or an older trade: nothing missed, and `last` never goes back
+                # (100, 99, 101 is no gap at all).
+                self.trade_ids_behind += 1
+                continue
             self.last_trade_id[symbol] = trade_id
             if last is None or trade_id == last + 1:
                 continue
-            self._stats.gaps += 1
+            self._stats.gap("trade_id")
             log.warning(
                 "conn %d: trade_id jump on %s: expected %d, got %d",
                 self._conn,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ssmd.config import VENUE_CHANNELS
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.records import ResubscribeRecord, SubscribeErrorRecord
 from ssmd.connector.shards import SubscriptionPlan, plan_connections
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ssmd.connector.polymarket")
 
 POLYMARKET_URL = "wss://ws-subscriptions-clob.polymarket.com/ws/market"
-CHANNELS = frozenset({"market"})
+CHANNELS = VENUE_CHANNELS["polymarket"] or frozenset()
 PING = "PING"
 PONG = b"PONG"
 BOOK_WAIT_KEEPALIVES = 3

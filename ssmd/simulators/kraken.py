@@ -30,12 +30,12 @@ import trio
 
 from ssmd.feeds.kraken_book import DEPTHS, book_checksum
 from ssmd.simulators.kraken_wire import Side, changed_levels, encode, levels_json, rfc3339, top
+from ssmd.simulators.pacing import pace
 from ssmd.simulators.wsserver import FrameKind, SimServer, SimSession
 
 WS_PATH = "/v2"
 CHANNELS = ("book", "trade", "ticker")
 DEFAULT_SYMBOLS = ("BTC/USD", "ETH/USD", "SOL/USD")
-SEND_TICK_S = 0.02
 HEARTBEAT_S = 1.0
 BOOK_LEVELS = 60  # per side of the simulated book; deeper subscriptions see all of it
 QTY_PLACES = Decimal("0.00000001")
@@ -176,6 +176,7 @@ class KrakenExchange(SimServer):
         *,
         result: dict[str, Any] | None = None,
         error: str | None = None,
+        symbol: str | None = None,
     ) -> None:
         reply: dict[str, Any] = {"method": method}
         if req_id is not None:
@@ -184,6 +185,8 @@ class KrakenExchange(SimServer):
             reply |= {"success": True, "result": result or {}}
         else:
             reply |= {"success": False, "error": error}
+            if symbol is not None:  # Kraken names the refused symbol of a multi-symbol request
+                reply["symbol"] = symbol
         now = rfc3339()
         session.post(encode({**reply, "time_in": now, "time_out": now}), FrameKind.CONTROL)
 
@@ -210,20 +213,25 @@ class KrakenExchange(SimServer):
         subscribed = subs.channels[channel]
         for symbol in symbols:
             if not isinstance(symbol, str) or symbol not in self.symbols:
-                self._reply(session, method, req_id, error="Currency pair not supported")
+                name = symbol if isinstance(symbol, str) else None
+                self._reply(
+                    session, method, req_id, error="Currency pair not supported", symbol=name
+                )
                 continue
             result: dict[str, Any] = {"channel": channel, "symbol": symbol}
             if channel == "book":
                 result |= {"depth": depth, "snapshot": True}
             if method == "unsubscribe":
                 if symbol not in subscribed:
-                    self._reply(session, method, req_id, error="Subscription Not Found")
+                    self._reply(
+                        session, method, req_id, error="Subscription Not Found", symbol=symbol
+                    )
                     continue
                 subscribed.discard(symbol)
                 self._reply(session, method, req_id, result=result)
                 continue
             if symbol in subscribed:
-                self._reply(session, method, req_id, error="Already subscribed")
+                self._reply(session, method, req_id, error="Already subscribed", symbol=symbol)
                 continue
             subscribed.add(symbol)
             self._reply(session, method, req_id, result=result)
@@ -267,21 +275,9 @@ class KrakenExchange(SimServer):
     # The market.
     async def stream(self) -> None:
         """Move the books and trade at `rate` events per second, forever."""
-        if self.rate <= 0:
-            await trio.sleep_forever()
-        budget = 0.0
-        deadline = trio.current_time()
-        while True:
-            deadline += SEND_TICK_S
-            await trio.sleep_until(deadline)
-            deadline = max(deadline, trio.current_time() - 1.0)
-            if self.paused or not self.subscriptions:
-                budget = 0.0
-                continue
-            budget = min(budget + self.rate * SEND_TICK_S, self.rate)
-            while budget >= 1:
-                budget -= 1
-                self.step()
+        await pace(
+            lambda: self.rate, lambda: not self.paused and bool(self.subscriptions), self.step
+        )
 
     def step(self) -> None:
         """One market event: a book change (most often) or a trade, on a random symbol."""

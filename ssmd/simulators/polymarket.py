@@ -28,11 +28,11 @@ from typing import Any
 import trio
 
 from ssmd.simulators.gamma import GammaServer
+from ssmd.simulators.pacing import pace
 from ssmd.simulators.polymarket_market import SimMarket, price_text
 from ssmd.simulators.wsserver import FrameKind, SimServer, SimSession
 
 WS_PATH = "/ws/market"
-SEND_TICK_S = 0.02
 _QUESTIONS = (
     "Will Bitcoin reach $150,000 by December 31?",
     "Fed decision in March: 25 bps cut?",
@@ -235,21 +235,10 @@ class PolymarketExchange(SimServer):
 
     # The market.
     async def stream(self) -> None:
-        if self.rate <= 0:
-            await trio.sleep_forever()
-        budget = 0.0
-        deadline = trio.current_time()
-        while True:
-            deadline += SEND_TICK_S
-            await trio.sleep_until(deadline)
-            deadline = max(deadline, trio.current_time() - 1.0)
-            if self.paused or not any(self.assets.values()):
-                budget = 0.0
-                continue
-            budget = min(budget + self.rate * SEND_TICK_S, self.rate)
-            while budget >= 1:
-                budget -= 1
-                self.step()
+        """Send events at `rate` per second while anything is subscribed, forever."""
+        await pace(
+            lambda: self.rate, lambda: not self.paused and any(self.assets.values()), self.step
+        )
 
     def step(self) -> int:
         """One burst of events on one subscribed market; how many frames went out."""

@@ -7,27 +7,21 @@ out of range). A mismatch makes the book invalid until the next snapshot.
 
 from __future__ import annotations
 
-import zlib
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ssmd.archive.books.base import Book, Levels, MarketBooks, best_first, dec
 from ssmd.archive.records import Record
-
-DEPTHS = (10, 25, 100, 500, 1000)
-CHECKSUM_LEVELS = 10
+from ssmd.feeds.kraken_book import DEPTHS, book_checksum
 
 
-def _digits(d: Decimal) -> str:
-    return format(d, "f").replace(".", "").lstrip("0")
-
-
-def _kraken_checksum(bids: Levels, asks: Levels) -> int:
-    """CRC32 of the 10 best asks (low to high), then the 10 best bids (high to low),
-    each level as price digits then qty digits with the point and leading zeros removed."""
-    parts = [_digits(p) + _digits(asks[p]) for p in sorted(asks)[:CHECKSUM_LEVELS]]
-    parts += [_digits(p) + _digits(bids[p]) for p in sorted(bids, reverse=True)[:CHECKSUM_LEVELS]]
-    return zlib.crc32("".join(parts).encode())
+def levels_checksum(bids: Levels, asks: Levels) -> int:
+    """Kraken's checksum of a book kept as price -> qty maps (`book_checksum`, the
+    connector's one implementation, orders and cuts the levels)."""
+    return book_checksum(
+        ((p, asks[p]) for p in sorted(asks)),
+        ((p, bids[p]) for p in sorted(bids, reverse=True)),
+    )
 
 
 def _apply(levels: Levels, rows: object) -> None:
@@ -85,7 +79,7 @@ class KrakenVenue:
             _truncate(book.asks, depth, False)
         expected = item.get("checksum")
         if isinstance(expected, int | Decimal) and book.valid:
-            got = _kraken_checksum(book.bids, book.asks)
+            got = levels_checksum(book.bids, book.asks)
             if got != int(expected):
                 book.invalidate(
                     f"checksum mismatch at seq {seq}: {int(expected)} sent, {got} computed"

@@ -20,8 +20,8 @@ from typing import Any
 import attrs
 import msgspec
 
-from ssmd.feeds.base import MAX_TOKEN_CHARS
-from ssmd.subjects import RESERVED_TYPES, encode_token, fallback_subject
+from ssmd.feeds.base import MAX_TOKEN_CHARS, Subjects
+from ssmd.subjects import RESERVED_TYPES
 
 # Replies to commands: control, never archived.
 CONTROL_TYPES = frozenset({"subscribed", "ok", "unsubscribed", "error"})
@@ -39,8 +39,6 @@ TYPE_TOKENS: dict[str, str] = {
 KEY_FIELDS: dict[str, tuple[str, ...]] = {"event_lifecycle": ("event_ticker",)}
 DEFAULT_KEY_FIELDS: tuple[str, ...] = ("market_ticker",)
 UNKNOWN_TYPE_KEY_FIELDS: tuple[str, ...] = ("market_ticker", "event_ticker")
-
-_TOKEN_CACHE_LIMIT = 100_000
 
 _Body = msgspec.defstruct(
     "_Body",
@@ -101,27 +99,16 @@ def _int_field(value: object) -> int | None:
 
 class Router:
     def __init__(self, env: str, feed: str) -> None:
-        self._prefix = f"{env}.{feed}.json."
-        self._env = env
-        self._feed = feed
-        self._tokens: dict[str, str] = {}
-
-    def _token(self, text: str) -> str:
-        token = self._tokens.get(text)
-        if token is None:
-            token = encode_token(text)
-            if len(self._tokens) >= _TOKEN_CACHE_LIMIT:
-                self._tokens.clear()
-            self._tokens[text] = token
-        return token
+        self._subjects = Subjects(env, feed)
+        self._prefix = self._subjects.prefix
+        self._token = self._subjects.token  # encoded tokens, cached
 
     def _unrouted(
         self, reason: str, message_type: str | None = None, sid: int | None = None
     ) -> Routed:
-        type_token = message_type if message_type and len(message_type) <= MAX_TOKEN_CHARS else None
         return Routed(
             RouteKind.UNROUTED,
-            fallback_subject(self._env, self._feed, type_token),
+            self._subjects.unrouted(message_type),
             message_type=message_type,
             sid=sid,
             reason=reason,

@@ -194,7 +194,7 @@ class KalshiSession:
             return None
         plan = self.subscriptions.get(sid)
         markets = list(plan.markets) if plan else ([routed.key] if routed.key else [])
-        self._stats.gaps += 1
+        self._stats.gap("seq")
         log.warning(
             "conn %d: exchange gap on sid %d: expected seq %d, got %d",
             self._conn,

@@ -140,8 +140,9 @@ class _Feed:
         }
         await self.session.send_data("orderbook_snapshot", sub.sid, msg)
 
-    async def stream(self, rate: float) -> None:
-        """Send data messages at `rate` per second over whatever is subscribed."""
+    async def stream(self) -> None:
+        """Send data messages at the exchange's `rate` per second (read every tick, so
+        setting it to 0 quiesces a running connection) over whatever is subscribed."""
         budget = 0.0
         deadline = trio.current_time()
         while True:
@@ -151,6 +152,7 @@ class _Feed:
             if not self.routes:
                 budget = 0.0
                 continue
+            rate = self.exchange.rate
             budget = min(budget + rate * SEND_TICK_S, rate)
             # Subscriptions may end while a burst is being sent.
             while budget >= 1 and self.routes:
@@ -326,7 +328,7 @@ class MarketExchange(KalshiExchange):
 
     async def _stream_until_closed(self, session: ExchangeSession, feed: _Feed) -> None:
         try:
-            await feed.stream(self.rate)
+            await feed.stream()
         finally:
             self._feeds.pop(id(session), None)
 
