@@ -105,6 +105,23 @@ class SubscribeErrorRecord:
     ts_ns: int
 
 
+@attrs.frozen
+class SubscriptionRecord:
+    """What a live connection records changed: `added` markets are recorded from here on,
+    `removed` ones no more. `reason`: `discovery` (found by the REST walk at start),
+    `lifecycle:<event_type>` (a `market_lifecycle_v2` event), `reconcile` (a periodic
+    REST walk disagreed), `error:<code>` (the exchange refused or dropped a subscription)."""
+
+    kind: ClassVar[str] = "subscription"
+    conn: int
+    sid: int | None
+    channel: str
+    added: list[str]
+    removed: list[str]
+    reason: str
+    ts_ns: int
+
+
 DiscontinuityRecord = (
     ConnectRecord
     | DisconnectRecord
@@ -113,6 +130,7 @@ DiscontinuityRecord = (
     | OverflowRecord
     | RejectedRecord
     | SubscribeErrorRecord
+    | SubscriptionRecord
 )
 
 

@@ -45,10 +45,11 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
 
+from ssmd.connector.layout import Action
 from ssmd.connector.publisher import Inbound, record_message
 from ssmd.connector.records import DiscontinuityRecord
 from ssmd.connector.shards import SubscriptionPlan
@@ -60,8 +61,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_TOKEN_CHARS",
+    "Change",
     "Command",
     "ConnectionStats",
+    "DynamicSession",
     "Session",
     "SessionContext",
     "Subjects",
@@ -232,6 +235,36 @@ class Session(Protocol):
     def stop_confirmed(self) -> bool:
         """True once every subscription ended by `stop()` is confirmed (at once for a
         venue that never confirms), so nothing more is in flight on this socket."""
+        ...
+
+
+@attrs.frozen
+class Change:
+    """One planner action (`ssmd.connector.layout`) for a live connection, and why
+    (`discovery`, `lifecycle:<event_type>`, `reconcile`, `error:<code>`): the reason
+    goes into the `ssmd.subscription` record that the reply produces."""
+
+    action: Action
+    reason: str
+
+
+@runtime_checkable
+class DynamicSession(Session, Protocol):
+    """A session whose subscriptions change while it is connected (optional: the engine
+    checks `isinstance(session, DynamicSession)`; other venues keep the plain protocol).
+
+    The session keeps the wanted state of every planner slot, so a reconnect's `start()`
+    subscribes what is wanted now. `apply` updates that state and gives the command that
+    carries the change to the exchange (None when nothing is to be sent now, e.g. the
+    slot's subscription is refused and waiting for its retry). The reply publishes an
+    `ssmd.subscription` record in place; a market-limit refusal is handed back through
+    `take_refused` so the planner can split the subscription.
+    """
+
+    def apply(self, change: Change) -> Command | None: ...
+
+    def take_refused(self) -> list[tuple[int, tuple[str, ...]]]:
+        """(slot, markets) the exchange refused as over its market limit, since last asked."""
         ...
 
 

@@ -18,15 +18,24 @@ from typing import Any
 import attrs
 
 from ssmd.connector.publisher import Inbound
-from ssmd.connector.records import GapRecord, ResubscribeRecord, SubscribeErrorRecord
+from ssmd.connector.layout import AddMarkets, DeleteMarkets, Subscribe, Unsubscribe
+from ssmd.connector.records import (
+    GapRecord,
+    ResubscribeRecord,
+    SubscribeErrorRecord,
+    SubscriptionRecord,
+)
 from ssmd.connector.shards import SubscriptionPlan
-from ssmd.feeds.base import Command, SessionContext
+from ssmd.feeds.base import Change, Command, SessionContext
 from ssmd.feeds.kalshi.routing import Routed, RouteKind, Router
 
 log = logging.getLogger("ssmd.connector.connection")
 
 # Channels whose gaps a fresh subscription repairs (it starts with a snapshot).
 SNAPSHOT_CHANNELS = frozenset({"orderbook_delta"})
+ERROR_BUFFER_OVERFLOW = 25  # the exchange dropped a subscription: data lost
+ERROR_MARKET_LIMIT = 26  # too many markets on one subscription
+ERROR_TOO_MANY_REQUESTS = 27  # per-subscription command rate
 
 
 def subscribe_params(plan: SubscriptionPlan) -> dict[str, object]:
@@ -42,15 +51,37 @@ def reply_sid(reply: dict[str, Any]) -> int | None:
     return sid if isinstance(sid, int) and not isinstance(sid, bool) else None
 
 
+def error_code(reply: dict[str, Any]) -> int | None:
+    body = reply.get("msg")
+    code = body.get("code") if isinstance(body, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
 @attrs.frozen
 class _Subscribe:
     plan: SubscriptionPlan
     replaces: int | None = None  # the sid a resubscribe replaces
+    slot: int | None = None
+    reason: str | None = None  # set for a live change: its subscription record's reason
 
 
 @attrs.frozen
 class _Unsubscribe:
     sid: int
+    slot: int | None = None
+    reason: str | None = None
+    markets: tuple[str, ...] = ()
+    channel: str = ""
+
+
+@attrs.frozen
+class _Update:
+    """`update_subscription` of one sid: markets added or deleted."""
+
+    change: Change
+    sid: int
+    markets: tuple[str, ...]
+    add: bool
 
 
 class KalshiSession:
@@ -60,30 +91,104 @@ class KalshiSession:
         self._stats = context.stats
         self._subjects = context.subjects
         self._router = Router(context.subjects.env, context.subjects.feed)
-        self._plans = list(plans)
+        # The wanted subscriptions by slot: the static plans get negative slots, the
+        # subscription planner's (`apply`) its own, from 0.
+        self._slots: dict[int, SubscriptionPlan] = {
+            -1 - index: plan for index, plan in enumerate(plans)
+        }
+        self._refused_too_large: list[tuple[int, tuple[str, ...]]] = []
         self.start()
+
+    @property
+    def _plans(self) -> list[SubscriptionPlan]:
+        return list(self._slots.values())
 
     def start(self) -> list[Command]:
         self._next_id = 0
-        self._pending: dict[int, _Subscribe | _Unsubscribe] = {}
+        self._pending: dict[int, _Subscribe | _Unsubscribe | _Update] = {}
+        self._slot_sid: dict[int, int] = {}
+        self._sid_slot: dict[int, int] = {}
+        self._throttled: list[Change] = []
         self._replied: set[int] = set()
         self.subscriptions: dict[int, SubscriptionPlan] = {}
         self.next_seq: dict[int, int] = {}
         self._resubscribe: dict[int, None] = {}
-        self._refused: list[SubscriptionPlan] = []
+        self._refused: list[tuple[int | None, SubscriptionPlan]] = []
         self._stopping: list[int] = []
         self._unsubscribed: set[int] = set()
-        return [self._subscribe(plan) for plan in self._plans]
+        return [self._subscribe(plan, slot=slot) for slot, plan in self._slots.items()]
 
     def _command(self, cmd: str, params: dict[str, object]) -> Command:
         self._next_id += 1
         text = json.dumps({"id": self._next_id, "cmd": cmd, "params": params})
         return Command(text, self._next_id, f"{cmd} (id {self._next_id})")
 
-    def _subscribe(self, plan: SubscriptionPlan, replaces: int | None = None) -> Command:
+    def _subscribe(
+        self,
+        plan: SubscriptionPlan,
+        replaces: int | None = None,
+        *,
+        slot: int | None = None,
+        reason: str | None = None,
+    ) -> Command:
         command = self._command("subscribe", subscribe_params(plan))
-        self._pending[self._next_id] = _Subscribe(plan, replaces)
+        self._pending[self._next_id] = _Subscribe(plan, replaces, slot, reason)
         return command
+
+    # Live changes (the `DynamicSession` extension).
+
+    def apply(self, change: Change) -> Command | None:
+        """Update the wanted state of the change's slot; the command that carries it."""
+        action = change.action
+        if isinstance(action, Subscribe):
+            plan = SubscriptionPlan(action.channel, action.markets)
+            self._slots[action.slot] = plan
+            return self._subscribe(plan, slot=action.slot, reason=change.reason)
+        if isinstance(action, AddMarkets | DeleteMarkets):
+            add = isinstance(action, AddMarkets)
+            wanted = self._slots.get(action.slot)
+            if wanted is None:
+                log.warning("conn %d: no subscription slot %d to change", self._conn, action.slot)
+                return None
+            if add:
+                markets = tuple(dict.fromkeys((*wanted.markets, *action.markets)))
+            else:
+                gone = set(action.markets)
+                markets = tuple(m for m in wanted.markets if m not in gone)
+            self._slots[action.slot] = SubscriptionPlan(wanted.channel, markets)
+            sid = self._slot_sid.get(action.slot)
+            if sid is None:
+                return None  # refused and waiting: the retry subscribes the wanted set
+            return self._update(change, sid, action.markets, add)
+        if isinstance(action, Unsubscribe):
+            wanted = self._slots.pop(action.slot, None)
+            sid = self._slot_sid.pop(action.slot, None)
+            self._refused = [(s, p) for s, p in self._refused if s != action.slot]
+            if sid is None:
+                return None
+            self._sid_slot.pop(sid, None)
+            command = self._command("unsubscribe", {"sids": [sid]})
+            markets = wanted.markets if wanted else ()
+            self.subscriptions.pop(sid, None)
+            self._pending[self._next_id] = _Unsubscribe(
+                sid, action.slot, change.reason, markets, action.channel
+            )
+            return command
+        return None
+
+    def _update(self, change: Change, sid: int, markets: tuple[str, ...], add: bool) -> Command:
+        params = {
+            "sids": [sid],
+            "market_tickers": list(markets),
+            "action": "add_markets" if add else "delete_markets",
+        }
+        command = self._command("update_subscription", params)
+        self._pending[self._next_id] = _Update(change, sid, markets, add)
+        return command
+
+    def take_refused(self) -> list[tuple[int, tuple[str, ...]]]:
+        refused, self._refused_too_large = self._refused_too_large, []
+        return refused
 
     def on_frame(self, payload: bytes, recv_ns: int, out: list[Inbound]) -> bool:
         routed = self._router.route(payload)
@@ -120,14 +225,37 @@ class KalshiSession:
         if kind == "unsubscribed" and (sid := reply_sid(reply)) is not None:
             self._unsubscribed.add(sid)
         if not isinstance(command_id, int) or isinstance(command_id, bool):
+            if kind == "error" and error_code(reply) == ERROR_BUFFER_OVERFLOW:
+                self._on_dropped(reply, recv_ns, out)
             return
         pending = self._pending.pop(command_id, None)
         if pending is None:
+            if kind == "error" and error_code(reply) == ERROR_BUFFER_OVERFLOW:
+                self._on_dropped(reply, recv_ns, out)
             return
         self._replied.add(command_id)
         if isinstance(pending, _Unsubscribe):
             self.next_seq.pop(pending.sid, None)
+            if pending.reason is not None:
+                record = SubscriptionRecord(
+                    self._conn,
+                    pending.sid,
+                    pending.channel,
+                    [],
+                    list(pending.markets),
+                    pending.reason,
+                    recv_ns,
+                )
+                out.append(self._subjects.record(record))
             return
+        if isinstance(pending, _Update):
+            self._on_update_reply(pending, reply, recv_ns, out)
+            return
+        self._on_subscribe_reply(pending, reply, recv_ns, out)
+
+    def _on_subscribe_reply(
+        self, pending: _Subscribe, reply: dict[str, Any], recv_ns: int, out: list[Inbound]
+    ) -> None:
         plan = pending.plan
         refused = reply.get("type") == "error"
         new_sid = None if refused else reply_sid(reply)
@@ -156,14 +284,6 @@ class KalshiSession:
             )
         if refused:
             self._stats.subscribe_errors += 1
-            log.error(
-                "conn %d: subscribe %s (%d markets) refused: %s; will retry",
-                self._conn,
-                plan.channel,
-                len(plan.markets),
-                reply.get("msg"),
-            )
-            self._refused.append(plan)
             error = json.dumps(reply.get("msg"), separators=(",", ":"))
             out.append(
                 self._subjects.record(
@@ -172,9 +292,37 @@ class KalshiSession:
                     )
                 )
             )
+            slot = pending.slot
+            if slot is not None and slot >= 0 and error_code(reply) == ERROR_MARKET_LIMIT:
+                # The planner splits it: this slot is gone, its markets placed anew.
+                log.warning(
+                    "conn %d: subscribe %s (%d markets) over the market limit; splitting",
+                    self._conn,
+                    plan.channel,
+                    len(plan.markets),
+                )
+                self._slots.pop(slot, None)
+                self._refused_too_large.append((slot, plan.markets))
+                return
+            log.error(
+                "conn %d: subscribe %s (%d markets) refused: %s; will retry",
+                self._conn,
+                plan.channel,
+                len(plan.markets),
+                reply.get("msg"),
+            )
+            self._refused.append((slot, plan))
             return
         if new_sid is not None:
             self.subscriptions[new_sid] = plan
+            if pending.slot is not None:
+                self._slot_sid[pending.slot] = new_sid
+                self._sid_slot[new_sid] = pending.slot
+        if pending.reason is not None:
+            record = SubscriptionRecord(
+                self._conn, new_sid, plan.channel, list(plan.markets), [], pending.reason, recv_ns
+            )
+            out.append(self._subjects.record(record))
         log.info(
             "conn %d: subscribed %s (%s) as sid %s",
             self._conn,
@@ -182,6 +330,93 @@ class KalshiSession:
             f"{len(plan.markets)} markets" if plan.markets else "all markets",
             new_sid,
         )
+
+    def _on_update_reply(
+        self, pending: _Update, reply: dict[str, Any], recv_ns: int, out: list[Inbound]
+    ) -> None:
+        action = pending.change.action
+        assert isinstance(action, AddMarkets | DeleteMarkets)
+        if reply.get("type") == "error":
+            code = error_code(reply)
+            self._stats.subscribe_errors += 1
+            log.warning(
+                "conn %d: update_subscription of sid %d refused: %s",
+                self._conn,
+                pending.sid,
+                reply.get("msg"),
+            )
+            if code == ERROR_MARKET_LIMIT and pending.add:
+                wanted = self._slots.get(action.slot)
+                if wanted is not None:
+                    gone = set(pending.markets)
+                    markets = tuple(m for m in wanted.markets if m not in gone)
+                    self._slots[action.slot] = SubscriptionPlan(wanted.channel, markets)
+                self._refused_too_large.append((action.slot, pending.markets))
+            else:
+                # 27 (too many requests) and the rest: the change is retried later.
+                self._throttled.append(pending.change)
+            if pending.add:
+                error = json.dumps(reply.get("msg"), separators=(",", ":"))
+                refusal = SubscribeErrorRecord(
+                    self._conn, action.channel, list(pending.markets), error, recv_ns
+                )
+                out.append(self._subjects.record(refusal))
+            return
+        seq = reply.get("seq")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            # The reply gives the sid's position: an add or delete is no gap.
+            self.next_seq[pending.sid] = seq + 1
+        wanted = self._slots.get(action.slot)
+        if wanted is not None and self._slot_sid.get(action.slot) == pending.sid:
+            self.subscriptions[pending.sid] = wanted
+        added = list(pending.markets) if pending.add else []
+        removed = [] if pending.add else list(pending.markets)
+        record = SubscriptionRecord(
+            self._conn,
+            pending.sid,
+            action.channel,
+            added,
+            removed,
+            pending.change.reason,
+            recv_ns,
+        )
+        out.append(self._subjects.record(record))
+
+    def _on_dropped(self, reply: dict[str, Any], recv_ns: int, out: list[Inbound]) -> None:
+        """Error 25: the exchange dropped a subscription because this reader fell behind.
+        Its data is lost: a gap record, then a fresh subscription of the same markets."""
+        body = reply.get("msg")
+        sid = reply.get("sid")
+        if sid is None and isinstance(body, dict):
+            sid = body.get("sid")
+        plan = self.subscriptions.get(sid) if isinstance(sid, int) else None
+        if plan is None or not isinstance(sid, int):
+            log.error(
+                "conn %d: the exchange dropped a subscription it does not name: %s",
+                self._conn,
+                body,
+            )
+            return
+        self._stats.gaps += 1
+        position = self.next_seq.get(sid, 0)
+        log.warning(
+            "conn %d: the exchange dropped sid %d (%s, error 25); resubscribing",
+            self._conn,
+            sid,
+            plan.channel,
+        )
+        gap = GapRecord(
+            self._conn,
+            sid,
+            plan.channel,
+            position,
+            position,
+            list(plan.markets),
+            recv_ns,
+            reason=f"error:{ERROR_BUFFER_OVERFLOW}",
+        )
+        out.append(self._subjects.record(gap))
+        self._resubscribe[sid] = None
 
     def _check_seq(self, routed: Routed, sid: int, seq: int, recv_ns: int) -> GapRecord | None:
         """Track `seq` per sid; on a jump, schedule a resubscribe and give a gap record."""
@@ -223,17 +458,34 @@ class KalshiSession:
             plan = self.subscriptions.pop(old_sid, None)
             if plan is None:
                 continue
+            slot = self._sid_slot.pop(old_sid, None)
+            if slot is not None:
+                self._slot_sid.pop(slot, None)
+                plan = self._slots.get(slot, plan)
             unsubscribe = self._command("unsubscribe", {"sids": [old_sid]})
             self._pending[self._next_id] = _Unsubscribe(old_sid)
-            return [unsubscribe, self._subscribe(plan, replaces=old_sid)]
+            return [unsubscribe, self._subscribe(plan, replaces=old_sid, slot=slot)]
         return []
 
     def retries_waiting(self) -> bool:
-        return bool(self._refused)
+        return bool(self._refused or self._throttled)
 
     def take_retries(self) -> list[Command]:
-        plans, self._refused = self._refused, []
-        return [self._subscribe(plan) for plan in plans]
+        refused, self._refused = self._refused, []
+        throttled, self._throttled = self._throttled, []
+        commands = []
+        for slot, plan in refused:
+            if slot is not None:
+                wanted = self._slots.get(slot)
+                if wanted is None or (not wanted.markets and plan.markets):
+                    continue  # removed meanwhile
+                plan = wanted
+            commands.append(self._subscribe(plan, slot=slot))
+        for change in throttled:
+            command = self.apply(change)
+            if command is not None:
+                commands.append(command)
+        return commands
 
     def keepalive(self, count: int) -> str | None:
         return None  # WebSocket pings; Kalshi answers them with pongs
