@@ -20,15 +20,20 @@ import attrs
 import trio
 
 from ssmd.clock import WallClock
-from ssmd.config import Config, ConnectorConfig
+from ssmd.config import KALSHI_DEMO_URL, KALSHI_PROD_URL, Config, ConnectorConfig
 from ssmd.connector.auth import Credentials
 from ssmd.connector.connection import Connection, ConnectionSettings, describe
+from ssmd.connector.discovery import Discovery, channel_split, initial_plans
+from ssmd.connector.layout import SubscriptionLayout
 from ssmd.connector.metrics import connector_metrics
 from ssmd.connector.publisher import Inbound, Publisher
+from ssmd.connector.rest import RestClient, RestSettings
+from ssmd.connector.shards import SubscriptionPlan
 from ssmd.connector.websocket import Connect, HandshakeRejected, connect_websocket
 from ssmd.connector.wsclient import connect_fast
 from ssmd.feeds import VenueUnavailable, load_venue
-from ssmd.feeds.base import Venue
+from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects, Venue
+from ssmd.feeds.kalshi_discovery import Selection
 from ssmd.metrics import FunctionCollector, merge_families
 from ssmd.nats.bridge import NatsBridge
 from ssmd.nats.types import StreamSpec
@@ -106,7 +111,24 @@ def connection_settings(cc: ConnectorConfig) -> ConnectionSettings:
         command_timeout=cc.command_timeout.seconds,
         backoff_initial=cc.backoff_initial.seconds,
         backoff_max=cc.backoff_max.seconds,
+        change_interval=1.0 / cc.discovery.change_rate if cc.discovery else 0.0,
     )
+
+
+KALSHI_REST_URLS = {
+    KALSHI_PROD_URL: "https://api.elections.kalshi.com/trade-api/v2",
+    KALSHI_DEMO_URL: "https://demo-api.kalshi.co/trade-api/v2",
+}
+
+
+def kalshi_rest_url(cc: ConnectorConfig, ws_url: str) -> str:
+    """`rest_url`, else the REST base beside the WebSocket URL."""
+    if cc.rest_url:
+        return cc.rest_url
+    if ws_url in KALSHI_REST_URLS:
+        return KALSHI_REST_URLS[ws_url]
+    http = "https" + ws_url[3:] if ws_url.startswith("wss") else "http" + ws_url[2:]
+    return http.replace("/ws/v2", "/v2")
 
 
 async def _report_stats(feed: str, publisher: Publisher, connections: list[Connection]) -> None:
@@ -130,11 +152,13 @@ async def _report_stats(feed: str, publisher: Publisher, connections: list[Conne
 
 @attrs.frozen
 class FeedTasks:
-    """One configured connector: its publisher and its connections."""
+    """One configured connector: its publisher, its connections (discovery may add
+    more while it runs) and its discovery task, if any."""
 
     feed: str
     publisher: Publisher
     connections: list[Connection]
+    discovery: Discovery | None = None
 
 
 @attrs.frozen
@@ -183,8 +207,15 @@ async def _start_feed(
         await probe_credentials(
             connect, url, credentials, min(cc.command_timeout.seconds, PROBE_TIMEOUT_S)
         )
-    markets = await venue.subscription_markets(cc)
-    shards = venue.plan(cc, markets)
+    discovery_config = cc.discovery
+    if discovery_config is not None:
+        selection = Selection(frozenset(discovery_config.series))
+        whole, following = channel_split(cc.channels, selection)
+        shards = [initial_plans(whole)]
+        markets: list[str] = list(cc.markets)
+    else:
+        markets = await venue.subscription_markets(cc)
+        shards = venue.plan(cc, markets)
     log.info(
         "connector %s (%s): %d connection(s), %d subscription(s) to %s",
         cc.feed,
@@ -209,8 +240,21 @@ async def _start_feed(
     send, receive = trio.open_memory_channel[list[Inbound]](INBOUND_CHANNEL_SIZE)
     sup.start_sink(f"{name}.publisher", publisher.run, receive)
     settings = connection_settings(cc)
-    connections = [
-        Connection(
+    discovery: Discovery | None = None
+
+    def on_event(payload: bytes) -> None:
+        if discovery is not None:
+            discovery.on_event(payload)
+
+    def make_connection(index: int, plans: list[SubscriptionPlan]) -> Connection:
+        context = SessionContext(
+            index,
+            Subjects(config.env, cc.feed),
+            ConnectionStats(),
+            cc,
+            events=on_event if discovery_config is not None else None,
+        )
+        return Connection(
             index,
             url,
             venue,
@@ -221,13 +265,50 @@ async def _start_feed(
             settings=settings,
             headers=partial(venue.handshake_headers, credentials=credentials),
             connect=connect,
+            context=context,
         )
-        for index, plans in enumerate(shards)
-    ]
+
+    connections = [make_connection(index, plans) for index, plans in enumerate(shards)]
     for connection in connections:
         sup.start_producer(
             f"{name}.ws{connection.index}", connection.run, send.clone(), reports_ready=True
         )
+    if discovery_config is not None:
+
+        def open_connection(index: int, out: trio.MemorySendChannel[list[Inbound]]) -> Connection:
+            connection = make_connection(index, [])
+            sup.start_producer(f"{name}.ws{index}", connection.run, out)
+            return connection
+
+        per_subscription = cc.markets_per_subscription or venue.limits.markets_per_subscription
+        per_connection = cc.markets_per_connection or venue.limits.markets_per_connection
+        rest = RestClient(
+            kalshi_rest_url(cc, url),
+            RestSettings(
+                rate=discovery_config.rest_rate,
+                burst=max(1.0, discovery_config.rest_rate),
+                timeout=discovery_config.rest_timeout.seconds,
+            ),
+            headers=credentials.request_headers if credentials is not None else None,
+            label=f"{cc.feed} REST",
+        )
+        discovery = Discovery(
+            selection=selection,
+            layout=(
+                SubscriptionLayout(following, per_subscription, per_connection)
+                if following
+                else None
+            ),
+            rest=rest,
+            subjects=Subjects(config.env, cc.feed),
+            clock=clock,
+            refresh=discovery_config.refresh.seconds,
+            connections=connections,
+            open_connection=open_connection,
+            static_markets=markets,
+        )
+        sup.start_producer(f"{name}.discovery", discovery.run, send.clone())
+        sup.add_readiness_check(f"{name}.discovery", discovery.not_ready)
     send.close()
     sup.start_producer(f"{name}.stats", _report_stats, cc.feed, publisher, connections)
     stall_after = max(30.0, 3 * cc.publish_timeout.seconds)
@@ -245,7 +326,7 @@ async def _start_feed(
 
     sup.add_health_check(name, health)
     sup.add_readiness_check(name, readiness)
-    return FeedTasks(cc.feed, publisher, connections)
+    return FeedTasks(cc.feed, publisher, connections, discovery)
 
 
 async def start_connector(

@@ -44,7 +44,7 @@ Contract every implementation keeps (the engine and the tests rely on it):
 from __future__ import annotations
 
 import collections
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
@@ -180,6 +180,9 @@ class SessionContext:
     subjects: Subjects
     stats: ConnectionStats
     config: ConnectorConfig
+    # Where a venue hands the messages market discovery follows (Kalshi:
+    # `market_lifecycle_v2`), exact bytes; must not block (None: discovery is off).
+    events: Callable[[bytes], None] | None = None
 
 
 class Session(Protocol):

@@ -17,8 +17,8 @@ from typing import Any
 
 import attrs
 
-from ssmd.connector.publisher import Inbound
 from ssmd.connector.layout import AddMarkets, DeleteMarkets, Subscribe, Unsubscribe
+from ssmd.connector.publisher import Inbound
 from ssmd.connector.records import (
     GapRecord,
     ResubscribeRecord,
@@ -91,6 +91,7 @@ class KalshiSession:
         self._stats = context.stats
         self._subjects = context.subjects
         self._router = Router(context.subjects.env, context.subjects.feed)
+        self._events = context.events
         # The wanted subscriptions by slot: the static plans get negative slots, the
         # subscription planner's (`apply`) its own, from 0.
         self._slots: dict[int, SubscriptionPlan] = {
@@ -208,6 +209,8 @@ class KalshiSession:
             log.debug("conn %d: unrouted message (%s)", self._conn, routed.reason)
         assert routed.subject is not None
         out.append(Inbound(routed.subject, payload, recv_ns))
+        if self._events is not None and routed.message_type == "market_lifecycle_v2":
+            self._events(payload)
         return gap is not None  # a gap may have queued a resubscribe
 
     def _on_control(self, routed: Routed, recv_ns: int, out: list[Inbound]) -> None:

@@ -22,6 +22,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ssmd.simulators.kalshi.exchange import ExchangeSession, KalshiExchange, Subscription
+from ssmd.simulators.kalshi.rest import KalshiMarkets
 
 log = logging.getLogger("ssmd.simulators.kalshi")
 
@@ -186,7 +187,8 @@ class _Feed:
         now = int(time.time())
         msg = {
             "market_ticker": market,
-            "event_type": rng.choice(("activated", "close_date_updated", "deactivated")),
+            # Never one that opens or ends a market: that is `open_markets`' job.
+            "event_type": rng.choice(("close_date_updated", "metadata_updated")),
             "open_ts": now - now % 3600,
             "close_ts": now - now % 3600 + 3600,
         }
@@ -268,10 +270,21 @@ class MarketExchange(KalshiExchange):
         ping_interval: float = 10.0,
         disconnect_every: float | None = 45.0,
         gap_after: float | None = 2.0,
+        catalogue: KalshiMarkets | None = None,
     ) -> None:
-        market_list = list(markets) if markets is not None else simulated_markets()
+        if markets is not None:
+            market_list = list(markets)
+        elif catalogue is not None:
+            market_list = catalogue.open_tickers()
+        else:
+            market_list = simulated_markets()
         super().__init__(
-            public_key, api_key, markets=market_list, ping_interval=ping_interval, seed=seed
+            public_key,
+            api_key,
+            markets=market_list,
+            ping_interval=ping_interval,
+            seed=seed,
+            catalogue=catalogue,
         )
         self.markets = market_list
         self.rate = rate
@@ -310,6 +323,24 @@ class MarketExchange(KalshiExchange):
         self.gap = SeqGap(sid, next_seq, next_seq + skipped)
         log.info("simulator: skipping seq %d..%d on sid %d", next_seq, next_seq + skipped - 1, sid)
         return skipped
+
+    def markets_changed(self, opened: list[str], finished: list[str]) -> None:
+        gone = set(finished)
+        for market in opened:
+            if market not in self.market_state:
+                self.market_state[market] = _Market(
+                    market,
+                    str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+                    self.rng.randint(5, 95),
+                    0,
+                    0,
+                )
+                self.popularity[market] = 1.0 / (len(self.popularity) + 1)
+        self.markets[:] = [m for m in self.markets if m not in gone] + [
+            m for m in opened if m not in self.markets
+        ]
+        for feed in self._feeds.values():
+            feed.rebuild_routes()
 
     def _feed(self, session: ExchangeSession) -> _Feed:
         feed = self._feeds.get(id(session))
