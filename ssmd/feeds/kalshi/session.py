@@ -110,6 +110,7 @@ class KalshiSession:
         self._slot_sid: dict[int, int] = {}
         self._sid_slot: dict[int, int] = {}
         self._throttled: list[Change] = []
+        self._dropped: set[int] = set()  # sids the exchange ended (error 25)
         self._replied: set[int] = set()
         self.subscriptions: dict[int, SubscriptionPlan] = {}
         self.next_seq: dict[int, int] = {}
@@ -419,6 +420,7 @@ class KalshiSession:
             reason=f"error:{ERROR_BUFFER_OVERFLOW}",
         )
         out.append(self._subjects.record(gap))
+        self._dropped.add(sid)
         self._resubscribe[sid] = None
 
     def _check_seq(self, routed: Routed, sid: int, seq: int, recv_ns: int) -> GapRecord | None:
@@ -465,9 +467,14 @@ class KalshiSession:
             if slot is not None:
                 self._slot_sid.pop(slot, None)
                 plan = self._slots.get(slot, plan)
+            resubscribe = [self._subscribe(plan, replaces=old_sid, slot=slot)]
+            if old_sid in self._dropped:
+                self._dropped.discard(old_sid)
+                self.next_seq.pop(old_sid, None)
+                return resubscribe
             unsubscribe = self._command("unsubscribe", {"sids": [old_sid]})
             self._pending[self._next_id] = _Unsubscribe(old_sid)
-            return [unsubscribe, self._subscribe(plan, replaces=old_sid, slot=slot)]
+            return [unsubscribe, *resubscribe]
         return []
 
     def retries_waiting(self) -> bool:

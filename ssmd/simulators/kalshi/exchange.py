@@ -282,13 +282,14 @@ class ExchangeSession:
         else:
             sub.markets.extend(added)
         await self.exchange.updated(self, sub, added)
-        # The sid's full market list after the change, and its position.
+        # The sid's full market list after the change, and its position: the reply
+        # takes a seq of its own, so a client that ignores it sees a false gap.
         await self.reply(
             {
                 "type": "ok",
                 "id": command_id,
                 "sid": sub.sid,
-                "seq": self.seq.get(sub.sid, 0),
+                "seq": self.next_seq(sub.sid),
                 "msg": {"market_tickers": list(sub.markets)},
             }
         )
