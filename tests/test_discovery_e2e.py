@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 import trio
+from prometheus_client import generate_latest
 
 from ssmd.config import Config
 from ssmd.nats.server import NatsServer
@@ -113,7 +114,7 @@ async def test_5000_open_markets_all_get_one_order_book_subscription(
     markets = tickers("KXBTCD", 3000) + tickers("KXINX", 2000)
     async with simulated_kalshi(markets) as kalshi:
         config = discovery_config(nats_server.url, kalshi)
-        async with running_connector(config):
+        async with running_connector(config) as sup:
             # Stated bound: every book subscribed within 60 s (about 3 s alone).
             await kalshi.wait(lambda: len(kalshi.subscribed("orderbook_delta")) == 5000)
             books = kalshi.subscribed("orderbook_delta")
@@ -126,6 +127,14 @@ async def test_5000_open_markets_all_get_one_order_book_subscription(
             for channel in ("ticker", "trade", "market_lifecycle_v2"):
                 (sub,) = kalshi.subs(channel)
                 assert sub.markets == []
+            exposed = generate_latest(sup.metrics).decode()
+            for line in (
+                'ssmd_subscribed_markets{channel="orderbook_delta",feed="kalshi"} 5000.0',
+                'ssmd_discovery_markets{feed="kalshi",state="selected"} 5000.0',
+                'ssmd_rest_requests_total{feed="kalshi",status="200"}',
+                'ssmd_subscription_commands_total{feed="kalshi",outcome="ok"}',
+            ):
+                assert line in exposed, line
         messages = await stream_messages(nats_server.url, 5000)
     added = collections.Counter(
         m for r in subscription_records(messages) for m in r["added"] if r["reason"] == "discovery"

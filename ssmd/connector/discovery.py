@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -25,6 +25,7 @@ import trio
 from ssmd.clock import WallClock
 from ssmd.connector.connection import Connection
 from ssmd.connector.layout import Action, OpenConnection, SubscriptionLayout
+from ssmd.connector.metrics import discovery_metrics
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.reconcile import Catalogue, MarketSet
 from ssmd.connector.rest import RestClient
@@ -262,6 +263,24 @@ class Discovery:
         if records:
             assert self._send is not None
             await self._send.send(records)
+
+    def planned(self) -> dict[str, int]:
+        """Markets the planner placed, per market-scoped channel."""
+        if self.layout is None:
+            return {}
+        count = len(self.layout.markets)
+        return dict.fromkeys(self.layout.channels, count)
+
+    def metrics(self, feed: str) -> Iterator[object]:
+        return discovery_metrics(
+            feed,
+            self.stats,
+            self.rest.stats,
+            self.refresh,
+            len(self.markets),
+            self.planned(),
+            self.connections,
+        )
 
     def not_ready(self) -> str | None:
         """Why discovery has not completed its first walk, while REST is failing."""

@@ -345,12 +345,13 @@ async def start_connector(
         await _start_feed(sup, config, cc, bridge, clock, credentials) for cc in config.connectors
     ]
 
+    def families(feed: FeedTasks) -> Iterator[object]:
+        yield from connector_metrics(feed.feed, feed.publisher, feed.connections)
+        if feed.discovery is not None:
+            yield from feed.discovery.metrics(feed.feed)
+
     def collect() -> Iterator[object]:
-        return merge_families(
-            family
-            for feed in feeds
-            for family in connector_metrics(feed.feed, feed.publisher, feed.connections)
-        )
+        return merge_families(family for feed in feeds for family in families(feed))
 
     sup.metrics.register(FunctionCollector(collect))
     return ConnectorTasks(feeds)

@@ -105,6 +105,8 @@ class ConnectionStats:
     last_message_ns: int = 0
     by_type: collections.Counter[str] = attrs.field(factory=collections.Counter)
     control: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    # Live subscription changes (`DynamicSession`) by outcome: `ok`, `error:<code>`.
+    changes: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
 
 @attrs.frozen(slots=True)
@@ -268,6 +270,10 @@ class DynamicSession(Session, Protocol):
 
     def take_refused(self) -> list[tuple[int, tuple[str, ...]]]:
         """(slot, markets) the exchange refused as over its market limit, since last asked."""
+        ...
+
+    def sid_markets(self) -> dict[int, tuple[str, int]]:
+        """Each live subscription's channel and market count (0: all markets)."""
         ...
 
 

@@ -188,6 +188,9 @@ class KalshiSession:
         self._pending[self._next_id] = _Update(change, sid, markets, add)
         return command
 
+    def sid_markets(self) -> dict[int, tuple[str, int]]:
+        return {sid: (plan.channel, len(plan.markets)) for sid, plan in self.subscriptions.items()}
+
     def take_refused(self) -> list[tuple[int, tuple[str, ...]]]:
         refused, self._refused_too_large = self._refused_too_large, []
         return refused
@@ -238,6 +241,9 @@ class KalshiSession:
                 self._on_dropped(reply, recv_ns, out)
             return
         self._replied.add(command_id)
+        if isinstance(pending, _Update) or pending.reason is not None:
+            code = error_code(reply) if kind == "error" else None
+            self._stats.changes["ok" if code is None else f"error:{code}"] += 1
         if isinstance(pending, _Unsubscribe):
             self.next_seq.pop(pending.sid, None)
             if pending.reason is not None:
