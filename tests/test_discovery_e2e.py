@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,9 +16,11 @@ import attrs
 import trio
 from prometheus_client import generate_latest
 
+from ssmd.archiver.lines import format_line, read_prefix, strip_meta
 from ssmd.config import Config
 from ssmd.nats.server import NatsServer
 from ssmd.simulators.kalshi import KalshiExchange, KalshiMarkets, KalshiRest, MarketExchange
+from ssmd.simulators.kalshi.rest import SimTrade
 from ssmd.supervisor import Supervisor
 from tests.keys import API_KEY, private_key
 from tests.test_connector_e2e import make_config, records, running_connector, stream_messages
@@ -338,3 +341,68 @@ async def test_restart_recovers_the_same_set_and_catalogue_once_per_run(
     assert per_market["test.kalshi.json.market." + markets[0]] == 3
     assert {n for s, n in per_market.items() if not s.endswith(markets[0])} == {2}
     _ = Supervisor
+
+
+def live_trade(trade_id: str, ticker: str) -> dict[str, Any]:
+    return {
+        "trade_id": trade_id,
+        "market_ticker": ticker,
+        "yes_price_dollars": "0.4500",
+        "no_price_dollars": "0.5500",
+        "count_fp": "1.00",
+        "taker_side": "yes",
+        "ts": int(time.time()),
+    }
+
+
+async def test_trades_missed_while_disconnected_are_backfilled_once_and_marked(
+    nats_server: NatsServer,
+) -> None:
+    markets = ["KXA-26DEC01-T1", "KXA-26DEC01-T2"]
+    async with simulated_kalshi(markets) as kalshi:
+        config = discovery_config(nats_server.url, kalshi, channels=["trade"])
+        async with running_connector(config) as sup:
+            await kalshi.wait(lambda: len(kalshi.subs("trade")) == 1)
+            (session,) = kalshi.sessions()
+            sid = kalshi.subs("trade")[0].sid
+            for n in range(3):
+                ticker = markets[n % 2]
+                await session.send_data("trade", sid, live_trade(f"live-{n}", ticker))
+                kalshi.catalogue.trades.append(
+                    SimTrade(f"live-{n}", ticker, int(time.time() * 1000), 45, 1, "yes")
+                )
+            received = 'ssmd_received_messages_total{feed="kalshi",type="trade"} 3.0'
+            await kalshi.wait(lambda: received in generate_latest(sup.metrics).decode())
+            await session.drop()
+            # Done on the exchange while the connection was down: REST knows them.
+            for n in range(4):
+                kalshi.catalogue.trades.append(
+                    SimTrade(f"down-{n}", markets[n % 2], int(time.time() * 1000), 46, 2, "no")
+                )
+            await kalshi.wait(lambda: len(kalshi.sessions()) == 1 and kalshi.subs("trade") != [])
+            backfilled = 'ssmd_discovery_backfilled_trades_total{feed="kalshi"} 4.0'
+            await kalshi.wait(lambda: backfilled in generate_latest(sup.metrics).decode())
+        messages = await stream_messages(nats_server.url, 8)
+    trades = [m for m in messages if ".json.trade." in m.subject]
+
+    def trade_id(data: bytes) -> str:
+        body = json.loads(data)  # live: the WebSocket envelope; backfilled: the REST object
+        return str(body["msg"]["trade_id"] if "msg" in body else body["trade_id"])
+
+    ids = collections.Counter(trade_id(m.data) for m in trades)
+    assert set(ids) == {f"live-{n}" for n in range(3)} | {f"down-{n}" for n in range(4)}
+    assert max(ids.values()) == 1  # none received live is doubled
+    marked = {trade_id(m.data) for m in trades if m.backfilled}
+    assert marked == {f"down-{n}" for n in range(4)}
+    (backfill,) = records(messages, "backfill")
+    assert backfill["fetched"] == 7 and backfill["published"] == 4
+    assert backfill["markets"] == []  # the all-markets trade subscription
+    assert backfill["min_ts"] <= min(t.ts_ms // 1000 for t in kalshi.catalogue.trades)
+
+
+def test_a_backfilled_message_is_marked_in_its_archive_line() -> None:
+    line = format_line(7, "prod.kalshi.json.trade.X", b'{"trade_id":"t"}', 5, backfilled=True)
+    parsed = json.loads(line)
+    assert parsed["_backfilled"] is True and strip_meta(parsed) == {"trade_id": "t"}
+    assert read_prefix(line) == (7, "prod.kalshi.json.trade.X", 5)
+    assert b"_backfilled" not in format_line(7, "s", b'{"trade_id":"t"}', 5)

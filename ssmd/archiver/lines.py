@@ -2,7 +2,8 @@
 
 A line is the published payload with ssmd's metadata spliced in as leading keys that
 start with `_`: `_seq` (stream sequence), `_subject`, and `_recv_ns` (the connector's
-receive time) when the message carries it. The payload's bytes are kept as they are, so
+receive time) when the message carries it, then `_backfilled: true` on a message fetched
+from the venue's REST API after a loss rather than received live. The payload's bytes are kept as they are, so
 `json.loads(line)` minus the `_` keys equals `json.loads(payload)`.
 
 A payload that is not a JSON object, or an object with its own top-level `_` keys, is
@@ -26,10 +27,14 @@ def _subject_json(subject: str) -> bytes:
     return json.dumps(subject).encode()
 
 
-def format_line(seq: int, subject: str, payload: bytes, recv_ns: int | None) -> bytes:
+def format_line(
+    seq: int, subject: str, payload: bytes, recv_ns: int | None, *, backfilled: bool = False
+) -> bytes:
     head = b'{"_seq":%d,"_subject":%s' % (seq, _subject_json(subject))
     if recv_ns is not None:
         head += b',"_recv_ns":%d' % recv_ns
+    if backfilled:
+        head += b',"_backfilled":true'
     try:
         value = _loads(payload.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):

@@ -202,3 +202,9 @@ def discovery_metrics(
         labels,
         stats.lifecycle_dropped,
     )
+    yield counter(
+        "ssmd_discovery_backfilled_trades",
+        "Trades fetched from REST after a loss on `trade` and published, marked backfilled.",
+        labels,
+        stats.backfilled_trades,
+    )

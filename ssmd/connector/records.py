@@ -122,6 +122,24 @@ class SubscriptionRecord:
     ts_ns: int
 
 
+@attrs.frozen
+class BackfillRecord:
+    """Trades lost on `trade` (a disconnect or a gap) were fetched from the venue's REST
+    API for the window `[min_ts, max_ts]` (Unix seconds; `markets` empty: all markets):
+    `fetched` trades in the window, of which `published` had not been received and were
+    published after this record, each marked backfilled (`_backfilled` in the archive)."""
+
+    kind: ClassVar[str] = "backfill"
+    conn: int
+    channel: str
+    min_ts: int
+    max_ts: int
+    markets: list[str]
+    fetched: int
+    published: int
+    ts_ns: int
+
+
 DiscontinuityRecord = (
     ConnectRecord
     | DisconnectRecord
@@ -131,6 +149,7 @@ DiscontinuityRecord = (
     | RejectedRecord
     | SubscribeErrorRecord
     | SubscriptionRecord
+    | BackfillRecord
 )
 
 

@@ -33,7 +33,7 @@ from ssmd.connector.websocket import Connect, HandshakeRejected, connect_websock
 from ssmd.connector.wsclient import connect_fast
 from ssmd.feeds import VenueUnavailable, load_venue
 from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects, Venue
-from ssmd.feeds.kalshi_discovery import Selection
+from ssmd.feeds.kalshi_discovery import BackfillWindow, Selection, TradeLedger
 from ssmd.metrics import FunctionCollector, merge_families
 from ssmd.nats.bridge import NatsBridge
 from ssmd.nats.types import StreamSpec
@@ -241,10 +241,17 @@ async def _start_feed(
     sup.start_sink(f"{name}.publisher", publisher.run, receive)
     settings = connection_settings(cc)
     discovery: Discovery | None = None
+    trades = (
+        TradeLedger() if discovery_config is not None and discovery_config.backfill_trades else None
+    )
 
     def on_event(payload: bytes) -> None:
         if discovery is not None:
             discovery.on_event(payload)
+
+    def on_backfill(conn: int, window: BackfillWindow) -> None:
+        if discovery is not None:
+            discovery.on_backfill(conn, window)
 
     def make_connection(index: int, plans: list[SubscriptionPlan]) -> Connection:
         context = SessionContext(
@@ -253,6 +260,8 @@ async def _start_feed(
             ConnectionStats(),
             cc,
             events=on_event if discovery_config is not None else None,
+            trades=trades,
+            backfill=on_backfill if trades is not None else None,
         )
         return Connection(
             index,
@@ -306,6 +315,7 @@ async def _start_feed(
             connections=connections,
             open_connection=open_connection,
             static_markets=markets,
+            trades=trades,
         )
         sup.start_producer(f"{name}.discovery", discovery.run, send.clone())
         sup.add_readiness_check(f"{name}.discovery", discovery.not_ready)

@@ -58,6 +58,7 @@ from ssmd.subjects import RESERVED_TYPES, encode_token, fallback_subject
 if TYPE_CHECKING:
     from ssmd.config import ConnectorConfig
     from ssmd.connector.auth import Credentials
+    from ssmd.feeds.kalshi_discovery import BackfillWindow, TradeLedger
 
 __all__ = [
     "MAX_TOKEN_CHARS",
@@ -185,6 +186,11 @@ class SessionContext:
     # Where a venue hands the messages market discovery follows (Kalshi:
     # `market_lifecycle_v2`), exact bytes; must not block (None: discovery is off).
     events: Callable[[bytes], None] | None = None
+    # Trade backfill (Kalshi): the live trade ids, shared by every connection of the
+    # feed, and where a loss on a `trade` subscription asks for the lost window (conn,
+    # window). None: no backfill.
+    trades: TradeLedger | None = None
+    backfill: Callable[[int, BackfillWindow], None] | None = None
 
 
 class Session(Protocol):

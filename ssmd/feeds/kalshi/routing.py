@@ -52,6 +52,7 @@ class Routed:
     key: str | None = None
     envelope: dict[str, Any] | None = None
     reason: str = ""
+    trade_id: str | None = None  # a `trade` message's id (trade backfill drops repeats)
 
 
 def _int_field(value: object) -> int | None:
@@ -123,6 +124,9 @@ class Router:
         if len(key) > MAX_TOKEN_CHARS:
             routed = self._unrouted("routing key too long", message_type, sid)
             return attrs.evolve(routed, seq=seq)
+        trade_id = (
+            body.get("trade_id") if message_type == "trade" and isinstance(body, dict) else None
+        )
         return Routed(
             RouteKind.DATA,
             self._prefix + type_token + "." + self._token(key),
@@ -130,4 +134,5 @@ class Router:
             sid=sid,
             seq=seq,
             key=key,
+            trade_id=trade_id if isinstance(trade_id, str) else None,
         )

@@ -28,6 +28,7 @@ from ssmd.connector.records import (
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds.base import Change, Command, SessionContext
 from ssmd.feeds.kalshi.routing import Routed, RouteKind, Router
+from ssmd.feeds.kalshi_discovery import backfill_window
 
 log = logging.getLogger("ssmd.connector.connection")
 
@@ -92,6 +93,12 @@ class KalshiSession:
         self._subjects = context.subjects
         self._router = Router(context.subjects.env, context.subjects.feed)
         self._events = context.events
+        self._trades = context.trades
+        self._backfill = context.backfill
+        # Kept across reconnects, to know the window a loss left open on `trade`.
+        self._last_recv_ns = 0
+        self._last_trade_ns: int | None = None
+        self._loss_ns: int | None = None
         # The wanted subscriptions by slot: the static plans get negative slots, the
         # subscription planner's (`apply`) its own, from 0.
         self._slots: dict[int, SubscriptionPlan] = {
@@ -105,6 +112,8 @@ class KalshiSession:
         return list(self._slots.values())
 
     def start(self) -> list[Command]:
+        if self._last_recv_ns:
+            self._loss_ns = self._last_recv_ns  # a reconnect: trades may have been missed
         self._next_id = 0
         self._pending: dict[int, _Subscribe | _Unsubscribe | _Update] = {}
         self._slot_sid: dict[int, int] = {}
@@ -197,6 +206,7 @@ class KalshiSession:
 
     def on_frame(self, payload: bytes, recv_ns: int, out: list[Inbound]) -> bool:
         routed = self._router.route(payload)
+        previous_ns, self._last_recv_ns = self._last_recv_ns, recv_ns
         if routed.kind is RouteKind.CONTROL:
             self._on_control(routed, recv_ns, out)
             return True
@@ -206,6 +216,12 @@ class KalshiSession:
             gap = self._check_seq(routed, routed.sid, routed.seq, recv_ns)
             if gap is not None:
                 out.append(self._subjects.record(gap))
+                if gap.channel == "trade" and self._backfill is not None:
+                    window = backfill_window(self._last_trade_ns, previous_ns, recv_ns, gap.markets)
+                    self._backfill(self._conn, window)
+        if routed.trade_id is not None and self._trades is not None:
+            self._trades.seen(routed.trade_id)
+            self._last_trade_ns = recv_ns
         stats.messages += 1
         stats.by_type[routed.message_type or "invalid"] += 1
         if routed.kind is RouteKind.UNROUTED:
@@ -323,6 +339,15 @@ class KalshiSession:
             )
             self._refused.append((slot, plan))
             return
+        if (
+            plan.channel == "trade"
+            and self._loss_ns is not None
+            and self._backfill is not None
+            and pending.reason is None
+        ):
+            # Subscribed again after a reconnect: ask REST for what the loss missed.
+            window = backfill_window(self._last_trade_ns, self._loss_ns, recv_ns, plan.markets)
+            self._backfill(self._conn, window)
         if new_sid is not None:
             self.subscriptions[new_sid] = plan
             if pending.slot is not None:
