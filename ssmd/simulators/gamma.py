@@ -1,4 +1,5 @@
-"""A simulated Polymarket Gamma REST API (markets only), over HTTP/1.1 on loopback with h11.
+"""A simulated Polymarket Gamma REST API (markets only), over HTTP/1.1 on loopback
+(`ssmd.simulators.http`).
 
 - `GET /markets`: a bare JSON array, paged with `limit` (at most 500, default 20) and
   `offset`; filters `active`, `closed` (`true`/`false`), `condition_ids`,
@@ -18,15 +19,15 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import h11
 import trio
+
+from ssmd.simulators.http import HttpServer, Request, Response
 
 log = logging.getLogger("ssmd.simulators.gamma")
 
 MAX_LIMIT = 500
 MAX_KEYSET_LIMIT = 100
 DEFAULT_LIMIT = 20
-_MAX_REQUEST_BYTES = 16 * 1024
 
 MarketSource = Callable[[], list[dict[str, Any]]]
 
@@ -109,45 +110,14 @@ class GammaServer:
             return 200, json.dumps(body).encode()
         return 404, b'{"error":"not found"}'
 
+    async def handle(self, request: Request) -> Response:
+        if request.method != "GET":
+            return Response(405, b'{"error":"method not allowed"}')
+        status, body = self.respond(request.target)
+        return Response(status, body)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._handle, listeners)
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        try:
-            with trio.move_on_after(10):
-                await self._serve(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
-            pass
-        finally:
-            with trio.move_on_after(1):
-                await stream.aclose()
-
-    async def _serve(self, stream: trio.SocketStream) -> None:
-        """Requests on one connection, kept alive as long as the client wants."""
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_REQUEST_BYTES)
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await stream.receive_some(4096)
-                conn.receive_data(data)
-                if not data:
-                    return
-                continue
-            if isinstance(event, h11.Request):
-                if event.method == b"GET":
-                    status, body = self.respond(event.target.decode("latin-1"))
-                else:
-                    status, body = 405, b'{"error":"method not allowed"}'
-                headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
-                await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
-                await stream.send_all(conn.send(h11.Data(data=body)))
-                await stream.send_all(conn.send(h11.EndOfMessage()))
-                continue
-            if isinstance(event, h11.EndOfMessage):
-                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                    conn.start_next_cycle()
-                continue
-            return
+        server = HttpServer(self.handle)
+        async with trio.open_nursery() as nursery:
+            self.port = await nursery.start(server.serve)
+            task_status.started()
