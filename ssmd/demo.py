@@ -41,6 +41,8 @@ SHUTDOWN_TIMEOUT_S = 10.0
 # The simulated exchange stops after the recorder (connector stage 0, archiver stage 1),
 # so the connector's unsubscribe at shutdown is answered.
 EXCHANGE_STOP_STAGE = 2
+# A market opens (and, once three have, the oldest settles) this often while it runs.
+MARKET_CHURN_S = 5.0
 ROLES = ("connector", "archiver")
 
 
@@ -56,7 +58,10 @@ def demo_config(nats_url: str, exchange: SimulatedExchange, archive: Path) -> Co
             "connector": {
                 "url": exchange.url,
                 "channels": CHANNELS,
-                "markets": exchange.markets,
+                # Nobody lists markets: discovery follows the exchange's open ones.
+                "markets": [],
+                "rest_url": exchange.rest_url,
+                "discovery": {"refresh": "1m"},
                 "markets_per_subscription": 12,
                 "backoff_initial": "200ms",
                 "backoff_max": "2s",
@@ -197,7 +202,11 @@ def run_demo(data_dir: str, duration: float) -> int:
     private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     credentials = Credentials(api_key=str(uuid.uuid4()), private_key=private_key)
     exchange = SimulatedExchange(
-        private_key.public_key(), credentials.api_key, rate=EXCHANGE_RATE, seed=EXCHANGE_SEED
+        private_key.public_key(),
+        credentials.api_key,
+        rate=EXCHANGE_RATE,
+        seed=EXCHANGE_SEED,
+        churn_every=MARKET_CHURN_S,
     )
     server = NatsServer(root / "nats", log_file=root / "nats-server.log")
     server.start()

@@ -21,8 +21,9 @@ import attrs
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ssmd.simulators.http import HttpServer
 from ssmd.simulators.kalshi.exchange import ExchangeSession, KalshiExchange, Subscription
-from ssmd.simulators.kalshi.rest import KalshiMarkets
+from ssmd.simulators.kalshi.rest import REST_PREFIX, KalshiMarkets, KalshiRest
 
 log = logging.getLogger("ssmd.simulators.kalshi")
 
@@ -271,6 +272,7 @@ class MarketExchange(KalshiExchange):
         disconnect_every: float | None = 45.0,
         gap_after: float | None = 2.0,
         catalogue: KalshiMarkets | None = None,
+        churn_every: float | None = None,
     ) -> None:
         if markets is not None:
             market_list = list(markets)
@@ -278,6 +280,10 @@ class MarketExchange(KalshiExchange):
             market_list = catalogue.open_tickers()
         else:
             market_list = simulated_markets()
+        if catalogue is None:
+            # The REST side serves the same markets (`rest_url` once listening).
+            catalogue = KalshiMarkets()
+            catalogue.open(market_list)
         super().__init__(
             public_key,
             api_key,
@@ -306,6 +312,50 @@ class MarketExchange(KalshiExchange):
         }
         self._feeds: dict[int, _Feed] = {}
         self._started_at: float | None = None
+        self.churn_every = churn_every
+        self.rest = KalshiRest(catalogue, public_key=public_key, api_key=api_key)
+        self._rest_server = HttpServer(self.rest.handle)
+        self._churned: list[str] = []
+
+    @property
+    def rest_url(self) -> str:
+        assert self._rest_server.port is not None, "listen() or serve() first"
+        return f"http://127.0.0.1:{self._rest_server.port}{REST_PREFIX}"
+
+    async def listen(self) -> str:
+        await self._rest_server.listen()
+        return await super().listen()
+
+    async def serve(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """The WebSocket, the REST API and (with `churn_every`) markets opening and
+        settling while it runs."""
+        if self._rest_server.port is None:
+            await self._rest_server.listen()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._rest_server.serve)
+            if self.churn_every is not None:
+                nursery.start_soon(self._churn, self.churn_every)
+            await nursery.start(super().serve)
+            task_status.started()
+
+    run = serve
+
+    async def _churn(self, every: float) -> None:
+        """Every `every` seconds a new market opens in the event of an existing one; the
+        oldest market opened this way settles once three are open."""
+        count = 0
+        while True:
+            await trio.sleep(every)
+            count += 1
+            event = _event_ticker(self.rng.choice(self.markets[: len(simulated_markets())]))
+            ticker = f"{event}-C{count}"
+            await self.open_markets([ticker])
+            self._churned.append(ticker)
+            log.info("simulator: market %s opened", ticker)
+            if len(self._churned) > 3:
+                gone = self._churned.pop(0)
+                await self.settle_markets([gone])
+                log.info("simulator: market %s settled", gone)
 
     async def started(self) -> None:
         self._started_at = trio.current_time()
