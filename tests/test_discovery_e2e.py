@@ -406,3 +406,25 @@ def test_a_backfilled_message_is_marked_in_its_archive_line() -> None:
     assert parsed["_backfilled"] is True and strip_meta(parsed) == {"trade_id": "t"}
     assert read_prefix(line) == (7, "prod.kalshi.json.trade.X", 5)
     assert b"_backfilled" not in format_line(7, "s", b'{"trade_id":"t"}', 5)
+
+
+async def test_a_refused_walk_keeps_recording_says_why_and_is_tried_again(
+    nats_server: NatsServer,
+) -> None:
+    markets = tickers("KXA", 10)
+    async with simulated_kalshi(markets) as kalshi:
+        kalshi.rest.fail_next(1, 401)
+        config = discovery_config(
+            nats_server.url, kalshi, discovery={"refresh": "1s"}, markets=["KXB-26DEC01-T1"]
+        )
+        kalshi.catalogue.open(["KXB-26DEC01-T1"])
+        async with running_connector(config) as sup:
+            # The static market and the all-markets channels are recorded at once.
+            await kalshi.wait(lambda: "KXB-26DEC01-T1" in kalshi.subscribed("orderbook_delta"))
+            await kalshi.wait(lambda: any("REST refused" in r for r in sup.not_ready()))
+            assert len(kalshi.subs("trade")) == 1
+            await kalshi.wait(lambda: len(kalshi.subscribed("orderbook_delta")) == 11)
+            await kalshi.wait(lambda: sup.not_ready() == [])
+        messages = await stream_messages(nats_server.url, 11)
+    (static,) = [r for r in subscription_records(messages) if r["reason"] == "static"]
+    assert static["added"] == ["KXB-26DEC01-T1"]

@@ -29,7 +29,7 @@ from ssmd.connector.metrics import discovery_metrics
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.reconcile import Catalogue, MarketSet
 from ssmd.connector.records import BackfillRecord
-from ssmd.connector.rest import RestClient
+from ssmd.connector.rest import RestClient, RestRefused
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds.base import Change, Subjects
 from ssmd.feeds.kalshi_discovery import (
@@ -128,6 +128,7 @@ class Discovery:
             BACKFILL_QUEUE
         )
         self._send: trio.MemorySendChannel[list[Inbound]] | None = None
+        self.refused: str | None = None
         for connection in connections:
             connection.on_refused = self.on_refused
 
@@ -197,8 +198,15 @@ class Discovery:
                 nursery.start_soon(self._backfill_trades)
                 reason = "discovery"
                 while True:
-                    await self.walk(reason)
-                    reason = "reconcile"
+                    try:
+                        await self.walk(reason)
+                        reason = "reconcile"
+                        self.refused = None
+                    except RestRefused as exc:
+                        # Bad credentials or parameters: recording goes on, the alert
+                        # and /ready say why, and the walk is tried again next refresh.
+                        self.refused = str(exc)
+                        log.error("discovery: REST walk refused: %s", exc)
                     await trio.sleep(self.refresh)
 
     async def _follow_events(self) -> None:
@@ -222,7 +230,10 @@ class Discovery:
 
     async def _backfill_trades(self) -> None:
         async for conn, window in self._backfills:
-            await self.backfill(conn, window)
+            try:
+                await self.backfill(conn, window)
+            except RestRefused as exc:
+                log.error("discovery: trade backfill refused: %s", exc)
 
     async def backfill(self, conn: int, window: BackfillWindow) -> None:
         """Fetch the window's trades; publish those not received, marked backfilled,
@@ -350,6 +361,8 @@ class Discovery:
 
     def not_ready(self) -> str | None:
         """Why discovery has not completed its first walk, while REST is failing."""
+        if self.refused is not None:
+            return f"discovery: REST refused the walk: {self.refused}"
         if self.stats.walks == 0 and self.rest.stats.retries > 0:
             return (
                 f"discovery: the first REST walk is not complete ({self.rest.stats.retries} "
