@@ -10,12 +10,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ssmd.connector.connection import Connection
 from ssmd.connector.publisher import Publisher
-from ssmd.connector.rest import RestStats
 from ssmd.feeds.base import DynamicSession
 from ssmd.metrics import by_label, counter, gauge
 
 if TYPE_CHECKING:
     from ssmd.connector.discovery import DiscoveryStats
+    from ssmd.connector.rest import RestStats
 
 
 def connector_metrics(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from functools import partial
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -23,11 +24,8 @@ from ssmd.clock import WallClock
 from ssmd.config import KALSHI_DEMO_URL, KALSHI_PROD_URL, Config, ConnectorConfig
 from ssmd.connector.auth import Credentials
 from ssmd.connector.connection import Connection, ConnectionSettings, describe
-from ssmd.connector.discovery import Discovery, channel_split, initial_plans
-from ssmd.connector.layout import SubscriptionLayout
 from ssmd.connector.metrics import connector_metrics
 from ssmd.connector.publisher import Inbound, Publisher
-from ssmd.connector.rest import RestClient, RestSettings
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.connector.websocket import Connect, HandshakeRejected, connect_websocket
 from ssmd.connector.wsclient import connect_fast
@@ -39,6 +37,9 @@ from ssmd.nats.bridge import NatsBridge
 from ssmd.nats.types import StreamSpec
 from ssmd.subjects import feed_prefix, pattern_covers
 from ssmd.supervisor import StartupRefused, Supervisor
+
+if TYPE_CHECKING:
+    from ssmd.connector.discovery import Discovery
 
 log = logging.getLogger("ssmd.connector")
 
@@ -209,6 +210,11 @@ async def _start_feed(
         )
     discovery_config = cc.discovery
     if discovery_config is not None:
+        # Imported here: httpx and the rest load only for a connector that discovers.
+        from ssmd.connector.discovery import Discovery, channel_split, initial_plans
+        from ssmd.connector.layout import SubscriptionLayout
+        from ssmd.connector.rest import RestClient, RestSettings
+
         selection = Selection(frozenset(discovery_config.series))
         whole, following = channel_split(cc.channels, selection)
         shards = [initial_plans(whole)]
