@@ -256,7 +256,8 @@ async def test_rest_outage_pauses_discovery_and_recording_goes_on(
             kalshi.rest.fail_next(2, 429, retry_after="1")
             await kalshi.ws.settle_markets(markets[:10], announce=False)
             kalshi.catalogue.open(tickers("KXA", 10, start=100))
-            assert sup.not_ready() == []
+            # Ready once the first walk (markets, then events) completed.
+            await kalshi.wait(lambda: sup.not_ready() == [])
         wanted = set(markets[10:]) | set(tickers("KXA", 10, start=100))
         config = discovery_config(nats_server.url, kalshi, discovery={"refresh": "1s"})
         async with running_connector(config):
