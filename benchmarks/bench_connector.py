@@ -41,7 +41,7 @@ WINDOW = 4000
 
 
 def bench_connector_tasks(
-    publish_batch: PublishBatch, clock: WallClock, ws_url: str
+    publish_batch: PublishBatch, clock: WallClock, ws_url: str, linger: float = 0.0
 ) -> tuple[Publisher, Connection]:
     """The production publisher and one connection, configured for the benchmarks."""
     publisher = Publisher(
@@ -53,6 +53,7 @@ def bench_connector_tasks(
         buffer_bytes=1 << 30,
         batch_max=WINDOW,
         timeout=10.0,
+        linger=linger,
     )
     connection = Connection(
         0,

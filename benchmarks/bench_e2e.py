@@ -1,4 +1,4 @@
-"""End-to-end latency: WebSocket receive -> fsync-durable (and NATS-acknowledged) archive.
+"""End-to-end latency: WebSocket receive -> fsync-durable (and acknowledged) archive.
 
 The connector (reader, router, publisher) and the archiver (`start_archiver`, unchanged)
 run in one Trio process against one nats-server, while `ssmd.simulators.kalshi.raw` streams Kalshi
@@ -17,8 +17,10 @@ converted through the `WallClock` the connector used, which is Trio's perf-count
 plus a wall anchor). Nothing is sampled: every message of the run is counted.
 
 A second figure, "acked", wraps `bridge.ack` (the callable start_archiver hands to its
-acker) and timestamps when the AckAll for stream sequence S had been flushed to the
-server; each message's acked time is that of the first ack covering its sequence.
+acker) and timestamps when the AckAll for stream sequence S had been handed to nats-py
+for sending; each message's acked time is that of the first ack covering its sequence.
+
+Both lingers are at their defaults (`connector.publish_linger`, `archiver.linger`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from ssmd.archiver.files import FileOps
 from ssmd.archiver.lines import read_prefix
 from ssmd.archiver.service import ArchiverStatus, start_archiver
 from ssmd.clock import WallClock
-from ssmd.config import parse_config
+from ssmd.config import ConnectorConfig, parse_config
 from ssmd.connector.publisher import Inbound
 from ssmd.metrics import LatencyHistogram
 from ssmd.nats.bridge import open_bridge
@@ -177,7 +179,13 @@ async def run_e2e(nats_url: str, ws_url: str, count: int, archive: Path) -> dict
             acks.append((ack_stream_seq(reply), time.perf_counter()))
 
         bridge.ack = timed_ack  # type: ignore[method-assign]
-        publisher, connection = bench_connector_tasks(bridge.publish_batch, clock, ws_url)
+        # The default publish linger, as the archiver's config has its default linger.
+        publisher, connection = bench_connector_tasks(
+            bridge.publish_batch,
+            clock,
+            ws_url,
+            ConnectorConfig(feed="kalshi").publish_linger.seconds,
+        )
 
         async def connector() -> None:
             while status.fetcher.consumer_resets == 0:  # archiver positioned first

@@ -17,7 +17,11 @@ processes and are not counted):
 * end-to-end latency (`bench_e2e`): connector + archiver in one process, the exchange
   pacing at 1k and 10k msg/s; per message, fsync-completion time of the block holding
   its line minus its `_recv_ns` ("durable"), and the time the AckAll covering it was
-  flushed to nats-server ("acked"). See bench_e2e's docstring for the method.
+  handed to nats-py ("acked"); both lingers at their defaults. See bench_e2e's docstring.
+* CPU at Kalshi's real rates (`bench_cpu`): connector + archiver in one process with
+  default settings, and beside it a bare nats-py recorder doing the same job in one
+  asyncio loop, each against the same paced exchange; the share of one core over a
+  fixed window at 100 and 1,000 msg/s, then idle with the connection open.
 * fsync cost per batch: the archiver's own `status.writer.fsync_seconds` histogram from
   the 10k msg/s run (mean = sum/count; p99 as the histogram bucket's upper bound), with
   the exact p99 from the timed FileOps alongside.
@@ -31,6 +35,9 @@ processes and are not counted):
   until exchange-confirmed order-book subscriptions cover every market, REST requests,
   subscription commands, connections, peak RSS; against the bare paced REST walk of the
   same markets (the floor: discovery cannot be faster than listing the markets).
+* reading back (`bench_archive.measure`): an archive written by the archiver's slot
+  writer; `ssmd data export` rate and one market's book rebuild against gzip +
+  json.loads per line of the same files.
 * peak RSS: `VmHWM` of the measuring process (its own image; not `ru_maxrss`, which on
   Linux carries over the spawning parent's peak across exec).
 """
@@ -58,8 +65,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_* (when import
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # ssmd from this checkout
 
 import trio
+from bench_archive import measure as measure_archive_reading
 from bench_archiver import bare_fetch_ack, fill_stream, ssmd_archiver, writer_vs_raw_gzip
 from bench_connector import measure_bare, measure_connector
+from bench_cpu import bare_child, frames_needed, ssmd_child
 from bench_discovery import measure_discovery, measure_rest_walk, new_key_pem
 from bench_discovery import start_exchange as start_discovery_exchange
 from bench_e2e import run_e2e
@@ -196,6 +205,7 @@ def main() -> int:
     parser.add_argument("--messages", type=int, help="throughput messages (200k; quick 50k)")
     parser.add_argument("--seconds-1k", type=float, help="1k msg/s run length (30; quick 5)")
     parser.add_argument("--seconds-10k", type=float, help="10k msg/s run length (20; quick 3)")
+    parser.add_argument("--seconds-cpu", type=float, help="CPU window per rate (10; quick 5)")
     args = parser.parse_args()
     n: int = args.messages or (50_000 if args.quick else 200_000)
     paced = [
@@ -349,6 +359,50 @@ def main() -> int:
             "peak RSS, MiB", f"{found_rss:.0f}", f"{walk_rss:.0f}", f"{found_rss / walk_rss:.2f}"
         )
 
+        # CPU at Kalshi's real rates: ssmd and the bare recorder on the same exchange.
+        window = args.seconds_cpu or (5.0 if args.quick else 10.0)
+        warm, idle = 2.0, 3.0 if args.quick else 5.0
+        cpu: dict[tuple[str, float], dict[str, float]] = {}
+        for rate in (100.0, 1_000.0):
+            exchange, ws_url = start_exchange(
+                paced_exchange_process, frames_needed(rate, warm, window), rate
+            )
+            try:
+                for name, child in (("ssmd", ssmd_child), ("bare", bare_child)):
+                    server = NatsServer(tmp / f"js-cpu-{name}-{rate:g}")
+                    server.start()
+                    archive = tmp / f"archive-cpu-{name}-{rate:g}"
+                    archive.mkdir()
+                    try:
+                        result, _, _ = isolated(
+                            child, server.url, ws_url, rate, warm, window, idle, archive
+                        )
+                    finally:
+                        server.stop()
+                    cpu[name, rate] = result
+                    log(f"[cpu] {name} at {rate:g} msg/s: {result}")
+            finally:
+                exchange.terminate()
+        table.section(
+            f"CPU, % of one core over {window:g} s (connector+archiver in one process; "
+            "base: bare nats-py recorder, one asyncio loop)"
+        )
+        for rate in (100.0, 1_000.0):
+            ours_core, base_core = cpu["ssmd", rate]["busy_core"], cpu["bare", rate]["busy_core"]
+            table.row(
+                f"at {rate:,.0f} msg/s",
+                f"{ours_core * 100:.1f}",
+                f"{base_core * 100:.1f}",
+                f"{ours_core / base_core:.2f}",
+            )
+        ours_idle, base_idle = cpu["ssmd", 100.0]["idle_core"], cpu["bare", 100.0]["idle_core"]
+        table.row(
+            f"idle, connected, for {idle:g} s",
+            f"{ours_idle * 100:.2f}",
+            f"{base_idle * 100:.2f}",
+            f"{ours_idle / base_idle:.2f}" if base_idle else "",
+        )
+
         # End to end at fixed rates.
         fsync_from: dict[str, Any] = {}
         for rate, seconds in paced:
@@ -375,7 +429,7 @@ def main() -> int:
             if result["acked_ms"]:
                 a50, a99, a999 = result["acked_ms"]
                 table.row(
-                    "WS receive -> ack flushed, p50/p99/p99.9 ms",
+                    "WS receive -> ack sent, p50/p99/p99.9 ms",
                     f"{a50:.1f} / {a99:.1f} / {a999:.1f}",
                 )
             table.row(
@@ -389,6 +443,28 @@ def main() -> int:
             )
             table.row("peak RSS, MiB", f"{rss:.0f}")
             fsync_from = {"rate": rate, **result}
+
+        # Reading back: export and book rebuilding against a plain read of the same files.
+        reading, _, read_rss = isolated(measure_archive_reading, n, tmp / "reading")
+        log(f"[archive] {reading}")
+        table.section(f"reading the archive back, {n:,} Kalshi records (half of them book deltas)")
+        table.row(
+            "Parquet export, records/s (base: gzip + json.loads per line)",
+            f"{reading['export_rate']:,.0f}",
+            f"{reading['read_rate']:,.0f}",
+            f"{reading['export_rate'] / reading['read_rate']:.2f}",
+        )
+        table.row(
+            f"book rebuild of one market, deltas/s ({reading['book_records']:,} of its records)",
+            f"{reading['book_rate']:,.0f}",
+        )
+        table.row(
+            "  the same, archive records scanned/s (base: plain read)",
+            f"{reading['book_scan_rate']:,.0f}",
+            f"{reading['read_rate']:,.0f}",
+            f"{reading['book_scan_rate'] / reading['read_rate']:.2f}",
+        )
+        table.row("peak RSS (export), MiB", f"{read_rss:.0f}")
 
         hist = fsync_from["fsync_hist"]
         table.section(

@@ -6,6 +6,7 @@ Everything time-driven (slot rotation, receive stamps, backoff) reads this clock
 
 from __future__ import annotations
 
+import math
 import time
 
 import trio
@@ -36,7 +37,13 @@ class WallClock:
     async def sleep_until(self, wall_ns: int) -> None:
         """Sleep until the wall clock reads at least `wall_ns`."""
         while self.now_ns() < wall_ns:
-            await trio.sleep_until(self.trio_time_at(wall_ns))
+            target = self.trio_time_at(wall_ns)
+            now = trio.current_time()
+            if target <= now:
+                # Float rounding left the wall clock a nanosecond short at the computed
+                # time: step past it, or this loop would spin without time moving.
+                target = max(math.nextafter(now, math.inf), now + 1e-9)
+            await trio.sleep_until(target)
             self.resync()
 
     def resync(self) -> None:

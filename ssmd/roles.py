@@ -63,10 +63,11 @@ async def _start_connector(sup: Supervisor, ctx: RoleContext) -> Any:
 
 
 async def _start_archiver(sup: Supervisor, ctx: RoleContext) -> Any:
-    from ssmd.archiver.service import start_archiver
+    from ssmd.archiver.service import start_archivers
 
-    # Beside a connector, a stop lets the archiver take what the connector published.
-    return await start_archiver(
+    # Every `[archiver]`/`[[archiver]]`, each with its own consumer, in this one stage.
+    # Beside a connector, a stop lets each archiver take what the connector published.
+    return await start_archivers(
         sup, ctx.config, ctx.bridge, ctx.clock, drain_on_stop="connector" in ctx.roles
     )
 

@@ -95,9 +95,12 @@ class RecordingOps(FileOps):
 
 
 class Harness:
-    def __init__(self, root: Path, interval_s: int = 900, ops: FileOps | None = None) -> None:
+    def __init__(
+        self, root: Path, interval_s: int = 900, ops: FileOps | None = None, feed: str = "kalshi"
+    ) -> None:
         self.root = root
-        self.feed_dir = root / "kalshi"
+        self.feed = feed
+        self.feed_dir = root / feed
         self.interval_s = interval_s
         self.ops = ops or FileOps()
         self.status = ArchiverStatus()
@@ -126,11 +129,13 @@ class Harness:
     ) -> None:
         self.clock = clock
         report = recover_feed(
-            self.feed_dir, "kalshi", self.interval_s, f"{self.interval_s}s", 6, self.ops
+            self.feed_dir, self.feed, self.interval_s, f"{self.interval_s}s", 6, self.ops
         )
         self.status.cursor = report.cursor
         lock_fd = lock_feed_dir(self.feed_dir)
-        settings = PipelineSettings(self.feed_dir, "kalshi", self.interval_s, f"{self.interval_s}s")
+        settings = PipelineSettings(
+            self.feed_dir, self.feed, self.interval_s, f"{self.interval_s}s"
+        )
         started = trio.Event()
 
         async def start_roles(sup: Supervisor) -> None:

@@ -35,6 +35,26 @@ def test_a_json_payload_round_trips_through_a_line(value: object, indent: int | 
     assert strip_meta(record) == json.loads(payload)
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"type":"trade","note":"\xff"}',  # invalid UTF-8 where msgspec skips
+        b'{"type":"trade","x":NaN}',  # JSON to json.loads, not to msgspec
+        b'{"type":"\\ud800"}',  # a lone surrogate escape
+        b'{"a":1,"a":2}',
+        b'{"a":1,"_a":2}',  # a top-level "_" key: kept whole under _raw
+        b' { "a" : 1 } ',
+        b"{}",
+        b"{ }",
+        b'{"a":1',
+        b"[1,2]",
+        b"7",
+    ],
+)
+def test_payloads_msgspec_reads_differently_are_kept(payload: bytes) -> None:
+    test_any_bytes_are_kept.hypothesis.inner_test(payload)  # type: ignore[attr-defined]
+
+
 @given(payload=st.binary(max_size=200))
 def test_any_bytes_are_kept(payload: bytes) -> None:
     line = format_line(1, "prod.kalshi.json.unrouted.invalid", payload, None)

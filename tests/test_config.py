@@ -228,3 +228,68 @@ def test_a_bad_connector_key_is_named(tmp_path: Path, tables: str, key: str, exp
     message = str(info.value)
     assert message.startswith(f"{path}: {key}: "), message
     assert expected in message
+
+
+ARCHIVER_BASE = 'env = "prod"\n'
+STORAGE = '[storage]\npath = "/var/lib/ssmd/archive"\n'
+
+
+def test_a_single_archiver_table_keeps_working(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert config.archiver is not None and config.archivers == (config.archiver,)
+
+
+def test_several_archivers_are_an_array_of_tables_one_per_feed(tmp_path: Path) -> None:
+    text = ARCHIVER_BASE + "".join(
+        f'[[archiver]]\nconsumer = "archiver-{feed}"\nfilter = "prod.{feed}.json.>"\n'
+        for feed in ("kalshi", "polymarket", "kraken")
+    )
+    text += "batch_size = 50\n" + STORAGE  # batch_size: the last table's own key
+    config = load_config(write(tmp_path, text))
+    assert [(a.feed, a.consumer) for a in config.archivers] == [
+        ("kalshi", "archiver-kalshi"),
+        ("polymarket", "archiver-polymarket"),
+        ("kraken", "archiver-kraken"),
+    ]
+    assert config.archiver == config.archivers[0]
+    assert [a.batch_size for a in config.archivers] == [1000, 1000, 50]
+    assert "archiver" in config.sections
+
+
+@pytest.mark.parametrize(
+    ("tables", "key", "expected"),
+    [
+        (
+            '[[archiver]]\nconsumer = "a"\nfilter = "prod.kraken.json.>"\n'
+            '[[archiver]]\nconsumer = "b"\nfilter = "prod.kraken.json.trade.>"\n',
+            "archiver[1].filter",
+            "feed 'kraken' (the filter's second token) is already archived by archiver[0]",
+        ),
+        (
+            '[[archiver]]\nconsumer = "a"\nfilter = "prod.kraken.json.>"\n'
+            '[[archiver]]\nconsumer = "a"\nfilter = "prod.kalshi.json.>"\n',
+            "archiver[1].consumer",
+            "already used by archiver[0]",
+        ),
+        ('[[archiver]]\nconsumer = "a"\n', "archiver[0].filter", "required key is missing"),
+        (
+            '[[archiver]]\nconsumer = "a"\nfilter = "prod.kraken.json.>"\nbach_size = 5\n',
+            "archiver[0].bach_size",
+            "unknown key",
+        ),
+        (
+            '[[archiver]]\nconsumer = "a"\nfilter = "prod.*.json.>"\n',
+            "archiver[0].filter",
+            "cannot be a wildcard",
+        ),
+        ("archiver = 1\n", "archiver", "[[archiver]]"),
+        ("archivers = 1\n", "archivers", "[[archiver]]"),
+    ],
+)
+def test_a_bad_archiver_key_is_named(tmp_path: Path, tables: str, key: str, expected: str) -> None:
+    path = write(tmp_path, ARCHIVER_BASE + tables + STORAGE)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}: "), message
+    assert expected in message

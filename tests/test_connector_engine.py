@@ -6,6 +6,7 @@ asks for, retries of refused subscriptions, and a clean stop."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -301,3 +302,32 @@ async def test_a_clean_stop_reads_until_the_session_confirms_and_start_runs_per_
     assert toy.sent(1)[-1] == "stop"
     disconnect = toy.out[-1].payload.decode()
     assert "shutdown: unsubscribed, nothing in flight" in disconnect
+
+
+class UnconfirmingToySession(ToySession):
+    """A venue that never answers an unsubscribe (Polymarket): nothing to wait for."""
+
+    confirms_stop = False
+
+    def stop_confirmed(self) -> bool:
+        return True
+
+
+class UnconfirmingToyVenue(ToyVenue):
+    def session(
+        self, context: SessionContext, plans: Sequence[SubscriptionPlan]
+    ) -> UnconfirmingToySession:
+        return UnconfirmingToySession(context, plans)
+
+
+async def test_a_venue_that_never_confirms_an_unsubscribe_does_not_claim_a_clean_stop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    toy = Toy(["quiet"], {})
+    toy.connection.session = UnconfirmingToyVenue().session(toy.session.context, toy.session.plans)
+    async with toy.running():
+        await trio.sleep(1)
+        assert toy.connection.up
+    assert toy.sent()[-1] == "stop"
+    disconnect = json.loads(toy.out[-1].payload)
+    assert disconnect["reason"] == "shutdown: venue does not confirm unsubscribe"

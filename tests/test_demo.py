@@ -21,45 +21,71 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def discontinuities(archive: Path) -> dict[str, int]:
-    """Discontinuity records per kind over every day's manifest."""
+FEEDS = ("kalshi", "polymarket", "kraken")
+
+
+def discontinuities(archive: Path, feed: str = "kalshi") -> dict[str, int]:
+    """Discontinuity records per kind over every day's manifest of one feed."""
     totals: dict[str, int] = {}
-    for manifest in archive.glob("kalshi/*/manifest.json"):
+    for manifest in archive.glob(f"{feed}/*/manifest.json"):
         for kind, n in json.loads(manifest.read_text())["discontinuities"].items():
             totals[kind] = totals.get(kind, 0) + n
     return totals
 
 
-def ssmd_records(archive: Path) -> list[dict[str, Any]]:
+def ssmd_records(archive: Path, feed: str = "kalshi") -> list[dict[str, Any]]:
     records = []
-    for day in sorted(p.name for p in (archive / "kalshi").iterdir() if p.is_dir()):
-        cat = run("data", "cat", "kalshi", day, "--path", str(archive), "--type", "ssmd")
+    for day in sorted(p.name for p in (archive / feed).iterdir() if p.is_dir()):
+        cat = run("data", "cat", feed, day, "--path", str(archive), "--type", "ssmd")
         assert cat.returncode == 0, cat.stderr
         records += [json.loads(line) for line in cat.stdout.splitlines()]
     return records
 
 
-def acknowledged_and_archived(stderr: str) -> tuple[int, int]:
-    acknowledged = re.search(r"^connector: .*acknowledged (\d+)", stderr, re.M)
-    archived = re.search(r"^archiver: archived (\d+)", stderr, re.M)
+def acknowledged_and_archived(stderr: str, feed: str) -> tuple[int, int]:
+    acknowledged = re.search(rf"^{feed} connector: .*acknowledged (\d+)", stderr, re.M)
+    archived = re.search(rf"^{feed} archiver: archived (\d+)", stderr, re.M)
     assert acknowledged and archived, stderr[-3000:]
     return int(acknowledged.group(1)), int(archived.group(1))
 
 
-def test_demo_records_the_simulated_exchange_and_a_second_run_continues(tmp_path: Path) -> None:
+def verify(archive: Path, feed: str) -> None:
+    """`ssmd data verify FEED` passes, on a non-empty archive of that feed."""
+    result = run("data", "verify", feed, "--path", str(archive))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ok   {feed} " in result.stdout, result.stdout
+
+
+def records_of(archive: Path, feed: str) -> int:
+    return sum(
+        json.loads(m.read_text())["records"] for m in archive.glob(f"{feed}/*/manifest.json")
+    )
+
+
+def test_demo_records_three_simulated_venues_and_a_second_run_continues(tmp_path: Path) -> None:
     archive = tmp_path / "archive"
-    first = run("run", "--demo", "--duration", "4", "--data-dir", str(tmp_path))
+    first = run("run", "--demo", "--duration", "6", "--data-dir", str(tmp_path))
     assert first.returncode == 0, first.stderr[-3000:]
     assert "stopped cleanly" in first.stderr
     # The recorder stops before its exchange, and the archiver takes all the connector
     # had acknowledged, the final disconnect record included: a quiet, complete stop.
     shutdown = first.stderr[first.stderr.index("stopping: --duration") :]
     assert " WARNING " not in shutdown and " ERROR " not in shutdown, shutdown
-    acknowledged, archived = acknowledged_and_archived(first.stderr)
-    assert archived == acknowledged > 0
+    for feed in FEEDS:
+        # Each archiver drains its own filter after the connectors have stopped.
+        acknowledged, archived = acknowledged_and_archived(first.stderr, feed)
+        assert archived == acknowledged > 0, feed
+        verify(archive, feed)
+        assert records_of(archive, feed) == archived
+        assert ssmd_records(archive, feed)[-1]["type"] == "ssmd_disconnect", feed
     assert "day" in first.stdout and "connect 1" in first.stdout
-    verify = run("data", "verify", "--path", str(archive))
-    assert verify.returncode == 0, verify.stdout
+    # The faults each simulator injected are in place in its archive.
+    polymarket = discontinuities(archive, "polymarket")
+    assert polymarket.get("connect", 0) >= 2 and polymarket.get("disconnect", 0) >= 2, polymarket
+    kraken = ssmd_records(archive, "kraken")
+    reasons = {r["reason"] for r in kraken if r["type"] == "ssmd_gap"}
+    assert "checksum" in reasons, kraken
+    assert any(r["type"] == "ssmd_resubscribe" and r["reason"] == "checksum" for r in kraken)
 
     found = discontinuities(archive)
     assert found.get("connect", 0) >= 1
@@ -74,10 +100,10 @@ def test_demo_records_the_simulated_exchange_and_a_second_run_continues(tmp_path
 
     second = run("demo", "--duration", "3", "--data-dir", str(tmp_path))
     assert second.returncode == 0, second.stderr[-3000:]
-    acknowledged, archived = acknowledged_and_archived(second.stderr)
-    assert archived == acknowledged > 0
-    verify = run("data", "verify", "--path", str(archive))
-    assert verify.returncode == 0, verify.stdout
+    for feed in FEEDS:
+        acknowledged, archived = acknowledged_and_archived(second.stderr, feed)
+        assert archived == acknowledged > 0, feed
+        verify(archive, feed)
     assert discontinuities(archive)["connect"] >= found["connect"] + 1
     listing = json.loads(run("data", "ls", "--path", str(archive), "--json").stdout)
     assert sum(row["files"] for row in listing) >= 2

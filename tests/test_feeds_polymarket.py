@@ -256,12 +256,23 @@ def test_an_asset_without_a_book_is_recorded_and_subscribed_again() -> None:
     assert stats.subscribe_errors == 1 and session.retries_waiting()
     (retry,) = session.take_retries()
     assert json.loads(retry.text) == {"assets_ids": ["2"], "operation": "subscribe"}
-    # Its book now comes: nothing more is recorded, however long it runs.
+    # Its book now comes, after a record that says the retry was made: the fresh book
+    # follows it.
+    before = len(out)
     session.on_frame(book.replace(YES.encode(), b"2"), 4, out)
+    assert [m.subject for m in out[before:]] == [
+        "prod.polymarket.json.ssmd.resubscribe",
+        f"prod.polymarket.json.book.{MARKET}",
+    ]
+    record = json.loads(out[before].payload)
+    assert record["reason"] == "retry" and record["markets"] == ["2"] and record["ts_ns"] == 4
+    assert stats.resubscribes == 1
+    # Nothing more is recorded, however long it runs.
     for count in range(4, 12):
         session.keepalive(count)
         session.on_frame(b"PONG", 5, out)
     assert stats.subscribe_errors == 1 and not session.retries_waiting()
+    assert stats.resubscribes == 1
     # A reconnect waits for every book again.
     session.start()
     for count in (1, 2, 3):

@@ -159,3 +159,74 @@ def test_arbitrary_envelopes_never_raise_and_always_have_a_subject(
     envelope: dict[str, object],
 ) -> None:
     _check_never_dropped(json.dumps(envelope).encode())
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_envelopes = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["trade", "ticker", "event_lifecycle", "ok", "odd_type", ""])
+        | _json_values,
+        "sid": _json_values,
+        "seq": _json_values,
+        "msg": st.fixed_dictionaries(
+            {},
+            optional={
+                "market_ticker": st.sampled_from(["A-1", "B.2", ""]) | _json_values,
+                "event_ticker": st.sampled_from(["EV", "x" * 300]) | _json_values,
+            },
+        )
+        | _json_values,
+        "other": _json_values,
+    },
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    _envelopes.map(lambda e: json.dumps(e).encode())
+    | _json_values.map(lambda v: json.dumps(v).encode())
+    | st.binary(max_size=40)
+)
+def test_fast_decode_routes_exactly_as_the_standard_library(payload: bytes) -> None:
+    """The msgspec path gives the very same route as `json.loads` of the whole frame."""
+    fast = router.route(payload)
+    slow = router._route_parsed(payload)
+    assert (fast.kind, fast.subject, fast.message_type, fast.sid, fast.seq, fast.key) == (
+        slow.kind,
+        slow.subject,
+        slow.message_type,
+        slow.sid,
+        slow.seq,
+        slow.key,
+    )
+    assert fast.reason == slow.reason
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"type":"trade","sid":1,"msg":{"market_ticker":"A"},"note":"\xff"}',
+        b'{"type":"trade","sid":1,"msg":{"market_ticker":"A"},"x":NaN}',
+        b'{"type":"trade","type":"ticker","msg":{"market_ticker":"A","market_ticker":"B"}}',
+        b'{"type":"trade","seq":123456789012345678901234567890,"msg":{"market_ticker":"A"}}',
+        b'{"type":"trade","msg":[1,2]}',
+        b'{"type":"\\ud800"}',
+    ],
+)
+def test_frames_msgspec_reads_differently_route_as_json_loads_does(payload: bytes) -> None:
+    """Invalid UTF-8 in a skipped field, NaN, duplicate keys, huge ints, a non-object body."""
+    fast = router.route(payload)
+    slow = router._route_parsed(payload)
+    assert (fast.kind, fast.subject, fast.seq, fast.reason) == (
+        slow.kind,
+        slow.subject,
+        slow.seq,
+        slow.reason,
+    )

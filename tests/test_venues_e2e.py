@@ -290,15 +290,35 @@ async def test_polymarket_asset_without_a_book_is_recorded_and_retried(
         )
         async with running_connector(config):
             session = await sim.session(0)
+            # 3 keepalives of 250 ms: the subscribe_error record.
+            await stream_until(nats_server.url, lambda ms: bool(records(ms, "subscribe_error")))
             retry = json.dumps({"assets_ids": [withheld], "operation": "subscribe"})
-            # 3 keepalives of 250 ms, then the engine's first subscribe retry (5 s).
+            # The engine's first subscribe retry comes 5 s later; from then on the
+            # exchange sends the asset's books.
             await sim.wait_until(lambda: retry in session.received, timeout=30)
+            sim.withhold_books.discard(withheld)
             messages = await stream_until(
-                nats_server.url, lambda ms: bool(records(ms, "subscribe_error"))
+                nats_server.url, lambda ms: any(book_of(withheld, m) for m in ms), timeout=30
             )
     (record,) = records(messages, "subscribe_error")
     assert record["markets"] == [withheld] and record["channel"] == "market"
     assert "no book" in record["error"]
+    # In the stream: the refusal, then the retry's resubscribe record, then its fresh book.
+    kinds = [
+        m.subject.rsplit(".", 1)[1] if ".json.ssmd." in m.subject else "book"
+        for m in messages
+        if ".json.ssmd." in m.subject or book_of(withheld, m)
+    ]
+    assert kinds[:4] == ["connect", "subscribe_error", "resubscribe", "book"], kinds
+    assert set(kinds[3:]) == {"book"}
+    (resubscribe,) = records(messages, "resubscribe")
+    assert resubscribe["reason"] == "retry" and resubscribe["markets"] == [withheld]
+
+
+def book_of(asset: str, message: FetchedMessage) -> bool:
+    if not message.subject.startswith("test.polymarket.json.book."):
+        return False
+    return bool(json.loads(message.data).get("asset_id") == asset)
 
 
 async def test_polymarket_silent_connection_is_found_by_its_missing_pongs(

@@ -3,8 +3,12 @@
 A line is the published payload with ssmd's metadata spliced in as leading keys that
 start with `_`: `_seq` (stream sequence), `_subject`, and `_recv_ns` (the connector's
 receive time) when the message carries it, then `_backfilled: true` on a message fetched
-from the venue's REST API after a loss rather than received live. The payload's bytes are kept as they are, so
+from the venue's REST API after a loss rather than received live. The payload's bytes
+are kept as they are, so
 `json.loads(line)` minus the `_` keys equals `json.loads(payload)`.
+
+A single-line object payload is checked by msgspec, reading only its top-level keys;
+everything else (and whatever msgspec refuses) is read by `json.loads`, as before.
 
 A payload that is not a JSON object, or an object with its own top-level `_` keys, is
 kept whole under `_raw` (the JSON value), or as a string under `_raw` when it is not
@@ -17,7 +21,12 @@ import base64
 import json
 import re
 
+import msgspec
+
 _loads = json.loads
+# The top level of an object payload: its keys, and its values left as raw JSON (checked,
+# never built). Anything this refuses takes the `json.loads` path.
+_decode_top = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _PREFIX = re.compile(rb'^\{"_seq":(\d+),"_subject":"((?:[^"\\]|\\.)*)"(?:,"_recv_ns":(\d+))?')
 
 
@@ -35,6 +44,17 @@ def format_line(
         head += b',"_recv_ns":%d' % recv_ns
     if backfilled:
         head += b',"_backfilled":true'
+    if b"\n" not in payload and b"\r" not in payload and _utf8(payload):
+        try:
+            top = _decode_top(payload)
+        except (msgspec.MsgspecError, RecursionError):
+            pass  # not an object, or JSON msgspec reads differently: see below
+        else:
+            if not any(key.startswith("_") for key in top):
+                inner = payload.strip()[1:].lstrip()
+                if inner.startswith(b"}"):
+                    return head + b"}\n"
+                return head + b"," + inner + b"\n"
     try:
         value = _loads(payload.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
@@ -54,6 +74,16 @@ def format_line(
     else:
         raw = payload.strip()
     return head + b',"_raw":' + raw + b"}\n"
+
+
+def _utf8(payload: bytes) -> bool:
+    if payload.isascii():
+        return True
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _wrap_invalid(payload: bytes) -> bytes:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,8 @@ from ssmd.archiver.writer import (
     run_manifest_writer,
 )
 from ssmd.clock import WallClock
-from ssmd.config import Config
-from ssmd.metrics import FunctionCollector
+from ssmd.config import ArchiverConfig, Config
+from ssmd.metrics import FunctionCollector, merge_families
 from ssmd.nats.bridge import NatsBridge
 from ssmd.subjects import pattern_covers, patterns_intersect
 from ssmd.supervisor import StartupRefused, Supervisor
@@ -59,6 +59,8 @@ class PipelineSettings:
     interval_text: str
     compression_level: int = 6
     queue_batches: int = 4
+    # Task names start with it: `archiver`, or `archiver.{feed}` beside other archivers.
+    name: str = "archiver"
 
 
 @attrs.define
@@ -128,14 +130,15 @@ def start_pipeline(
             if on_exit is not None:
                 on_exit()
 
-    sup.start_sink("archiver.manifest", manifest_task)
-    sup.start_sink("archiver.writer", writer.run, batch_receive)
-    sup.start_sink("archiver.acker", run_acker, ack_receive, ack, status.writer)
+    name = settings.name
+    sup.start_sink(f"{name}.manifest", manifest_task)
+    sup.start_sink(f"{name}.writer", writer.run, batch_receive)
+    sup.start_sink(f"{name}.acker", run_acker, ack_receive, ack, status.writer)
     sup.start_producer(
-        "archiver.rotation", run_rotation_timer, clock, settings.interval_s, batch_send.clone()
+        f"{name}.rotation", run_rotation_timer, clock, settings.interval_s, batch_send.clone()
     )
     sup.start_producer(
-        "archiver.fetcher", source, batch_send, drain=drain, reports_ready=source_reports_ready
+        f"{name}.fetcher", source, batch_send, drain=drain, reports_ready=source_reports_ready
     )
 
 
@@ -146,11 +149,14 @@ class StreamChanged(Exception):
 class JetStreamConsumers:
     """Opens the durable pull consumer at a position (the `ConsumerSource` for NATS)."""
 
-    def __init__(self, bridge: NatsBridge, config: Config) -> None:
-        assert config.archiver is not None
+    def __init__(
+        self, bridge: NatsBridge, config: Config, archiver: ArchiverConfig | None = None
+    ) -> None:
+        archiver = archiver or config.archiver
+        assert archiver is not None
         self._bridge = bridge
         self._stream = config.nats.stream
-        self._archiver = config.archiver
+        self._archiver = archiver
 
     @property
     def reconnects(self) -> int:
@@ -192,13 +198,20 @@ async def start_archiver(
     status: ArchiverStatus | None = None,
     ops: FileOps | None = None,
     drain_on_stop: bool = False,
+    archiver: ArchiverConfig | None = None,
+    name: str = "archiver",
+    register_metrics: bool = True,
 ) -> ArchiverStatus:
-    """Check, recover, and start the archiver's tasks.
+    """Check, recover, and start one archiver's tasks: `archiver` (default: the config's
+    first), its tasks, health and readiness checks named `name`.
 
     With `drain_on_stop` (a connector runs in the same process and stops first), a stop
     lets the fetcher take what the stream holds before it ends; without, it is cancelled
-    at once and what is left waits in the stream for the next start."""
-    archiver, storage = config.archiver, config.storage
+    at once and what is left waits in the stream for the next start. Without
+    `register_metrics` the caller collects `archiver_metrics` itself (several archivers
+    share one collector, so each metric is one family)."""
+    archiver = archiver or config.archiver
+    storage = config.storage
     assert archiver is not None and storage is not None
     status = status or ArchiverStatus()
     stream = config.nats.stream
@@ -263,7 +276,7 @@ async def start_archiver(
         f"; salvaged {len(report.salvaged)} leftover file(s)" if report.salvaged else "",
     )
 
-    source = JetStreamConsumers(bridge, config)
+    source = JetStreamConsumers(bridge, config, archiver)
     drain = Drain(partial(bridge.consumer_position, stream, archiver.consumer))
 
     async def fetcher(
@@ -291,6 +304,7 @@ async def start_archiver(
         interval_text=config.rotation.interval.text,
         compression_level=archiver.compression_level,
         queue_batches=archiver.queue_batches,
+        name=name,
     )
     stall_after = max(30.0, 5 * archiver.fetch_timeout.seconds)
 
@@ -307,11 +321,12 @@ async def start_archiver(
         return "disk full" if status.writer.disk_full.value else None
 
     status.fetcher.last_beat = trio.current_time()
-    sup.add_health_check("archiver", health)
-    sup.add_readiness_check("archiver", readiness)
-    from ssmd.archiver.metrics import archiver_metrics
+    sup.add_health_check(name, health)
+    sup.add_readiness_check(name, readiness)
+    if register_metrics:
+        from ssmd.archiver.metrics import archiver_metrics
 
-    sup.metrics.register(FunctionCollector(lambda: archiver_metrics(feed, status)))
+        sup.metrics.register(FunctionCollector(lambda: archiver_metrics(feed, status)))
     start_pipeline(
         sup,
         settings,
@@ -325,3 +340,42 @@ async def start_archiver(
         source_reports_ready=True,
     )
     return status
+
+
+async def start_archivers(
+    sup: Supervisor,
+    config: Config,
+    bridge: NatsBridge,
+    clock: WallClock,
+    *,
+    drain_on_stop: bool = False,
+) -> dict[str, ArchiverStatus]:
+    """Start every configured archiver (`[archiver]` or each `[[archiver]]`): its own
+    durable consumer, fetcher, writer and manifest; their status by feed.
+
+    One archiver keeps the task and check names `archiver.*`; beside others each is
+    `archiver.{feed}.*`. Their metrics are one collector: one family per metric, one
+    sample per feed."""
+    from ssmd.archiver.metrics import archiver_metrics
+
+    several = len(config.archivers) > 1
+    statuses: dict[str, ArchiverStatus] = {}
+    for archiver in config.archivers:
+        statuses[archiver.feed] = await start_archiver(
+            sup,
+            config,
+            bridge,
+            clock,
+            drain_on_stop=drain_on_stop,
+            archiver=archiver,
+            name=f"archiver.{archiver.feed}" if several else "archiver",
+            register_metrics=False,
+        )
+
+    def collect() -> Iterator[object]:
+        return merge_families(
+            family for feed, status in statuses.items() for family in archiver_metrics(feed, status)
+        )
+
+    sup.metrics.register(FunctionCollector(collect))
+    return statuses

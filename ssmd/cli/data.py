@@ -12,8 +12,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ssmd.archive.errors import ArchiveCorrupt, ArchiveError
 from ssmd.archiver.lines import read_prefix, strip_meta
 from ssmd.archiver.manifest import ManifestCorrupt, load_manifest
+from ssmd.cli.research import add_research_commands
 from ssmd.config import ConfigError, load_config
 from ssmd.reader import RecordFilter, days, feeds, iter_lines, verify_day
 from ssmd.subjects import split_subject
@@ -41,6 +43,13 @@ def _root(args: argparse.Namespace) -> Path:
     if env:
         return Path(env)
     raise DataError("no archive path: pass --path, -c CONFIG, or set SSMD_DATA_PATH")
+
+
+def _optional_root(args: argparse.Namespace) -> Path | None:
+    try:
+        return _root(args)
+    except DataError:
+        return None
 
 
 def _parse_time(value: str, day: str) -> int:
@@ -305,11 +314,24 @@ def add_data_commands(sub: Any) -> None:
     stats.add_argument("--top", type=int, default=10, metavar="N", help="tickers to list (10)")
     stats.set_defaults(func=cmd_stats)
 
+    add_research_commands(data_sub, common)
+
 
 def run_data_command(args: argparse.Namespace) -> int:
     try:
-        code: int = args.func(args)
+        if getattr(args, "research", None) is not None:
+            root = _optional_root(args) if getattr(args, "optional_root", False) else _root(args)
+            code: int = args.research(args, root)
+        else:
+            code = args.func(args)
         return code
     except DataError as exc:
+        print(f"ssmd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ArchiveCorrupt as exc:
+        sys.stdout.flush()
+        print(f"ssmd: corrupt archive: {exc}", file=sys.stderr)
+        return EXIT_INCONSISTENT
+    except ArchiveError as exc:
         print(f"ssmd: {exc}", file=sys.stderr)
         return EXIT_USAGE

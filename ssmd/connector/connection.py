@@ -47,6 +47,7 @@ from ssmd.feeds.base import (
     SessionContext,
     Subjects,
     Venue,
+    confirms_stop,
 )
 
 if TYPE_CHECKING:
@@ -100,6 +101,14 @@ def describe(exc: BaseException) -> str:
         text = f"closed by peer ({reason.code} {reason.name})" if reason else "closed"
     return f"{name}: {text}" if text else name
 
+
+# The `disconnect` record's reason at a clean stop: everything the exchange sent on the
+# socket was read (it confirmed every unsubscribe and no command was in flight); or the
+# venue never confirms an unsubscribe, so frames on the wire may have been left unread;
+# or plain `shutdown` when nothing can be said.
+SHUTDOWN_CLEAN = "shutdown: unsubscribed, nothing in flight"
+SHUTDOWN_UNCONFIRMED = "shutdown: venue does not confirm unsubscribe"
+SHUTDOWN = "shutdown"
 
 HANDOFF_TIMEOUT_S = 5.0
 STOP_UNSUBSCRIBE_TIMEOUT_S = 1.0
@@ -247,10 +256,9 @@ class Connection:
             except BaseException:
                 # Shutdown: end the subscriptions cleanly, then mark the end of this
                 # connection's data if there is room.
-                clean = False
+                reason = SHUTDOWN
                 with shielded():
-                    clean = await self._stop(ws, socket)
-                reason = "shutdown: unsubscribed, nothing in flight" if clean else "shutdown"
+                    reason = await self._stop(ws, socket)
                 record = DisconnectRecord(self.index, reason, self._clock.now_ns())
                 assert self._send is not None
                 try:
@@ -282,17 +290,18 @@ class Connection:
         if batch:
             await self._hand_over(send, batch)
 
-    async def _stop(self, ws: WebSocket, socket: _Socket) -> bool:
+    async def _stop(self, ws: WebSocket, socket: _Socket) -> str:
         """At a clean stop: end every subscription and keep reading until the exchange
         confirms, so nothing it sent on this connection is left unread.
 
-        True when everything was confirmed within `STOP_UNSUBSCRIBE_TIMEOUT_S` and no
-        command was in flight.
+        The disconnect reason: SHUTDOWN_CLEAN when everything was confirmed within
+        `STOP_UNSUBSCRIBE_TIMEOUT_S` and no command was in flight; SHUTDOWN_UNCONFIRMED
+        when the venue never confirms an unsubscribe; else SHUTDOWN.
         """
         settled = socket.subscribed and socket.awaiting is None
         commands = self.session.stop()
         if not commands:
-            return settled
+            return SHUTDOWN_CLEAN if settled else SHUTDOWN
         with trio.move_on_after(min(STOP_UNSUBSCRIBE_TIMEOUT_S, self._settings.command_timeout)):
             try:
                 for command in commands:
@@ -303,17 +312,29 @@ class Connection:
                 log.info(
                     "conn %d: could not unsubscribe at shutdown: %s", self.index, describe(exc)
                 )
-                return False
+                return SHUTDOWN
+            if not settled:
+                return SHUTDOWN
+            if not confirms_stop(self.session):
+                log.info(
+                    "conn %d: unsubscribed at shutdown (the venue does not confirm)", self.index
+                )
+                return SHUTDOWN_UNCONFIRMED
             log.info("conn %d: unsubscribed at shutdown", self.index)
-            return settled
+            return SHUTDOWN_CLEAN
         log.info("conn %d: unsubscribe not confirmed at shutdown", self.index)
-        return False
+        return SHUTDOWN
 
     async def _hand_over(
         self, send: trio.MemorySendChannel[list[Inbound]], batch: list[Inbound]
     ) -> None:
         """Give a read batch to the publisher even if this connection is being torn down:
         the messages are already off the socket, so cancelling here would lose them."""
+        try:
+            send.send_nowait(batch)  # the usual case, without a shield's cost
+            return
+        except trio.WouldBlock:
+            pass
         with shielded(HANDOFF_TIMEOUT_S) as handoff:
             await send.send(batch)
         if handoff.cancelled_caught:

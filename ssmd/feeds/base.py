@@ -19,7 +19,7 @@ machine, which the engine drives:
     after any on_frame() that returned True: send session.take_commands()
     while session.retries_waiting(): after the retry backoff, send session.take_retries()
     clean stop: send session.stop(); read frames until session.stop_confirmed()
-    disconnect record; backoff; reconnect (session.start() again)
+    disconnect record (its reason: see `confirms_stop`); backoff; reconnect (start() again)
 
 Contract every implementation keeps (the engine and the tests rely on it):
 - `on_frame` never raises and never drops a frame silently: each frame becomes one or
@@ -30,6 +30,14 @@ Contract every implementation keeps (the engine and the tests rely on it):
   `Inbound` per element whose payload is that element's exact byte span, in order.
 - Records a venue emits (gap, resubscribe, subscribe_error) go into `out` at the position
   of the frame that caused them, so the archive shows the discontinuity in place.
+- A venue that answers no subscribe (Polymarket) records a retry itself: after
+  `take_retries` gave commands, its session puts a `resubscribe` record (reason `retry`)
+  into `out` before the first frame it classifies next (`ts_ns` is that frame's
+  `recv_ns`), so the archive says a fresh snapshot follows.
+- A session whose venue never confirms an unsubscribe says so with the class attribute
+  `confirms_stop = False` (optional; default True): the shutdown `disconnect` record then
+  says "shutdown: venue does not confirm unsubscribe" rather than claiming that nothing
+  was in flight.
 - Commands are sent one at a time, in the order returned; a command with a `reply`
   token is awaited (up to `connector.command_timeout`, else the connection is declared
   lost and reconnected) before the next is sent.
@@ -72,6 +80,7 @@ __all__ = [
     "SubscriptionPlan",
     "Venue",
     "VenueLimits",
+    "confirms_stop",
 ]
 
 # NATS limits a protocol line to 4 KiB; a longer subject would be refused forever.
@@ -247,6 +256,12 @@ class Session(Protocol):
         """True once every subscription ended by `stop()` is confirmed (at once for a
         venue that never confirms), so nothing more is in flight on this socket."""
         ...
+
+
+def confirms_stop(session: Session) -> bool:
+    """Whether the session's venue confirms an unsubscribe (`stop_confirmed` then means
+    the exchange said so): the optional attribute `confirms_stop`, True when absent."""
+    return bool(getattr(session, "confirms_stop", True))
 
 
 @attrs.frozen

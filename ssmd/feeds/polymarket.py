@@ -15,7 +15,11 @@ one event or a JSON array of events, routing by `event_type` and condition id.
   recorded by the engine (`connect`/`disconnect`), and the fresh books follow it.
 - A subscription is only evidenced by its `book`. An asset still without one after
   `BOOK_WAIT_KEEPALIVES` keepalives gets a `subscribe_error` record (so the archive says
-  it is not being recorded) and is subscribed again after the usual retry backoff.
+  it is not being recorded) and is subscribed again after the usual retry backoff; the
+  retry is a `resubscribe` record (reason `retry`) before the first frame after it, so
+  the archive says a fresh book follows.
+- Polymarket never confirms an unsubscribe (`confirms_stop = False`): the shutdown
+  `disconnect` record says so.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ssmd.connector.publisher import Inbound
-from ssmd.connector.records import SubscribeErrorRecord
+from ssmd.connector.records import ResubscribeRecord, SubscribeErrorRecord
 from ssmd.connector.shards import SubscriptionPlan, plan_connections
 from ssmd.feeds.base import Command, SessionContext, Venue, VenueLimits
 from ssmd.feeds.gamma import GAMMA_URL, resolve_token_ids
@@ -58,6 +62,9 @@ _EVENT = msgspec.json.Decoder(_Event)
 
 
 class PolymarketSession:
+    # No unsubscribe is ever answered: a clean stop cannot show nothing was in flight.
+    confirms_stop = False
+
     def __init__(self, context: SessionContext, plans: Sequence[SubscriptionPlan]) -> None:
         self._conn = context.conn
         self._stats = context.stats
@@ -74,6 +81,7 @@ class PolymarketSession:
         self._awaiting: dict[str, int] = {}
         self._missing: list[str] = []  # found without a book, not yet recorded
         self._refused: list[str] = []  # recorded, waiting for the retry
+        self._retried: list[str] = []  # subscribed again, not yet recorded
         for n, plan in enumerate(self._plans):
             tokens = list(plan.markets)
             self.assets += tokens
@@ -92,6 +100,8 @@ class PolymarketSession:
         if self._missing:
             self._record_missing(recv_ns, out)
             queued = True
+        if self._retried:
+            self._record_retried(recv_ns, out)
         if payload.strip() == PONG:
             self._stats.control["pong"] += 1
             return queued
@@ -135,6 +145,16 @@ class PolymarketSession:
         )
         self._refused += missing
 
+    def _record_retried(self, recv_ns: int, out: list[Inbound]) -> None:
+        """The retry went out before this frame: its fresh books follow the record."""
+        retried, self._retried = self._retried, []
+        self._stats.resubscribes += 1
+        out.append(
+            self._subjects.record(
+                ResubscribeRecord(self._conn, "retry", "market", None, None, retried, recv_ns)
+            )
+        )
+
     def replied(self, token: Hashable) -> bool:
         return True  # Polymarket answers nothing; commands carry no reply token
 
@@ -149,6 +169,7 @@ class PolymarketSession:
         if not assets:
             return []
         self._awaiting.update(dict.fromkeys(assets, self._keepalives))
+        self._retried += assets
         message = {"assets_ids": assets, "operation": "subscribe"}
         return [Command(json.dumps(message), None, f"subscribe {len(assets)} assets again")]
 

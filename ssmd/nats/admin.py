@@ -12,6 +12,7 @@ from typing import Any
 import nats.js.errors
 from nats.js import api
 
+from ssmd.nats.direct import subscribe_direct
 from ssmd.nats.pull import PullState
 from ssmd.nats.types import ConsumerPosition, StreamSpec, StreamState
 
@@ -121,10 +122,5 @@ async def reset_pull_consumer(
     )
     await js.add_consumer(stream, config)
     state = PullState(nc, stream, durable, expires_s=max(ack_wait_s / 2, 5.0), linger_s=linger_s)
-    state.sub = await nc.subscribe(
-        state.inbox,
-        cb=state.on_message,
-        pending_msgs_limit=max_ack_pending * 4,
-        pending_bytes_limit=512 * 1024 * 1024,
-    )
+    state.sub = await subscribe_direct(nc, state.inbox, state.on_message)
     return state

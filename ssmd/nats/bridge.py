@@ -28,6 +28,7 @@ from ssmd.nats.loop import AsyncioThread
 from ssmd.nats.publish import AckInbox
 from ssmd.nats.pull import PullConsumer
 from ssmd.nats.types import (
+    RECV_NS_HEADER,
     ConsumerPosition,
     NatsUnavailable,
     OutgoingMessage,
@@ -41,7 +42,6 @@ log = logging.getLogger("ssmd.nats")
 
 T = TypeVar("T")
 
-_ACK_FLUSH_TIMEOUT_S = 1.0
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -75,13 +75,12 @@ class NatsBridge:
         """Acknowledge a fetched message by its reply subject.
 
         The archiver's consumers use AckPolicy.ALL, so this acknowledges every message
-        delivered before it too.
+        delivered before it too. The ack goes out with nats-py's next write (at once on
+        an idle connection, or with its reconnect), without a round trip to confirm it:
+        an ack that never arrives only means a redelivery, which the fetcher skips by
+        sequence. A closed connection raises.
         """
-        await self._call(self._ack, reply)
-
-    async def _ack(self, reply: str) -> None:
-        await self._nc.publish(reply, b"+ACK")
-        await self._nc.flush(timeout=min(self._request_timeout, _ACK_FLUSH_TIMEOUT_S))
+        await self._call(self._nc.publish, reply, b"+ACK")
 
     async def stream_state(self, stream: str) -> StreamState | None:
         return await self._call(admin.stream_state, self._js, stream)
@@ -143,6 +142,17 @@ class NatsBridge:
             self._acks = AckInbox(self._nc)
             await self._acks.subscribe()
         return await self._acks.publish(messages, timeout)
+
+    async def publish_core(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Core NATS publishes, then a flush: for replaying the archive to live
+        subscribers (a JetStream stream on those subjects stores them too). Each carries
+        its original receive time in `Ssmd-Recv-Ns`."""
+        await self._call(self._publish_core, messages)
+
+    async def _publish_core(self, messages: Sequence[OutgoingMessage]) -> None:
+        for m in messages:
+            await self._nc.publish(m.subject, m.payload, headers={RECV_NS_HEADER: str(m.recv_ns)})
+        await self._nc.flush(timeout=self._request_timeout)
 
     async def close(self) -> None:
         self.closing = True

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
+from ssmd.nats.direct import subscribe_direct
 from ssmd.nats.types import (
     BACKFILLED_HEADER,
     MSG_ID_HEADER,
@@ -71,9 +72,9 @@ class AckInbox:
         self._next_batch = 0
 
     async def subscribe(self) -> None:
-        await self._nc.subscribe(self._prefix + ".*.*", cb=self._on_ack, pending_msgs_limit=1 << 20)
+        await subscribe_direct(self._nc, self._prefix + ".*.*", self._on_ack)
 
-    async def _on_ack(self, msg: Any) -> None:
+    def _on_ack(self, msg: Any) -> None:
         _, batch_id, index = msg.subject.rsplit(".", 2)
         batch = self._batches.get(batch_id)
         if batch is None:

@@ -127,7 +127,7 @@ class PullState:
         self.credit = PullCredit(expires_s)
         self.lost = ""
 
-    async def on_message(self, msg: Any) -> None:
+    def on_message(self, msg: Any) -> None:
         self.credit.heard(asyncio.get_running_loop().time())
         headers = msg.headers
         if headers and not msg.data and "Status" in headers:

@@ -3,15 +3,22 @@
 The payload itself is never rewritten: the router only decides where the received
 bytes go. Routing never raises: anything that cannot be routed goes to the fallback
 subject `{env}.{feed}.json.unrouted.{type or "invalid"}`.
+
+Every frame is decoded by msgspec into a struct of just those fields (the rest of the
+document is checked and skipped, never built into Python objects). Anything that
+decoder refuses, and every control reply, takes the `json.loads` path, so an odd frame
+is classified exactly as the standard library would.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Callable
 from typing import Any
 
 import attrs
+import msgspec
 
 from ssmd.feeds.base import MAX_TOKEN_CHARS
 from ssmd.subjects import RESERVED_TYPES, encode_token, fallback_subject
@@ -34,6 +41,41 @@ DEFAULT_KEY_FIELDS: tuple[str, ...] = ("market_ticker",)
 UNKNOWN_TYPE_KEY_FIELDS: tuple[str, ...] = ("market_ticker", "event_ticker")
 
 _TOKEN_CACHE_LIMIT = 100_000
+
+_Body = msgspec.defstruct(
+    "_Body",
+    [
+        (name, object, None)
+        for name in sorted(
+            {
+                *DEFAULT_KEY_FIELDS,
+                *UNKNOWN_TYPE_KEY_FIELDS,
+                *(f for v in KEY_FIELDS.values() for f in v),
+                "trade_id",  # a trade's id, for the trade backfill
+            }
+        )
+    ],
+)
+
+
+class _Envelope(msgspec.Struct):
+    type: object = None
+    sid: object = None
+    seq: object = None
+    msg: _Body | None = None  # type: ignore[valid-type]
+
+
+_decode_envelope = msgspec.json.Decoder(_Envelope).decode
+
+
+def _utf8(payload: bytes) -> bool:
+    if payload.isascii():
+        return True
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class RouteKind(enum.Enum):
@@ -88,6 +130,27 @@ class Router:
         )
 
     def route(self, payload: bytes) -> Routed:
+        if not _utf8(payload):
+            return self._unrouted("not JSON")
+        try:
+            fields = _decode_envelope(payload)
+        except (msgspec.MsgspecError, RecursionError):
+            return self._route_parsed(payload)
+        message_type = fields.type
+        if not isinstance(message_type, str) or not message_type:
+            return self._unrouted("no type")
+        if message_type in CONTROL_TYPES:
+            return self._route_parsed(payload)
+        body = fields.msg
+        return self._route_data(
+            message_type,
+            _int_field(fields.sid),
+            _int_field(fields.seq),
+            lambda field: getattr(body, field) if body is not None else None,
+        )
+
+    def _route_parsed(self, payload: bytes) -> Routed:
+        """The standard library's reading of a frame msgspec refused, or a control reply."""
         try:
             envelope = json.loads(payload.decode("utf-8"))
         except (ValueError, RecursionError):
@@ -99,8 +162,21 @@ class Router:
             return self._unrouted("no type")
         if message_type in CONTROL_TYPES:
             return Routed(RouteKind.CONTROL, None, message_type=message_type, envelope=envelope)
-        sid = _int_field(envelope.get("sid"))
-        seq = _int_field(envelope.get("seq"))
+        body = envelope.get("msg")
+        return self._route_data(
+            message_type,
+            _int_field(envelope.get("sid")),
+            _int_field(envelope.get("seq")),
+            lambda field: body.get(field) if isinstance(body, dict) else None,
+        )
+
+    def _route_data(
+        self,
+        message_type: str,
+        sid: int | None,
+        seq: int | None,
+        body_field: Callable[[str], object],
+    ) -> Routed:
         if message_type in RESERVED_TYPES:
             return self._unrouted("type collides with an ssmd subject token", message_type, sid)
         type_token = TYPE_TOKENS.get(message_type)
@@ -111,22 +187,18 @@ class Router:
             key_fields = UNKNOWN_TYPE_KEY_FIELDS
         else:
             key_fields = KEY_FIELDS.get(message_type, DEFAULT_KEY_FIELDS)
-        body = envelope.get("msg")
         key: object = None
-        if isinstance(body, dict):
-            for field in key_fields:
-                key = body.get(field)
-                if key is not None:
-                    break
+        for field in key_fields:
+            key = body_field(field)
+            if key is not None:
+                break
         if not isinstance(key, str) or not key:
             routed = self._unrouted("no routing key", message_type, sid)
             return attrs.evolve(routed, seq=seq)
         if len(key) > MAX_TOKEN_CHARS:
             routed = self._unrouted("routing key too long", message_type, sid)
             return attrs.evolve(routed, seq=seq)
-        trade_id = (
-            body.get("trade_id") if message_type == "trade" and isinstance(body, dict) else None
-        )
+        trade_id = body_field("trade_id") if message_type == "trade" else None
         return Routed(
             RouteKind.DATA,
             self._prefix + type_token + "." + self._token(key),

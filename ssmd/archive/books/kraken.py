@@ -1,0 +1,104 @@
+"""Kraken (Spot WebSocket v2) books from `book` snapshots and updates.
+
+Every message is checked against its CRC32 `checksum` after all its levels are applied
+and each side is cut to the subscribed depth (Kraken sends no delete for a level pushed
+out of range). A mismatch makes the book invalid until the next snapshot.
+"""
+
+from __future__ import annotations
+
+import zlib
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from ssmd.archive.books.base import Book, Levels, MarketBooks, best_first, dec
+from ssmd.archive.records import Record
+
+DEPTHS = (10, 25, 100, 500, 1000)
+CHECKSUM_LEVELS = 10
+
+
+def _digits(d: Decimal) -> str:
+    return format(d, "f").replace(".", "").lstrip("0")
+
+
+def _kraken_checksum(bids: Levels, asks: Levels) -> int:
+    """CRC32 of the 10 best asks (low to high), then the 10 best bids (high to low),
+    each level as price digits then qty digits with the point and leading zeros removed."""
+    parts = [_digits(p) + _digits(asks[p]) for p in sorted(asks)[:CHECKSUM_LEVELS]]
+    parts += [_digits(p) + _digits(bids[p]) for p in sorted(bids, reverse=True)[:CHECKSUM_LEVELS]]
+    return zlib.crc32("".join(parts).encode())
+
+
+def _apply(levels: Levels, rows: object) -> None:
+    for row in rows if isinstance(rows, list) else []:
+        qty = dec(row["qty"])
+        if qty:
+            levels[dec(row["price"])] = qty
+        else:
+            levels.pop(dec(row["price"]), None)
+
+
+def _truncate(levels: Levels, depth: int, descending: bool) -> None:
+    for price in sorted(levels, reverse=descending)[depth:]:
+        del levels[price]
+
+
+class KrakenVenue:
+    name = "kraken"
+    book_types = frozenset({"book"})
+    side_names = ("bids", "asks")
+
+    def is_snapshot_line(self, line: bytes) -> bool:
+        return b'"type":"snapshot"' in line or b'"type": "snapshot"' in line
+
+    def apply(self, books: MarketBooks, record: Record) -> None:
+        payload = record.payload()
+        if not isinstance(payload, dict) or payload.get("channel") != "book":
+            return
+        for item in payload.get("data") or []:
+            if not isinstance(item, dict) or item.get("symbol") != books.market:
+                continue
+            book = books.book()
+            try:
+                self._item(book, item, payload.get("type") == "snapshot", record.seq)
+            except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
+                book.invalidate(f"unreadable book message at seq {record.seq}: {exc!r}")
+
+    def _item(self, book: Book, item: dict[str, Any], snapshot: bool, seq: int) -> None:
+        if snapshot:
+            bids: Levels = {}
+            asks: Levels = {}
+            _apply(bids, item.get("bids"))
+            _apply(asks, item.get("asks"))
+            book.reset(bids, asks, seq)
+            widest = max(len(bids), len(asks))
+            book.depth = next((d for d in DEPTHS if d >= widest), widest)
+        else:
+            book.seq = seq
+            if book.snapshot_seq is None:
+                return
+            _apply(book.bids, item.get("bids"))
+            _apply(book.asks, item.get("asks"))
+            depth = book.depth or DEPTHS[0]
+            _truncate(book.bids, depth, True)
+            _truncate(book.asks, depth, False)
+        expected = item.get("checksum")
+        if isinstance(expected, int | Decimal) and book.valid:
+            got = _kraken_checksum(book.bids, book.asks)
+            if got != int(expected):
+                book.invalidate(
+                    f"checksum mismatch at seq {seq}: {int(expected)} sent, {got} computed"
+                )
+
+    def levels_json(self, book: Book, depth: int | None) -> dict[str, Any]:
+        return {
+            "bids": [
+                [format(p, "f"), format(book.bids[p], "f")]
+                for p in best_first(book.bids, True, depth)
+            ],
+            "asks": [
+                [format(p, "f"), format(book.asks[p], "f")]
+                for p in best_first(book.asks, False, depth)
+            ],
+        }

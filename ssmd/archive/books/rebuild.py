@@ -1,0 +1,219 @@
+"""Books as of given times: the last snapshot before each, plus what followed it.
+
+Records are applied in stream order (`_seq`) up to the last one whose `_recv_ns` is at
+or before the time asked, so a retried message stored late still lands where the stream
+put it. A record whose `_recv_ns` is later than the time waits until a record at or
+before the time follows it, or until one `horizon` past the time shows none will.
+ssmd's discontinuity records and the manifests' stream gaps are applied in the same
+order: each makes the books it touches invalid until their next snapshot.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ssmd.archive.books.base import MarketBooks, Venue
+from ssmd.archive.books.registry import venue_for
+from ssmd.archive.integrity import ConnectionTracker, Interruption, interruption, stream_gaps
+from ssmd.archive.records import Record
+from ssmd.archive.store import days, file_lines, read_manifest
+from ssmd.archiver.lines import read_prefix
+from ssmd.subjects import DISCONTINUITY_TYPE, encode_token, split_subject
+
+NS = 1_000_000_000
+_SSMD = b".json.ssmd."
+DEFAULT_HORIZON_NS = 300 * NS
+
+
+def day_of(ns: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ns // NS))
+
+
+def iso_ns_text(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // NS)) + f".{ns % NS:09d}Z"
+
+
+@attrs.frozen
+class BookView:
+    """A book as of `at_ns`, ready to print; `levels` is the venue's sides."""
+
+    feed: str
+    market: str
+    asset: str | None
+    at_ns: int
+    valid: bool
+    reason: str | None
+    seq: int | None
+    levels: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"feed": self.feed, "market": self.market}
+        if self.asset is not None:
+            out["asset_id"] = self.asset
+        out.update(
+            at=iso_ns_text(self.at_ns),
+            at_ns=self.at_ns,
+            valid=self.valid,
+            reason=self.reason,
+            seq=self.seq,
+        )
+        out.update(self.levels)
+        return out
+
+
+Event = Record | Interruption
+
+
+class _Walk:
+    """Applies events to one market's books, holding back those received too late."""
+
+    def __init__(self, venue: Venue, market: str) -> None:
+        self.venue = venue
+        self.books = MarketBooks(market)
+        self.tracker = ConnectionTracker()
+        self.pending: list[tuple[int | None, Event]] = []
+        self.last_seq: int | None = None
+
+    def apply(self, event: Event) -> None:
+        if isinstance(event, Interruption):
+            if event.touches(self.books.market):
+                self.books.invalidate(event.describe())
+            return
+        if event.type_token == DISCONTINUITY_TYPE:
+            found = interruption(event, self.tracker)
+            if found is not None and found.touches(self.books.market):
+                self.books.invalidate(found.describe())
+            return
+        self.venue.apply(self.books, event)
+        self.last_seq = event.seq
+
+    def offer(self, recv_ns: int | None, event: Event, target: int) -> None:
+        if recv_ns is not None and recv_ns > target:
+            self.pending.append((recv_ns, event))
+            return
+        self.flush()
+        self.apply(event)
+
+    def flush(self, upto: int | None = None) -> None:
+        """Apply held-back events up to the last one received at or before `upto`
+        (all of them when None)."""
+        if upto is None:
+            cut = len(self.pending)
+        else:
+            cut = 0
+            for i, (recv, _event) in enumerate(self.pending):
+                if recv is None or recv <= upto:
+                    cut = i + 1
+        for _recv, event in self.pending[:cut]:
+            self.apply(event)
+        del self.pending[:cut]
+
+
+def _events(
+    root: Path, feed: str, day: str, market: str, venue: Venue
+) -> Iterator[tuple[int | None, Event]]:
+    manifest = read_manifest(root, feed, day)
+    gaps = sorted(stream_gaps(manifest.gaps), key=lambda g: g.seq)
+    day_dir = root / feed / day
+    last_recv: int | None = None
+    token = encode_token(market).encode()
+    for entry in manifest.files:
+        for line in file_lines(day_dir / entry.name):
+            if token not in line and _SSMD not in line:
+                continue
+            prefix = read_prefix(line)
+            if prefix is None:
+                continue
+            seq, subject, recv = prefix
+            type_token, key = split_subject(subject)
+            if type_token != DISCONTINUITY_TYPE and not (
+                key == market and type_token in venue.book_types
+            ):
+                continue
+            while gaps and gaps[0].seq < seq:
+                gap = gaps.pop(0)
+                yield gap.at_ns, gap
+            last_recv = recv if recv is not None else last_recv
+            yield recv, Record(seq, subject, recv, line)
+    for gap in gaps:
+        yield gap.at_ns if gap.at_ns is not None else last_recv, gap
+
+
+def _start_day(root: Path, feed: str, market: str, venue: Venue, first: int) -> str | None:
+    """The latest day at or before `first` holding a snapshot of the market before it."""
+    candidates = days(root, feed, end=day_of(first))
+    for day in reversed(candidates):
+        manifest = read_manifest(root, feed, day)
+        for entry in manifest.files:
+            for line in file_lines(root / feed / day / entry.name):
+                if not venue.is_snapshot_line(line):
+                    continue
+                prefix = read_prefix(line)
+                if prefix is None or (prefix[2] is not None and prefix[2] > first):
+                    continue
+                type_token, key = split_subject(prefix[1])
+                if (
+                    key == market
+                    and type_token in venue.book_types
+                    and venue.is_snapshot_line(line)
+                ):
+                    return day
+    return candidates[-1] if candidates else None
+
+
+def books_at(
+    root: Path,
+    feed: str,
+    market: str,
+    times: list[int],
+    *,
+    depth: int | None = None,
+    asset: str | None = None,
+    horizon_ns: int = DEFAULT_HORIZON_NS,
+) -> Iterator[BookView]:
+    """One view per book of `market` (per token on Polymarket) at each of `times`."""
+    venue = venue_for(feed)
+    targets = sorted(times)
+    if not targets:
+        return
+    start = _start_day(root, feed, market, venue, targets[0])
+    walk = _Walk(venue, market)
+    if start is not None:
+        for day in days(root, feed, start=start, end=day_of(targets[-1] + horizon_ns)):
+            for recv, event in _events(root, feed, day, market, venue):
+                while targets and recv is not None and recv > targets[0] + horizon_ns:
+                    yield from _views(walk, feed, targets.pop(0), depth, asset)
+                    if targets:
+                        walk.flush(targets[0])
+                if not targets:
+                    return
+                walk.offer(recv, event, targets[0])
+    while targets:
+        walk.flush(targets[0])
+        yield from _views(walk, feed, targets.pop(0), depth, asset)
+
+
+def _views(
+    walk: _Walk, feed: str, at: int, depth: int | None, asset: str | None
+) -> Iterator[BookView]:
+    books = walk.books.books
+    if not books:
+        books = {asset: walk.books.book(asset)} if asset is not None else {None: walk.books.book()}
+    for key, book in sorted(books.items(), key=lambda kv: kv[0] or ""):
+        if asset is not None and key != asset:
+            continue
+        yield BookView(
+            feed,
+            walk.books.market,
+            key,
+            at,
+            book.valid,
+            book.reason,
+            book.seq,
+            walk.venue.levels_json(book, depth),
+        )

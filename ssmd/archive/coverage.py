@@ -1,0 +1,195 @@
+"""Coverage: which hours (and markets) of a day the archive holds completely.
+
+An hour is `degraded` when an interruption touches it: an exchange gap, a disconnect
+(for as long as it lasted, until that connection's next `connect`), a resubscribe, an
+overflow, a rejected message, a subscribe error, a stream gap from the manifest, the
+start of recording (a first `connect`) or its end (a `shutdown` disconnect). With
+markets, only the interruptions that name a market (or name none: all) touch it.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ssmd.archive.integrity import (
+    ConnectionTracker,
+    Interruption,
+    interruption,
+    iso_ms,
+    stream_gaps,
+)
+from ssmd.archive.records import Record
+from ssmd.archive.store import file_lines, read_manifest
+from ssmd.archiver.lines import read_prefix
+from ssmd.subjects import DISCONTINUITY_TYPE, split_subject
+
+NS = 1_000_000_000
+HOUR = 3600 * NS
+
+
+@attrs.define
+class Reason:
+    kind: str
+    at_ns: int | None
+    detail: str
+    duration_ns: int | None = None
+    markets: frozenset[str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "at": iso_ms(self.at_ns) if self.at_ns is not None else None,
+            "detail": self.detail,
+        }
+        if self.duration_ns is not None:
+            out["duration_s"] = round(self.duration_ns / NS, 3)
+        if self.markets is not None:
+            out["markets"] = sorted(self.markets)
+        return out
+
+    def hours(self) -> range:
+        if self.at_ns is None:
+            return range(0)
+        first = self.at_ns // HOUR
+        last = (self.at_ns + (self.duration_ns or 0)) // HOUR
+        return range(first, last + 1)
+
+
+def _hour_text(hour: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:00Z", time.gmtime(hour * HOUR // NS))
+
+
+PLAIN_CONNECT = True
+
+
+def _reasons(interruptions: list[tuple[Interruption, bool]], day_end: int) -> list[Reason]:
+    """Turn interruptions into reasons; disconnects last until the conn's next connect."""
+    out: list[Reason] = []
+    open_disconnects: dict[object, Reason] = {}
+    for item, plain_connect in interruptions:
+        if plain_connect:  # closes that connection's disconnect, or recording starts
+            connect_conn = item.detail.get("conn")
+            reason = open_disconnects.pop(connect_conn, None)
+            if reason is not None and reason.at_ns is not None and item.at_ns is not None:
+                reason.duration_ns = item.at_ns - reason.at_ns
+            elif reason is None:
+                out.append(
+                    Reason("start", item.at_ns, f"recording starts (conn {connect_conn} connects)")
+                )
+            continue
+        if item.kind == "disconnect":
+            detail = str(item.detail.get("reason", ""))
+            kind = "end" if detail.startswith("shutdown") else "disconnect"
+            reason = Reason(kind, item.at_ns, item.reason)
+            if kind == "disconnect":
+                open_disconnects[item.detail.get("conn")] = reason
+            out.append(reason)
+            continue
+        out.append(Reason(item.kind, item.at_ns, item.reason, markets=item.markets))
+    for reason in open_disconnects.values():
+        if reason.at_ns is not None:
+            reason.duration_ns = max(0, day_end - reason.at_ns)
+            reason.detail += " (not reconnected this day)"
+    return out
+
+
+def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[str, Any]:
+    manifest = read_manifest(root, feed, day)
+    per_hour: Counter[int] = Counter()
+    per_market: Counter[tuple[int, str]] = Counter()
+    tracker = ConnectionTracker()
+    found: list[tuple[Interruption, bool]] = []
+    last_recv: int | None = None
+    for entry in manifest.files:
+        for line in file_lines(root / feed / day / entry.name):
+            prefix = read_prefix(line)
+            if prefix is None:
+                continue
+            seq, subject, recv = prefix
+            last_recv = recv if recv is not None else last_recv
+            if last_recv is None:
+                continue
+            hour = last_recv // HOUR
+            per_hour[hour] += 1
+            type_token, market = split_subject(subject)
+            if market is not None:
+                per_market[(hour, market)] += 1
+            if type_token == DISCONTINUITY_TYPE:
+                record = Record(seq, subject, recv, line)
+                conn = record.payload().get("conn") if isinstance(record.payload(), dict) else None
+                was_up = conn in tracker.up
+                item = interruption(record, tracker)
+                if subject.endswith(".connect") and not was_up and item is None:
+                    at = (
+                        record.payload().get("ts_ns", recv)
+                        if isinstance(record.payload(), dict)
+                        else recv
+                    )
+                    found.append(
+                        (
+                            Interruption("connect", at, "connect", None, seq, {"conn": conn}),
+                            PLAIN_CONNECT,
+                        )
+                    )
+                elif item is not None:
+                    found.append((item, False))
+    found += [(gap, False) for gap in stream_gaps(manifest.gaps)]
+    found.sort(key=lambda pair: pair[0].seq)
+    day_start = calendar.timegm(time.strptime(day, "%Y-%m-%d")) * NS
+    reasons = _reasons(found, day_start + 24 * HOUR)
+    hours = sorted(
+        set(per_hour)
+        | {h for r in reasons for h in r.hours() if day_start <= h * HOUR < day_start + 24 * HOUR}
+    )
+    result: dict[str, Any] = {"feed": feed, "date": day, "hours": []}
+    for hour in hours:
+        touching = [r for r in reasons if hour in r.hours()]
+        result["hours"].append(
+            _row({"hour": _hour_text(hour), "records": per_hour[hour]}, touching)
+        )
+    if by_market:
+        markets = sorted({m for (_h, m) in per_market})
+        rows = []
+        for hour in hours:
+            for market in markets:
+                touching = [
+                    r
+                    for r in reasons
+                    if hour in r.hours() and (r.markets is None or market in r.markets)
+                ]
+                n = per_market[(hour, market)]
+                if n or touching:
+                    rows.append(
+                        _row({"hour": _hour_text(hour), "market": market, "records": n}, touching)
+                    )
+        result["markets"] = rows
+    return result
+
+
+def _normalise(
+    found: list[tuple[Interruption, str | None]],
+) -> list[tuple[Interruption, str | None]]:
+    """Connect markers carry their conn as text; map back to the payload's conn value."""
+    out = []
+    for item, conn in found:
+        if conn is not None:
+            out.append((item, _conn_value(conn)))
+        else:
+            out.append((item, None))
+    return out
+
+
+def _conn_value(text: str) -> Any:
+    return int(text) if text.lstrip("-").isdigit() else (None if text == "None" else text)
+
+
+def _row(base: dict[str, Any], touching: list[Reason]) -> dict[str, Any]:
+    base["status"] = "degraded" if touching else "complete"
+    base["reasons"] = [r.to_json() for r in touching]
+    return base

@@ -1,0 +1,167 @@
+"""Parquet export: `{out}/{table}/feed={feed}/date={YYYY-MM-DD}/{HHMM}.parquet`.
+
+One file per table per finished archive file (a slot; a restart's `1200.1.jsonl.gz`
+gives `1200.1.parquet`). Incremental and idempotent: a slot whose `raw` file exists is
+done, and `raw` is renamed into place last, so an interrupted export is redone whole
+next time. Rows go to dot-named temp files in bounded batches (memory does not grow with
+the slot); once the slot's record count agrees with its manifest entry, each file is
+fsynced and renamed. A damaged slot leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ssmd.archive.errors import ArchiveCorrupt
+from ssmd.archive.integrity import stream_gaps
+from ssmd.archive.records import Record
+from ssmd.archive.store import days, feeds, file_lines, read_manifest
+from ssmd.archive.tables import SCHEMAS, TABLES, Row, extractor_for, record_rows
+from ssmd.archiver.files import FINAL_SUFFIX
+from ssmd.archiver.manifest import FileEntry, Manifest
+
+BATCH_ROWS = 50_000
+
+
+@attrs.define
+class ExportReport:
+    written: list[str] = attrs.field(factory=list)  # "feed/date/stem"
+    already: int = 0
+    rows: dict[str, int] = attrs.field(factory=dict)
+
+
+def slot_path(out: Path, table: str, feed: str, day: str, stem: str) -> Path:
+    return out / table / f"feed={feed}" / f"date={day}" / f"{stem}.parquet"
+
+
+def _stem(entry: FileEntry) -> str:
+    return entry.name[: -len(FINAL_SUFFIX)]
+
+
+def _temp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+class _SlotWriter:
+    """Every table of one slot, written to temp files in batches of BATCH_ROWS."""
+
+    def __init__(self, out: Path, feed: str, day: str, stem: str) -> None:
+        self.paths = {t: slot_path(out, t, feed, day, stem) for t in TABLES}
+        self.rows: dict[str, list[Row]] = {t: [] for t in TABLES}
+        self.counts = dict.fromkeys(TABLES, 0)
+        self.writers: dict[str, pq.ParquetWriter] = {}
+        for table, path in self.paths.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.writers[table] = pq.ParquetWriter(_temp(path), SCHEMAS[table], compression="zstd")
+
+    def add(self, table: str, row: Row) -> None:
+        rows = self.rows[table]
+        rows.append(row)
+        if len(rows) >= BATCH_ROWS:
+            self._flush(table)
+
+    def _flush(self, table: str) -> None:
+        rows = self.rows[table]
+        if rows:
+            self.writers[table].write_table(pa.Table.from_pylist(rows, schema=SCHEMAS[table]))
+            self.counts[table] += len(rows)
+            rows.clear()
+
+    def flush_all(self) -> None:
+        for table in TABLES:
+            self._flush(table)
+
+    def commit(self) -> None:
+        """Finish every file, then fsync and rename each into place, `raw` last."""
+        self.flush_all()
+        for table in TABLES:
+            self.writers[table].close()
+        for table in [t for t in TABLES if t != "raw"] + ["raw"]:
+            tmp = _temp(self.paths[table])
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.paths[table])
+
+    def abort(self) -> None:
+        for table, writer in self.writers.items():
+            with contextlib.suppress(Exception):  # the temp file goes anyway
+                writer.close()
+            _temp(self.paths[table]).unlink(missing_ok=True)
+
+
+def _gap_rows(manifest: Manifest, entry: FileEntry) -> Iterator[Row]:
+    """The manifest's stream gaps inside this file's sequence range."""
+    for gap in stream_gaps(manifest.gaps):
+        after = int(gap.seq)
+        if entry.nats_start_seq - 1 <= after < entry.nats_end_seq:
+            yield {
+                "recv_ns": None,
+                "seq": after,
+                "market": None,
+                "kind": gap.kind,
+                "ts": None if gap.at_ns is None else gap.at_ns // 1000,
+                "reason": gap.reason,
+                "count": gap.detail["missing_count"],
+            }
+
+
+def export_slot(
+    root: Path, out: Path, feed: str, day: str, manifest: Manifest, entry: FileEntry
+) -> dict[str, int]:
+    """Export one archive file; its row count per table."""
+    extract = extractor_for(feed)
+    path = root / feed / day / entry.name
+    writer = _SlotWriter(out, feed, day, _stem(entry))
+    try:
+        for line in file_lines(path):
+            record = Record.from_line(line, str(path))
+            for table, row in record_rows(record, extract):
+                writer.add(table, row)
+        for row in _gap_rows(manifest, entry):
+            writer.add("discontinuities", row)
+        writer.flush_all()
+        if writer.counts["raw"] != entry.records:
+            raise ArchiveCorrupt(
+                f"{path}: {writer.counts['raw']} records, manifest says {entry.records}"
+            )
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.counts
+
+
+def pending_slots(
+    root: Path, out: Path, feed: str | None = None, day: str | None = None
+) -> Iterator[tuple[str, str, Manifest, FileEntry]]:
+    for f in [feed] if feed else feeds(root):
+        for d in [day] if day else days(root, f):
+            manifest = read_manifest(root, f, d)
+            for entry in manifest.files:
+                if not slot_path(out, "raw", f, d, _stem(entry)).exists():
+                    yield f, d, manifest, entry
+
+
+def export_parquet(
+    root: Path, out: Path, feed: str | None = None, day: str | None = None
+) -> ExportReport:
+    report = ExportReport()
+    for f in [feed] if feed else feeds(root):
+        for d in [day] if day else days(root, f):
+            report.already += len(read_manifest(root, f, d).files)
+    for f, d, manifest, entry in pending_slots(root, out, feed, day):
+        report.already -= 1
+        for table, n in export_slot(root, out, f, d, manifest, entry).items():
+            report.rows[table] = report.rows.get(table, 0) + n
+        report.written.append(f"{f}/{d}/{_stem(entry)}")
+    return report

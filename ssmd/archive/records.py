@@ -1,0 +1,117 @@
+"""One archived message as a value: its stream position, subject, receive time and payload."""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import functools
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+from ssmd.archive.errors import ArchiveCorrupt
+from ssmd.archiver.lines import read_prefix
+from ssmd.subjects import split_subject
+
+_PREFIX_END = re.compile(rb'^\{"_seq":\d+,"_subject":"(?:[^"\\]|\\.)*"(?:,"_recv_ns":\d+)?')
+
+
+class Record:
+    """An archive line. `market` is the subject's routing key, decoded (a Kalshi ticker, a
+    Polymarket condition id, a Kraken symbol); None on ssmd's own and unrouted subjects."""
+
+    __slots__ = ("_payload", "line", "market", "recv_ns", "seq", "subject", "type_token")
+
+    def __init__(self, seq: int, subject: str, recv_ns: int | None, line: bytes) -> None:
+        self.seq = seq
+        self.subject = subject
+        self.recv_ns = recv_ns
+        self.line = line
+        self.type_token, self.market = _split(subject)
+        self._payload: Any = _UNSET
+
+    @classmethod
+    def from_line(cls, line: bytes, where: str = "archive") -> Record:
+        prefix = read_prefix(line)
+        if prefix is None:
+            raise ArchiveCorrupt(f"{where}: not an ssmd archive line: {line[:80]!r}")
+        return cls(prefix[0], prefix[1], prefix[2], line)
+
+    @property
+    def feed(self) -> str:
+        parts = self.subject.split(".", 2)
+        return parts[1] if len(parts) > 1 else ""
+
+    def payload(self, exact: bool = True) -> Any:
+        """The original payload's JSON value; bytes for a payload that was not UTF-8.
+        `exact`: numbers with a point as Decimal, so no price is ever rounded (else
+        float, faster, for tables that hold float64 anyway). The first call decides."""
+        if self._payload is _UNSET:
+            record = json.loads(self.line, parse_float=Decimal) if exact else json.loads(self.line)
+            if "_raw" in record:
+                self._payload = record["_raw"]
+            elif "_raw_b64" in record:
+                self._payload = base64.b64decode(record["_raw_b64"])
+            else:
+                self._payload = {k: v for k, v in record.items() if not k.startswith("_")}
+        return self._payload
+
+    def payload_json(self) -> str:
+        """The payload as JSON text (a non-UTF-8 payload as a JSON string of its base64)."""
+        value = self.payload()
+        if isinstance(value, bytes):
+            return json.dumps(base64.b64encode(value).decode())
+        if isinstance(value, dict):
+            return self.payload_bytes().decode()
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+    def payload_bytes(self) -> bytes:
+        """The bytes to publish again: the payload as archived, without ssmd's keys."""
+        value = self.payload()
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, dict):
+            match = _PREFIX_END.match(self.line)
+            assert match is not None
+            rest = self.line[match.end() :].rstrip(b"\n")
+            return b"{}" if rest == b"}" else b"{" + rest.lstrip(b",")
+        if isinstance(value, str) and not _is_json(value):
+            return value.encode()
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+    def __repr__(self) -> str:
+        return f"Record(seq={self.seq}, subject={self.subject!r}, recv_ns={self.recv_ns})"
+
+
+_UNSET: Any = object()
+_split = functools.lru_cache(maxsize=1 << 16)(split_subject)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def iso_ns(text: str) -> int | None:
+    """Nanoseconds from an RFC 3339 UTC timestamp (`2026-01-05T12:00:00.123456Z`)."""
+    match = _RFC3339.match(text)
+    if match is None:
+        return None
+    date, hhmmss, frac, zone = match.groups()
+    seconds = calendar.timegm(
+        (int(date[0:4]), int(date[5:7]), int(date[8:10]), *map(int, hhmmss.split(":")), 0, 0, 0)
+    )
+    ns = seconds * 1_000_000_000 + int((frac or "").ljust(9, "0")[:9] or 0)
+    if zone and zone not in ("Z", "z"):
+        sign = 1 if zone[0] == "+" else -1
+        ns -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60) * 1_000_000_000
+    return ns
+
+
+_RFC3339 = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|z|[+-]\d{2}:\d{2})?$"
+)

@@ -1,0 +1,481 @@
+"""Export, query, replay and coverage over an archive the real archiver wrote from a
+scripted Kalshi tape whose every message (and sum) the test knows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import trio
+import trio.testing
+
+import ssmd.archive
+from ssmd.archive.replay import replay
+from ssmd.cli.main import main
+from ssmd.connector.records import (
+    ConnectRecord,
+    DisconnectRecord,
+    GapRecord,
+    ResubscribeRecord,
+)
+from ssmd.nats.server import NatsServer
+from ssmd.subjects import market_subject
+from tests.archive_harness import utc_ns
+from tests.market_tape import ENV, KalshiBooks, Tape, archive_tape
+
+S = 1_000_000_000
+A, B, C = "KXBTCD-26MAR1213-T69499.99", "KXHIGHNY-26MAR12-B40.5", "INXD-26MAR12-B5712.5"
+DAY = "2026-01-05"
+
+
+def at(hour: int, minute: int, second: float = 0) -> int:
+    return utc_ns(2026, 1, 5, hour, minute, second)
+
+
+class Expected:
+    def __init__(self) -> None:
+        self.trades: dict[str, int] = defaultdict(int)
+        self.contracts: dict[str, Decimal] = defaultdict(Decimal)
+        self.notional: dict[str, Decimal] = defaultdict(Decimal)
+
+
+def trade(tape: Tape, exp: Expected, market: str, i: int, now: int) -> None:
+    cents, count = 20 + i % 60, 1 + i % 7
+    if i % 2:  # integer-cent form
+        msg: dict[str, Any] = {
+            "market_ticker": market,
+            "yes_price": cents,
+            "count": count,
+            "ts": now // S,
+        }
+    else:  # 2026 fixed-point form
+        msg = {
+            "market_ticker": market,
+            "yes_price_dollars": f"{cents / 100:.4f}",
+            "count_fp": f"{count}.00",
+            "ts_ms": now // 1_000_000,
+        }
+    msg["trade_id"] = f"t{i}"
+    msg["taker_side"] = "yes"
+    tape.add(
+        market_subject(ENV, "kalshi", "trade", market), {"type": "trade", "sid": 9, "msg": msg}, now
+    )
+    exp.trades[market] += 1
+    exp.contracts[market] += count
+    exp.notional[market] += Decimal(cents) / 100 * count
+
+
+def build_tape() -> tuple[Tape, Expected, KalshiBooks]:
+    """10:58 connect; 11 quiet; 12:10 a 30 s disconnect, 12:40 a stream gap; 13:05 an
+    exchange gap on sid 1 (A and B; C is on sid 2); 14:02 a clean shutdown."""
+    tape, exp = Tape(), Expected()
+    books = KalshiBooks(tape, "fp", {1: [A, B], 2: [C]})
+    now = at(10, 58)
+    tape.record(ConnectRecord(0, "ws://x", now), now)
+    for m in (A, B, C):
+        now += S
+        books.snapshot(m, now)
+    i = 0
+    while now < at(14, 2):
+        now += 10 * S
+        i += 1
+        market = (A, B, C)[(i // 3) % 3]
+        if now >= at(12, 10) and not tape_has(tape, "disconnect"):
+            tape.record(DisconnectRecord(0, "ConnectionLost: no frame for 30s", now), now)
+            now += 30 * S
+            tape.record(ConnectRecord(0, "ws://x", now), now)
+            for m in (A, B, C):
+                books.snapshot(m, now)
+        if now >= at(12, 40) and not tape.stream_gaps:
+            tape.lose_in_stream(4)
+        if now >= at(13, 5) and not tape_has(tape, "gap"):
+            tape.record(GapRecord(0, 1, "orderbook_delta", 50, 52, [A, B], now), now)
+            tape.record(ResubscribeRecord(0, "gap", "orderbook_delta", 1, 7, [A, B], now), now)
+        if i % 3 == 0:
+            trade(tape, exp, market, i, now)
+        elif i % 3 == 1:
+            books.delta(market, now)
+        else:
+            tape.add(
+                market_subject(ENV, "kalshi", "ticker", market),
+                {
+                    "type": "ticker",
+                    "sid": 8,
+                    "msg": {"market_ticker": market, "price": 40, "ts": now // S},
+                },
+                now,
+            )
+    now += S
+    # A field first seen in the very last data record (schema inference would drop it).
+    late = {"market_ticker": C, "price": 41, "late_key": "x", "ts": now // S}
+    tape.add(
+        market_subject(ENV, "kalshi", "ticker", C), {"type": "ticker", "sid": 8, "msg": late}, now
+    )
+    tape.record(DisconnectRecord(0, "shutdown: unsubscribed, nothing in flight", now + S), now + S)
+    return tape, exp, books
+
+
+def tape_has(tape: Tape, kind: str) -> bool:
+    return any(item.subject.endswith(f".ssmd.{kind}") for item in tape.items)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Tape, Expected]:
+    root = tmp_path_factory.mktemp("archive")
+    tape, exp, _books = build_tape()
+    trio.run(archive_tape, root, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    return root, tape, exp
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["data", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_export_is_typed_hive_parquet_that_duckdb_and_polars_read_exactly(
+    archive: tuple[Path, Tape, Expected], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, tape, exp = archive
+    out = tmp_path / "pq"
+    code, text, err = run(
+        capsys, "export", "--format", "parquet", "--out", str(out), "--path", str(root)
+    )
+    assert code == 0, err
+    manifest = json.loads((root / "kalshi" / DAY / "manifest.json").read_text())
+    stems = [f["name"].removesuffix(".jsonl.gz") for f in manifest["files"]]
+    assert len(stems) >= 12
+    for table in (
+        "trades",
+        "tickers",
+        "book_snapshots",
+        "book_deltas",
+        "lifecycle",
+        "markets",
+        "discontinuities",
+        "raw",
+    ):
+        assert sorted(
+            p.stem for p in (out / table / "feed=kalshi" / f"date={DAY}").glob("*.parquet")
+        ) == sorted(stems)
+
+    code, text, err = run(
+        capsys, "query", "--parquet", str(out), "--json",
+        "SELECT market, count(*) AS n, sum(size) AS contracts, sum(price * size) AS notional, "
+        "min(typeof(exchange_ts)) AS ts_type, min(date) AS d FROM trades GROUP BY market ORDER BY market",
+    )  # fmt: skip
+    assert code == 0, err
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert {r["market"] for r in rows} == {A, B, C}
+    for r in rows:
+        m = r["market"]
+        assert r["n"] == exp.trades[m]
+        assert Decimal(str(r["contracts"])) == exp.contracts[m]
+        assert abs(Decimal(str(r["notional"])) - exp.notional[m]) < Decimal("1e-9")
+        assert r["ts_type"] == "TIMESTAMP WITH TIME ZONE" and r["d"] == DAY
+
+    # polars reads the same tree with hive partitioning.
+    trades = pl.scan_parquet(
+        str(out / "trades" / "**" / "*.parquet"), hive_partitioning=True
+    ).collect()
+    assert set(trades["feed"].unique()) == {"kalshi"}
+    per = trades.group_by("market").agg(pl.len().alias("n"), pl.col("size").sum().alias("c"))
+    assert {r["market"]: (r["n"], Decimal(str(r["c"]))) for r in per.to_dicts()} == {
+        m: (exp.trades[m], exp.contracts[m]) for m in (A, B, C)
+    }
+
+    # Every slot's rows agree with its manifest entry's records_by_type; raw has all.
+    for entry in manifest["files"]:
+        stem, by_type = entry["name"].removesuffix(".jsonl.gz"), entry["records_by_type"]
+
+        def seqs(table: str, where: str = "true", stem: str = stem) -> int:
+            path = out / table / "feed=kalshi" / f"date={DAY}" / f"{stem}.parquet"
+            df = pl.read_parquet(path).filter(pl.sql_expr(where))
+            return int(df["seq"].n_unique())
+
+        assert (
+            seqs("raw")
+            == entry["records"]
+            == len(pl.read_parquet(out / "raw" / "feed=kalshi" / f"date={DAY}" / f"{stem}.parquet"))
+        )
+        assert seqs("trades") == by_type.get("trade", 0)
+        assert seqs("tickers") == by_type.get("ticker", 0)
+        both = pl.concat([
+            pl.read_parquet(out / t / "feed=kalshi" / f"date={DAY}" / f"{stem}.parquet").select("seq")
+            for t in ("book_snapshots", "book_deltas")
+        ])  # fmt: skip
+        assert both["seq"].n_unique() == by_type.get("orderbook", 0)
+        assert seqs("discontinuities", "kind != 'stream_gap'") == by_type.get("ssmd", 0)
+    code, text, _ = run(
+        capsys,
+        "query",
+        "--parquet",
+        str(out),
+        "--csv",
+        "SELECT kind, count FROM discontinuities WHERE kind = 'stream_gap'",
+    )
+    assert text.splitlines() == ["kind,count", "stream_gap,4"]
+    assert sum(len(tape.items) for _ in [0]) == sum(f["records"] for f in manifest["files"])
+
+
+def test_second_export_writes_nothing_and_a_later_slot_is_exported_next(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, out = tmp_path / "a", tmp_path / "pq"
+    tape = Tape()
+    for i in range(30):
+        tape.add(
+            market_subject(ENV, "kalshi", "trade", A),
+            {"type": "trade", "msg": {"market_ticker": A, "count": 1, "yes_price": 5}},
+            at(12, 0, i * 20),
+        )
+    trio.run(archive_tape, root, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    code, text, _ = run(capsys, "export", "--out", str(out), "--path", str(root))
+    assert code == 0 and "1 slot(s) exported" in text
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+    assert len(before) == 8
+    code, text, _ = run(capsys, "export", "--out", str(out), "--path", str(root), "kalshi")
+    assert code == 0 and "0 slot(s) exported, 1 already done" in text
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == before
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+
+    later = Tape()
+    for i in range(10):
+        later.add(
+            market_subject(ENV, "kalshi", "trade", B),
+            {"type": "trade", "msg": {"market_ticker": B, "count": 2, "yes_price": 7}},
+            at(12, 31, i),
+        )
+    trio.run(archive_tape, root, later, 900, 30, clock=trio.testing.MockClock(autojump_threshold=0))
+    code, text, _ = run(capsys, "export", "--out", str(out), "--path", str(root))
+    assert code == 0 and f"exported kalshi/{DAY}/1230" in text and "1 slot(s) exported" in text
+    con = ssmd.archive.open(root).duckdb(out)
+    assert con.execute(
+        "SELECT market, count(*), sum(size) FROM trades GROUP BY 1 ORDER BY 1"
+    ).fetchall() == [(A, 30, 30.0), (B, 10, 20.0)]
+
+
+def test_jsonl_view_keeps_a_field_first_seen_in_the_last_line(
+    archive: tuple[Path, Tape, Expected], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, tape, _ = archive
+    code, text, err = run(
+        capsys, "query", "--path", str(root), "--json",
+        "SELECT count(*) AS n, count(*) FILTER (WHERE json->'msg'->>'late_key' = 'x') AS late, "
+        "min(date) AS d FROM jsonl",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(text) == {"n": len(tape.items), "late": 1, "d": DAY}
+    code, text, err = run(
+        capsys, "query", "--path", str(root), "SELECT count(*) AS n FROM jsonl WHERE type = 'ssmd'"
+    )
+    assert code == 0 and "| n " in text and "(1 row)" in text
+
+
+def test_bad_sql_is_one_clear_error(
+    archive: tuple[Path, Tape, Expected], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "query", "--path", str(archive[0]), "SELECT * FROM nope")
+    assert (
+        code == 2
+        and err.startswith("ssmd: query failed")
+        and "jsonl" in err
+        and "Traceback" not in err
+    )
+
+
+async def test_replay_keeps_stream_order_filters_and_paces_by_receive_time(
+    archive: tuple[Path, Tape, Expected], autojump_clock: trio.testing.MockClock
+) -> None:
+    root, tape, _ = archive
+    arch = ssmd.archive.open(root)
+    got: list[tuple[float, int, int | None]] = []
+
+    async def sink(batch: Any) -> None:
+        got.extend((trio.current_time(), r.seq, r.recv_ns) for r in batch)
+
+    start = trio.current_time()
+    records = arch.records("kalshi", DAY, ticker=A, type="trade", start=at(12, 0), end=at(12, 30))
+    sent = await replay(records, sink, speed=4.0)
+    expected = [
+        it
+        for it in tape.items
+        if it.subject == market_subject(ENV, "kalshi", "trade", A)
+        and at(12, 0) <= it.recv_ns < at(12, 30)
+    ]
+    assert sent == len(got) == len(expected) > 10
+    assert [r for _t, _s, r in got] == [it.recv_ns for it in expected]
+    assert [s for _t, s, _r in got] == sorted(s for _t, s, _r in got)
+    first = got[0][2]
+    assert first is not None
+    for when, _seq, recv in got:
+        assert recv is not None
+        assert when - start == pytest.approx((recv - first) / 1e9 / 4.0, abs=1e-6)
+    # As fast as possible: no virtual time passes.
+    t0 = trio.current_time()
+    assert await replay(arch.records("kalshi", DAY), sink, speed=None) == len(tape.items)
+    assert trio.current_time() == t0
+
+
+def test_replay_max_prints_the_archive_lines_in_order(
+    archive: tuple[Path, Tape, Expected], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _, _ = archive
+    code, replayed, _ = run(
+        capsys, "replay", "kalshi", DAY, "--max", "--type", "ssmd", "--path", str(root)
+    )
+    code2, cat, _ = run(capsys, "cat", "kalshi", DAY, "--type", "ssmd", "--path", str(root))
+    assert code == code2 == 0 and replayed == cat and len(cat.splitlines()) == 6
+
+
+def test_replay_republishes_the_same_subjects_and_payloads_to_nats(
+    archive: tuple[Path, Tape, Expected],
+    nats_server: NatsServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import nats
+
+    root, tape, _ = archive
+
+    async def make_stream() -> None:
+        nc = await nats.connect(nats_server.url)
+        await nc.jetstream().add_stream(name="BACKTEST", subjects=["bt.>"])
+        await nc.close()
+
+    asyncio.run(make_stream())
+    code, _, err = run(
+        capsys,
+        "replay",
+        "kalshi",
+        DAY,
+        "--max",
+        "--to",
+        nats_server.url,
+        "--prefix",
+        "bt",
+        "--path",
+        str(root),
+    )
+    assert code == 0, err
+
+    async def read_back() -> list[tuple[str, bytes, str | None]]:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        info = await js.stream_info("BACKTEST")
+        out = []
+        for seq in range(1, info.state.last_seq + 1):
+            msg = await js.get_msg("BACKTEST", seq)
+            out.append((str(msg.subject), msg.data or b"", (msg.headers or {}).get("Ssmd-Recv-Ns")))
+        await nc.close()
+        return out
+
+    got = asyncio.run(read_back())
+    assert [(s, json.loads(d), h) for s, d, h in got] == [
+        ("bt." + it.subject, json.loads(it.payload), str(it.recv_ns)) for it in tape.items
+    ]
+
+
+def test_coverage_reports_exactly_the_degraded_hours_and_markets(
+    archive: tuple[Path, Tape, Expected], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _, _ = archive
+    code, text, err = run(
+        capsys, "coverage", "kalshi", DAY, "--by", "market", "--json", "--path", str(root)
+    )
+    assert code == 0, err
+    result = json.loads(text)
+    hours = {h["hour"][11:13]: h for h in result["hours"]}
+    assert list(hours) == ["10", "11", "12", "13", "14"]
+    kinds = {h: sorted(r["kind"] for r in row["reasons"]) for h, row in hours.items()}
+    assert kinds == {
+        "10": ["start"],
+        "11": [],
+        "12": ["disconnect", "stream_gap"],
+        "13": ["gap", "resubscribe"],
+        "14": ["end"],
+    }
+    assert hours["11"]["status"] == "complete" and hours["12"]["status"] == "degraded"
+    disconnect = next(r for r in hours["12"]["reasons"] if r["kind"] == "disconnect")
+    assert disconnect["duration_s"] == 30 and disconnect["at"] == f"{DAY}T12:10:03.000Z"
+    assert sum(h["records"] for h in result["hours"]) == sum(
+        f["records"]
+        for f in json.loads((root / "kalshi" / DAY / "manifest.json").read_text())["files"]
+    )
+    by = {(r["hour"][11:13], r["market"]): r for r in result["markets"]}
+    assert by[("13", A)]["status"] == by[("13", B)]["status"] == "degraded"
+    assert {r["kind"] for r in by[("13", A)]["reasons"]} == {"gap", "resubscribe"}
+    assert by[("13", C)]["status"] == "complete"
+    assert by[("11", C)]["status"] == "complete" and by[("12", C)]["status"] == "degraded"
+    code, text, _ = run(capsys, "coverage", "kalshi", DAY, "--path", str(root))
+    assert "disconnect for 30 s at 2026-01-05T12:10:03.000Z" in text
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_or_truncated_files_are_a_clear_error_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    tape, _exp, _books = build_tape()
+    tape.items = tape.items[:400]
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    victim = sorted((tmp_path / "kalshi" / DAY).glob("*.jsonl.gz"))[1]
+    data = bytearray(victim.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x55
+    victim.write_bytes(bytes(data))
+    for args in (
+        ["book", "kalshi", A, "--at", str(at(23, 0)), "--json"],
+        ["export", "--out", str(tmp_path / "pq")],
+        ["replay", "kalshi", DAY, "--max"],
+        ["coverage", "kalshi", DAY],
+        ["cat", "kalshi", DAY],
+    ):
+        code, _out, err = run(capsys, *args, "--path", str(tmp_path))
+        assert code == 1, (args, err)
+        assert err.startswith("ssmd: corrupt archive: ") and str(victim) in err, (args, err)
+    assert not list((tmp_path / "pq").rglob(f"{victim.name.split('.')[0]}.parquet"))
+    assert not [p for p in (tmp_path / "pq").rglob(".*") if p.is_file()]  # no temp left
+    result = subprocess.run(
+        [sys.executable, "-m", "ssmd", "data", "export", "--out", str(tmp_path / "pq2"), "--path", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert (
+        result.returncode == 1 and "Traceback" not in result.stderr and str(victim) in result.stderr
+    )
+
+
+def test_export_keeps_odd_messages_in_raw_instead_of_failing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ssmd.archive.export.BATCH_ROWS", 2)  # several row groups per file
+    tape = Tape()
+    odd: list[tuple[str, dict[str, Any] | bytes]] = [
+        (market_subject(ENV, "kalshi", "orderbook", A), {"type": "orderbook_delta", "sid": 1, "msg": {"market_ticker": A, "side": "yes"}}),
+        (market_subject(ENV, "kalshi", "trade", A), {"type": "trade", "msg": {"market_ticker": A, "yes_price": "abc", "count": 1.5}}),
+        ("prod.kalshi.json.unrouted.invalid", b"not json at all"),
+        (market_subject(ENV, "kalshi", "trade", A), {"type": "trade", "msg": {"market_ticker": A, "yes_price": 40, "count": 2}}),
+    ]  # fmt: skip
+    for i, (subject, payload) in enumerate(odd):
+        tape.add(subject, payload, at(12, 0, i))
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    out = tmp_path / "pq"
+    code, _, err = run(capsys, "export", "--out", str(out), "--path", str(tmp_path))
+    assert code == 0, err
+    con = ssmd.archive.open(tmp_path).duckdb(out)
+    raw = con.execute("SELECT type, payload FROM raw ORDER BY seq").fetchall()
+    assert [t for t, _ in raw] == ["orderbook", "trade", "unrouted", "trade"]
+    assert raw[2][1] == '"not json at all"'
+    assert con.execute("SELECT count(*) FROM book_deltas").fetchone() == (0,)
+    assert con.execute("SELECT price, size FROM trades ORDER BY seq").fetchall() == [
+        (None, 1.5),
+        (0.4, 2.0),
+    ]
