@@ -30,6 +30,11 @@ processes and are not counted):
   (connecting, creating the consumer), which is small next to the run. For the paced
   end-to-end runs the window is from the connector's start to the last ack, so the
   figure includes the pipeline's fixed per-batch and idle costs at that rate.
+* market discovery (`bench_discovery`): N open markets (100k; quick 20k) on the
+  simulated Kalshi (WebSocket and REST, one process): time from the connector's start
+  until exchange-confirmed order-book subscriptions cover every market, REST requests,
+  subscription commands, connections, peak RSS; against the bare paced REST walk of the
+  same markets (the floor: discovery cannot be faster than listing the markets).
 * reading back (`bench_archive.measure`): an archive written by the archiver's slot
   writer; `ssmd data export` rate and one market's book rebuild against gzip +
   json.loads per line of the same files.
@@ -64,6 +69,8 @@ from bench_archive import measure as measure_archive_reading
 from bench_archiver import bare_fetch_ack, fill_stream, ssmd_archiver, writer_vs_raw_gzip
 from bench_connector import measure_bare, measure_connector
 from bench_cpu import bare_child, frames_needed, ssmd_child
+from bench_discovery import measure_discovery, measure_rest_walk, new_key_pem
+from bench_discovery import start_exchange as start_discovery_exchange
 from bench_e2e import run_e2e
 from bench_venues import checksum_cpu, kraken_frames, measure_venue, messages_of, polymarket_frames
 from bench_venues import exchange_process as venue_exchange_process
@@ -114,6 +121,16 @@ def bare_publish_child(nats_url: str, payloads: list[bytes]) -> float:
 
 def venue_child(nats_url: str, ws_url: str, venue: str, n: int) -> float:
     return trio.run(measure_venue, nats_url, ws_url, venue, n)
+
+
+def discovery_child(
+    nats_url: str, ws_url: str, rest_url: str, key_pem: bytes, count: int
+) -> dict[str, float]:
+    return trio.run(measure_discovery, nats_url, ws_url, rest_url, key_pem, count)
+
+
+def rest_walk_child(rest_url: str, key_pem: bytes) -> dict[str, float]:
+    return trio.run(measure_rest_walk, rest_url, key_pem)
 
 
 def e2e_child(nats_url: str, ws_url: str, n: int, archive: Path) -> dict[str, Any]:
@@ -306,6 +323,40 @@ def main() -> int:
             f"{checked:.1f}",
             f"{routed:.1f}",
             f"{checked / routed:.2f}",
+        )
+
+        # Market discovery at Kalshi's scale.
+        markets = 20_000 if args.quick else 100_000
+        key_pem = new_key_pem()
+        exchange, ws_url, rest_url = start_discovery_exchange(key_pem, markets)
+        server = NatsServer(tmp / "js-discovery")
+        server.start()
+        try:
+            found, _, found_rss = isolated(
+                discovery_child, server.url, ws_url, rest_url, key_pem, markets
+            )
+            log(f"[discovery] {markets:,} books subscribed in {found['seconds']:.1f}s")
+            walk, _, walk_rss = isolated(rest_walk_child, rest_url, key_pem)
+            log(f"[discovery] bare REST walk: {walk['seconds']:.1f}s")
+        finally:
+            server.stop()
+            exchange.kill()
+        table.section(f"discovery, {markets:,} open markets (base: the bare paced REST walk)")
+        table.row(
+            "s until every order book is subscribed",
+            f"{found['seconds']:.1f}",
+            f"{walk['seconds']:.1f}",
+            f"{found['seconds'] / walk['seconds']:.2f}",
+        )
+        table.row(
+            "REST requests (markets and events walks)",
+            f"{found['rest_requests']:.0f}",
+            f"{walk['rest_requests']:.0f}",
+        )
+        table.row("subscription commands", f"{found['commands']:.0f}")
+        table.row("connections", f"{found['connections']:.0f}")
+        table.row(
+            "peak RSS, MiB", f"{found_rss:.0f}", f"{walk_rss:.0f}", f"{found_rss / walk_rss:.2f}"
         )
 
         # CPU at Kalshi's real rates: ssmd and the bare recorder on the same exchange.

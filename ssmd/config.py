@@ -243,6 +243,25 @@ def _positive_or_unset(_inst: object, attribute: attrs.Attribute[Any], value: in
 
 
 @attrs.frozen
+class DiscoveryConfig:
+    """`[connector.discovery]`: present, the connector follows the venue's open markets."""
+
+    # Series tickers to follow (e.g. ["KXBTCD"]); empty: every series.
+    series: list[str] = attrs.field(factory=list)
+    # Full REST reconciliation every `refresh`.
+    refresh: Duration = attrs.field(default=Duration.parse("5m"), validator=_positive_duration)
+    # REST requests per second (Kalshi's basic tier allows 20 reads a second).
+    rest_rate: float = attrs.field(default=10.0, validator=_positive)
+    rest_timeout: Duration = attrs.field(
+        default=Duration.parse("10s"), validator=_positive_duration
+    )
+    # Live subscription changes sent per second on each connection.
+    change_rate: float = attrs.field(default=20.0, validator=_positive)
+    # Repair the trade tape from REST after a disconnect or a gap.
+    backfill_trades: bool = True
+
+
+@attrs.frozen
 class ConnectorConfig:
     """One `[connector]` table, or one element of `[[connector]]`."""
 
@@ -289,6 +308,8 @@ class ConnectorConfig:
     publish_linger: Duration = Duration.parse("10ms")
     # "ssmd": the built-in client (fast receive path); "trio-websocket": the library's.
     websocket_client: str = attrs.field(default="ssmd")
+    # `[connector.discovery]`: Kalshi market discovery (None: the static `markets` only).
+    discovery: DiscoveryConfig | None = None
 
     @websocket_client.validator
     def _check_client(self, attribute: attrs.Attribute[str], value: str) -> None:
@@ -500,6 +521,8 @@ def _resolve_kind(cc: ConnectorConfig, key: str, file: str, single: bool) -> Con
         raise ConfigError(
             file, f"{key}.kind", f"feed {cc.feed!r} names no venue, so kind is required; {expected}"
         )
+    if cc.discovery is not None and kind != "kalshi":
+        raise ConfigError(file, f"{key}.discovery", f"applies to kind 'kalshi' only, not {kind!r}")
     if cc.depth is not None and kind != "kraken":
         raise ConfigError(file, f"{key}.depth", f"applies to kind 'kraken' only, not {kind!r}")
     allowed = VENUE_CHANNELS[kind]

@@ -49,6 +49,8 @@ SHUTDOWN_TIMEOUT_S = 10.0
 # stage 1), so the connector's unsubscribe at shutdown is answered. The Polymarket and
 # Kraken simulators are service tasks: they end after the last role task.
 EXCHANGE_STOP_STAGE = 2
+# A market opens (and, once three have, the oldest settles) this often while it runs.
+MARKET_CHURN_S = 5.0
 ROLES = ("connector", "archiver")
 # Faults on Polymarket and Kraken, in seconds after the recorder is up, then every
 # FAULT_EVERY_S: (Kraken checksum break, Kraken trade_id jump, Polymarket drop).
@@ -65,7 +67,10 @@ def kalshi_connector(exchange: SimulatedExchange) -> dict[str, Any]:
         "feed": "kalshi",
         "url": exchange.url,
         "channels": CHANNELS,
-        "markets": exchange.markets,
+        # Nobody lists markets: discovery follows the exchange's open ones.
+        "markets": [],
+        "rest_url": exchange.rest_url,
+        "discovery": {"refresh": "1m"},
         "markets_per_subscription": 12,
         **_RECONNECT,
     }
@@ -174,7 +179,11 @@ def run_demo(data_dir: str, duration: float) -> int:
     private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     credentials = Credentials(api_key=str(uuid.uuid4()), private_key=private_key)
     exchange = SimulatedExchange(
-        private_key.public_key(), credentials.api_key, rate=EXCHANGE_RATE, seed=EXCHANGE_SEED
+        private_key.public_key(),
+        credentials.api_key,
+        rate=EXCHANGE_RATE,
+        seed=EXCHANGE_SEED,
+        churn_every=MARKET_CHURN_S,
     )
     polymarket = PolymarketExchange(POLYMARKET_MARKETS, rate=VENUE_RATE, seed=EXCHANGE_SEED)
     kraken = KrakenExchange(rate=VENUE_RATE, seed=EXCHANGE_SEED)

@@ -139,7 +139,17 @@ def pattern_covers(outer: str, inner: str) -> bool:
 
 
 DISCONTINUITY_KINDS = frozenset(
-    {"connect", "disconnect", "gap", "resubscribe", "overflow", "rejected", "subscribe_error"}
+    {
+        "connect",
+        "disconnect",
+        "gap",
+        "resubscribe",
+        "overflow",
+        "rejected",
+        "subscribe_error",
+        "subscription",
+        "backfill",
+    }
 )
 INVALID_TYPE_TOKEN = "invalid"
 

@@ -9,7 +9,7 @@ from ssmd.backoff import Backoff
 from ssmd.connector.auth import Credentials
 from ssmd.connector.rest import RestClient, RestRefused, RestSettings
 from ssmd.feeds.kalshi_discovery import PAGE_LIMIT, Selection
-from ssmd.simulators.kalshi_rest import KalshiMarkets, KalshiRest
+from ssmd.simulators.kalshi.rest import KalshiMarkets, KalshiRest
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 CREDENTIALS = Credentials("key-id", KEY)
@@ -91,7 +91,7 @@ async def test_an_unsigned_or_badly_signed_request_is_refused_with_401() -> None
 
 
 async def test_trades_can_be_listed_by_window_for_a_backfill() -> None:
-    from ssmd.simulators.kalshi_rest import SimTrade
+    from ssmd.simulators.kalshi.rest import SimTrade
 
     markets = KalshiMarkets()
     markets.open(["KXINX-1-B1", "KXINX-1-B2"])

@@ -24,8 +24,10 @@ from prometheus_client import CollectorRegistry
 from ssmd.archiver.metrics import archiver_metrics
 from ssmd.archiver.service import ArchiverStatus
 from ssmd.clock import WallClock
-from ssmd.connector.metrics import connector_metrics
+from ssmd.connector.discovery import DiscoveryStats
+from ssmd.connector.metrics import connector_metrics, discovery_metrics
 from ssmd.connector.publisher import Publisher
+from ssmd.connector.rest import RestStats
 from ssmd.metrics import FunctionCollector
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -78,6 +80,11 @@ def ssmd_metric_names() -> set[str]:
     registry = CollectorRegistry()
     registry.register(FunctionCollector(lambda: connector_metrics("kalshi", publisher, [])))
     registry.register(FunctionCollector(lambda: archiver_metrics("kalshi", ArchiverStatus())))
+    registry.register(
+        FunctionCollector(
+            lambda: discovery_metrics("kalshi", DiscoveryStats(), RestStats(), 300.0, 0, {}, [])
+        )
+    )
     return {
         family.name + suffix
         for family in registry.collect()

@@ -108,6 +108,19 @@ def interruption(record: Record, tracker: ConnectionTracker) -> Interruption | N
     if kind == "subscribe_error":
         reason = f"subscribe error on {body.get('channel')}: {body.get('error', '?')}"
         return Interruption(kind, at, reason, _markets(body.get("markets")), seq, body)
+    if kind == "subscription":
+        # Market discovery began or ended these markets' capture: only they are touched.
+        added_value, removed_value = body.get("added"), body.get("removed")
+        added = added_value if isinstance(added_value, list) else []
+        removed = removed_value if isinstance(removed_value, list) else []
+        reason = (
+            f"subscription change on {body.get('channel')} ({body.get('reason', '?')}): "
+            f"{len(added)} added, {len(removed)} removed"
+        )
+        return Interruption(kind, at, reason, _markets([*added, *removed]), seq, body)
+    if kind == "backfill":
+        # Late trades for a loss the disconnect or gap record already marks: none missing.
+        return None
     return Interruption(kind, at, f"ssmd {kind}", None, seq, body)
 
 

@@ -241,7 +241,13 @@ class SlotFile:
             lines: list[bytes] = []
             stats = FileStats()
             for m in messages:
-                line = format_line(m.stream_seq, m.subject, m.data, m.recv_ns)
+                line = format_line(
+                    m.stream_seq,
+                    m.subject,
+                    m.data,
+                    m.recv_ns,
+                    backfilled=getattr(m, "backfilled", False),
+                )
                 lines.append(line)
                 stats.add(m.stream_seq, m.subject, len(line))
             data = b"".join(lines)

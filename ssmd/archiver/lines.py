@@ -2,7 +2,9 @@
 
 A line is the published payload with ssmd's metadata spliced in as leading keys that
 start with `_`: `_seq` (stream sequence), `_subject`, and `_recv_ns` (the connector's
-receive time) when the message carries it. The payload's bytes are kept as they are, so
+receive time) when the message carries it, then `_backfilled: true` on a message fetched
+from the venue's REST API after a loss rather than received live. The payload's bytes
+are kept as they are, so
 `json.loads(line)` minus the `_` keys equals `json.loads(payload)`.
 
 A single-line object payload is checked by msgspec, reading only its top-level keys;
@@ -34,10 +36,14 @@ def _subject_json(subject: str) -> bytes:
     return json.dumps(subject).encode()
 
 
-def format_line(seq: int, subject: str, payload: bytes, recv_ns: int | None) -> bytes:
+def format_line(
+    seq: int, subject: str, payload: bytes, recv_ns: int | None, *, backfilled: bool = False
+) -> bytes:
     head = b'{"_seq":%d,"_subject":%s' % (seq, _subject_json(subject))
     if recv_ns is not None:
         head += b',"_recv_ns":%d' % recv_ns
+    if backfilled:
+        head += b',"_backfilled":true'
     if b"\n" not in payload and b"\r" not in payload and _utf8(payload):
         try:
             top = _decode_top(payload)

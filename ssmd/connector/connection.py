@@ -21,9 +21,10 @@ disconnect record.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -38,8 +39,10 @@ from ssmd.connector.websocket import Connect, WebSocket
 from ssmd.connector.wsclient import connect_fast
 from ssmd.deadline import shielded
 from ssmd.feeds.base import (
+    Change,
     Command,
     ConnectionStats,
+    DynamicSession,
     Session,
     SessionContext,
     Subjects,
@@ -55,6 +58,8 @@ __all__ = ["Connection", "ConnectionLost", "ConnectionSettings", "ConnectionStat
 log = logging.getLogger("ssmd.connector.connection")
 
 HeaderSource = Callable[[str], list[tuple[str, str]]]
+OnRefused = Callable[[int, int, tuple[str, ...]], None]
+"""(conn, slot, markets) the exchange refused as over its market limit."""
 READ_BATCH = 1000
 
 
@@ -65,6 +70,9 @@ class ConnectionSettings:
     command_timeout: float
     backoff_initial: float
     backoff_max: float
+    # Live subscription changes are sent at most this often (Kalshi limits the
+    # per-subscription command rate, error 27).
+    change_interval: float = 0.0
 
     @property
     def backoff(self) -> Backoff:
@@ -137,6 +145,7 @@ class Connection:
         headers: HeaderSource,
         connect: Connect = connect_fast,
         rng: random.Random | None = None,
+        context: SessionContext | None = None,
     ) -> None:
         self.index = index
         self._url = url
@@ -149,9 +158,16 @@ class Connection:
         self.feed = config.feed
         self.subjects = Subjects(env, config.feed)
         self.stats = ConnectionStats()
-        self.session: Session = venue.session(
-            SessionContext(index, self.subjects, self.stats, config), plans
-        )
+        if context is None:
+            context = SessionContext(index, self.subjects, self.stats, config)
+        else:
+            self.subjects = context.subjects
+            self.stats = context.stats
+        self.session: Session = venue.session(context, plans)
+        # Live subscription changes waiting to be sent (`change`), oldest first.
+        self._changes: collections.deque[Change] = collections.deque()
+        self.on_refused: OnRefused | None = None
+        self._socket: _Socket | None = None
         # Connected with every subscription answered: what /ready waits for.
         self.up = False
         self._task_status: trio.TaskStatus[None] | None = None
@@ -170,6 +186,7 @@ class Connection:
             retry = self._settings.backoff.retry(self._rng)
             while True:
                 socket = _Socket(last_frame=trio.current_time())
+                self._socket = socket
                 try:
                     await self._serve(socket)
                     reason = "connection ended"
@@ -188,6 +205,27 @@ class Connection:
                 delay = retry.next_delay()
                 log.info("conn %d: reconnecting in %.2fs", self.index, delay)
                 await trio.sleep(delay)
+
+    @property
+    def changes_waiting(self) -> int:
+        return len(self._changes)
+
+    def change(self, changes: Iterable[Change]) -> None:
+        """Queue live subscription changes; sent in order, one at a time, each reply
+        awaited, paced by `change_interval`. A connection that is down applies them
+        after its reconnect has subscribed what was wanted before."""
+        if not isinstance(self.session, DynamicSession):
+            raise TypeError(f"the {type(self.session).__name__} cannot change subscriptions")
+        self._changes.extend(changes)
+        if self._socket is not None:
+            self._socket.notify()
+
+    def _report_refused(self) -> None:
+        session = self.session
+        if isinstance(session, DynamicSession):
+            for slot, markets in session.take_refused():
+                if self.on_refused is not None:
+                    self.on_refused(self.index, slot, markets)
 
     async def _emit(self, record: DiscontinuityRecord) -> None:
         assert self._send is not None
@@ -355,14 +393,25 @@ class Connection:
         if self._task_status is not None:
             self._task_status.started()
             self._task_status = None
+        self._report_refused()
         retry = SUBSCRIBE_RETRY.retry(self._rng)
         retry_at: float | None = None
+        dynamic = isinstance(session, DynamicSession)
         while True:
             changed = socket.changed
             commands = session.take_commands()
             if commands:
                 for command in commands:
                     await self._send_command(ws, socket, command)
+                continue
+            if dynamic and self._changes:
+                assert isinstance(session, DynamicSession)
+                change_command = session.apply(self._changes.popleft())
+                if change_command is not None:
+                    await self._send_command(ws, socket, change_command)
+                    self._report_refused()
+                    if self._settings.change_interval > 0:
+                        await trio.sleep(self._settings.change_interval)
                 continue
             if not session.retries_waiting():
                 retry_at = None
@@ -376,3 +425,4 @@ class Connection:
                 retry_at = None
                 for command in session.take_retries():
                     await self._send_command(ws, socket, command)
+                self._report_refused()

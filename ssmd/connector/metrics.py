@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ssmd.connector.connection import Connection
 from ssmd.connector.publisher import Publisher
+from ssmd.feeds.base import DynamicSession
 from ssmd.metrics import by_label, counter, gauge
+
+if TYPE_CHECKING:
+    from ssmd.connector.discovery import DiscoveryStats
+    from ssmd.connector.rest import RestStats
 
 
 def connector_metrics(
@@ -127,4 +133,112 @@ def connector_metrics(
         "ssmd_publish_ack_seconds",
         "Time from publishing a batch to its last JetStream ack.",
         labels,
+    )
+
+
+def discovery_metrics(
+    feed: str,
+    stats: DiscoveryStats,
+    rest: RestStats,
+    refresh_s: float,
+    selected: int,
+    planned: dict[str, int],
+    connections: list[Connection],
+) -> Iterator[object]:
+    """Market discovery: the market counts, REST requests, subscription changes."""
+    labels = {"feed": feed}
+    yield by_label(
+        GaugeMetricFamily,
+        "ssmd_discovery_markets",
+        "Markets by state: known (open on the exchange, last walk), selected (followed).",
+        labels,
+        "state",
+        {"known": stats.known, "selected": selected},
+    )
+    subscribed: collections.Counter[str] = collections.Counter()
+    per_sid = GaugeMetricFamily(
+        "ssmd_subscription_markets",
+        "Markets on each live subscription (0: an all-markets subscription).",
+        labels=["feed", "conn", "sid", "channel"],
+    )
+    per_conn = GaugeMetricFamily(
+        "ssmd_connection_markets",
+        "Markets on each connection's market-scoped subscriptions, per channel summed.",
+        labels=["feed", "conn"],
+    )
+    changes: collections.Counter[str] = collections.Counter()
+    for c in connections:
+        changes.update(c.stats.changes)
+        session = c.session
+        if not isinstance(session, DynamicSession):
+            continue
+        on_conn = 0
+        for sid, (channel, count) in session.sid_markets().items():
+            subscribed[channel] += count
+            on_conn += count
+            per_sid.add_metric([feed, str(c.index), str(sid), channel], count)
+        per_conn.add_metric([feed, str(c.index)], on_conn)
+    yield by_label(
+        GaugeMetricFamily,
+        "ssmd_subscribed_markets",
+        "Markets the exchange confirmed on subscriptions, per channel.",
+        labels,
+        "channel",
+        dict(subscribed),
+    )
+    yield by_label(
+        GaugeMetricFamily,
+        "ssmd_planned_markets",
+        "Markets the subscription planner has placed, per channel.",
+        labels,
+        "channel",
+        planned,
+    )
+    yield per_sid
+    yield per_conn
+    yield by_label(
+        CounterMetricFamily,
+        "ssmd_rest_requests",
+        "REST requests of market discovery and backfill, by HTTP status (or error/timeout).",
+        labels,
+        "status",
+        dict(rest.requests),
+    )
+    yield by_label(
+        CounterMetricFamily,
+        "ssmd_subscription_commands",
+        "Live subscription changes sent, by outcome (ok, error:<code>).",
+        labels,
+        "outcome",
+        dict(changes),
+    )
+    yield gauge(
+        "ssmd_discovery_last_reconcile_timestamp_seconds",
+        "Wall time the last full REST walk of the open markets completed (0: none yet).",
+        labels,
+        stats.last_reconcile_ns / 1e9,
+    )
+    yield gauge(
+        "ssmd_discovery_refresh_seconds",
+        "The configured interval between REST walks.",
+        labels,
+        refresh_s,
+    )
+    yield counter(
+        "ssmd_discovery_lifecycle_events",
+        "Lifecycle events that changed the selected market set.",
+        labels,
+        stats.lifecycle_events,
+    )
+    yield counter(
+        "ssmd_discovery_lifecycle_dropped",
+        "Lifecycle events dropped because discovery was behind (reconciliation repairs).",
+        labels,
+        stats.lifecycle_dropped,
+    )
+    yield counter(
+        "ssmd_discovery_backfilled_trades",
+        "Trades fetched from REST after a loss on `trade` and published, marked backfilled.",
+        labels,
+        stats.backfilled_trades,
     )

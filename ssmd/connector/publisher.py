@@ -65,6 +65,8 @@ class Inbound:
     subject: str
     payload: bytes
     recv_ns: int
+    # Fetched from the venue's REST API after a loss, not received live (trade backfill).
+    backfilled: bool = False
 
 
 def record_message(env: str, feed: str, record: DiscontinuityRecord) -> Inbound:
@@ -181,7 +183,9 @@ class Publisher:
 
     def _append(self, item: Inbound) -> None:
         self._buffer.append(
-            OutgoingMessage(item.subject, item.payload, self._next_id(), item.recv_ns)
+            OutgoingMessage(
+                item.subject, item.payload, self._next_id(), item.recv_ns, item.backfilled
+            )
         )
         self._buffered_bytes += len(item.payload)
         self._has_work.set()

@@ -105,6 +105,41 @@ class SubscribeErrorRecord:
     ts_ns: int
 
 
+@attrs.frozen
+class SubscriptionRecord:
+    """What a live connection records changed: `added` markets are recorded from here on,
+    `removed` ones no more. `reason`: `discovery` (found by the REST walk at start),
+    `lifecycle:<event_type>` (a `market_lifecycle_v2` event), `reconcile` (a periodic
+    REST walk disagreed), `error:<code>` (the exchange refused or dropped a subscription)."""
+
+    kind: ClassVar[str] = "subscription"
+    conn: int
+    sid: int | None
+    channel: str
+    added: list[str]
+    removed: list[str]
+    reason: str
+    ts_ns: int
+
+
+@attrs.frozen
+class BackfillRecord:
+    """Trades lost on `trade` (a disconnect or a gap) were fetched from the venue's REST
+    API for the window `[min_ts, max_ts]` (Unix seconds; `markets` empty: all markets):
+    `fetched` trades in the window, of which `published` had not been received and were
+    published after this record, each marked backfilled (`_backfilled` in the archive)."""
+
+    kind: ClassVar[str] = "backfill"
+    conn: int
+    channel: str
+    min_ts: int
+    max_ts: int
+    markets: list[str]
+    fetched: int
+    published: int
+    ts_ns: int
+
+
 DiscontinuityRecord = (
     ConnectRecord
     | DisconnectRecord
@@ -113,6 +148,8 @@ DiscontinuityRecord = (
     | OverflowRecord
     | RejectedRecord
     | SubscribeErrorRecord
+    | SubscriptionRecord
+    | BackfillRecord
 )
 
 

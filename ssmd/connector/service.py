@@ -15,26 +15,32 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from functools import partial
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
-from ssmd.config import Config, ConnectorConfig
+from ssmd.config import KALSHI_DEMO_URL, KALSHI_PROD_URL, Config, ConnectorConfig
 from ssmd.connector.auth import Credentials
 from ssmd.connector.connection import Connection, ConnectionSettings, describe
 from ssmd.connector.metrics import connector_metrics
 from ssmd.connector.publisher import Inbound, Publisher
+from ssmd.connector.shards import SubscriptionPlan
 from ssmd.connector.websocket import Connect, HandshakeRejected, connect_websocket
 from ssmd.connector.wsclient import connect_fast
 from ssmd.feeds import VenueUnavailable, load_venue
-from ssmd.feeds.base import Venue
+from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects, Venue
+from ssmd.feeds.kalshi_discovery import BackfillWindow, Selection, TradeLedger
 from ssmd.metrics import FunctionCollector, merge_families
 from ssmd.nats.bridge import NatsBridge
 from ssmd.nats.types import StreamSpec
 from ssmd.subjects import feed_prefix, pattern_covers
 from ssmd.supervisor import StartupRefused, StartupUnavailable, Supervisor
+
+if TYPE_CHECKING:
+    from ssmd.connector.discovery import Discovery
 
 log = logging.getLogger("ssmd.connector")
 
@@ -108,7 +114,24 @@ def connection_settings(cc: ConnectorConfig) -> ConnectionSettings:
         command_timeout=cc.command_timeout.seconds,
         backoff_initial=cc.backoff_initial.seconds,
         backoff_max=cc.backoff_max.seconds,
+        change_interval=1.0 / cc.discovery.change_rate if cc.discovery else 0.0,
     )
+
+
+KALSHI_REST_URLS = {
+    KALSHI_PROD_URL: "https://api.elections.kalshi.com/trade-api/v2",
+    KALSHI_DEMO_URL: "https://demo-api.kalshi.co/trade-api/v2",
+}
+
+
+def kalshi_rest_url(cc: ConnectorConfig, ws_url: str) -> str:
+    """`rest_url`, else the REST base beside the WebSocket URL."""
+    if cc.rest_url:
+        return cc.rest_url
+    if ws_url in KALSHI_REST_URLS:
+        return KALSHI_REST_URLS[ws_url]
+    http = "https" + ws_url[3:] if ws_url.startswith("wss") else "http" + ws_url[2:]
+    return http.replace("/ws/v2", "/v2")
 
 
 async def _report_stats(feed: str, publisher: Publisher, connections: list[Connection]) -> None:
@@ -132,11 +155,13 @@ async def _report_stats(feed: str, publisher: Publisher, connections: list[Conne
 
 @attrs.frozen
 class FeedTasks:
-    """One configured connector: its publisher and its connections."""
+    """One configured connector: its publisher, its connections (discovery may add
+    more while it runs) and its discovery task, if any."""
 
     feed: str
     publisher: Publisher
     connections: list[Connection]
+    discovery: Discovery | None = None
 
 
 @attrs.frozen
@@ -185,12 +210,24 @@ async def _start_feed(
         await probe_credentials(
             connect, url, credentials, min(cc.command_timeout.seconds, PROBE_TIMEOUT_S)
         )
-    try:
-        markets: list[str] | None = await venue.subscription_markets(cc)
-    except StartupUnavailable as exc:
-        # Other feeds must not wait or stop for it: retried in this feed's own task.
-        log.warning("connector %s: %s; retrying while the other feeds run", cc.feed, exc)
-        markets = None
+    discovery_config = cc.discovery
+    markets: list[str] | None
+    if discovery_config is not None:
+        # Imported here: httpx and the rest load only for a connector that discovers.
+        from ssmd.connector.discovery import Discovery, channel_split, initial_plans
+        from ssmd.connector.layout import SubscriptionLayout
+        from ssmd.connector.rest import RestClient, RestSettings
+
+        selection = Selection(frozenset(discovery_config.series))
+        whole, following = channel_split(cc.channels, selection)
+        markets = list(cc.markets)
+    else:
+        try:
+            markets = await venue.subscription_markets(cc)
+        except StartupUnavailable as exc:
+            # Other feeds must not wait or stop for it: retried in this feed's own task.
+            log.warning("connector %s: %s; retrying while the other feeds run", cc.feed, exc)
+            markets = None
     publisher = Publisher(
         bridge.publish_batch,
         env=config.env,
@@ -207,10 +244,44 @@ async def _start_feed(
     send, receive = trio.open_memory_channel[list[Inbound]](INBOUND_CHANNEL_SIZE)
     sup.start_sink(f"{name}.publisher", publisher.run, receive)
     settings = connection_settings(cc)
-    connections: list[Connection] = []
+    discovery: Discovery | None = None
+    trades = (
+        TradeLedger() if discovery_config is not None and discovery_config.backfill_trades else None
+    )
 
-    def plan_connections(markets: list[str]) -> None:
-        shards = venue.plan(cc, markets)
+    def on_event(payload: bytes) -> None:
+        if discovery is not None:
+            discovery.on_event(payload)
+
+    def on_backfill(conn: int, window: BackfillWindow) -> None:
+        if discovery is not None:
+            discovery.on_backfill(conn, window)
+
+    def make_connection(index: int, plans: list[SubscriptionPlan]) -> Connection:
+        context = SessionContext(
+            index,
+            Subjects(config.env, cc.feed),
+            ConnectionStats(),
+            cc,
+            events=on_event if discovery_config is not None else None,
+            trades=trades,
+            backfill=on_backfill if trades is not None else None,
+        )
+        return Connection(
+            index,
+            url,
+            venue,
+            plans,
+            config=cc,
+            env=config.env,
+            clock=clock,
+            settings=settings,
+            headers=partial(venue.handshake_headers, credentials=credentials),
+            connect=connect,
+            context=context,
+        )
+
+    def plan_connections(shards: list[list[SubscriptionPlan]]) -> list[Connection]:
         log.info(
             "connector %s (%s): %d connection(s), %d subscription(s) to %s",
             cc.feed,
@@ -219,21 +290,7 @@ async def _start_feed(
             sum(len(s) for s in shards),
             url,
         )
-        connections.extend(
-            Connection(
-                index,
-                url,
-                venue,
-                plans,
-                config=cc,
-                env=config.env,
-                clock=clock,
-                settings=settings,
-                headers=partial(venue.handshake_headers, credentials=credentials),
-                connect=connect,
-            )
-            for index, plans in enumerate(shards)
-        )
+        return [make_connection(index, plans) for index, plans in enumerate(shards)]
 
     async def resolve_then_connect(*, task_status: trio.TaskStatus[None]) -> None:
         """Retry the market list until it comes, then run the connections (not ready until
@@ -243,25 +300,67 @@ async def _start_feed(
             while True:
                 await retry.wait()
                 try:
-                    markets = await venue.subscription_markets(cc)
+                    resolved = await venue.subscription_markets(cc)
                     break
                 except StartupUnavailable as exc:
                     log.warning("connector %s: %s; retrying", cc.feed, exc)
             log.info("connector %s: markets resolved after %d tries", cc.feed, retry.failures)
-            plan_connections(markets)
+            late = plan_connections(venue.plan(cc, resolved))
+            connections.extend(late)
             async with trio.open_nursery() as nursery:
-                for connection in connections:
+                for connection in late:
                     await nursery.start(connection.run, send.clone())
                 task_status.started()
 
-    if markets is None:
-        sup.start_producer(f"{name}.markets", resolve_then_connect, reports_ready=True)
+    connections: list[Connection] = []
+    if discovery_config is not None:
+        connections = plan_connections([initial_plans(whole)])
+    elif markets is not None:
+        connections = plan_connections(venue.plan(cc, markets))
     else:
-        plan_connections(markets)
-        for connection in connections:
-            sup.start_producer(
-                f"{name}.ws{connection.index}", connection.run, send.clone(), reports_ready=True
-            )
+        sup.start_producer(f"{name}.markets", resolve_then_connect, reports_ready=True)
+    for connection in connections:
+        sup.start_producer(
+            f"{name}.ws{connection.index}", connection.run, send.clone(), reports_ready=True
+        )
+    if discovery_config is not None:
+
+        def open_connection(index: int, out: trio.MemorySendChannel[list[Inbound]]) -> Connection:
+            connection = make_connection(index, [])
+            sup.start_producer(f"{name}.ws{index}", connection.run, out)
+            return connection
+
+        per_subscription = cc.markets_per_subscription or venue.limits.markets_per_subscription
+        per_connection = cc.markets_per_connection or venue.limits.markets_per_connection
+        rest = RestClient(
+            kalshi_rest_url(cc, url),
+            RestSettings(
+                rate=discovery_config.rest_rate,
+                burst=max(1.0, discovery_config.rest_rate),
+                timeout=discovery_config.rest_timeout.seconds,
+            ),
+            headers=credentials.request_headers if credentials is not None else None,
+            label=f"{cc.feed} REST",
+        )
+        discovery = Discovery(
+            selection=selection,
+            layout=(
+                SubscriptionLayout(following, per_subscription, per_connection)
+                if following
+                else None
+            ),
+            rest=rest,
+            subjects=Subjects(config.env, cc.feed),
+            clock=clock,
+            refresh=discovery_config.refresh.seconds,
+            connections=connections,
+            open_connection=open_connection,
+            static_markets=markets or [],
+            trades=trades,
+        )
+        sup.start_producer(f"{name}.discovery", discovery.run, send.clone())
+        sup.add_readiness_check(f"{name}.discovery", discovery.not_ready)
+    if markets is not None or discovery_config is not None:
         send.close()
     sup.start_producer(f"{name}.stats", _report_stats, cc.feed, publisher, connections)
     stall_after = max(30.0, 3 * cc.publish_timeout.seconds)
@@ -279,7 +378,7 @@ async def _start_feed(
 
     sup.add_health_check(name, health)
     sup.add_readiness_check(name, readiness)
-    return FeedTasks(cc.feed, publisher, connections)
+    return FeedTasks(cc.feed, publisher, connections, discovery)
 
 
 async def start_connector(
@@ -298,12 +397,13 @@ async def start_connector(
         await _start_feed(sup, config, cc, bridge, clock, credentials) for cc in config.connectors
     ]
 
+    def families(feed: FeedTasks) -> Iterator[object]:
+        yield from connector_metrics(feed.feed, feed.publisher, feed.connections)
+        if feed.discovery is not None:
+            yield from feed.discovery.metrics(feed.feed)
+
     def collect() -> Iterator[object]:
-        return merge_families(
-            family
-            for feed in feeds
-            for family in connector_metrics(feed.feed, feed.publisher, feed.connections)
-        )
+        return merge_families(family for feed in feeds for family in families(feed))
 
     sup.metrics.register(FunctionCollector(collect))
     return ConnectorTasks(feeds)

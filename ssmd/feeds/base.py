@@ -52,11 +52,12 @@ Contract every implementation keeps (the engine and the tests rely on it):
 from __future__ import annotations
 
 import collections
-from collections.abc import Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
 
+from ssmd.connector.layout import Action
 from ssmd.connector.publisher import Inbound, record_message
 from ssmd.connector.records import DiscontinuityRecord
 from ssmd.connector.shards import SubscriptionPlan
@@ -65,11 +66,14 @@ from ssmd.subjects import RESERVED_TYPES, encode_token, fallback_subject
 if TYPE_CHECKING:
     from ssmd.config import ConnectorConfig
     from ssmd.connector.auth import Credentials
+    from ssmd.feeds.kalshi_discovery import BackfillWindow, TradeLedger
 
 __all__ = [
     "MAX_TOKEN_CHARS",
+    "Change",
     "Command",
     "ConnectionStats",
+    "DynamicSession",
     "Session",
     "SessionContext",
     "Subjects",
@@ -118,6 +122,9 @@ class ConnectionStats:
         """Count one gap record, by its `reason` (e.g. seq, checksum, trade_id)."""
         self.gaps += 1
         self.gap_reasons[reason] += 1
+
+    # Live subscription changes (`DynamicSession`) by outcome: `ok`, `error:<code>`.
+    changes: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
 
 @attrs.frozen(slots=True)
@@ -193,6 +200,14 @@ class SessionContext:
     subjects: Subjects
     stats: ConnectionStats
     config: ConnectorConfig
+    # Where a venue hands the messages market discovery follows (Kalshi:
+    # `market_lifecycle_v2`), exact bytes; must not block (None: discovery is off).
+    events: Callable[[bytes], None] | None = None
+    # Trade backfill (Kalshi): the live trade ids, shared by every connection of the
+    # feed, and where a loss on a `trade` subscription asks for the lost window (conn,
+    # window). None: no backfill.
+    trades: TradeLedger | None = None
+    backfill: Callable[[int, BackfillWindow], None] | None = None
 
 
 class Session(Protocol):
@@ -255,6 +270,40 @@ def confirms_stop(session: Session) -> bool:
     """Whether the session's venue confirms an unsubscribe (`stop_confirmed` then means
     the exchange said so): the optional attribute `confirms_stop`, True when absent."""
     return bool(getattr(session, "confirms_stop", True))
+
+
+@attrs.frozen
+class Change:
+    """One planner action (`ssmd.connector.layout`) for a live connection, and why
+    (`discovery`, `lifecycle:<event_type>`, `reconcile`, `error:<code>`): the reason
+    goes into the `ssmd.subscription` record that the reply produces."""
+
+    action: Action
+    reason: str
+
+
+@runtime_checkable
+class DynamicSession(Session, Protocol):
+    """A session whose subscriptions change while it is connected (optional: the engine
+    checks `isinstance(session, DynamicSession)`; other venues keep the plain protocol).
+
+    The session keeps the wanted state of every planner slot, so a reconnect's `start()`
+    subscribes what is wanted now. `apply` updates that state and gives the command that
+    carries the change to the exchange (None when nothing is to be sent now, e.g. the
+    slot's subscription is refused and waiting for its retry). The reply publishes an
+    `ssmd.subscription` record in place; a market-limit refusal is handed back through
+    `take_refused` so the planner can split the subscription.
+    """
+
+    def apply(self, change: Change) -> Command | None: ...
+
+    def take_refused(self) -> list[tuple[int, tuple[str, ...]]]:
+        """(slot, markets) the exchange refused as over its market limit, since last asked."""
+        ...
+
+    def sid_markets(self) -> dict[int, tuple[str, int]]:
+        """Each live subscription's channel and market count (0: all markets)."""
+        ...
 
 
 @attrs.frozen

@@ -16,7 +16,13 @@ from contextlib import suppress
 from typing import Any
 
 from ssmd.nats.direct import subscribe_direct
-from ssmd.nats.types import MSG_ID_HEADER, RECV_NS_HEADER, OutgoingMessage, PublishOutcome
+from ssmd.nats.types import (
+    BACKFILLED_HEADER,
+    MSG_ID_HEADER,
+    RECV_NS_HEADER,
+    OutgoingMessage,
+    PublishOutcome,
+)
 
 ACK_TIMED_OUT = "timed out waiting for the JetStream ack"
 
@@ -93,7 +99,15 @@ class AckInbox:
                         m.subject,
                         m.payload,
                         reply=reply_prefix + str(i),
-                        headers={MSG_ID_HEADER: m.msg_id, RECV_NS_HEADER: str(m.recv_ns)},
+                        headers=(
+                            {
+                                MSG_ID_HEADER: m.msg_id,
+                                RECV_NS_HEADER: str(m.recv_ns),
+                                BACKFILLED_HEADER: "1",
+                            }
+                            if m.backfilled
+                            else {MSG_ID_HEADER: m.msg_id, RECV_NS_HEADER: str(m.recv_ns)}
+                        ),
                     )
                 except Exception as exc:
                     batch.settle(i, PublishOutcome(error=f"{type(exc).__name__}: {exc}"))

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from typing import Any, TypeVar
 
-from ssmd.nats.types import RECV_NS_HEADER, ConsumerLost, FetchedMessage
+from ssmd.nats.types import BACKFILLED_HEADER, RECV_NS_HEADER, ConsumerLost, FetchedMessage
 
 T = TypeVar("T")
 
@@ -160,6 +160,7 @@ class PullState:
                 recv_ns_of(headers),
                 msg.reply,
                 left,
+                bool(headers and headers.get(BACKFILLED_HEADER)),
             )
         )
         self._arrived.set()

@@ -13,6 +13,8 @@ import nats.js.errors
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 RECV_NS_HEADER = "Ssmd-Recv-Ns"
+# Present ("1") on a message fetched from the venue's REST API after a loss (backfill).
+BACKFILLED_HEADER = "Ssmd-Backfilled"
 
 
 class NatsUnavailable(Exception):
@@ -34,6 +36,7 @@ class FetchedMessage:
     reply: str
     # Messages matching the consumer's filter still in the stream after this one.
     pending: int = 0
+    backfilled: bool = False
 
 
 @attrs.frozen
@@ -67,6 +70,7 @@ class OutgoingMessage:
     payload: bytes
     msg_id: str
     recv_ns: int
+    backfilled: bool = False
 
 
 @attrs.frozen(slots=True)

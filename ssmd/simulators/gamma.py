@@ -1,4 +1,5 @@
-"""A simulated Polymarket Gamma REST API (markets only), over HTTP/1.1 on loopback with h11.
+"""A simulated Polymarket Gamma REST API (markets only), over HTTP/1.1 on loopback
+(`ssmd.simulators.http`).
 
 - `GET /markets`: a bare JSON array, paged with `limit` (at most 500, default 20) and
   `offset`; filters `active`, `closed` (`true`/`false`), `condition_ids`,
@@ -109,13 +110,14 @@ class GammaServer:
             return 200, json.dumps(body).encode()
         return 404, b'{"error":"not found"}'
 
-    async def _answer(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:
         if request.method != "GET":
             return Response(405, b'{"error":"method not allowed"}')
         status, body = self.respond(request.target)
         return Response(status, body)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        server = HttpServer(self.handle)
         async with trio.open_nursery() as nursery:
-            self.port = await nursery.start(HttpServer(self._answer).serve)
+            self.port = await nursery.start(server.serve)
             task_status.started()

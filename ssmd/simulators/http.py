@@ -45,6 +45,13 @@ class HttpServer:
     def __init__(self, handler: Handler) -> None:
         self._handler = handler
         self.port: int | None = None
+        self._listeners: list[trio.SocketListener] | None = None
+
+    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Bind now (the port is known before serving); `serve` then uses this socket."""
+        self._listeners = await trio.open_tcp_listeners(port, host=host)
+        self.port = self._listeners[0].socket.getsockname()[1]
+        return self.port
 
     async def serve(
         self,
@@ -53,8 +60,10 @@ class HttpServer:
         *,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-        self.port = listeners[0].socket.getsockname()[1]
+        if self._listeners is None:
+            await self.listen(host, port)
+        listeners, self._listeners = self._listeners, None
+        assert listeners is not None and self.port is not None
         async with trio.open_nursery() as nursery:
             task_status.started(self.port)
             nursery.start_soon(trio.serve_listeners, self._handle, listeners)

@@ -49,6 +49,7 @@ _Body = msgspec.defstruct(
                 *DEFAULT_KEY_FIELDS,
                 *UNKNOWN_TYPE_KEY_FIELDS,
                 *(f for v in KEY_FIELDS.values() for f in v),
+                "trade_id",  # a trade's id, for the trade backfill
             }
         )
     ],
@@ -91,6 +92,7 @@ class Routed:
     key: str | None = None
     envelope: dict[str, Any] | None = None
     reason: str = ""
+    trade_id: str | None = None  # a `trade` message's id (trade backfill drops repeats)
 
 
 def _int_field(value: object) -> int | None:
@@ -183,6 +185,7 @@ class Router:
         if len(key) > MAX_TOKEN_CHARS:
             routed = self._unrouted("routing key too long", message_type, sid)
             return attrs.evolve(routed, seq=seq)
+        trade_id = body_field("trade_id") if message_type == "trade" else None
         return Routed(
             RouteKind.DATA,
             self._prefix + type_token + "." + self._token(key),
@@ -190,4 +193,5 @@ class Router:
             sid=sid,
             seq=seq,
             key=key,
+            trade_id=trade_id if isinstance(trade_id, str) else None,
         )

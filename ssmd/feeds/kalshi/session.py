@@ -15,13 +15,26 @@ import logging
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-import attrs
-
 from ssmd.connector.publisher import Inbound
-from ssmd.connector.records import GapRecord, ResubscribeRecord, SubscribeErrorRecord
+from ssmd.connector.records import (
+    GapRecord,
+    ResubscribeRecord,
+    SubscribeErrorRecord,
+    SubscriptionRecord,
+)
 from ssmd.connector.shards import SubscriptionPlan
-from ssmd.feeds.base import Command, SessionContext
+from ssmd.feeds.base import Change, Command, SessionContext
+from ssmd.feeds.kalshi.changes import (
+    ERROR_BUFFER_OVERFLOW,
+    ERROR_MARKET_LIMIT,
+    LiveChanges,
+    _Subscribe,
+    _Unsubscribe,
+    _Update,
+    error_code,
+)
 from ssmd.feeds.kalshi.routing import Routed, RouteKind, Router
+from ssmd.feeds.kalshi_discovery import backfill_window
 
 log = logging.getLogger("ssmd.connector.connection")
 
@@ -42,51 +55,70 @@ def reply_sid(reply: dict[str, Any]) -> int | None:
     return sid if isinstance(sid, int) and not isinstance(sid, bool) else None
 
 
-@attrs.frozen
-class _Subscribe:
-    plan: SubscriptionPlan
-    replaces: int | None = None  # the sid a resubscribe replaces
-
-
-@attrs.frozen
-class _Unsubscribe:
-    sid: int
-
-
-class KalshiSession:
+class KalshiSession(LiveChanges):
     def __init__(self, context: SessionContext, plans: Sequence[SubscriptionPlan]) -> None:
         self._context = context
         self._conn = context.conn
         self._stats = context.stats
         self._subjects = context.subjects
         self._router = Router(context.subjects.env, context.subjects.feed)
-        self._plans = list(plans)
+        self._events = context.events
+        self._trades = context.trades
+        self._backfill = context.backfill
+        # Kept across reconnects, to know the window a loss left open on `trade`.
+        self._last_recv_ns = 0
+        self._last_trade_ns: int | None = None
+        self._loss_ns: int | None = None
+        # The wanted subscriptions by slot: the static plans get negative slots, the
+        # subscription planner's (`apply`) its own, from 0.
+        self._slots: dict[int, SubscriptionPlan] = {
+            -1 - index: plan for index, plan in enumerate(plans)
+        }
+        self._refused_too_large: list[tuple[int, tuple[str, ...]]] = []
         self.start()
 
+    @property
+    def _plans(self) -> list[SubscriptionPlan]:
+        return list(self._slots.values())
+
     def start(self) -> list[Command]:
+        if self._last_recv_ns:
+            self._loss_ns = self._last_recv_ns  # a reconnect: trades may have been missed
         self._next_id = 0
-        self._pending: dict[int, _Subscribe | _Unsubscribe] = {}
+        self._pending: dict[int, _Subscribe | _Unsubscribe | _Update] = {}
+        self._slot_sid: dict[int, int] = {}
+        self._sid_slot: dict[int, int] = {}
+        self._throttled: list[Change] = []
+        self._dropped: set[int] = set()  # sids the exchange ended (error 25)
         self._replied: set[int] = set()
         self.subscriptions: dict[int, SubscriptionPlan] = {}
         self.next_seq: dict[int, int] = {}
         self._resubscribe: dict[int, None] = {}
-        self._refused: list[SubscriptionPlan] = []
+        self._refused: list[tuple[int | None, SubscriptionPlan]] = []
         self._stopping: list[int] = []
         self._unsubscribed: set[int] = set()
-        return [self._subscribe(plan) for plan in self._plans]
+        return [self._subscribe(plan, slot=slot) for slot, plan in self._slots.items()]
 
     def _command(self, cmd: str, params: dict[str, object]) -> Command:
         self._next_id += 1
         text = json.dumps({"id": self._next_id, "cmd": cmd, "params": params})
         return Command(text, self._next_id, f"{cmd} (id {self._next_id})")
 
-    def _subscribe(self, plan: SubscriptionPlan, replaces: int | None = None) -> Command:
+    def _subscribe(
+        self,
+        plan: SubscriptionPlan,
+        replaces: int | None = None,
+        *,
+        slot: int | None = None,
+        reason: str | None = None,
+    ) -> Command:
         command = self._command("subscribe", subscribe_params(plan))
-        self._pending[self._next_id] = _Subscribe(plan, replaces)
+        self._pending[self._next_id] = _Subscribe(plan, replaces, slot, reason)
         return command
 
     def on_frame(self, payload: bytes, recv_ns: int, out: list[Inbound]) -> bool:
         routed = self._router.route(payload)
+        previous_ns, self._last_recv_ns = self._last_recv_ns, recv_ns
         if routed.kind is RouteKind.CONTROL:
             self._on_control(routed, recv_ns, out)
             return True
@@ -96,6 +128,12 @@ class KalshiSession:
             gap = self._check_seq(routed, routed.sid, routed.seq, recv_ns)
             if gap is not None:
                 out.append(self._subjects.record(gap))
+                if gap.channel == "trade" and self._backfill is not None:
+                    window = backfill_window(self._last_trade_ns, previous_ns, recv_ns, gap.markets)
+                    self._backfill(self._conn, window)
+        if routed.trade_id is not None and self._trades is not None:
+            self._trades.seen(routed.trade_id)
+            self._last_trade_ns = recv_ns
         stats.messages += 1
         stats.by_type[routed.message_type or "invalid"] += 1
         if routed.kind is RouteKind.UNROUTED:
@@ -103,6 +141,8 @@ class KalshiSession:
             log.debug("conn %d: unrouted message (%s)", self._conn, routed.reason)
         assert routed.subject is not None
         out.append(Inbound(routed.subject, payload, recv_ns))
+        if self._events is not None and routed.message_type == "market_lifecycle_v2":
+            self._events(payload)
         return gap is not None  # a gap may have queued a resubscribe
 
     def _on_control(self, routed: Routed, recv_ns: int, out: list[Inbound]) -> None:
@@ -120,14 +160,40 @@ class KalshiSession:
         if kind == "unsubscribed" and (sid := reply_sid(reply)) is not None:
             self._unsubscribed.add(sid)
         if not isinstance(command_id, int) or isinstance(command_id, bool):
+            if kind == "error" and error_code(reply) == ERROR_BUFFER_OVERFLOW:
+                self._on_dropped(reply, recv_ns, out)
             return
         pending = self._pending.pop(command_id, None)
         if pending is None:
+            if kind == "error" and error_code(reply) == ERROR_BUFFER_OVERFLOW:
+                self._on_dropped(reply, recv_ns, out)
             return
         self._replied.add(command_id)
+        if isinstance(pending, _Update) or pending.reason is not None:
+            code = error_code(reply) if kind == "error" else None
+            self._stats.changes["ok" if code is None else f"error:{code}"] += 1
         if isinstance(pending, _Unsubscribe):
             self.next_seq.pop(pending.sid, None)
+            if pending.reason is not None:
+                record = SubscriptionRecord(
+                    self._conn,
+                    pending.sid,
+                    pending.channel,
+                    [],
+                    list(pending.markets),
+                    pending.reason,
+                    recv_ns,
+                )
+                out.append(self._subjects.record(record))
             return
+        if isinstance(pending, _Update):
+            self._on_update_reply(pending, reply, recv_ns, out)
+            return
+        self._on_subscribe_reply(pending, reply, recv_ns, out)
+
+    def _on_subscribe_reply(
+        self, pending: _Subscribe, reply: dict[str, Any], recv_ns: int, out: list[Inbound]
+    ) -> None:
         plan = pending.plan
         refused = reply.get("type") == "error"
         new_sid = None if refused else reply_sid(reply)
@@ -156,14 +222,6 @@ class KalshiSession:
             )
         if refused:
             self._stats.subscribe_errors += 1
-            log.error(
-                "conn %d: subscribe %s (%d markets) refused: %s; will retry",
-                self._conn,
-                plan.channel,
-                len(plan.markets),
-                reply.get("msg"),
-            )
-            self._refused.append(plan)
             error = json.dumps(reply.get("msg"), separators=(",", ":"))
             out.append(
                 self._subjects.record(
@@ -172,9 +230,46 @@ class KalshiSession:
                     )
                 )
             )
+            slot = pending.slot
+            if slot is not None and slot >= 0 and error_code(reply) == ERROR_MARKET_LIMIT:
+                # The planner splits it: this slot is gone, its markets placed anew.
+                log.warning(
+                    "conn %d: subscribe %s (%d markets) over the market limit; splitting",
+                    self._conn,
+                    plan.channel,
+                    len(plan.markets),
+                )
+                self._slots.pop(slot, None)
+                self._refused_too_large.append((slot, plan.markets))
+                return
+            log.error(
+                "conn %d: subscribe %s (%d markets) refused: %s; will retry",
+                self._conn,
+                plan.channel,
+                len(plan.markets),
+                reply.get("msg"),
+            )
+            self._refused.append((slot, plan))
             return
+        if (
+            plan.channel == "trade"
+            and self._loss_ns is not None
+            and self._backfill is not None
+            and pending.reason is None
+        ):
+            # Subscribed again after a reconnect: ask REST for what the loss missed.
+            window = backfill_window(self._last_trade_ns, self._loss_ns, recv_ns, plan.markets)
+            self._backfill(self._conn, window)
         if new_sid is not None:
             self.subscriptions[new_sid] = plan
+            if pending.slot is not None:
+                self._slot_sid[pending.slot] = new_sid
+                self._sid_slot[new_sid] = pending.slot
+        if pending.reason is not None:
+            record = SubscriptionRecord(
+                self._conn, new_sid, plan.channel, list(plan.markets), [], pending.reason, recv_ns
+            )
+            out.append(self._subjects.record(record))
         log.info(
             "conn %d: subscribed %s (%s) as sid %s",
             self._conn,
@@ -223,17 +318,39 @@ class KalshiSession:
             plan = self.subscriptions.pop(old_sid, None)
             if plan is None:
                 continue
+            slot = self._sid_slot.pop(old_sid, None)
+            if slot is not None:
+                self._slot_sid.pop(slot, None)
+                plan = self._slots.get(slot, plan)
+            resubscribe = [self._subscribe(plan, replaces=old_sid, slot=slot)]
+            if old_sid in self._dropped:
+                self._dropped.discard(old_sid)
+                self.next_seq.pop(old_sid, None)
+                return resubscribe
             unsubscribe = self._command("unsubscribe", {"sids": [old_sid]})
             self._pending[self._next_id] = _Unsubscribe(old_sid)
-            return [unsubscribe, self._subscribe(plan, replaces=old_sid)]
+            return [unsubscribe, *resubscribe]
         return []
 
     def retries_waiting(self) -> bool:
-        return bool(self._refused)
+        return bool(self._refused or self._throttled)
 
     def take_retries(self) -> list[Command]:
-        plans, self._refused = self._refused, []
-        return [self._subscribe(plan) for plan in plans]
+        refused, self._refused = self._refused, []
+        throttled, self._throttled = self._throttled, []
+        commands = []
+        for slot, plan in refused:
+            if slot is not None:
+                wanted = self._slots.get(slot)
+                if wanted is None or (not wanted.markets and plan.markets):
+                    continue  # removed meanwhile
+                plan = wanted
+            commands.append(self._subscribe(plan, slot=slot))
+        for change in throttled:
+            command = self.apply(change)
+            if command is not None:
+                commands.append(command)
+        return commands
 
     def keepalive(self, count: int) -> str | None:
         return None  # WebSocket pings; Kalshi answers them with pongs

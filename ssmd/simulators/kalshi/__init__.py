@@ -8,6 +8,10 @@ benchmarks.
   drops and one deliberate seq gap.
 - `paced` (paced.py): numbered messages at a fixed rate, every frame logged, driven over
   stdin; run as a process by the fault suite and the soak test.
+- `KalshiRest`, `KalshiMarkets` (rest.py): the REST API (`/markets`, `/events`,
+  `/markets/trades`) over the market catalogue that the WebSocket side shares when
+  given it (`catalogue=`): `open_markets`/`settle_markets` change both, with lifecycle
+  events on the WebSocket.
 - `raw` (raw.py): pre-encoded frames over a raw socket, for the benchmarks.
 """
 
@@ -21,6 +25,7 @@ from ssmd.simulators.kalshi.exchange import (
 )
 from ssmd.simulators.kalshi.market import MarketExchange, SeqGap, simulated_markets
 from ssmd.simulators.kalshi.paced import ticker_msg, trade_msg
+from ssmd.simulators.kalshi.rest import KalshiMarkets, KalshiRest
 
 # The demo's name for the market exchange.
 SimulatedExchange = MarketExchange
@@ -30,6 +35,8 @@ __all__ = [
     "ExchangeSession",
     "ExchangeStats",
     "KalshiExchange",
+    "KalshiMarkets",
+    "KalshiRest",
     "MarketExchange",
     "SeqGap",
     "SimulatedExchange",

@@ -13,6 +13,7 @@ paced fault-suite exchange sends numbered messages).
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import logging
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
+from ssmd.simulators.kalshi.rest import KalshiMarkets
 from ssmd.simulators.wsserver import GatedListener, GatedStream
 
 log = logging.getLogger("ssmd.simulators.kalshi")
@@ -45,6 +47,9 @@ ERROR_PARAMS_REQUIRED = (2, "Params required")
 ERROR_UNKNOWN_COMMAND = (5, "Unknown command")
 ERROR_UNKNOWN_SID = (7, "Subscription not found")
 ERROR_UNKNOWN_CHANNEL = (8, "Unknown channel name")
+ERROR_BUFFER_OVERFLOW = (25, "Subscription buffer overflow")
+ERROR_MARKET_LIMIT = (26, "Subscription market limit exceeded")
+ERROR_TOO_MANY_REQUESTS = (27, "Too many requests")
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
 
 
@@ -239,6 +244,10 @@ class ExchangeSession:
             if channel == "orderbook_delta" and not markets:
                 await self.reply_error(command_id, ERROR_PARAMS_REQUIRED)
                 continue
+            limit = self.exchange.market_limit
+            if limit is not None and len(markets) > limit:
+                await self.reply_error(command_id, ERROR_MARKET_LIMIT)
+                continue
             sub = Subscription(next(self.exchange.sids), channel, list(markets))
             self.subscriptions[sub.sid] = sub
             await self.reply(
@@ -258,21 +267,39 @@ class ExchangeSession:
             return
         markets = [m for m in params.get("market_tickers") or [] if self.exchange.knows_market(m)]
         added: list[str] = []
+        if params.get("action") != "delete_markets":
+            added = [m for m in dict.fromkeys(markets) if m not in sub.markets]
+        limit = self.exchange.market_limit
+        if limit is not None and len(sub.markets) + len(added) > limit:
+            await self.reply_error(command_id, ERROR_MARKET_LIMIT)
+            return
+        if self.exchange.throttle_updates > 0:
+            self.exchange.throttle_updates -= 1
+            await self.reply_error(command_id, ERROR_TOO_MANY_REQUESTS)
+            return
         if params.get("action") == "delete_markets":
             sub.markets = [m for m in sub.markets if m not in markets]
         else:
-            added = [m for m in markets if m not in sub.markets]
             sub.markets.extend(added)
         await self.exchange.updated(self, sub, added)
+        # The sid's full market list after the change, and its position: the reply
+        # takes a seq of its own, so a client that ignores it sees a false gap.
         await self.reply(
             {
                 "type": "ok",
                 "id": command_id,
                 "sid": sub.sid,
-                "seq": self.seq.get(sub.sid, 0),
-                "market_tickers": markets,
+                "seq": self.next_seq(sub.sid),
+                "msg": {"market_tickers": list(sub.markets)},
             }
         )
+
+    async def drop_subscription(self, sid: int) -> None:
+        """Error 25: the exchange ends a subscription whose reader fell behind."""
+        self.subscriptions[sid].active = False
+        code, text = ERROR_BUFFER_OVERFLOW
+        await self.reply({"type": "error", "sid": sid, "msg": {"code": code, "msg": text}})
+        await self.exchange.unsubscribed(self, self.subscriptions[sid])
 
     async def ping(self, interval: float) -> None:
         while True:
@@ -300,8 +327,12 @@ class KalshiExchange:
         ping_interval: float | None = None,
         max_skew_ms: int = MAX_CLOCK_SKEW_MS,
         seed: int = 0,
+        catalogue: KalshiMarkets | None = None,
     ) -> None:
         self.public_key = public_key
+        # The market set the REST side (`KalshiRest`) serves too; with it, the markets
+        # open and settle while the exchange runs (`open_markets`, `settle_markets`).
+        self.catalogue = catalogue
         self.api_key = api_key
         self.ping_interval = ping_interval
         self.max_skew_ms = max_skew_ms
@@ -312,6 +343,10 @@ class KalshiExchange:
         self.rejections: list[str] = []
         self.refuse_channels: set[str] = set()
         self.mute_commands = False
+        # Fault switches of live subscription changes: a market limit per subscription
+        # (error 26), and the next update commands refused as too many (error 27).
+        self.market_limit: int | None = None
+        self.throttle_updates = 0
         self.on_subscribe: OnSubscribe | None = None
         self.on_send: OnSend | None = None
         # None: every market ticker is known.
@@ -329,7 +364,60 @@ class KalshiExchange:
         return f"ws://127.0.0.1:{self._listener.port}{WS_PATH}"
 
     def knows_market(self, market: object) -> bool:
-        return isinstance(market, str) and (self._known is None or market in self._known)
+        if not isinstance(market, str):
+            return False
+        if self.catalogue is not None:
+            return market in self.catalogue.markets
+        return self._known is None or market in self._known
+
+    async def open_markets(self, tickers: Sequence[str]) -> None:
+        """New markets open: in the catalogue (REST) and as `created` lifecycle events."""
+        assert self.catalogue is not None, "open_markets needs a catalogue"
+        self.catalogue.open(tickers)
+        self.markets_changed(list(tickers), [])
+        for ticker in tickers:
+            event = ticker.rsplit("-", 1)[0]
+            await self.lifecycle(
+                {
+                    "event_type": "created",
+                    "market_ticker": ticker,
+                    "open_ts": int(time.time()),
+                    "close_ts": int(time.time()) + 3600,
+                    "additional_metadata": {"event_ticker": event, "title": ticker},
+                }
+            )
+
+    async def settle_markets(self, tickers: Sequence[str], *, announce: bool = True) -> None:
+        """Markets finish: `determined` in the catalogue and, when `announce`d, as a
+        lifecycle event (Kalshi sends none for a market closing at its close time)."""
+        assert self.catalogue is not None, "settle_markets needs a catalogue"
+        for ticker in tickers:
+            self.catalogue.set_status(ticker, "determined")
+        self.markets_changed([], list(tickers))
+        if announce:
+            for ticker in tickers:
+                await self.lifecycle(
+                    {
+                        "event_type": "determined",
+                        "market_ticker": ticker,
+                        "result": "yes",
+                        "determination_ts": int(time.time()),
+                    }
+                )
+
+    async def lifecycle(self, msg: dict[str, Any]) -> None:
+        """One `market_lifecycle_v2` message to every lifecycle subscription."""
+        for session in list(self.sessions):
+            for sub in list(session.subscriptions.values()):
+                if sub.active and sub.channel == "market_lifecycle_v2":
+                    with trio.move_on_after(5.0):
+                        with contextlib.suppress(
+                            ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError
+                        ):
+                            await session.send_data("market_lifecycle_v2", sub.sid, msg)
+
+    def markets_changed(self, opened: list[str], finished: list[str]) -> None:
+        """Hook: markets opened or finished (the market stream follows them)."""
 
     def _touch(self) -> None:
         self._changed.set()

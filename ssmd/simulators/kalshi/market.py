@@ -21,7 +21,9 @@ import attrs
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ssmd.simulators.http import HttpServer
 from ssmd.simulators.kalshi.exchange import ExchangeSession, KalshiExchange, Subscription
+from ssmd.simulators.kalshi.rest import REST_PREFIX, KalshiMarkets, KalshiRest
 
 log = logging.getLogger("ssmd.simulators.kalshi")
 
@@ -188,7 +190,8 @@ class _Feed:
         now = int(time.time())
         msg = {
             "market_ticker": market,
-            "event_type": rng.choice(("activated", "close_date_updated", "deactivated")),
+            # Never one that opens or ends a market: that is `open_markets`' job.
+            "event_type": rng.choice(("close_date_updated", "metadata_updated")),
             "open_ts": now - now % 3600,
             "close_ts": now - now % 3600 + 3600,
         }
@@ -270,10 +273,26 @@ class MarketExchange(KalshiExchange):
         ping_interval: float = 10.0,
         disconnect_every: float | None = 45.0,
         gap_after: float | None = 2.0,
+        catalogue: KalshiMarkets | None = None,
+        churn_every: float | None = None,
     ) -> None:
-        market_list = list(markets) if markets is not None else simulated_markets()
+        if markets is not None:
+            market_list = list(markets)
+        elif catalogue is not None:
+            market_list = catalogue.open_tickers()
+        else:
+            market_list = simulated_markets()
+        if catalogue is None:
+            # The REST side serves the same markets (`rest_url` once listening).
+            catalogue = KalshiMarkets()
+            catalogue.open(market_list)
         super().__init__(
-            public_key, api_key, markets=market_list, ping_interval=ping_interval, seed=seed
+            public_key,
+            api_key,
+            markets=market_list,
+            ping_interval=ping_interval,
+            seed=seed,
+            catalogue=catalogue,
         )
         self.markets = market_list
         self.rate = rate
@@ -295,6 +314,50 @@ class MarketExchange(KalshiExchange):
         }
         self._feeds: dict[int, _Feed] = {}
         self._started_at: float | None = None
+        self.churn_every = churn_every
+        self.rest = KalshiRest(catalogue, public_key=public_key, api_key=api_key)
+        self._rest_server = HttpServer(self.rest.handle)
+        self._churned: list[str] = []
+
+    @property
+    def rest_url(self) -> str:
+        assert self._rest_server.port is not None, "listen() or serve() first"
+        return f"http://127.0.0.1:{self._rest_server.port}{REST_PREFIX}"
+
+    async def listen(self) -> str:
+        await self._rest_server.listen()
+        return await super().listen()
+
+    async def serve(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """The WebSocket, the REST API and (with `churn_every`) markets opening and
+        settling while it runs."""
+        if self._rest_server.port is None:
+            await self._rest_server.listen()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._rest_server.serve)
+            if self.churn_every is not None:
+                nursery.start_soon(self._churn, self.churn_every)
+            await nursery.start(super().serve)
+            task_status.started()
+
+    run = serve
+
+    async def _churn(self, every: float) -> None:
+        """Every `every` seconds a new market opens in the event of an existing one; the
+        oldest market opened this way settles once three are open."""
+        count = 0
+        while True:
+            await trio.sleep(every)
+            count += 1
+            event = _event_ticker(self.rng.choice(self.markets[: len(simulated_markets())]))
+            ticker = f"{event}-C{count}"
+            await self.open_markets([ticker])
+            self._churned.append(ticker)
+            log.info("simulator: market %s opened", ticker)
+            if len(self._churned) > 3:
+                gone = self._churned.pop(0)
+                await self.settle_markets([gone])
+                log.info("simulator: market %s settled", gone)
 
     async def started(self) -> None:
         self._started_at = trio.current_time()
@@ -312,6 +375,24 @@ class MarketExchange(KalshiExchange):
         self.gap = SeqGap(sid, next_seq, next_seq + skipped)
         log.info("simulator: skipping seq %d..%d on sid %d", next_seq, next_seq + skipped - 1, sid)
         return skipped
+
+    def markets_changed(self, opened: list[str], finished: list[str]) -> None:
+        gone = set(finished)
+        for market in opened:
+            if market not in self.market_state:
+                self.market_state[market] = _Market(
+                    market,
+                    str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+                    self.rng.randint(5, 95),
+                    0,
+                    0,
+                )
+                self.popularity[market] = 1.0 / (len(self.popularity) + 1)
+        self.markets[:] = [m for m in self.markets if m not in gone] + [
+            m for m in opened if m not in self.markets
+        ]
+        for feed in self._feeds.values():
+            feed.rebuild_routes()
 
     def _feed(self, session: ExchangeSession) -> _Feed:
         feed = self._feeds.get(id(session))

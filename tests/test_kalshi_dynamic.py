@@ -1,0 +1,125 @@
+"""The Kalshi session's live subscription changes, without sockets: commands, replies,
+records, and the seq re-base that keeps an add or a delete from looking like a gap."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ssmd.config import ConfigError, ConnectorConfig, parse_config
+from ssmd.connector.layout import AddMarkets, DeleteMarkets, Subscribe, Unsubscribe
+from ssmd.connector.publisher import Inbound
+from ssmd.feeds.base import Change, ConnectionStats, DynamicSession, SessionContext, Subjects
+from ssmd.feeds.kalshi.session import KalshiSession
+
+
+def new_session() -> tuple[KalshiSession, ConnectionStats]:
+    stats = ConnectionStats()
+    context = SessionContext(0, Subjects("prod", "kalshi"), stats, ConnectorConfig())
+    session = KalshiSession(context, [])
+    assert session.start() == []
+    return session, stats
+
+
+def frame(session: KalshiSession, body: dict[str, Any]) -> list[Inbound]:
+    out: list[Inbound] = []
+    session.on_frame(json.dumps(body).encode(), 1, out)
+    return out
+
+
+def kinds(out: list[Inbound]) -> list[dict[str, Any]]:
+    return [json.loads(m.payload) for m in out if ".ssmd." in m.subject]
+
+
+def delta(sid: int, seq: int, market: str = "A") -> dict[str, Any]:
+    return {"type": "orderbook_delta", "sid": sid, "seq": seq, "msg": {"market_ticker": market}}
+
+
+def test_add_and_delete_rebase_the_sid_and_record_the_change() -> None:
+    session, stats = new_session()
+    assert isinstance(session, DynamicSession)
+    cmd = session.apply(Change(Subscribe(0, "orderbook_delta", 0, ("A", "B")), "discovery"))
+    assert cmd is not None and json.loads(cmd.text)["cmd"] == "subscribe"
+    (record,) = kinds(frame(session, {"id": cmd.reply, "type": "subscribed", "msg": {"sid": 7}}))
+    assert record["type"] == "ssmd_subscription"
+    assert (record["sid"], record["added"], record["reason"]) == (7, ["A", "B"], "discovery")
+    assert kinds(frame(session, delta(7, 1))) == []
+
+    add = session.apply(Change(AddMarkets(0, "orderbook_delta", 0, ("C",)), "lifecycle:created"))
+    assert add is not None
+    params = json.loads(add.text)["params"]
+    assert params == {"sids": [7], "market_tickers": ["C"], "action": "add_markets"}
+    # The exchange's snapshot of C and its `ok` each took a seq: 2 and 3.
+    (added,) = kinds(frame(session, {"id": add.reply, "type": "ok", "sid": 7, "seq": 3}))
+    assert (added["added"], added["reason"]) == (["C"], "lifecycle:created")
+    assert kinds(frame(session, delta(7, 4))) == []  # no false gap
+
+    delete = session.apply(Change(DeleteMarkets(0, "orderbook_delta", 0, ("A",)), "reconcile"))
+    assert delete is not None
+    assert json.loads(delete.text)["params"]["action"] == "delete_markets"
+    (removed,) = kinds(frame(session, {"id": delete.reply, "type": "ok", "sid": 7, "seq": 5}))
+    assert (removed["removed"], removed["reason"]) == (["A"], "reconcile")
+    assert session.sid_markets() == {7: ("orderbook_delta", 2)}
+    assert stats.changes["ok"] == 3 and stats.gaps == 0
+    # A real jump is still a gap.
+    assert [r["type"] for r in kinds(frame(session, delta(7, 9)))] == ["ssmd_gap"]
+
+    last = session.apply(Change(Unsubscribe(0, "orderbook_delta", 0), "reconcile"))
+    assert last is not None and json.loads(last.text)["params"] == {"sids": [7]}
+    (gone,) = kinds(frame(session, {"id": last.reply, "type": "unsubscribed", "sid": 7}))
+    assert gone["removed"] == ["B", "C"]
+    # A reconnect subscribes what is wanted now: nothing.
+    assert session.start() == []
+
+
+def test_refusals_26_and_27_and_a_drop_25() -> None:
+    session, stats = new_session()
+    cmd = session.apply(Change(Subscribe(0, "orderbook_delta", 0, ("A",)), "discovery"))
+    assert cmd is not None
+    frame(session, {"id": cmd.reply, "type": "subscribed", "msg": {"sid": 3}})
+    add = session.apply(Change(AddMarkets(0, "orderbook_delta", 0, ("B", "C")), "discovery"))
+    assert add is not None
+    error = {"id": add.reply, "type": "error", "msg": {"code": 26, "msg": "limit"}}
+    assert [r["type"] for r in kinds(frame(session, error))] == ["ssmd_subscribe_error"]
+    assert session.take_refused() == [(0, ("B", "C"))]
+    assert session.take_refused() == []
+    # A reconnect does not subscribe what was refused: the planner placed it elsewhere.
+    (again,) = session.start()
+    assert json.loads(again.text)["params"]["market_tickers"] == ["A"]
+    frame(session, {"id": again.reply, "type": "subscribed", "msg": {"sid": 4}})
+
+    add = session.apply(Change(AddMarkets(0, "orderbook_delta", 0, ("D",)), "discovery"))
+    assert add is not None
+    frame(session, {"id": add.reply, "type": "error", "msg": {"code": 27, "msg": "slow down"}})
+    assert session.retries_waiting()
+    (retry,) = session.take_retries()
+    assert json.loads(retry.text)["params"]["market_tickers"] == ["D"]
+    frame(session, {"id": retry.reply, "type": "ok", "sid": 4, "seq": 0})
+    assert stats.changes == {"ok": 2, "error:26": 1, "error:27": 1}
+
+    dropped = frame(session, {"type": "error", "sid": 4, "msg": {"code": 25, "msg": "overflow"}})
+    (gap,) = kinds(dropped)
+    assert (gap["type"], gap["reason"], sorted(gap["markets"])) == (
+        "ssmd_gap",
+        "error:25",
+        ["A", "D"],
+    )
+    (resubscribe,) = session.take_commands()  # no unsubscribe of a sid the exchange ended
+    assert json.loads(resubscribe.text)["params"]["market_tickers"] == ["A", "D"]
+
+
+def test_discovery_config_errors_name_the_key() -> None:
+    base = {"env": "t", "nats": {"url": "nats://x"}}
+    config = parse_config({**base, "connector": {"discovery": {"series": ["KXBTCD"]}}})
+    assert config.connector is not None and config.connector.discovery is not None
+    assert config.connector.discovery.refresh.seconds == 300
+    with pytest.raises(ConfigError, match=r"connector\.discovery\.refresh"):
+        parse_config({**base, "connector": {"discovery": {"refresh": "soon"}}})
+    with pytest.raises(ConfigError, match=r"connector\.discovery\.serie"):
+        parse_config({**base, "connector": {"discovery": {"serie": []}}})
+    with pytest.raises(ConfigError, match=r"connector\[0\]\.discovery.*kalshi"):
+        parse_config(
+            {**base, "connector": [{"feed": "kraken", "markets": ["BTC/USD"], "discovery": {}}]}
+        )
