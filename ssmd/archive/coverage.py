@@ -22,6 +22,7 @@ from ssmd.archive.integrity import (
     Interruption,
     interruption,
     iso_ms,
+    overflow_span,
     stream_gaps,
 )
 from ssmd.archive.records import Record
@@ -90,6 +91,10 @@ def _reasons(interruptions: list[tuple[Interruption, bool]], day_end: int) -> li
             if kind == "disconnect":
                 open_disconnects[item.detail.get("conn")] = reason
             out.append(reason)
+            continue
+        span = overflow_span(item)
+        if span is not None:
+            out.append(Reason(item.kind, span[0], item.reason, span[1] - span[0]))
             continue
         out.append(Reason(item.kind, item.at_ns, item.reason, markets=item.markets))
     for reason in open_disconnects.values():

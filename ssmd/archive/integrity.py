@@ -98,8 +98,10 @@ def interruption(record: Record, tracker: ConnectionTracker) -> Interruption | N
         reason = f"resubscribe of {body.get('channel')} ({body.get('reason', '?')})"
         return Interruption(kind, at, reason, _markets(body.get("markets")), seq, body)
     if kind == "overflow":
+        # Written once the buffer drains: the drops happened from first_recv_ns on.
+        first = body.get("first_recv_ns")
         reason = f"overflow: {body.get('dropped', '?')} message(s) dropped"
-        return Interruption(kind, at, reason, None, seq, body)
+        return Interruption(kind, first if isinstance(first, int) else at, reason, None, seq, body)
     if kind == "rejected":
         _type, market = split_subject(str(body.get("subject", "")))
         markets = frozenset([market]) if market else None
@@ -109,6 +111,14 @@ def interruption(record: Record, tracker: ConnectionTracker) -> Interruption | N
         reason = f"subscribe error on {body.get('channel')}: {body.get('error', '?')}"
         return Interruption(kind, at, reason, _markets(body.get("markets")), seq, body)
     return Interruption(kind, at, f"ssmd {kind}", None, seq, body)
+
+
+def overflow_span(item: Interruption) -> tuple[int, int] | None:
+    """An overflow's (first_recv_ns, last_recv_ns): when messages were being dropped."""
+    first, last = item.detail.get("first_recv_ns"), item.detail.get("last_recv_ns")
+    if item.kind != "overflow" or not isinstance(first, int) or not isinstance(last, int):
+        return None
+    return first, max(first, last)
 
 
 def stream_gaps(gaps: Iterable[Gap]) -> list[Interruption]:

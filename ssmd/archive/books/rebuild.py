@@ -5,11 +5,15 @@ or before the time asked, so a retried message stored late still lands where the
 put it. A record whose `_recv_ns` is later than the time waits until a record at or
 before the time follows it, or until one `horizon` past the time shows none will.
 ssmd's discontinuity records and the manifests' stream gaps are applied in the same
-order: each makes the books it touches invalid until their next snapshot.
+order: each makes the books it touches invalid until their next snapshot. An overflow
+record is written only once the publisher's buffer drains, long after the drops: it
+takes effect at its `first_recv_ns`, and no snapshot received before its `last_recv_ns`
+makes a book valid again.
 """
 
 from __future__ import annotations
 
+import calendar
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +23,13 @@ import attrs
 
 from ssmd.archive.books.base import MarketBooks, Venue
 from ssmd.archive.books.registry import venue_for
-from ssmd.archive.integrity import ConnectionTracker, Interruption, interruption, stream_gaps
+from ssmd.archive.integrity import (
+    ConnectionTracker,
+    Interruption,
+    interruption,
+    overflow_span,
+    stream_gaps,
+)
 from ssmd.archive.records import Record
 from ssmd.archive.store import days, file_lines, read_manifest
 from ssmd.archiver.lines import read_prefix
@@ -27,6 +37,7 @@ from ssmd.subjects import DISCONTINUITY_TYPE, encode_token, split_subject
 
 NS = 1_000_000_000
 _SSMD = b".json.ssmd."
+_OVERFLOW = b".json.ssmd.overflow"
 DEFAULT_HORIZON_NS = 300 * NS
 
 
@@ -78,9 +89,13 @@ class _Walk:
         self.tracker = ConnectionTracker()
         self.pending: list[tuple[int | None, Event]] = []
         self.last_seq: int | None = None
+        self.dropping: tuple[int, str] | None = None  # (last_recv_ns, reason) of an overflow
 
     def apply(self, event: Event) -> None:
         if isinstance(event, Interruption):
+            span = overflow_span(event)
+            if span is not None:
+                self.dropping = (span[1], event.describe())
             if event.touches(self.books.market):
                 self.books.invalidate(event.describe())
             return
@@ -91,6 +106,11 @@ class _Walk:
             return
         self.venue.apply(self.books, event)
         self.last_seq = event.seq
+        if self.dropping is not None and event.recv_ns is not None:
+            if event.recv_ns <= self.dropping[0]:
+                self.books.invalidate(self.dropping[1])
+            else:
+                self.dropping = None
 
     def offer(self, recv_ns: int | None, event: Event, target: int) -> None:
         if recv_ns is not None and recv_ns > target:
@@ -114,11 +134,36 @@ class _Walk:
         del self.pending[:cut]
 
 
+def _overflows(root: Path, feed: str, day: str) -> list[Interruption]:
+    """The day's overflow records (only files holding ssmd records are read)."""
+    manifest = read_manifest(root, feed, day)
+    out = []
+    for entry in manifest.files:
+        if not entry.records_by_type.get(DISCONTINUITY_TYPE):
+            continue
+        for line in file_lines(root / feed / day / entry.name):
+            if _OVERFLOW not in line:
+                continue
+            record = Record.from_line(line, str(root / feed / day / entry.name))
+            if record.subject.endswith(".overflow"):
+                found = interruption(record, ConnectionTracker())
+                if found is not None and overflow_span(found) is not None:
+                    out.append(found)
+    return out
+
+
 def _events(
-    root: Path, feed: str, day: str, market: str, venue: Venue
+    root: Path, feed: str, day: str, market: str, venue: Venue, placed: set[float]
 ) -> Iterator[tuple[int | None, Event]]:
+    """The day's events for `market` in stream order; each overflow (of this day or
+    the next) is placed where its drops began, once (`placed` holds those placed)."""
     manifest = read_manifest(root, feed, day)
     gaps = sorted(stream_gaps(manifest.gaps), key=lambda g: g.seq)
+    overflows: list[Interruption] = []
+    for d in days(root, feed, start=day)[:2]:
+        overflows += [o for o in _overflows(root, feed, d) if o.seq not in placed]
+    overflows.sort(key=lambda o: o.at_ns or 0)
+    day_end = _day_start(day) + 86400 * NS
     day_dir = root / feed / day
     last_recv: int | None = None
     token = encode_token(market).encode()
@@ -135,13 +180,26 @@ def _events(
                 key == market and type_token in venue.book_types
             ):
                 continue
+            if type_token == DISCONTINUITY_TYPE and subject.endswith(".overflow"):
+                continue  # placed at its first_recv_ns
             while gaps and gaps[0].seq < seq:
                 gap = gaps.pop(0)
                 yield gap.at_ns, gap
+            while overflows and recv is not None and (overflows[0].at_ns or 0) <= recv:
+                placed.add(overflows[0].seq)
+                yield overflows[0].at_ns, overflows.pop(0)
             last_recv = recv if recv is not None else last_recv
             yield recv, Record(seq, subject, recv, line)
     for gap in gaps:
         yield gap.at_ns if gap.at_ns is not None else last_recv, gap
+    for overflow in overflows:
+        if (overflow.at_ns or 0) < day_end:
+            placed.add(overflow.seq)
+            yield overflow.at_ns, overflow
+
+
+def _day_start(day: str) -> int:
+    return calendar.timegm(time.strptime(day, "%Y-%m-%d")) * NS
 
 
 def _start_day(root: Path, feed: str, market: str, venue: Venue, first: int) -> str | None:
@@ -183,9 +241,10 @@ def books_at(
         return
     start = _start_day(root, feed, market, venue, targets[0])
     walk = _Walk(venue, market)
+    placed: set[float] = set()
     if start is not None:
         for day in days(root, feed, start=start, end=day_of(targets[-1] + horizon_ns)):
-            for recv, event in _events(root, feed, day, market, venue):
+            for recv, event in _events(root, feed, day, market, venue, placed):
                 while targets and recv is not None and recv > targets[0] + horizon_ns:
                     yield from _views(walk, feed, targets.pop(0), depth, asset)
                     if targets:
