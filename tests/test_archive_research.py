@@ -479,3 +479,26 @@ def test_export_keeps_odd_messages_in_raw_instead_of_failing(
         (None, 1.5),
         (0.4, 2.0),
     ]
+
+
+def test_a_stream_gap_between_two_files_is_one_discontinuities_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tape = Tape()
+    for i, when in enumerate((at(12, 0, 1), at(12, 0, 2), at(12, 20, 1), at(12, 20, 2))):
+        if i == 2:
+            tape.lose_in_stream(7)  # seqs 3..9 never archived; files hold 1-2 and 10-11
+        tape.add(
+            market_subject(ENV, "kalshi", "trade", A),
+            {"type": "trade", "msg": {"market_ticker": A, "count": 1, "yes_price": 5}},
+            when,
+        )
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    files = json.loads((tmp_path / "kalshi" / DAY / "manifest.json").read_text())["files"]
+    assert [(f["nats_start_seq"], f["nats_end_seq"]) for f in files] == [(1, 2), (10, 11)]
+    out = tmp_path / "pq"
+    assert run(capsys, "export", "--out", str(out), "--path", str(tmp_path))[0] == 0
+    con = ssmd.archive.open(tmp_path).duckdb(out)
+    assert con.execute(
+        "SELECT kind, seq, count FROM discontinuities WHERE kind = 'stream_gap'"
+    ).fetchall() == [("stream_gap", 2, 7)]

@@ -100,10 +100,12 @@ class _SlotWriter:
 
 
 def _gap_rows(manifest: Manifest, entry: FileEntry) -> Iterator[Row]:
-    """The manifest's stream gaps inside this file's sequence range."""
+    """The manifest's stream gaps owned by this file: each goes to the first file (in
+    stream order) that ends after it, the one holding the message after the gap."""
     for gap in stream_gaps(manifest.gaps):
         after = int(gap.seq)
-        if entry.nats_start_seq - 1 <= after < entry.nats_end_seq:
+        later = [e for e in manifest.files if e.nats_end_seq > after]
+        if later and min(later, key=lambda e: (e.nats_start_seq, e.name)) is entry:
             yield {
                 "recv_ns": None,
                 "seq": after,
