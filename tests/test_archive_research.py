@@ -313,9 +313,14 @@ async def test_replay_keeps_stream_order_filters_and_paces_by_receive_time(
     expected = [
         it
         for it in tape.items
-        if it.subject == market_subject(ENV, "kalshi", "trade", A)
+        if it.subject
+        in (
+            market_subject(ENV, "kalshi", "trade", A),
+            f"{ENV}.kalshi.json.ssmd.disconnect",
+            f"{ENV}.kalshi.json.ssmd.connect",
+        )
         and at(12, 0) <= it.recv_ns < at(12, 30)
-    ]
+    ]  # the disconnect touches every market: a filtered replay keeps it
     assert sent == len(got) == len(expected) > 10
     assert [r for _t, _s, r in got] == [it.recv_ns for it in expected]
     assert [s for _t, s, _r in got] == sorted(s for _t, s, _r in got)
@@ -339,6 +344,30 @@ def test_replay_max_prints_the_archive_lines_in_order(
     )
     code2, cat, _ = run(capsys, "cat", "kalshi", DAY, "--type", "ssmd", "--path", str(root))
     assert code == code2 == 0 and replayed == cat and len(cat.splitlines()) == 6
+
+
+def test_a_filtered_replay_keeps_the_discontinuities_touching_its_ticker(
+    archive: tuple[Path, Tape, Expected], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _, _ = archive
+    kinds = {}
+    for ticker in (A, C):
+        code, out, err = run(
+            capsys, "replay", "kalshi", DAY, "--max", "--ticker", ticker, "--type", "trade",
+            "--path", str(root),
+        )  # fmt: skip
+        assert code == 0, err
+        assert "stream gap: 4 message(s) after seq" in err
+        subjects = [json.loads(line)["_subject"] for line in out.splitlines()]
+        kinds[ticker] = [s.rsplit(".", 1)[1] for s in subjects if ".ssmd." in s]
+        trades = market_subject(ENV, "kalshi", "trade", ticker)
+        assert all(s == trades for s in subjects if ".ssmd." not in s)
+        code, cat, _ = run(capsys, "cat", "kalshi", DAY, "--ticker", ticker, "--path", str(root))
+        assert code == 0
+        assert [json.loads(line)["_subject"].rsplit(".", 1)[1] for line in cat.splitlines()
+                if ".ssmd." in line] == kinds[ticker]  # fmt: skip
+    assert kinds[A] == ["connect", "disconnect", "connect", "gap", "resubscribe", "disconnect"]
+    assert kinds[C] == ["connect", "disconnect", "connect", "disconnect"]  # the gap is sid 1's
 
 
 def test_replay_republishes_the_same_subjects_and_payloads_to_nats(

@@ -13,11 +13,13 @@ from pathlib import Path
 import attrs
 
 from ssmd.archive.errors import ArchiveCorrupt, ArchiveError
+from ssmd.archive.integrity import ConnectionTracker, interruption
+from ssmd.archive.records import Record
 from ssmd.archiver.files import GzipLines
 from ssmd.archiver.lines import read_prefix
 from ssmd.archiver.manifest import FileEntry, Manifest, ManifestCorrupt, load_manifest
 from ssmd.archiver.recovery import day_dirs
-from ssmd.subjects import split_subject
+from ssmd.subjects import DISCONTINUITY_TYPE, split_subject
 
 
 def feeds(root: Path) -> list[str]:
@@ -33,23 +35,35 @@ def days(root: Path, feed: str, start: str | None = None, end: str | None = None
 
 @attrs.frozen
 class RecordFilter:
-    """What `ssmd data cat` filters on: type token, ticker, receive time [start, end)."""
+    """What `ssmd data cat` filters on: type token, ticker, receive time [start, end).
+
+    ssmd's discontinuity records pass the type and ticker filters whenever they touch
+    the ticker (or name no market): a filtered stream still shows its interruptions."""
 
     type_token: str | None = None
     ticker: str | None = None
     start_ns: int | None = None
     end_ns: int | None = None
 
-    def matches(self, subject: str, recv_ns: int | None) -> bool:
+    def matches(self, subject: str, recv_ns: int | None, line: bytes | None = None) -> bool:
         if self.type_token is not None or self.ticker is not None:
             type_token, ticker = split_subject(subject)
-            if self.type_token is not None and type_token != self.type_token:
-                return False
-            if self.ticker is not None and ticker != self.ticker:
+            if type_token == DISCONTINUITY_TYPE:
+                if not self._touches(subject, recv_ns, line):
+                    return False
+            elif (self.type_token is not None and type_token != self.type_token) or (
+                self.ticker is not None and ticker != self.ticker
+            ):
                 return False
         if self.start_ns is not None and (recv_ns is None or recv_ns < self.start_ns):
             return False
         return not (self.end_ns is not None and (recv_ns is None or recv_ns >= self.end_ns))
+
+    def _touches(self, subject: str, recv_ns: int | None, line: bytes | None) -> bool:
+        if self.ticker is None or line is None:
+            return True
+        found = interruption(Record(0, subject, recv_ns, line), ConnectionTracker())
+        return found is None or found.touches(self.ticker)
 
 
 def read_manifest(root: Path, feed: str, day: str) -> Manifest:
@@ -92,7 +106,7 @@ def iter_entry_lines(
             yield line
             continue
         prefix = read_prefix(line)
-        if prefix is not None and flt.matches(prefix[1], prefix[2]):
+        if prefix is not None and flt.matches(prefix[1], prefix[2], line):
             yield line
 
 

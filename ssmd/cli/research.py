@@ -16,10 +16,12 @@ import trio
 from ssmd.archive.books.rebuild import books_at
 from ssmd.archive.coverage import coverage
 from ssmd.archive.errors import ArchiveError
+from ssmd.archive.integrity import stream_gaps
 from ssmd.archive.records import Record
 from ssmd.archive.replay import nats_sink, replay
 from ssmd.archive.store import RecordFilter, iter_lines, read_manifest
 from ssmd.archive.times import parse_interval, parse_time
+from ssmd.archiver.manifest import Manifest
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.types import NatsUnavailable
 
@@ -121,6 +123,7 @@ def cmd_replay(args: argparse.Namespace, root: Path) -> int:
     speed = None if args.max else args.speed
     if args.to:
         trio.run(_replay_to_nats, records, args.to, args.prefix, speed)
+        _report_stream_gaps(manifest)
         return 0
     out = sys.stdout.buffer
 
@@ -133,7 +136,14 @@ def cmd_replay(args: argparse.Namespace, root: Path) -> int:
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+    _report_stream_gaps(manifest)
     return 0
+
+
+def _report_stream_gaps(manifest: Manifest) -> None:
+    """Stream gaps are in the manifest, not in the records: say so where a user looks."""
+    for gap in stream_gaps(manifest.gaps):
+        print(f"ssmd: note: {gap.describe()} (missing from the replay)", file=sys.stderr)
 
 
 async def _replay_to_nats(
