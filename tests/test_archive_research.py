@@ -4,6 +4,7 @@ scripted Kalshi tape whose every message (and sum) the test knows."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import subprocess
 import sys
@@ -534,3 +535,54 @@ def test_a_stream_gap_between_two_files_is_one_discontinuities_row(
     assert con.execute(
         "SELECT kind, seq, count FROM discontinuities WHERE kind = 'stream_gap'"
     ).fetchall() == [("stream_gap", 2, 7)]
+
+
+@pytest.mark.parametrize("damage", ["cut", "broken"])
+def test_a_damaged_line_inside_a_good_gzip_is_a_clear_error_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    tape, _exp, _books = build_tape()
+    tape.items = tape.items[:400]
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    victim = sorted((tmp_path / "kalshi" / DAY).glob("*.jsonl.gz"))[0]
+    lines = gzip.decompress(victim.read_bytes()).splitlines(keepends=True)
+    n = next(i for i, line in enumerate(lines) if b'"orderbook_delta"' in line)
+    if damage == "cut":  # a valid prefix, the body cut short
+        lines[n] = lines[n][: len(lines[n]) // 2 + 40] + b"\n"
+    else:  # ends like a line, is not JSON
+        lines[n] = lines[n].replace(b'"msg":', b'"msg"', 1)
+    victim.write_bytes(gzip.compress(b"".join(lines)))
+    commands = [
+        ["book", "kalshi", A, "--at", str(at(23, 0)), "--json"],  # the delta is A's
+        ["export", "--out", str(tmp_path / "pq")],
+    ]
+    if damage == "cut":  # the payload need not be parsed to see this
+        commands += [["replay", "kalshi", DAY, "--max"], ["coverage", "kalshi", DAY]]
+    for args in commands:
+        code, _out, err = run(capsys, *args, "--path", str(tmp_path))
+        assert code == 1, (args, err)
+        assert err.startswith("ssmd: corrupt archive: ") and str(victim) in err, (args, err)
+    code, _out, err = run(capsys, "query", "--path", str(tmp_path), "SELECT count(*) FROM jsonl")
+    assert "Traceback" not in err and (code == 0 or err.startswith("ssmd: query failed"))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["book", "kalshi", A, "--at", "inf"],
+        ["book", "kalshi", A, "--at=-inf"],
+        ["replay", "kalshi", DAY, "--speed", "0"],
+        ["replay", "kalshi", DAY, "--speed=-2"],
+        ["replay", "kalshi", DAY, "--speed", "nan"],
+    ],
+)
+def test_bad_times_and_speeds_are_one_line_errors(
+    archive: tuple[Path, Tape, Expected], capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    try:
+        code = main(["data", *args, "--path", str(archive[0])])
+    except SystemExit as exc:  # argparse
+        code = int(str(exc.code))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "cannot read time" in err or "must be a positive number" in err, err

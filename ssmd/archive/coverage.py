@@ -126,7 +126,7 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
             if market is not None:
                 per_market[(hour, market)] += 1
             if type_token == DISCONTINUITY_TYPE:
-                record = Record(seq, subject, recv, line)
+                record = Record(seq, subject, recv, line, str(root / feed / day / entry.name))
                 conn = record.payload().get("conn") if isinstance(record.payload(), dict) else None
                 was_up = conn in tracker.up
                 item = interruption(record, tracker)

@@ -21,9 +21,12 @@ class Record:
     """An archive line. `market` is the subject's routing key, decoded (a Kalshi ticker, a
     Polymarket condition id, a Kraken symbol); None on ssmd's own and unrouted subjects."""
 
-    __slots__ = ("_payload", "line", "market", "recv_ns", "seq", "subject", "type_token")
+    __slots__ = ("_payload", "line", "market", "recv_ns", "seq", "subject", "type_token", "where")
 
-    def __init__(self, seq: int, subject: str, recv_ns: int | None, line: bytes) -> None:
+    def __init__(
+        self, seq: int, subject: str, recv_ns: int | None, line: bytes, where: str = "archive"
+    ) -> None:
+        self.where = where
         self.seq = seq
         self.subject = subject
         self.recv_ns = recv_ns
@@ -36,7 +39,7 @@ class Record:
         prefix = read_prefix(line)
         if prefix is None:
             raise ArchiveCorrupt(f"{where}: not an ssmd archive line: {line[:80]!r}")
-        return cls(prefix[0], prefix[1], prefix[2], line)
+        return cls(prefix[0], prefix[1], prefix[2], line, where)
 
     @property
     def feed(self) -> str:
@@ -48,7 +51,14 @@ class Record:
         `exact`: numbers with a point as Decimal, so no price is ever rounded (else
         float, faster, for tables that hold float64 anyway). The first call decides."""
         if self._payload is _UNSET:
-            record = json.loads(self.line, parse_float=Decimal) if exact else json.loads(self.line)
+            try:
+                record = (
+                    json.loads(self.line, parse_float=Decimal) if exact else json.loads(self.line)
+                )
+            except ValueError as exc:
+                raise ArchiveCorrupt(
+                    f"{self.where}: the line of seq {self.seq} is not valid JSON: {exc}"
+                ) from None
             if "_raw" in record:
                 self._payload = record["_raw"]
             elif "_raw_b64" in record:
@@ -76,7 +86,7 @@ class Record:
         so numbers, order and spacing stay as the venue sent them."""
         match = _PREFIX_END.match(self.line)
         if match is None:
-            raise ArchiveCorrupt(f"not an ssmd archive line: {self.line[:80]!r}")
+            raise ArchiveCorrupt(f"{self.where}: not an ssmd archive line: {self.line[:80]!r}")
         rest = self.line[match.end() :].rstrip(b"\n")
         if rest.startswith(_RAW_B64):
             value = self.payload()

@@ -86,6 +86,8 @@ def file_lines(path: Path) -> Iterator[bytes]:
         for line in reader:
             if not line.startswith(b'{"_seq":'):
                 raise ArchiveCorrupt(f"{path}: line {count + 1} is not an ssmd archive line")
+            if not line.endswith(b"}\n"):
+                raise ArchiveCorrupt(f"{path}: line {count + 1} is cut short (no closing brace)")
             count += 1
             yield line
     except FileNotFoundError:

@@ -29,7 +29,7 @@ def parse_time(value: str, day: str | None = None) -> int:
         return int(text)
     try:
         return int(float(text) * NS)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number; inf
         pass
     if "T" not in text and " " not in text and ":" in text and day is not None:
         text = f"{day}T{text}"

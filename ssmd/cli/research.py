@@ -183,6 +183,16 @@ def _reason_text(reason: dict[str, Any]) -> str:
     return f"{reason['kind']}{duration} at {reason['at']}: {reason['detail']}"
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text!r}")
+    return value
+
+
 def add_research_commands(data_sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     book = data_sub.add_parser(
         "book",
@@ -245,7 +255,9 @@ def add_research_commands(data_sub: Any, common: Callable[[argparse.ArgumentPars
     rp.add_argument("--ticker")
     rp.add_argument("--type")
     pace = rp.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, default=1.0, metavar="N", help="N times real time (1)")
+    pace.add_argument(
+        "--speed", type=_positive, default=1.0, metavar="N", help="N times real time (1)"
+    )
     pace.add_argument("--max", action="store_true", help="as fast as possible")
     rp.add_argument("--to", metavar="NATS_URL", help="republish on the original subjects")
     rp.add_argument("--prefix", metavar="P", help="with --to: publish under P.{subject}")

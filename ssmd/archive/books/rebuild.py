@@ -189,7 +189,7 @@ def _events(
                 placed.add(overflows[0].seq)
                 yield overflows[0].at_ns, overflows.pop(0)
             last_recv = recv if recv is not None else last_recv
-            yield recv, Record(seq, subject, recv, line)
+            yield recv, Record(seq, subject, recv, line, str(day_dir / entry.name))
     for gap in gaps:
         yield gap.at_ns if gap.at_ns is not None else last_recv, gap
     for overflow in overflows:
