@@ -586,3 +586,28 @@ def test_bad_times_and_speeds_are_one_line_errors(
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "cannot read time" in err or "must be a positive number" in err, err
+
+
+def test_export_skips_a_new_day_whose_first_slot_is_still_being_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tape = Tape()
+    for i in range(3):
+        tape.add(
+            market_subject(ENV, "kalshi", "trade", A),
+            {"type": "trade", "msg": {"market_ticker": A, "count": 1, "yes_price": 5}},
+            at(23, 50, i),
+        )
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    new_day = tmp_path / "kalshi" / "2026-01-06"
+    new_day.mkdir()
+    (new_day / "0000.jsonl.gz.partial").write_bytes(b"")
+    out = tmp_path / "pq"
+    code, text, err = run(capsys, "export", "--out", str(out), "--path", str(tmp_path))
+    assert code == 0, err
+    assert f"exported kalshi/{DAY}/2345" in text and "skipped kalshi/2026-01-06" in err
+    assert (out / "raw" / "feed=kalshi" / f"date={DAY}" / "2345.parquet").exists()
+    code, _, err = run(
+        capsys, "export", "--out", str(out), "--path", str(tmp_path), "kalshi", "2026-01-06"
+    )
+    assert code == 2 and "no manifest for kalshi 2026-01-06" in err

@@ -19,13 +19,13 @@ import attrs
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ssmd.archive.errors import ArchiveCorrupt
+from ssmd.archive.errors import ArchiveCorrupt, ArchiveError
 from ssmd.archive.integrity import stream_gaps
 from ssmd.archive.records import Record
 from ssmd.archive.store import days, feeds, file_lines, read_manifest
 from ssmd.archive.tables import SCHEMAS, TABLES, Row, extractor_for, record_rows
 from ssmd.archiver.files import FINAL_SUFFIX
-from ssmd.archiver.manifest import FileEntry, Manifest
+from ssmd.archiver.manifest import FileEntry, Manifest, ManifestCorrupt, load_manifest
 
 BATCH_ROWS = 50_000
 
@@ -35,6 +35,7 @@ class ExportReport:
     written: list[str] = attrs.field(factory=list)  # "feed/date/stem"
     already: int = 0
     rows: dict[str, int] = attrs.field(factory=dict)
+    skipped: list[str] = attrs.field(factory=list)  # "feed/date": no manifest yet
 
 
 def slot_path(out: Path, table: str, feed: str, day: str, stem: str) -> Path:
@@ -143,27 +144,36 @@ def export_slot(
     return writer.counts
 
 
-def pending_slots(
-    root: Path, out: Path, feed: str | None = None, day: str | None = None
-) -> Iterator[tuple[str, str, Manifest, FileEntry]]:
+def _manifests(
+    root: Path, feed: str | None, day: str | None, skipped: list[str]
+) -> Iterator[tuple[str, str, Manifest]]:
+    """Each day's manifest. A day with none yet (its first slot still being written)
+    is skipped and noted, unless FEED and DATE name it."""
     for f in [feed] if feed else feeds(root):
         for d in [day] if day else days(root, f):
-            manifest = read_manifest(root, f, d)
-            for entry in manifest.files:
-                if not slot_path(out, "raw", f, d, _stem(entry)).exists():
-                    yield f, d, manifest, entry
+            if feed is not None and day is not None:
+                yield f, d, read_manifest(root, f, d)
+                continue
+            try:
+                manifest = load_manifest(root / f / d)
+            except ManifestCorrupt as exc:
+                raise ArchiveError(str(exc)) from None
+            if manifest is None:
+                skipped.append(f"{f}/{d}")
+                continue
+            yield f, d, manifest
 
 
 def export_parquet(
     root: Path, out: Path, feed: str | None = None, day: str | None = None
 ) -> ExportReport:
     report = ExportReport()
-    for f in [feed] if feed else feeds(root):
-        for d in [day] if day else days(root, f):
-            report.already += len(read_manifest(root, f, d).files)
-    for f, d, manifest, entry in pending_slots(root, out, feed, day):
-        report.already -= 1
-        for table, n in export_slot(root, out, f, d, manifest, entry).items():
-            report.rows[table] = report.rows.get(table, 0) + n
-        report.written.append(f"{f}/{d}/{_stem(entry)}")
+    for f, d, manifest in _manifests(root, feed, day, report.skipped):
+        for entry in manifest.files:
+            if slot_path(out, "raw", f, d, _stem(entry)).exists():
+                report.already += 1
+                continue
+            for table, n in export_slot(root, out, f, d, manifest, entry).items():
+                report.rows[table] = report.rows.get(table, 0) + n
+            report.written.append(f"{f}/{d}/{_stem(entry)}")
     return report

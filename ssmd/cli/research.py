@@ -72,6 +72,11 @@ def cmd_export(args: argparse.Namespace, root: Path) -> int:
     report = export_parquet(root, Path(args.out), args.feed, args.date)
     for slot in report.written:
         print(f"exported {slot}")
+    for day in report.skipped:
+        print(
+            f"ssmd: note: skipped {day}: no manifest yet (first slot being written)",
+            file=sys.stderr,
+        )
     rows = ", ".join(f"{t} {n}" for t, n in sorted(report.rows.items()) if n)
     print(
         f"{len(report.written)} slot(s) exported, {report.already} already done"
