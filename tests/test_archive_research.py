@@ -426,9 +426,10 @@ def test_coverage_reports_exactly_the_degraded_hours_and_markets(
     assert code == 0, err
     result = json.loads(text)
     hours = {h["hour"][11:13]: h for h in result["hours"]}
-    assert list(hours) == ["10", "11", "12", "13", "14"]
+    assert list(hours) == [f"{h:02d}" for h in range(24)]  # every hour, data or not
     kinds = {h: sorted(r["kind"] for r in row["reasons"]) for h, row in hours.items()}
     assert kinds == {
+        **{f"{h:02d}": ["no_data"] for h in (*range(10), *range(15, 24))},
         "10": ["start"],
         "11": [],
         "12": ["disconnect", "stream_gap"],
@@ -611,3 +612,29 @@ def test_export_skips_a_new_day_whose_first_slot_is_still_being_written(
         capsys, "export", "--out", str(out), "--path", str(tmp_path), "kalshi", "2026-01-06"
     )
     assert code == 2 and "no manifest for kalshi 2026-01-06" in err
+
+
+def test_coverage_spans_a_stream_gap_over_a_silence_and_lists_empty_hours(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Records at 12:00, then nothing until 14:30, where the stream gap is detected:
+    the lost messages could lie anywhere in between, so 12, 13 and 14 are degraded."""
+    tape = Tape()
+    for i, when in enumerate((at(12, 0, 1), at(12, 0, 2), at(14, 30), at(14, 30, 1))):
+        if i == 2:
+            tape.lose_in_stream(3)
+        tape.add(
+            market_subject(ENV, "kalshi", "trade", A),
+            {"type": "trade", "msg": {"market_ticker": A, "count": 1, "yes_price": 5}},
+            when,
+        )
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    code, text, err = run(capsys, "coverage", "kalshi", DAY, "--json", "--path", str(tmp_path))
+    assert code == 0, err
+    hours = {h["hour"][11:13]: h for h in json.loads(text)["hours"]}
+    assert len(hours) == 24
+    for hour in ("12", "13", "14"):
+        assert hours[hour]["status"] == "degraded", hour
+        assert "stream_gap" in [r["kind"] for r in hours[hour]["reasons"]], hour
+    assert [r["kind"] for r in hours["13"]["reasons"]] == ["no_data", "stream_gap"]
+    assert hours["11"]["status"] == "degraded" and hours["11"]["records"] == 0

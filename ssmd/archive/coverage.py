@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from ssmd.archive.integrity import (
+    STREAM_GAP,
     ConnectionTracker,
     Interruption,
     interruption,
@@ -92,7 +93,7 @@ def _reasons(interruptions: list[tuple[Interruption, bool]], day_end: int) -> li
                 open_disconnects[item.detail.get("conn")] = reason
             out.append(reason)
             continue
-        span = overflow_span(item)
+        span = overflow_span(item) or stream_gap_span(item)
         if span is not None:
             out.append(Reason(item.kind, span[0], item.reason, span[1] - span[0]))
             continue
@@ -104,6 +105,15 @@ def _reasons(interruptions: list[tuple[Interruption, bool]], day_end: int) -> li
     return out
 
 
+def stream_gap_span(item: Interruption) -> tuple[int, int] | None:
+    """A stream gap's span: from the receive time of the record before it to that of
+    the record after it (set by `coverage`)."""
+    start, end = item.detail.get("start_ns"), item.detail.get("end_ns")
+    if item.kind != STREAM_GAP or not isinstance(start, int) or not isinstance(end, int):
+        return None
+    return start, max(start, end)
+
+
 def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[str, Any]:
     manifest = read_manifest(root, feed, day)
     per_hour: Counter[int] = Counter()
@@ -111,12 +121,17 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
     tracker = ConnectionTracker()
     found: list[tuple[Interruption, bool]] = []
     last_recv: int | None = None
+    gaps = sorted(stream_gaps(manifest.gaps), key=lambda g: g.seq)
+    open_gaps = list(gaps)
     for entry in manifest.files:
         for line in file_lines(root / feed / day / entry.name):
             prefix = read_prefix(line)
             if prefix is None:
                 continue
             seq, subject, recv = prefix
+            while open_gaps and open_gaps[0].seq < seq:
+                gap = open_gaps.pop(0)
+                gap.detail.update(start_ns=last_recv, end_ns=recv)
             last_recv = recv if recv is not None else last_recv
             if last_recv is None:
                 continue
@@ -144,17 +159,19 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
                     )
                 elif item is not None:
                     found.append((item, False))
-    found += [(gap, False) for gap in stream_gaps(manifest.gaps)]
+    found += [(gap, False) for gap in gaps]
     found.sort(key=lambda pair: pair[0].seq)
     day_start = calendar.timegm(time.strptime(day, "%Y-%m-%d")) * NS
     reasons = _reasons(found, day_start + 24 * HOUR)
-    hours = sorted(
-        set(per_hour)
-        | {h for r in reasons for h in r.hours() if day_start <= h * HOUR < day_start + 24 * HOUR}
-    )
+    # Every hour of the day (up to now, for today): an hour without a record is not
+    # complete, it is missing.
+    last_hour = min(day_start + 24 * HOUR, time.time_ns() // HOUR * HOUR + HOUR) // HOUR
+    hours = list(range(day_start // HOUR, max(last_hour, day_start // HOUR + 1)))
     result: dict[str, Any] = {"feed": feed, "date": day, "hours": []}
     for hour in hours:
         touching = [r for r in reasons if hour in r.hours()]
+        if not per_hour[hour]:
+            touching.insert(0, Reason("no_data", hour * HOUR, "no records in this hour"))
         result["hours"].append(
             _row({"hour": _hour_text(hour), "records": per_hour[hour]}, touching)
         )
