@@ -502,8 +502,10 @@ def test_export_keeps_odd_messages_in_raw_instead_of_failing(
         tape.add(subject, payload, at(12, 0, i))
     trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
     out = tmp_path / "pq"
-    code, _, err = run(capsys, "export", "--out", str(out), "--path", str(tmp_path))
+    code, text, err = run(capsys, "export", "--out", str(out), "--path", str(tmp_path))
     assert code == 0, err
+    # The delta without a price could not be typed: said, not silent.
+    assert "1 record(s) not typed" in text and "not typed (kept in raw only): orderbook 1" in err
     con = ssmd.archive.open(tmp_path).duckdb(out)
     raw = con.execute("SELECT type, payload FROM raw ORDER BY seq").fetchall()
     assert [t for t, _ in raw] == ["orderbook", "trade", "unrouted", "trade"]
@@ -638,3 +640,25 @@ def test_coverage_spans_a_stream_gap_over_a_silence_and_lists_empty_hours(
         assert "stream_gap" in [r["kind"] for r in hours[hour]["reasons"]], hour
     assert [r["kind"] for r in hours["13"]["reasons"]] == ["no_data", "stream_gap"]
     assert hours["11"]["status"] == "degraded" and hours["11"]["records"] == 0
+
+
+def test_export_checks_each_slot_against_the_manifests_records_by_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tape = Tape()
+    for i in range(4):
+        kind = "trade" if i % 2 else "ticker"
+        tape.add(
+            market_subject(ENV, "kalshi", kind, A),
+            {"type": kind, "msg": {"market_ticker": A, "count": 1, "yes_price": 5}},
+            at(12, 0, i),
+        )
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    path = tmp_path / "kalshi" / DAY / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["files"][0]["records_by_type"] == {"ticker": 2, "trade": 2}
+    manifest["files"][0]["records_by_type"] = {"ticker": 1, "trade": 3}  # same total
+    path.write_text(json.dumps(manifest))
+    code, _, err = run(capsys, "export", "--out", str(tmp_path / "pq"), "--path", str(tmp_path))
+    assert code == 1 and "manifest says {'ticker': 1, 'trade': 3}" in err, err
+    assert not list((tmp_path / "pq").rglob("*.parquet"))

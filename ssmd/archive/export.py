@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class ExportReport:
     written: list[str] = attrs.field(factory=list)  # "feed/date/stem"
     already: int = 0
     rows: dict[str, int] = attrs.field(factory=dict)
+    untyped: dict[str, dict[str, int]] = attrs.field(factory=dict)  # slot -> type -> n
     skipped: list[str] = attrs.field(factory=list)  # "feed/date": no manifest yet
 
 
@@ -120,15 +122,19 @@ def _gap_rows(manifest: Manifest, entry: FileEntry) -> Iterator[Row]:
 
 def export_slot(
     root: Path, out: Path, feed: str, day: str, manifest: Manifest, entry: FileEntry
-) -> dict[str, int]:
-    """Export one archive file; its row count per table."""
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Export one archive file; its row count per table, and per type token the
+    records kept in `raw` only because their typed rows could not be made."""
     extract = extractor_for(feed)
     path = root / feed / day / entry.name
     writer = _SlotWriter(out, feed, day, _stem(entry))
+    by_type: Counter[str] = Counter()
+    untyped: Counter[str] = Counter()
     try:
         for line in file_lines(path):
             record = Record.from_line(line, str(path))
-            for table, row in record_rows(record, extract):
+            by_type[record.type_token] += 1
+            for table, row in record_rows(record, extract, untyped):
                 writer.add(table, row)
         for row in _gap_rows(manifest, entry):
             writer.add("discontinuities", row)
@@ -137,11 +143,16 @@ def export_slot(
             raise ArchiveCorrupt(
                 f"{path}: {writer.counts['raw']} records, manifest says {entry.records}"
             )
+        if entry.records_by_type and dict(by_type) != entry.records_by_type:
+            raise ArchiveCorrupt(
+                f"{path}: records by type {dict(sorted(by_type.items()))}, "
+                f"manifest says {entry.records_by_type}"
+            )
         writer.commit()
     except BaseException:
         writer.abort()
         raise
-    return writer.counts
+    return writer.counts, dict(untyped)
 
 
 def _manifests(
@@ -173,7 +184,10 @@ def export_parquet(
             if slot_path(out, "raw", f, d, _stem(entry)).exists():
                 report.already += 1
                 continue
-            for table, n in export_slot(root, out, f, d, manifest, entry).items():
+            counts, untyped = export_slot(root, out, f, d, manifest, entry)
+            for table, n in counts.items():
                 report.rows[table] = report.rows.get(table, 0) + n
             report.written.append(f"{f}/{d}/{_stem(entry)}")
+            if untyped:
+                report.untyped[report.written[-1]] = untyped
     return report

@@ -72,15 +72,20 @@ def cmd_export(args: argparse.Namespace, root: Path) -> int:
     report = export_parquet(root, Path(args.out), args.feed, args.date)
     for slot in report.written:
         print(f"exported {slot}")
+    for slot, by_type in report.untyped.items():
+        kinds = ", ".join(f"{t} {n}" for t, n in sorted(by_type.items()))
+        print(f"ssmd: note: {slot}: not typed (kept in raw only): {kinds}", file=sys.stderr)
     for day in report.skipped:
         print(
             f"ssmd: note: skipped {day}: no manifest yet (first slot being written)",
             file=sys.stderr,
         )
     rows = ", ".join(f"{t} {n}" for t, n in sorted(report.rows.items()) if n)
+    untyped = sum(n for counts in report.untyped.values() for n in counts.values())
     print(
         f"{len(report.written)} slot(s) exported, {report.already} already done"
         + (f"; rows: {rows}" if rows else "")
+        + (f"; {untyped} record(s) not typed" if untyped else "")
     )
     return 0
 
