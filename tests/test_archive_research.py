@@ -20,6 +20,7 @@ import trio.testing
 
 import ssmd.archive
 from ssmd.archive.replay import replay
+from ssmd.archiver.lines import format_line
 from ssmd.cli.main import main
 from ssmd.connector.records import (
     ConnectRecord,
@@ -284,6 +285,31 @@ def test_jsonl_view_keeps_a_field_first_seen_in_the_last_line(
         capsys, "query", "--path", str(root), "SELECT count(*) AS n FROM jsonl WHERE type = 'ssmd'"
     )
     assert code == 0 and "| n " in text and "(1 row)" in text
+
+
+def test_jsonl_view_infers_no_schema_past_duckdbs_sample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DuckDB samples 20,480 lines to infer a JSON schema: a key first seen after that
+    would be dropped by an inferring reader. The view must keep it."""
+    day_dir = tmp_path / "kalshi" / DAY
+    day_dir.mkdir(parents=True)
+    subject = market_subject(ENV, "kalshi", "ticker", A)
+    lines = [
+        format_line(i, subject, b'{"type":"ticker","msg":{"price":%d}}' % i, at(12, 0) + i)
+        for i in range(1, 20_600)
+    ]
+    lines.append(
+        format_line(20_600, subject, b'{"type":"ticker","msg":{"late_key":"x"}}', at(12, 1))
+    )
+    (day_dir / "1200.jsonl.gz").write_bytes(gzip.compress(b"".join(lines)))
+    code, text, err = run(
+        capsys, "query", "--path", str(tmp_path), "--json",
+        "SELECT count(*) AS n, count(*) FILTER (WHERE json->'msg'->>'late_key' = 'x') AS late, "
+        "max(seq) FILTER (WHERE json->'msg'->>'late_key' = 'x') AS seq FROM jsonl",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(text) == {"n": 20_600, "late": 1, "seq": 20_600}
 
 
 def test_bad_sql_is_one_clear_error(
