@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from ssmd.archive.books.kraken import DEPTHS
 from ssmd.archive.books.rebuild import books_at
 from ssmd.archive.coverage import coverage
 from ssmd.archive.errors import ArchiveError
@@ -22,11 +23,13 @@ from ssmd.archive.replay import nats_sink, replay
 from ssmd.archive.store import RecordFilter, iter_lines, read_manifest
 from ssmd.archive.times import parse_interval, parse_time
 from ssmd.archiver.manifest import Manifest
+from ssmd.config import ConfigError, load_config
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.types import NatsUnavailable
 
 RootOf = Callable[[argparse.Namespace], Path]
 MAX_STEPS = 1_000_000
+KRAKEN_DEFAULT_DEPTH = 10  # ssmd.feeds.kraken.DEFAULT_DEPTH
 
 
 def cmd_book(args: argparse.Namespace, root: Path) -> int:
@@ -43,7 +46,16 @@ def cmd_book(args: argparse.Namespace, root: Path) -> int:
     else:
         raise ArchiveError("give --at TIME, or --every INTERVAL --start T1 --end T2")
     as_lines = args.json or bool(args.every)
-    for view in books_at(root, args.feed, args.market, times, depth=args.depth, asset=args.asset):
+    views = books_at(
+        root,
+        args.feed,
+        args.market,
+        times,
+        depth=args.depth,
+        asset=args.asset,
+        subscribed_depth=args.book_depth or _config_depth(args),
+    )
+    for view in views:
         data = view.to_json()
         if as_lines:
             print(json.dumps(data, separators=(",", ":")), flush=False)
@@ -51,6 +63,20 @@ def cmd_book(args: argparse.Namespace, root: Path) -> int:
             _print_book(data)
     sys.stdout.flush()
     return 0
+
+
+def _config_depth(args: argparse.Namespace) -> int | None:
+    """Kraken's subscribed depth from -c CONFIG: the connector of this feed."""
+    if not args.config:
+        return None
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise ArchiveError(f"config error: {exc}") from None
+    for connector in config.connectors:
+        if connector.feed == args.feed and connector.venue == "kraken":
+            return connector.depth or KRAKEN_DEFAULT_DEPTH  # the connector's default
+    return None
 
 
 def _print_book(data: dict[str, Any]) -> None:
@@ -220,6 +246,14 @@ def add_research_commands(data_sub: Any, common: Callable[[argparse.ArgumentPars
     book.add_argument("--at", metavar="TIME", help="ISO 8601 UTC or integer nanoseconds")
     book.add_argument("--depth", type=int, metavar="N", help="best N levels per side")
     book.add_argument("--asset", metavar="TOKEN_ID", help="Polymarket: only this outcome token")
+    book.add_argument(
+        "--book-depth",
+        type=int,
+        choices=DEPTHS,
+        metavar="N",
+        help="Kraken: the subscribed depth (connector.depth; read from -c CONFIG when given). "
+        "Without it only the 10 checksummed levels are shown",
+    )
     book.add_argument("--every", metavar="INTERVAL", help="one book per step (e.g. 1s, 5m)")
     book.add_argument("--start", metavar="TIME", help="first step, with --every")
     book.add_argument("--end", metavar="TIME", help="last step (inclusive), with --every")

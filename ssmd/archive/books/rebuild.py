@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from ssmd.archive.books.base import MarketBooks, Venue
+from ssmd.archive.books.kraken import KrakenVenue
 from ssmd.archive.books.registry import venue_for
 from ssmd.archive.integrity import (
     ConnectionTracker,
@@ -233,9 +234,14 @@ def books_at(
     depth: int | None = None,
     asset: str | None = None,
     horizon_ns: int = DEFAULT_HORIZON_NS,
+    subscribed_depth: int | None = None,
 ) -> Iterator[BookView]:
-    """One view per book of `market` (per token on Polymarket) at each of `times`."""
+    """One view per book of `market` (per token on Polymarket) at each of `times`.
+    `subscribed_depth`: Kraken's `connector.depth`, without which only the 10
+    checksummed levels are shown."""
     venue = venue_for(feed)
+    if isinstance(venue, KrakenVenue):
+        venue = KrakenVenue(subscribed_depth)
     targets = sorted(times)
     if not targets:
         return
