@@ -243,7 +243,9 @@ def add_research_commands(data_sub: Any, common: Callable[[argparse.ArgumentPars
     book.add_argument(
         "market", help="Kalshi ticker, Polymarket condition id, Kraken symbol (BTC/USD)"
     )
-    book.add_argument("--at", metavar="TIME", help="ISO 8601 UTC or integer nanoseconds")
+    book.add_argument(
+        "--at", metavar="TIME", help="ISO 8601 UTC, or epoch s (<=11 digits), ms (13), us (16), ns"
+    )
     book.add_argument("--depth", type=int, metavar="N", help="best N levels per side")
     book.add_argument("--asset", metavar="TOKEN_ID", help="Polymarket: only this outcome token")
     book.add_argument(
