@@ -285,6 +285,13 @@ def test_jsonl_view_keeps_a_field_first_seen_in_the_last_line(
         capsys, "query", "--path", str(root), "SELECT count(*) AS n FROM jsonl WHERE type = 'ssmd'"
     )
     assert code == 0 and "| n " in text and "(1 row)" in text
+    # market is the decoded ticker, as in the Parquet tables (A's dots are %2E in subjects)
+    code, text, err = run(
+        capsys, "query", "--path", str(root), "--csv",
+        "SELECT DISTINCT market FROM jsonl WHERE type IN ('trade', 'ssmd') ORDER BY 1 NULLS LAST",
+    )  # fmt: skip
+    assert code == 0, err
+    assert text.splitlines() == ["market", *sorted((A, B, C)), '""']  # NULL for ssmd
 
 
 def test_jsonl_view_infers_no_schema_past_duckdbs_sample(
