@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -695,3 +696,44 @@ def test_export_checks_each_slot_against_the_manifests_records_by_type(
     code, _, err = run(capsys, "export", "--out", str(tmp_path / "pq"), "--path", str(tmp_path))
     assert code == 1 and "manifest says {'ticker': 1, 'trade': 3}" in err, err
     assert not list((tmp_path / "pq").rglob("*.parquet"))
+
+
+def test_export_makes_every_table_durable_before_raw_says_the_slot_is_done(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tape = Tape()
+    tape.add(
+        market_subject(ENV, "kalshi", "trade", A),
+        {"type": "trade", "msg": {"market_ticker": A, "count": 1, "yes_price": 5}},
+        at(12, 0, 1),
+    )
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    events: list[tuple[str, str]] = []
+    paths: dict[int, str] = {}
+    real_open, real_fsync, real_replace = os.open, os.fsync, os.replace
+
+    def logged_open(path: Any, flags: int, *args: Any) -> int:
+        fd = real_open(path, flags, *args)
+        paths[fd] = str(path)
+        return fd
+
+    def logged_fsync(fd: int) -> None:
+        events.append(("fsync", paths.get(fd, "?")))
+        real_fsync(fd)
+
+    def logged_replace(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        events.append(("replace", str(dst)))
+
+    monkeypatch.setattr("ssmd.archive.export.os.open", logged_open)
+    monkeypatch.setattr("ssmd.archive.export.os.fsync", logged_fsync)
+    monkeypatch.setattr("ssmd.archive.export.os.replace", logged_replace)
+    out = tmp_path / "pq"
+    assert run(capsys, "export", "--out", str(out), "--path", str(tmp_path))[0] == 0
+    raw = str(out / "raw" / "feed=kalshi" / f"date={DAY}" / "1200.parquet")
+    renames = [i for i, (what, _) in enumerate(events) if what == "replace"]
+    assert len(renames) == 8 and events[renames[-1]] == ("replace", raw)
+    for i in renames:
+        target = Path(events[i][1])
+        assert events[i - 1] == ("fsync", str(target.parent / f".{target.name}.tmp"))
+        assert events[i + 1] == ("fsync", str(target.parent)), events[i : i + 2]

@@ -5,7 +5,8 @@ gives `1200.1.parquet`). Incremental and idempotent: a slot whose `raw` file exi
 done, and `raw` is renamed into place last, so an interrupted export is redone whole
 next time. Rows go to dot-named temp files in bounded batches (memory does not grow with
 the slot); once the slot's record count agrees with its manifest entry, each file is
-fsynced and renamed. A damaged slot leaves nothing behind.
+fsynced, renamed and its directory fsynced, `raw` last. A damaged slot leaves nothing
+behind.
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ def _temp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class _SlotWriter:
     """Every table of one slot, written to temp files in batches of BATCH_ROWS."""
 
@@ -88,12 +97,9 @@ class _SlotWriter:
             self.writers[table].close()
         for table in [t for t in TABLES if t != "raw"] + ["raw"]:
             tmp = _temp(self.paths[table])
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(tmp)
             os.replace(tmp, self.paths[table])
+            _fsync(self.paths[table].parent)  # the rename is durable before `raw` says done
 
     def abort(self) -> None:
         for table, writer in self.writers.items():
