@@ -22,12 +22,12 @@ from ssmd.archive.integrity import (
     ConnectionTracker,
     Interruption,
     interruption,
-    iso_ms,
     overflow_span,
     stream_gaps,
 )
 from ssmd.archive.records import Record
 from ssmd.archive.store import file_lines, read_manifest
+from ssmd.archive.times import iso_ms, utc_text
 from ssmd.archiver.lines import read_prefix
 from ssmd.subjects import DISCONTINUITY_TYPE, split_subject
 
@@ -61,13 +61,6 @@ class Reason:
         first = self.at_ns // HOUR
         last = (self.at_ns + (self.duration_ns or 0)) // HOUR
         return range(first, last + 1)
-
-
-def _hour_text(hour: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:00Z", time.gmtime(hour * HOUR // NS))
-
-
-PLAIN_CONNECT = True
 
 
 def _reasons(interruptions: list[tuple[Interruption, bool]], day_end: int) -> list[Reason]:
@@ -154,7 +147,7 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
                     found.append(
                         (
                             Interruption("connect", at, "connect", None, seq, {"conn": conn}),
-                            PLAIN_CONNECT,
+                            True,  # a plain connect
                         )
                     )
                 elif item is not None:
@@ -173,7 +166,10 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
         if not per_hour[hour]:
             touching.insert(0, Reason("no_data", hour * HOUR, "no records in this hour"))
         result["hours"].append(
-            _row({"hour": _hour_text(hour), "records": per_hour[hour]}, touching)
+            _row(
+                {"hour": utc_text(hour * HOUR, 0, "%Y-%m-%dT%H:00"), "records": per_hour[hour]},
+                touching,
+            )
         )
     if by_market:
         markets = sorted({m for (_h, m) in per_market})
@@ -188,27 +184,17 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
                 n = per_market[(hour, market)]
                 if n or touching:
                     rows.append(
-                        _row({"hour": _hour_text(hour), "market": market, "records": n}, touching)
+                        _row(
+                            {
+                                "hour": utc_text(hour * HOUR, 0, "%Y-%m-%dT%H:00"),
+                                "market": market,
+                                "records": n,
+                            },
+                            touching,
+                        )
                     )
         result["markets"] = rows
     return result
-
-
-def _normalise(
-    found: list[tuple[Interruption, str | None]],
-) -> list[tuple[Interruption, str | None]]:
-    """Connect markers carry their conn as text; map back to the payload's conn value."""
-    out = []
-    for item, conn in found:
-        if conn is not None:
-            out.append((item, _conn_value(conn)))
-        else:
-            out.append((item, None))
-    return out
-
-
-def _conn_value(text: str) -> Any:
-    return int(text) if text.lstrip("-").isdigit() else (None if text == "None" else text)
 
 
 def _row(base: dict[str, Any], touching: list[Reason]) -> dict[str, Any]:

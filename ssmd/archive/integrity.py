@@ -7,13 +7,13 @@ become an `Interruption`. `markets` is None when every market of the feed is tou
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
 
 from ssmd.archive.records import Record, iso_ns
+from ssmd.archive.times import iso_ms
 from ssmd.archiver.manifest import Gap
 from ssmd.subjects import DISCONTINUITY_TYPE, split_subject
 
@@ -35,13 +35,6 @@ class Interruption:
     def describe(self) -> str:
         when = f" at {iso_ms(self.at_ns)}" if self.at_ns is not None else ""
         return f"{self.reason}{when}"
-
-
-def iso_ms(ns: int) -> str:
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000))
-        + f".{ns // 1_000_000 % 1000:03d}Z"
-    )
 
 
 def _markets(value: object) -> frozenset[str] | None:

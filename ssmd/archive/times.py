@@ -5,6 +5,7 @@ a given day; and intervals like `500ms`, `1s`, `5m`, `1h`."""
 from __future__ import annotations
 
 import re
+import time
 from decimal import Decimal
 
 from ssmd.archive.errors import ArchiveError
@@ -52,6 +53,18 @@ def parse_time(value: str, day: str | None = None) -> int:
             "epoch seconds, ms, µs or ns" + (" or HH:MM[:SS]" if day is not None else "")
         )
     return ns
+
+
+def utc_text(ns: int, digits: int = 9, fmt: str = "%Y-%m-%dT%H:%M:%S") -> str:
+    """RFC 3339 UTC text of `ns` with `digits` (0, 3 or 9) of the second's fraction."""
+    text = time.strftime(fmt, time.gmtime(ns // NS))
+    if digits:
+        text += f".{ns % NS:09d}"[: digits + 1]
+    return text + "Z"
+
+
+def iso_ms(ns: int) -> str:
+    return utc_text(ns, 3)
 
 
 def parse_interval(value: str) -> int:

@@ -15,7 +15,7 @@ import zlib
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ssmd.archive.books.base import Book, Levels, MarketBooks, best_first, dec
+from ssmd.archive.books.base import Book, Levels, MarketBooks, bid_ask_levels, dec
 from ssmd.archive.records import Record
 
 DEPTHS = (10, 25, 100, 500, 1000)
@@ -103,13 +103,4 @@ class KrakenVenue:
     def levels_json(self, book: Book, depth: int | None) -> dict[str, Any]:
         if self.subscribed_depth is None:
             depth = min(depth or CHECKSUM_LEVELS, CHECKSUM_LEVELS)
-        return {
-            "bids": [
-                [format(p, "f"), format(book.bids[p], "f")]
-                for p in best_first(book.bids, True, depth)
-            ],
-            "asks": [
-                [format(p, "f"), format(book.asks[p], "f")]
-                for p in best_first(book.asks, False, depth)
-            ],
-        }
+        return bid_ask_levels(book, depth)

@@ -33,6 +33,7 @@ from ssmd.archive.integrity import (
 )
 from ssmd.archive.records import Record
 from ssmd.archive.store import days, file_lines, read_manifest
+from ssmd.archive.times import utc_text
 from ssmd.archiver.lines import read_prefix
 from ssmd.subjects import DISCONTINUITY_TYPE, encode_token, split_subject
 
@@ -44,10 +45,6 @@ DEFAULT_HORIZON_NS = 300 * NS
 
 def day_of(ns: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ns // NS))
-
-
-def iso_ns_text(ns: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // NS)) + f".{ns % NS:09d}Z"
 
 
 @attrs.frozen
@@ -68,7 +65,7 @@ class BookView:
         if self.asset is not None:
             out["asset_id"] = self.asset
         out.update(
-            at=iso_ns_text(self.at_ns),
+            at=utc_text(self.at_ns),
             at_ns=self.at_ns,
             valid=self.valid,
             reason=self.reason,
