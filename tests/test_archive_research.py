@@ -737,3 +737,20 @@ def test_export_makes_every_table_durable_before_raw_says_the_slot_is_done(
         target = Path(events[i][1])
         assert events[i - 1] == ("fsync", str(target.parent / f".{target.name}.tmp"))
         assert events[i + 1] == ("fsync", str(target.parent)), events[i : i + 2]
+
+
+def test_export_batches_by_bytes_as_well_as_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory is bounded by bytes too: a few huge payloads must not wait for 50,000 rows."""
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr("ssmd.archive.export.BATCH_BYTES", 1000)
+    tape = Tape()
+    for i in range(6):
+        tape.add("prod.kalshi.json.unrouted.invalid", {"pad": "x" * 600, "i": i}, at(12, 0, i))
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    out = tmp_path / "pq"
+    assert run(capsys, "export", "--out", str(out), "--path", str(tmp_path))[0] == 0
+    raw = pq.ParquetFile(out / "raw" / "feed=kalshi" / f"date={DAY}" / "1200.parquet")
+    assert raw.metadata.num_rows == 6 and raw.num_row_groups == 3

@@ -30,6 +30,7 @@ from ssmd.archiver.files import FINAL_SUFFIX
 from ssmd.archiver.manifest import FileEntry, Manifest, ManifestCorrupt, load_manifest
 
 BATCH_ROWS = 50_000
+BATCH_BYTES = 64 << 20  # text held per table before a row group is written
 
 
 @attrs.define
@@ -62,12 +63,14 @@ def _fsync(path: Path) -> None:
 
 
 class _SlotWriter:
-    """Every table of one slot, written to temp files in batches of BATCH_ROWS."""
+    """Every table of one slot, written to temp files in batches of at most BATCH_ROWS
+    rows or BATCH_BYTES of text (one Polymarket book can be megabytes)."""
 
     def __init__(self, out: Path, feed: str, day: str, stem: str) -> None:
         self.paths = {t: slot_path(out, t, feed, day, stem) for t in TABLES}
         self.rows: dict[str, list[Row]] = {t: [] for t in TABLES}
         self.counts = dict.fromkeys(TABLES, 0)
+        self.held = dict.fromkeys(TABLES, 0)  # bytes of text in self.rows
         self.writers: dict[str, pq.ParquetWriter] = {}
         for table, path in self.paths.items():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +79,8 @@ class _SlotWriter:
     def add(self, table: str, row: Row) -> None:
         rows = self.rows[table]
         rows.append(row)
-        if len(rows) >= BATCH_ROWS:
+        self.held[table] += sum(len(v) for v in row.values() if isinstance(v, str))
+        if len(rows) >= BATCH_ROWS or self.held[table] >= BATCH_BYTES:
             self._flush(table)
 
     def _flush(self, table: str) -> None:
@@ -84,6 +88,7 @@ class _SlotWriter:
         if rows:
             self.writers[table].write_table(pa.Table.from_pylist(rows, schema=SCHEMAS[table]))
             self.counts[table] += len(rows)
+            self.held[table] = 0
             rows.clear()
 
     def flush_all(self) -> None:
