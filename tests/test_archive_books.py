@@ -252,3 +252,35 @@ def test_an_overflow_invalidates_books_and_hours_from_its_first_drop(
     for hour in ("12", "13", "14"):
         assert hours[hour]["status"] == "degraded", hour
         assert "overflow" in [r["kind"] for r in hours[hour]["reasons"]], hour
+
+
+def test_the_snapshot_search_reads_only_days_holding_the_market_and_is_bounded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ssmd.archive import store
+    from ssmd.archive.books import rebuild
+    from ssmd.archive.books.registry import venue_for
+
+    tape = Tape()
+    exchange = KalshiBooks(tape, "cents", {1: [A], 2: [B]})
+    exchange.snapshot(A, utc_ns(2026, 1, 5, 12, 0))
+    exchange.snapshot(B, utc_ns(2026, 1, 6, 12, 0))  # 01-06 holds B only
+    for i in range(5):
+        exchange.delta(A, utc_ns(2026, 1, 7, 12, 0, i))
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    opened: list[str] = []
+    real = store.file_lines
+
+    def counting(path: Path) -> Any:
+        opened.append(path.parent.name)
+        return real(path)
+
+    monkeypatch.setattr(rebuild, "file_lines", counting)
+    at = utc_ns(2026, 1, 7, 13, 0)
+    start = rebuild._start_day(tmp_path, "kalshi", A, venue_for("kalshi"), at)
+    assert start == "2026-01-05" and "2026-01-06" not in opened
+    monkeypatch.setattr(rebuild, "file_lines", real)
+    view = book(capsys, tmp_path, A, at)
+    assert view["valid"] is True and levels(view) == exchange.state(A)
+    monkeypatch.setattr(rebuild, "MAX_LOOKBACK_DAYS", 1)
+    assert book(capsys, tmp_path, A, at)["reason"] == "no snapshot yet"

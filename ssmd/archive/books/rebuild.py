@@ -41,6 +41,7 @@ NS = 1_000_000_000
 _SSMD = b".json.ssmd."
 _OVERFLOW = b".json.ssmd.overflow"
 DEFAULT_HORIZON_NS = 300 * NS
+MAX_LOOKBACK_DAYS = 31
 
 
 def day_of(ns: int) -> str:
@@ -201,10 +202,18 @@ def _day_start(day: str) -> int:
 
 
 def _start_day(root: Path, feed: str, market: str, venue: Venue, first: int) -> str | None:
-    """The latest day at or before `first` holding a snapshot of the market before it."""
+    """The latest day at or before `first` holding a snapshot of the market before it.
+    Days whose manifest does not list the market are not read, and the search reads at
+    most MAX_LOOKBACK_DAYS days holding it (beyond: the book has no snapshot)."""
     candidates = days(root, feed, end=day_of(first))
+    searched = 0
     for day in reversed(candidates):
         manifest = read_manifest(root, feed, day)
+        if manifest.tickers and market not in manifest.tickers:
+            continue
+        searched += 1
+        if searched > MAX_LOOKBACK_DAYS:
+            break
         for entry in manifest.files:
             for line in file_lines(root / feed / day / entry.name):
                 if not venue.is_snapshot_line(line):
