@@ -593,8 +593,12 @@ def test_a_damaged_line_inside_a_good_gzip_is_a_clear_error_naming_the_file(
         ["book", "kalshi", A, "--at", str(at(23, 0)), "--json"],  # the delta is A's
         ["export", "--out", str(tmp_path / "pq")],
     ]
-    if damage == "cut":  # the payload need not be parsed to see this
-        commands += [["replay", "kalshi", DAY, "--max"], ["coverage", "kalshi", DAY]]
+    commands += [  # readers that pass lines on unparsed check them too
+        ["replay", "kalshi", DAY, "--max"],
+        ["replay", "kalshi", DAY, "--max", "--type", "ticker"],
+        ["coverage", "kalshi", DAY],
+        ["cat", "kalshi", DAY],
+    ]
     for args in commands:
         code, _out, err = run(capsys, *args, "--path", str(tmp_path))
         assert code == 1, (args, err)

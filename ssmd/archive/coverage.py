@@ -117,7 +117,7 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
     gaps = sorted(stream_gaps(manifest.gaps), key=lambda g: g.seq)
     open_gaps = list(gaps)
     for entry in manifest.files:
-        for line in file_lines(root / feed / day / entry.name):
+        for line in file_lines(root / feed / day / entry.name, validate=True):
             prefix = read_prefix(line)
             if prefix is None:
                 continue

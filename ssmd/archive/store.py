@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
+import msgspec
 
 from ssmd.archive.errors import ArchiveCorrupt, ArchiveError
 from ssmd.archive.integrity import ConnectionTracker, interruption
@@ -77,9 +78,10 @@ def read_manifest(root: Path, feed: str, day: str) -> Manifest:
     return manifest
 
 
-def file_lines(path: Path) -> Iterator[bytes]:
+def file_lines(path: Path, validate: bool = False) -> Iterator[bytes]:
     """Every line of one finished file; ArchiveCorrupt (naming it) if it does not end
-    cleanly or holds a line ssmd did not write."""
+    cleanly or holds a line ssmd did not write. `validate`: every line must be JSON too
+    (for readers that pass lines on unparsed: replay, cat, coverage)."""
     reader = GzipLines(path)
     count = 0
     try:
@@ -88,6 +90,11 @@ def file_lines(path: Path) -> Iterator[bytes]:
                 raise ArchiveCorrupt(f"{path}: line {count + 1} is not an ssmd archive line")
             if not line.endswith(b"}\n"):
                 raise ArchiveCorrupt(f"{path}: line {count + 1} is cut short (no closing brace)")
+            if validate:
+                try:
+                    msgspec.json.decode(line, type=msgspec.Raw)
+                except msgspec.DecodeError as exc:
+                    raise ArchiveCorrupt(f"{path}: line {count + 1} is not JSON: {exc}") from None
             count += 1
             yield line
     except FileNotFoundError:
@@ -101,9 +108,9 @@ def file_lines(path: Path) -> Iterator[bytes]:
 
 
 def iter_entry_lines(
-    day_dir: Path, entry: FileEntry, flt: RecordFilter | None = None
+    day_dir: Path, entry: FileEntry, flt: RecordFilter | None = None, validate: bool = False
 ) -> Iterator[bytes]:
-    for line in file_lines(day_dir / entry.name):
+    for line in file_lines(day_dir / entry.name, validate):
         if flt is None:
             yield line
             continue
@@ -113,8 +120,8 @@ def iter_entry_lines(
 
 
 def iter_lines(
-    day_dir: Path, manifest: Manifest, flt: RecordFilter | None = None
+    day_dir: Path, manifest: Manifest, flt: RecordFilter | None = None, validate: bool = False
 ) -> Iterator[bytes]:
     """Lines of a day's finished files, in archive (stream) order."""
     for entry in manifest.files:
-        yield from iter_entry_lines(day_dir, entry, flt)
+        yield from iter_entry_lines(day_dir, entry, flt, validate)

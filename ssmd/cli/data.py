@@ -120,7 +120,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     n = 0
     try:
-        for line in iter_lines(root / args.feed / args.date, manifest, flt):
+        for line in iter_lines(root / args.feed / args.date, manifest, flt, validate=True):
             if args.limit is not None and n >= args.limit:
                 break
             if args.strip_meta:

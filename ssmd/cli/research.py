@@ -155,7 +155,7 @@ def cmd_replay(args: argparse.Namespace, root: Path) -> int:
         end_ns=parse_time(args.end, args.date) if args.end else None,
     )
     day_dir = root / args.feed / args.date
-    records = (Record.from_line(line) for line in iter_lines(day_dir, manifest, flt))
+    records = (Record.from_line(line) for line in iter_lines(day_dir, manifest, flt, validate=True))
     speed = None if args.max else args.speed
     if args.to:
         trio.run(_replay_to_nats, records, args.to, args.prefix, speed)
