@@ -284,3 +284,18 @@ def test_the_snapshot_search_reads_only_days_holding_the_market_and_is_bounded(
     assert view["valid"] is True and levels(view) == exchange.state(A)
     monkeypatch.setattr(rebuild, "MAX_LOOKBACK_DAYS", 1)
     assert book(capsys, tmp_path, A, at)["reason"] == "no snapshot yet"
+
+
+def test_a_book_reads_while_the_next_days_first_slot_is_being_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tape = Tape()
+    exchange = KalshiBooks(tape, "fp", {1: [A]})
+    exchange.snapshot(A, T0)
+    exchange.delta(A, T0 + 1000 * MS)
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    new_day = tmp_path / "kalshi" / "2026-01-06"
+    new_day.mkdir()
+    (new_day / "0000.jsonl.gz.partial").write_bytes(b"")
+    view = book(capsys, tmp_path, A, T0 + 2000 * MS)
+    assert view["valid"] is True and levels(view) == exchange.state(A)

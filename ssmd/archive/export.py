@@ -21,13 +21,13 @@ import attrs
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ssmd.archive.errors import ArchiveCorrupt, ArchiveError
+from ssmd.archive.errors import ArchiveCorrupt
 from ssmd.archive.integrity import stream_gaps
 from ssmd.archive.records import Record
-from ssmd.archive.store import days, feeds, file_lines, read_manifest
+from ssmd.archive.store import day_manifest, days, feeds, file_lines, read_manifest
 from ssmd.archive.tables import SCHEMAS, TABLES, Row, extractor_for, record_rows
 from ssmd.archiver.files import FINAL_SUFFIX
-from ssmd.archiver.manifest import FileEntry, Manifest, ManifestCorrupt, load_manifest
+from ssmd.archiver.manifest import FileEntry, Manifest
 
 BATCH_ROWS = 50_000
 BATCH_BYTES = 64 << 20  # text held per table before a row group is written
@@ -176,10 +176,7 @@ def _manifests(
             if feed is not None and day is not None:
                 yield f, d, read_manifest(root, f, d)
                 continue
-            try:
-                manifest = load_manifest(root / f / d)
-            except ManifestCorrupt as exc:
-                raise ArchiveError(str(exc)) from None
+            manifest = day_manifest(root, f, d)
             if manifest is None:
                 skipped.append(f"{f}/{d}")
                 continue

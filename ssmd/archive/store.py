@@ -67,12 +67,18 @@ class RecordFilter:
         return found is None or found.touches(self.ticker)
 
 
-def read_manifest(root: Path, feed: str, day: str) -> Manifest:
-    """The day's manifest; ArchiveError when it is missing or unreadable."""
+def day_manifest(root: Path, feed: str, day: str) -> Manifest | None:
+    """The day's manifest, None before its first file is finished; ArchiveError when
+    it is unreadable."""
     try:
-        manifest = load_manifest(root / feed / day)
+        return load_manifest(root / feed / day)
     except ManifestCorrupt as exc:
         raise ArchiveError(str(exc)) from None
+
+
+def read_manifest(root: Path, feed: str, day: str) -> Manifest:
+    """The day's manifest; ArchiveError when it is missing or unreadable."""
+    manifest = day_manifest(root, feed, day)
     if manifest is None:
         raise ArchiveError(f"no manifest for {feed} {day} under {root}")
     return manifest

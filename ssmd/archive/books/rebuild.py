@@ -32,7 +32,7 @@ from ssmd.archive.integrity import (
     stream_gaps,
 )
 from ssmd.archive.records import Record
-from ssmd.archive.store import days, file_lines, read_manifest
+from ssmd.archive.store import day_manifest, days, file_lines, read_manifest
 from ssmd.archive.times import utc_text
 from ssmd.archiver.lines import read_prefix
 from ssmd.subjects import DISCONTINUITY_TYPE, encode_token, split_subject
@@ -134,10 +134,11 @@ class _Walk:
 
 
 def _overflows(root: Path, feed: str, day: str) -> list[Interruption]:
-    """The day's overflow records (only files holding ssmd records are read)."""
-    manifest = read_manifest(root, feed, day)
-    out = []
-    for entry in manifest.files:
+    """The day's overflow records (only files holding ssmd records are read); none
+    before the day's first file is finished."""
+    manifest = day_manifest(root, feed, day)
+    out: list[Interruption] = []
+    for entry in manifest.files if manifest is not None else []:
         if not entry.records_by_type.get(DISCONTINUITY_TYPE):
             continue
         for line in file_lines(root / feed / day / entry.name):
