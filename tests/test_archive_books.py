@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from ssmd.cli.main import main
-from ssmd.connector.records import GapRecord, ResubscribeRecord
+from ssmd.connector.records import GapRecord, OverflowRecord, ResubscribeRecord
 from tests.archive_harness import utc_ns
 from tests.market_tape import KalshiBooks, Tape, archive_tape
 
@@ -225,3 +225,77 @@ def test_book_prints_a_readable_table_by_default(
     assert ": valid" in out and f"{best[0]:>14} {best[1]:>16}" in out
     assert main(["data", "book", "nosuchvenue", A, "--at", str(T0), "--path", str(tmp_path)]) == 2
     assert "no book rules for feed 'nosuchvenue'" in capsys.readouterr().err
+
+
+def test_an_overflow_invalidates_books_and_hours_from_its_first_drop(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The publisher writes the overflow record once its buffer drains, hours after the
+    first message it dropped: books and coverage must count from `first_recv_ns`."""
+    s, h = 1000 * MS, 3600 * 1000 * MS
+    tape = Tape()
+    exchange = KalshiBooks(tape, "fp", {1: [A]})
+    exchange.snapshot(A, T0)
+    first, last = T0 + 2 * s, T0 + 2 * h
+    exchange.snapshot(A, T0 + h)  # received while dropping: deltas after it were lost
+    tape.record(OverflowRecord(40, 4000, first, last, last + s), last + s)
+    exchange.snapshot(A, last + 10 * s)
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert book(capsys, tmp_path, A, T0 + s)["valid"] is True
+    for at in (first + s, T0 + h + s, last):
+        view = book(capsys, tmp_path, A, at)
+        assert view["valid"] is False and "overflow: 40" in view["reason"], at
+    assert book(capsys, tmp_path, A, last + 20 * s)["valid"] is True
+    code = main(["data", "coverage", "kalshi", "2026-01-05", "--json", "--path", str(tmp_path)])
+    hours = {r["hour"][11:13]: r for r in json.loads(capsys.readouterr().out)["hours"]}
+    assert code == 0
+    for hour in ("12", "13", "14"):
+        assert hours[hour]["status"] == "degraded", hour
+        assert "overflow" in [r["kind"] for r in hours[hour]["reasons"]], hour
+
+
+def test_the_snapshot_search_reads_only_days_holding_the_market_and_is_bounded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ssmd.archive import store
+    from ssmd.archive.books import rebuild
+    from ssmd.archive.books.registry import venue_for
+
+    tape = Tape()
+    exchange = KalshiBooks(tape, "cents", {1: [A], 2: [B]})
+    exchange.snapshot(A, utc_ns(2026, 1, 5, 12, 0))
+    exchange.snapshot(B, utc_ns(2026, 1, 6, 12, 0))  # 01-06 holds B only
+    for i in range(5):
+        exchange.delta(A, utc_ns(2026, 1, 7, 12, 0, i))
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    opened: list[str] = []
+    real = store.file_lines
+
+    def counting(path: Path) -> Any:
+        opened.append(path.parent.name)
+        return real(path)
+
+    monkeypatch.setattr(rebuild, "file_lines", counting)
+    at = utc_ns(2026, 1, 7, 13, 0)
+    start = rebuild._start_day(tmp_path, "kalshi", A, venue_for("kalshi"), at)
+    assert start == "2026-01-05" and "2026-01-06" not in opened
+    monkeypatch.setattr(rebuild, "file_lines", real)
+    view = book(capsys, tmp_path, A, at)
+    assert view["valid"] is True and levels(view) == exchange.state(A)
+    monkeypatch.setattr(rebuild, "MAX_LOOKBACK_DAYS", 1)
+    assert book(capsys, tmp_path, A, at)["reason"] == "no snapshot yet"
+
+
+def test_a_book_reads_while_the_next_days_first_slot_is_being_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tape = Tape()
+    exchange = KalshiBooks(tape, "fp", {1: [A]})
+    exchange.snapshot(A, T0)
+    exchange.delta(A, T0 + 1000 * MS)
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    new_day = tmp_path / "kalshi" / "2026-01-06"
+    new_day.mkdir()
+    (new_day / "0000.jsonl.gz.partial").write_bytes(b"")
+    view = book(capsys, tmp_path, A, T0 + 2000 * MS)
+    assert view["valid"] is True and levels(view) == exchange.state(A)

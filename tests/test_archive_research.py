@@ -4,7 +4,9 @@ scripted Kalshi tape whose every message (and sum) the test knows."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -19,6 +21,7 @@ import trio.testing
 
 import ssmd.archive
 from ssmd.archive.replay import replay
+from ssmd.archiver.lines import format_line
 from ssmd.cli.main import main
 from ssmd.connector.records import (
     ConnectRecord,
@@ -83,6 +86,11 @@ def build_tape() -> tuple[Tape, Expected, KalshiBooks]:
     for m in (A, B, C):
         now += S
         books.snapshot(m, now)
+    # Frames replay must give back byte for byte: an array (as Polymarket sends) and an
+    # object with its own `_` keys, both archived under `_raw`.
+    unrouted = "prod.kalshi.json.unrouted.invalid"
+    tape.add(unrouted, b'[{"price": "0.10"}, {"price": 0.10, "size": 2.50} ]', now)
+    tape.add(unrouted, b'{"_id": 7, "price": 0.10}', now)
     i = 0
     while now < at(14, 2):
         now += 10 * S
@@ -223,7 +231,7 @@ def test_export_is_typed_hive_parquet_that_duckdb_and_polars_read_exactly(
         "SELECT kind, count FROM discontinuities WHERE kind = 'stream_gap'",
     )
     assert text.splitlines() == ["kind,count", "stream_gap,4"]
-    assert sum(len(tape.items) for _ in [0]) == sum(f["records"] for f in manifest["files"])
+    assert len(tape.items) == sum(f["records"] for f in manifest["files"])
 
 
 def test_second_export_writes_nothing_and_a_later_slot_is_exported_next(
@@ -278,6 +286,38 @@ def test_jsonl_view_keeps_a_field_first_seen_in_the_last_line(
         capsys, "query", "--path", str(root), "SELECT count(*) AS n FROM jsonl WHERE type = 'ssmd'"
     )
     assert code == 0 and "| n " in text and "(1 row)" in text
+    # market is the decoded ticker, as in the Parquet tables (A's dots are %2E in subjects)
+    code, text, err = run(
+        capsys, "query", "--path", str(root), "--csv",
+        "SELECT DISTINCT market FROM jsonl WHERE type IN ('trade', 'ssmd') ORDER BY 1 NULLS LAST",
+    )  # fmt: skip
+    assert code == 0, err
+    assert text.splitlines() == ["market", *sorted((A, B, C)), '""']  # NULL for ssmd
+
+
+def test_jsonl_view_infers_no_schema_past_duckdbs_sample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DuckDB samples 20,480 lines to infer a JSON schema: a key first seen after that
+    would be dropped by an inferring reader. The view must keep it."""
+    day_dir = tmp_path / "kalshi" / DAY
+    day_dir.mkdir(parents=True)
+    subject = market_subject(ENV, "kalshi", "ticker", A)
+    lines = [
+        format_line(i, subject, b'{"type":"ticker","msg":{"price":%d}}' % i, at(12, 0) + i)
+        for i in range(1, 20_600)
+    ]
+    lines.append(
+        format_line(20_600, subject, b'{"type":"ticker","msg":{"late_key":"x"}}', at(12, 1))
+    )
+    (day_dir / "1200.jsonl.gz").write_bytes(gzip.compress(b"".join(lines)))
+    code, text, err = run(
+        capsys, "query", "--path", str(tmp_path), "--json",
+        "SELECT count(*) AS n, count(*) FILTER (WHERE json->'msg'->>'late_key' = 'x') AS late, "
+        "max(seq) FILTER (WHERE json->'msg'->>'late_key' = 'x') AS seq FROM jsonl",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(text) == {"n": 20_600, "late": 1, "seq": 20_600}
 
 
 def test_bad_sql_is_one_clear_error(
@@ -308,9 +348,14 @@ async def test_replay_keeps_stream_order_filters_and_paces_by_receive_time(
     expected = [
         it
         for it in tape.items
-        if it.subject == market_subject(ENV, "kalshi", "trade", A)
+        if it.subject
+        in (
+            market_subject(ENV, "kalshi", "trade", A),
+            f"{ENV}.kalshi.json.ssmd.disconnect",
+            f"{ENV}.kalshi.json.ssmd.connect",
+        )
         and at(12, 0) <= it.recv_ns < at(12, 30)
-    ]
+    ]  # the disconnect touches every market: a filtered replay keeps it
     assert sent == len(got) == len(expected) > 10
     assert [r for _t, _s, r in got] == [it.recv_ns for it in expected]
     assert [s for _t, s, _r in got] == sorted(s for _t, s, _r in got)
@@ -334,6 +379,30 @@ def test_replay_max_prints_the_archive_lines_in_order(
     )
     code2, cat, _ = run(capsys, "cat", "kalshi", DAY, "--type", "ssmd", "--path", str(root))
     assert code == code2 == 0 and replayed == cat and len(cat.splitlines()) == 6
+
+
+def test_a_filtered_replay_keeps_the_discontinuities_touching_its_ticker(
+    archive: tuple[Path, Tape, Expected], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _, _ = archive
+    kinds = {}
+    for ticker in (A, C):
+        code, out, err = run(
+            capsys, "replay", "kalshi", DAY, "--max", "--ticker", ticker, "--type", "trade",
+            "--path", str(root),
+        )  # fmt: skip
+        assert code == 0, err
+        assert "stream gap: 4 message(s) after seq" in err
+        subjects = [json.loads(line)["_subject"] for line in out.splitlines()]
+        kinds[ticker] = [s.rsplit(".", 1)[1] for s in subjects if ".ssmd." in s]
+        trades = market_subject(ENV, "kalshi", "trade", ticker)
+        assert all(s == trades for s in subjects if ".ssmd." not in s)
+        code, cat, _ = run(capsys, "cat", "kalshi", DAY, "--ticker", ticker, "--path", str(root))
+        assert code == 0
+        assert [json.loads(line)["_subject"].rsplit(".", 1)[1] for line in cat.splitlines()
+                if ".ssmd." in line] == kinds[ticker]  # fmt: skip
+    assert kinds[A] == ["connect", "disconnect", "connect", "gap", "resubscribe", "disconnect"]
+    assert kinds[C] == ["connect", "disconnect", "connect", "disconnect"]  # the gap is sid 1's
 
 
 def test_replay_republishes_the_same_subjects_and_payloads_to_nats(
@@ -378,9 +447,7 @@ def test_replay_republishes_the_same_subjects_and_payloads_to_nats(
         return out
 
     got = asyncio.run(read_back())
-    assert [(s, json.loads(d), h) for s, d, h in got] == [
-        ("bt." + it.subject, json.loads(it.payload), str(it.recv_ns)) for it in tape.items
-    ]
+    assert got == [("bt." + it.subject, it.payload.strip(), str(it.recv_ns)) for it in tape.items]
 
 
 def test_coverage_reports_exactly_the_degraded_hours_and_markets(
@@ -393,9 +460,10 @@ def test_coverage_reports_exactly_the_degraded_hours_and_markets(
     assert code == 0, err
     result = json.loads(text)
     hours = {h["hour"][11:13]: h for h in result["hours"]}
-    assert list(hours) == ["10", "11", "12", "13", "14"]
+    assert list(hours) == [f"{h:02d}" for h in range(24)]  # every hour, data or not
     kinds = {h: sorted(r["kind"] for r in row["reasons"]) for h, row in hours.items()}
     assert kinds == {
+        **{f"{h:02d}": ["no_data"] for h in (*range(10), *range(15, 24))},
         "10": ["start"],
         "11": [],
         "12": ["disconnect", "stream_gap"],
@@ -468,8 +536,10 @@ def test_export_keeps_odd_messages_in_raw_instead_of_failing(
         tape.add(subject, payload, at(12, 0, i))
     trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
     out = tmp_path / "pq"
-    code, _, err = run(capsys, "export", "--out", str(out), "--path", str(tmp_path))
+    code, text, err = run(capsys, "export", "--out", str(out), "--path", str(tmp_path))
     assert code == 0, err
+    # The delta without a price could not be typed: said, not silent.
+    assert "1 record(s) not typed" in text and "not typed (kept in raw only): orderbook 1" in err
     con = ssmd.archive.open(tmp_path).duckdb(out)
     raw = con.execute("SELECT type, payload FROM raw ORDER BY seq").fetchall()
     assert [t for t, _ in raw] == ["orderbook", "trade", "unrouted", "trade"]
@@ -479,3 +549,212 @@ def test_export_keeps_odd_messages_in_raw_instead_of_failing(
         (None, 1.5),
         (0.4, 2.0),
     ]
+
+
+def test_a_stream_gap_between_two_files_is_one_discontinuities_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tape = Tape()
+    for i, when in enumerate((at(12, 0, 1), at(12, 0, 2), at(12, 20, 1), at(12, 20, 2))):
+        if i == 2:
+            tape.lose_in_stream(7)  # seqs 3..9 never archived; files hold 1-2 and 10-11
+        tape.add(
+            market_subject(ENV, "kalshi", "trade", A),
+            {"type": "trade", "msg": {"market_ticker": A, "count": 1, "yes_price": 5}},
+            when,
+        )
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    files = json.loads((tmp_path / "kalshi" / DAY / "manifest.json").read_text())["files"]
+    assert [(f["nats_start_seq"], f["nats_end_seq"]) for f in files] == [(1, 2), (10, 11)]
+    out = tmp_path / "pq"
+    assert run(capsys, "export", "--out", str(out), "--path", str(tmp_path))[0] == 0
+    con = ssmd.archive.open(tmp_path).duckdb(out)
+    assert con.execute(
+        "SELECT kind, seq, count FROM discontinuities WHERE kind = 'stream_gap'"
+    ).fetchall() == [("stream_gap", 2, 7)]
+
+
+@pytest.mark.parametrize("damage", ["cut", "broken"])
+def test_a_damaged_line_inside_a_good_gzip_is_a_clear_error_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    tape, _exp, _books = build_tape()
+    tape.items = tape.items[:400]
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    victim = sorted((tmp_path / "kalshi" / DAY).glob("*.jsonl.gz"))[0]
+    lines = gzip.decompress(victim.read_bytes()).splitlines(keepends=True)
+    n = next(i for i, line in enumerate(lines) if b'"orderbook_delta"' in line)
+    if damage == "cut":  # a valid prefix, the body cut short
+        lines[n] = lines[n][: len(lines[n]) // 2 + 40] + b"\n"
+    else:  # ends like a line, is not JSON
+        lines[n] = lines[n].replace(b'"msg":', b'"msg"', 1)
+    victim.write_bytes(gzip.compress(b"".join(lines)))
+    commands = [
+        ["book", "kalshi", A, "--at", str(at(23, 0)), "--json"],  # the delta is A's
+        ["export", "--out", str(tmp_path / "pq")],
+    ]
+    commands += [  # readers that pass lines on unparsed check them too
+        ["replay", "kalshi", DAY, "--max"],
+        ["replay", "kalshi", DAY, "--max", "--type", "ticker"],
+        ["coverage", "kalshi", DAY],
+        ["cat", "kalshi", DAY],
+    ]
+    for args in commands:
+        code, _out, err = run(capsys, *args, "--path", str(tmp_path))
+        assert code == 1, (args, err)
+        assert err.startswith("ssmd: corrupt archive: ") and str(victim) in err, (args, err)
+    code, _out, err = run(capsys, "query", "--path", str(tmp_path), "SELECT count(*) FROM jsonl")
+    assert "Traceback" not in err and (code == 0 or err.startswith("ssmd: query failed"))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["book", "kalshi", A, "--at", "inf"],
+        ["book", "kalshi", A, "--at=-inf"],
+        ["replay", "kalshi", DAY, "--speed", "0"],
+        ["replay", "kalshi", DAY, "--speed=-2"],
+        ["replay", "kalshi", DAY, "--speed", "nan"],
+    ],
+)
+def test_bad_times_and_speeds_are_one_line_errors(
+    archive: tuple[Path, Tape, Expected], capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    try:
+        code = main(["data", *args, "--path", str(archive[0])])
+    except SystemExit as exc:  # argparse
+        code = int(str(exc.code))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "cannot read time" in err or "must be a positive number" in err, err
+
+
+def test_export_skips_a_new_day_whose_first_slot_is_still_being_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tape = Tape()
+    for i in range(3):
+        tape.add(
+            market_subject(ENV, "kalshi", "trade", A),
+            {"type": "trade", "msg": {"market_ticker": A, "count": 1, "yes_price": 5}},
+            at(23, 50, i),
+        )
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    new_day = tmp_path / "kalshi" / "2026-01-06"
+    new_day.mkdir()
+    (new_day / "0000.jsonl.gz.partial").write_bytes(b"")
+    out = tmp_path / "pq"
+    code, text, err = run(capsys, "export", "--out", str(out), "--path", str(tmp_path))
+    assert code == 0, err
+    assert f"exported kalshi/{DAY}/2345" in text and "skipped kalshi/2026-01-06" in err
+    assert (out / "raw" / "feed=kalshi" / f"date={DAY}" / "2345.parquet").exists()
+    code, _, err = run(
+        capsys, "export", "--out", str(out), "--path", str(tmp_path), "kalshi", "2026-01-06"
+    )
+    assert code == 2 and "no manifest for kalshi 2026-01-06" in err
+
+
+def test_coverage_spans_a_stream_gap_over_a_silence_and_lists_empty_hours(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Records at 12:00, then nothing until 14:30, where the stream gap is detected:
+    the lost messages could lie anywhere in between, so 12, 13 and 14 are degraded."""
+    tape = Tape()
+    for i, when in enumerate((at(12, 0, 1), at(12, 0, 2), at(14, 30), at(14, 30, 1))):
+        if i == 2:
+            tape.lose_in_stream(3)
+        tape.add(
+            market_subject(ENV, "kalshi", "trade", A),
+            {"type": "trade", "msg": {"market_ticker": A, "count": 1, "yes_price": 5}},
+            when,
+        )
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    code, text, err = run(capsys, "coverage", "kalshi", DAY, "--json", "--path", str(tmp_path))
+    assert code == 0, err
+    hours = {h["hour"][11:13]: h for h in json.loads(text)["hours"]}
+    assert len(hours) == 24
+    for hour in ("12", "13", "14"):
+        assert hours[hour]["status"] == "degraded", hour
+        assert "stream_gap" in [r["kind"] for r in hours[hour]["reasons"]], hour
+    assert [r["kind"] for r in hours["13"]["reasons"]] == ["no_data", "stream_gap"]
+    assert hours["11"]["status"] == "degraded" and hours["11"]["records"] == 0
+
+
+def test_export_checks_each_slot_against_the_manifests_records_by_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tape = Tape()
+    for i in range(4):
+        kind = "trade" if i % 2 else "ticker"
+        tape.add(
+            market_subject(ENV, "kalshi", kind, A),
+            {"type": kind, "msg": {"market_ticker": A, "count": 1, "yes_price": 5}},
+            at(12, 0, i),
+        )
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    path = tmp_path / "kalshi" / DAY / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["files"][0]["records_by_type"] == {"ticker": 2, "trade": 2}
+    manifest["files"][0]["records_by_type"] = {"ticker": 1, "trade": 3}  # same total
+    path.write_text(json.dumps(manifest))
+    code, _, err = run(capsys, "export", "--out", str(tmp_path / "pq"), "--path", str(tmp_path))
+    assert code == 1 and "manifest says {'ticker': 1, 'trade': 3}" in err, err
+    assert not list((tmp_path / "pq").rglob("*.parquet"))
+
+
+def test_export_makes_every_table_durable_before_raw_says_the_slot_is_done(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tape = Tape()
+    tape.add(
+        market_subject(ENV, "kalshi", "trade", A),
+        {"type": "trade", "msg": {"market_ticker": A, "count": 1, "yes_price": 5}},
+        at(12, 0, 1),
+    )
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    events: list[tuple[str, str]] = []
+    paths: dict[int, str] = {}
+    real_open, real_fsync, real_replace = os.open, os.fsync, os.replace
+
+    def logged_open(path: Any, flags: int, *args: Any) -> int:
+        fd = real_open(path, flags, *args)
+        paths[fd] = str(path)
+        return fd
+
+    def logged_fsync(fd: int) -> None:
+        events.append(("fsync", paths.get(fd, "?")))
+        real_fsync(fd)
+
+    def logged_replace(src: Any, dst: Any) -> None:
+        real_replace(src, dst)
+        events.append(("replace", str(dst)))
+
+    monkeypatch.setattr("ssmd.archive.export.os.open", logged_open)
+    monkeypatch.setattr("ssmd.archive.export.os.fsync", logged_fsync)
+    monkeypatch.setattr("ssmd.archive.export.os.replace", logged_replace)
+    out = tmp_path / "pq"
+    assert run(capsys, "export", "--out", str(out), "--path", str(tmp_path))[0] == 0
+    raw = str(out / "raw" / "feed=kalshi" / f"date={DAY}" / "1200.parquet")
+    renames = [i for i, (what, _) in enumerate(events) if what == "replace"]
+    assert len(renames) == 8 and events[renames[-1]] == ("replace", raw)
+    for i in renames:
+        target = Path(events[i][1])
+        assert events[i - 1] == ("fsync", str(target.parent / f".{target.name}.tmp"))
+        assert events[i + 1] == ("fsync", str(target.parent)), events[i : i + 2]
+
+
+def test_export_batches_by_bytes_as_well_as_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory is bounded by bytes too: a few huge payloads must not wait for 50,000 rows."""
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr("ssmd.archive.export.BATCH_BYTES", 1000)
+    tape = Tape()
+    for i in range(6):
+        tape.add("prod.kalshi.json.unrouted.invalid", {"pad": "x" * 600, "i": i}, at(12, 0, i))
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    out = tmp_path / "pq"
+    assert run(capsys, "export", "--out", str(out), "--path", str(tmp_path))[0] == 0
+    raw = pq.ParquetFile(out / "raw" / "feed=kalshi" / f"date={DAY}" / "1200.parquet")
+    assert raw.metadata.num_rows == 6 and raw.num_row_groups == 3

@@ -54,6 +54,7 @@ def _kraken_update(
     asks: dict[Decimal, Decimal],
     changes: dict[str, list[tuple[str, str]]],
     checksum: int | None = None,
+    depth: int = 10,
 ) -> bytes:
     for side, rows in changes.items():
         levels = bids if side == "bids" else asks
@@ -63,7 +64,7 @@ def _kraken_update(
             else:
                 levels.pop(Decimal(price), None)
     for levels, desc in ((bids, True), (asks, False)):
-        for p in sorted(levels, reverse=desc)[10:]:
+        for p in sorted(levels, reverse=desc)[depth:]:
             del levels[p]
     crc = levels_checksum(bids, asks) if checksum is None else checksum
     side_json = {
@@ -118,6 +119,44 @@ def test_kraken_book_follows_updates_truncates_to_depth_and_a_bad_checksum_inval
     )
     [again] = book(capsys, tmp_path, "kraken", "BTC/USD", T0 + 350 * MS)
     assert again["valid"] is True and again["asks"][0] == ["45285.2", "0.00100000"]
+
+
+def test_kraken_levels_past_the_checksum_need_the_subscribed_depth(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A thin 12-level snapshot at depth 100 looks like depth 25: inserts then grow the
+    book to 30 levels. Without the subscribed depth only the 10 checksummed levels are
+    shown; with it (flag or the connector's config) all 30, exactly."""
+    tape = Tape(feed="kraken")
+    subject = market_subject(ENV, "kraken", "book", "BTC/USD")
+    bids = {Decimal(100 - i): Decimal(1 + i) for i in range(12)}
+    asks = {Decimal(101 + i): Decimal(1 + i) for i in range(12)}
+    rows = ",".join(f'{{"price":{p},"qty":{q}}}' for p, q in sorted(bids.items(), reverse=True))
+    arows = ",".join(f'{{"price":{p},"qty":{q}}}' for p, q in sorted(asks.items()))
+    tape.add(
+        subject,
+        (
+            '{"channel":"book","type":"snapshot","data":[{"symbol":"BTC/USD",'
+            f'"bids":[{rows}],"asks":[{arows}],"checksum":{levels_checksum(bids, asks)}}}]}}'
+        ).encode(),
+        T0,
+    )
+    deeper = [(str(Decimal(88 - i)), "5") for i in range(18)]  # bids 13..30
+    tape.add(subject, _kraken_update(bids, asks, {"bids": deeper}, depth=100), T0 + 100 * MS)
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    exchange = [[format(p, "f"), format(q, "f")] for p, q in sorted(bids.items(), reverse=True)]
+    assert len(exchange) == 30
+    [unknown] = book(capsys, tmp_path, "kraken", "BTC/USD", T0 + 200 * MS)
+    assert unknown["valid"] is True and unknown["bids"] == exchange[:10]
+    [known] = book(capsys, tmp_path, "kraken", "BTC/USD", T0 + 200 * MS, "--book-depth", "100")
+    assert known["valid"] is True and known["bids"] == exchange
+    config = tmp_path / "ssmd.toml"
+    config.write_text(
+        'env = "prod"\n[[connector]]\nfeed = "kraken"\nchannels = ["book"]\n'
+        'markets = ["BTC/USD"]\ndepth = 100\n'
+    )
+    [configured] = book(capsys, tmp_path, "kraken", "BTC/USD", T0 + 200 * MS, "-c", str(config))
+    assert configured["bids"] == exchange
 
 
 COND = "0x" + "ab" * 32

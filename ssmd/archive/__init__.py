@@ -98,9 +98,21 @@ class Archive:
         *,
         depth: int | None = None,
         asset: str | None = None,
+        subscribed_depth: int | None = None,
     ) -> BookView:
-        """The book as of `at` (the first token's on Polymarket unless `asset`)."""
-        return next(books_at(self.root, feed, market, [to_ns(at)], depth=depth, asset=asset))
+        """The book as of `at` (the first token's on Polymarket unless `asset`).
+        `subscribed_depth`: Kraken's connector.depth (else 10 checksummed levels)."""
+        return next(
+            books_at(
+                self.root,
+                feed,
+                market,
+                [to_ns(at)],
+                depth=depth,
+                asset=asset,
+                subscribed_depth=subscribed_depth,
+            )
+        )
 
     def books(
         self,
@@ -110,9 +122,16 @@ class Archive:
         *,
         depth: int | None = None,
         asset: str | None = None,
+        subscribed_depth: int | None = None,
     ) -> Iterator[BookView]:
         return books_at(
-            self.root, feed, market, [to_ns(t) for t in times], depth=depth, asset=asset
+            self.root,
+            feed,
+            market,
+            [to_ns(t) for t in times],
+            depth=depth,
+            asset=asset,
+            subscribed_depth=subscribed_depth,
         )
 
     def coverage(self, feed: str, day: str, by_market: bool = False) -> dict[str, Any]:

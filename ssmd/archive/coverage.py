@@ -18,14 +18,16 @@ from typing import Any
 import attrs
 
 from ssmd.archive.integrity import (
+    STREAM_GAP,
     ConnectionTracker,
     Interruption,
     interruption,
-    iso_ms,
+    overflow_span,
     stream_gaps,
 )
 from ssmd.archive.records import Record
 from ssmd.archive.store import file_lines, read_manifest
+from ssmd.archive.times import iso_ms, utc_text
 from ssmd.archiver.lines import read_prefix
 from ssmd.subjects import DISCONTINUITY_TYPE, split_subject
 
@@ -61,13 +63,6 @@ class Reason:
         return range(first, last + 1)
 
 
-def _hour_text(hour: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:00Z", time.gmtime(hour * HOUR // NS))
-
-
-PLAIN_CONNECT = True
-
-
 def _reasons(interruptions: list[tuple[Interruption, bool]], day_end: int) -> list[Reason]:
     """Turn interruptions into reasons; disconnects last until the conn's next connect."""
     out: list[Reason] = []
@@ -91,12 +86,25 @@ def _reasons(interruptions: list[tuple[Interruption, bool]], day_end: int) -> li
                 open_disconnects[item.detail.get("conn")] = reason
             out.append(reason)
             continue
+        span = overflow_span(item) or stream_gap_span(item)
+        if span is not None:
+            out.append(Reason(item.kind, span[0], item.reason, span[1] - span[0]))
+            continue
         out.append(Reason(item.kind, item.at_ns, item.reason, markets=item.markets))
     for reason in open_disconnects.values():
         if reason.at_ns is not None:
             reason.duration_ns = max(0, day_end - reason.at_ns)
             reason.detail += " (not reconnected this day)"
     return out
+
+
+def stream_gap_span(item: Interruption) -> tuple[int, int] | None:
+    """A stream gap's span: from the receive time of the record before it to that of
+    the record after it (set by `coverage`)."""
+    start, end = item.detail.get("start_ns"), item.detail.get("end_ns")
+    if item.kind != STREAM_GAP or not isinstance(start, int) or not isinstance(end, int):
+        return None
+    return start, max(start, end)
 
 
 def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[str, Any]:
@@ -106,12 +114,17 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
     tracker = ConnectionTracker()
     found: list[tuple[Interruption, bool]] = []
     last_recv: int | None = None
+    gaps = sorted(stream_gaps(manifest.gaps), key=lambda g: g.seq)
+    open_gaps = list(gaps)
     for entry in manifest.files:
-        for line in file_lines(root / feed / day / entry.name):
+        for line in file_lines(root / feed / day / entry.name, validate=True):
             prefix = read_prefix(line)
             if prefix is None:
                 continue
             seq, subject, recv = prefix
+            while open_gaps and open_gaps[0].seq < seq:
+                gap = open_gaps.pop(0)
+                gap.detail.update(start_ns=last_recv, end_ns=recv)
             last_recv = recv if recv is not None else last_recv
             if last_recv is None:
                 continue
@@ -121,7 +134,7 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
             if market is not None:
                 per_market[(hour, market)] += 1
             if type_token == DISCONTINUITY_TYPE:
-                record = Record(seq, subject, recv, line)
+                record = Record(seq, subject, recv, line, str(root / feed / day / entry.name))
                 conn = record.payload().get("conn") if isinstance(record.payload(), dict) else None
                 was_up = conn in tracker.up
                 item = interruption(record, tracker)
@@ -134,24 +147,29 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
                     found.append(
                         (
                             Interruption("connect", at, "connect", None, seq, {"conn": conn}),
-                            PLAIN_CONNECT,
+                            True,  # a plain connect
                         )
                     )
                 elif item is not None:
                     found.append((item, False))
-    found += [(gap, False) for gap in stream_gaps(manifest.gaps)]
+    found += [(gap, False) for gap in gaps]
     found.sort(key=lambda pair: pair[0].seq)
     day_start = calendar.timegm(time.strptime(day, "%Y-%m-%d")) * NS
     reasons = _reasons(found, day_start + 24 * HOUR)
-    hours = sorted(
-        set(per_hour)
-        | {h for r in reasons for h in r.hours() if day_start <= h * HOUR < day_start + 24 * HOUR}
-    )
+    # Every hour of the day (up to now, for today): an hour without a record is not
+    # complete, it is missing.
+    last_hour = min(day_start + 24 * HOUR, time.time_ns() // HOUR * HOUR + HOUR) // HOUR
+    hours = list(range(day_start // HOUR, max(last_hour, day_start // HOUR + 1)))
     result: dict[str, Any] = {"feed": feed, "date": day, "hours": []}
     for hour in hours:
         touching = [r for r in reasons if hour in r.hours()]
+        if not per_hour[hour]:
+            touching.insert(0, Reason("no_data", hour * HOUR, "no records in this hour"))
         result["hours"].append(
-            _row({"hour": _hour_text(hour), "records": per_hour[hour]}, touching)
+            _row(
+                {"hour": utc_text(hour * HOUR, 0, "%Y-%m-%dT%H:00"), "records": per_hour[hour]},
+                touching,
+            )
         )
     if by_market:
         markets = sorted({m for (_h, m) in per_market})
@@ -166,27 +184,17 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
                 n = per_market[(hour, market)]
                 if n or touching:
                     rows.append(
-                        _row({"hour": _hour_text(hour), "market": market, "records": n}, touching)
+                        _row(
+                            {
+                                "hour": utc_text(hour * HOUR, 0, "%Y-%m-%dT%H:00"),
+                                "market": market,
+                                "records": n,
+                            },
+                            touching,
+                        )
                     )
         result["markets"] = rows
     return result
-
-
-def _normalise(
-    found: list[tuple[Interruption, str | None]],
-) -> list[tuple[Interruption, str | None]]:
-    """Connect markers carry their conn as text; map back to the payload's conn value."""
-    out = []
-    for item, conn in found:
-        if conn is not None:
-            out.append((item, _conn_value(conn)))
-        else:
-            out.append((item, None))
-    return out
-
-
-def _conn_value(text: str) -> Any:
-    return int(text) if text.lstrip("-").isdigit() else (None if text == "None" else text)
 
 
 def _row(base: dict[str, Any], touching: list[Reason]) -> dict[str, Any]:

@@ -7,13 +7,13 @@ become an `Interruption`. `markets` is None when every market of the feed is tou
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
 
 from ssmd.archive.records import Record, iso_ns
+from ssmd.archive.times import iso_ms
 from ssmd.archiver.manifest import Gap
 from ssmd.subjects import DISCONTINUITY_TYPE, split_subject
 
@@ -35,13 +35,6 @@ class Interruption:
     def describe(self) -> str:
         when = f" at {iso_ms(self.at_ns)}" if self.at_ns is not None else ""
         return f"{self.reason}{when}"
-
-
-def iso_ms(ns: int) -> str:
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000))
-        + f".{ns // 1_000_000 % 1000:03d}Z"
-    )
 
 
 def _markets(value: object) -> frozenset[str] | None:
@@ -98,8 +91,10 @@ def interruption(record: Record, tracker: ConnectionTracker) -> Interruption | N
         reason = f"resubscribe of {body.get('channel')} ({body.get('reason', '?')})"
         return Interruption(kind, at, reason, _markets(body.get("markets")), seq, body)
     if kind == "overflow":
+        # Written once the buffer drains: the drops happened from first_recv_ns on.
+        first = body.get("first_recv_ns")
         reason = f"overflow: {body.get('dropped', '?')} message(s) dropped"
-        return Interruption(kind, at, reason, None, seq, body)
+        return Interruption(kind, first if isinstance(first, int) else at, reason, None, seq, body)
     if kind == "rejected":
         _type, market = split_subject(str(body.get("subject", "")))
         markets = frozenset([market]) if market else None
@@ -122,6 +117,14 @@ def interruption(record: Record, tracker: ConnectionTracker) -> Interruption | N
         # Late trades for a loss the disconnect or gap record already marks: none missing.
         return None
     return Interruption(kind, at, f"ssmd {kind}", None, seq, body)
+
+
+def overflow_span(item: Interruption) -> tuple[int, int] | None:
+    """An overflow's (first_recv_ns, last_recv_ns): when messages were being dropped."""
+    first, last = item.detail.get("first_recv_ns"), item.detail.get("last_recv_ns")
+    if item.kind != "overflow" or not isinstance(first, int) or not isinstance(last, int):
+        return None
+    return first, max(first, last)
 
 
 def stream_gaps(gaps: Iterable[Gap]) -> list[Interruption]:

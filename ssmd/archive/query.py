@@ -4,7 +4,8 @@ Each exported table is a view of its name over `{parquet}/{table}/**/*.parquet` 
 hive partitioning (`feed`, `date` columns). The view `jsonl` reads the finished
 `*.jsonl.gz` files (never `.partial`) with `read_ndjson_objects`, which infers no schema
 and so drops no field: `json` is the whole line, and `feed`, `date`, `seq`, `subject`,
-`recv_ns`, `type` and `market` (the subject's key, still percent-encoded) are taken out.
+`recv_ns`, `type` and `market` (the subject's key, decoded, as in the Parquet tables;
+NULL on ssmd's own and unrouted subjects) are taken out.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def connect(parquet: Path | None = None, archive: Path | None = None) -> duckdb.
                 json->>'_subject' AS subject,
                 CAST(json->>'_recv_ns' AS BIGINT) AS recv_ns,
                 split_part(json->>'_subject', '.', 4) AS type,
-                NULLIF(array_to_string(list_slice(string_split(json->>'_subject', '.'), 5, NULL), '.'), '') AS market,
+                CASE WHEN split_part(json->>'_subject', '.', 4) IN ('ssmd', 'unrouted') THEN NULL
+                    ELSE url_decode(NULLIF(regexp_extract(json->>'_subject', '^(?:[^.]*[.]){{4}}(.*)$', 1), ''))
+                END AS market,
                 json, filename
             FROM read_ndjson_objects({glob}, filename = true, maximum_object_size = 268435456)"""
         )

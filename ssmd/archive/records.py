@@ -21,9 +21,12 @@ class Record:
     """An archive line. `market` is the subject's routing key, decoded (a Kalshi ticker, a
     Polymarket condition id, a Kraken symbol); None on ssmd's own and unrouted subjects."""
 
-    __slots__ = ("_payload", "line", "market", "recv_ns", "seq", "subject", "type_token")
+    __slots__ = ("_payload", "line", "market", "recv_ns", "seq", "subject", "type_token", "where")
 
-    def __init__(self, seq: int, subject: str, recv_ns: int | None, line: bytes) -> None:
+    def __init__(
+        self, seq: int, subject: str, recv_ns: int | None, line: bytes, where: str = "archive"
+    ) -> None:
+        self.where = where
         self.seq = seq
         self.subject = subject
         self.recv_ns = recv_ns
@@ -36,7 +39,7 @@ class Record:
         prefix = read_prefix(line)
         if prefix is None:
             raise ArchiveCorrupt(f"{where}: not an ssmd archive line: {line[:80]!r}")
-        return cls(prefix[0], prefix[1], prefix[2], line)
+        return cls(prefix[0], prefix[1], prefix[2], line, where)
 
     @property
     def feed(self) -> str:
@@ -48,7 +51,14 @@ class Record:
         `exact`: numbers with a point as Decimal, so no price is ever rounded (else
         float, faster, for tables that hold float64 anyway). The first call decides."""
         if self._payload is _UNSET:
-            record = json.loads(self.line, parse_float=Decimal) if exact else json.loads(self.line)
+            try:
+                record = (
+                    json.loads(self.line, parse_float=Decimal) if exact else json.loads(self.line)
+                )
+            except ValueError as exc:
+                raise ArchiveCorrupt(
+                    f"{self.where}: the line of seq {self.seq} is not valid JSON: {exc}"
+                ) from None
             if "_raw" in record:
                 self._payload = record["_raw"]
             elif "_raw_b64" in record:
@@ -58,33 +68,46 @@ class Record:
         return self._payload
 
     def payload_json(self) -> str:
-        """The payload as JSON text (a non-UTF-8 payload as a JSON string of its base64)."""
-        value = self.payload()
-        if isinstance(value, bytes):
-            return json.dumps(base64.b64encode(value).decode())
-        if isinstance(value, dict):
-            return self.payload_bytes().decode()
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+        """The payload as JSON text, as archived (a payload that was not JSON as a JSON
+        string of its text, or of its base64 when it was not UTF-8)."""
+        kind, body = self._archived()
+        if kind == "b64":
+            return json.dumps(base64.b64encode(body).decode())
+        if kind == "text":
+            return json.dumps(body.decode(), ensure_ascii=False)
+        return body.decode()
 
     def payload_bytes(self) -> bytes:
         """The bytes to publish again: the payload as archived, without ssmd's keys."""
-        value = self.payload()
-        if isinstance(value, bytes):
-            return value
-        if isinstance(value, dict):
-            match = _PREFIX_END.match(self.line)
-            assert match is not None
-            rest = self.line[match.end() :].rstrip(b"\n")
-            return b"{}" if rest == b"}" else b"{" + rest.lstrip(b",")
-        if isinstance(value, str) and not _is_json(value):
-            return value.encode()
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+        return self._archived()[1]
+
+    def _archived(self) -> tuple[str, bytes]:
+        """("object" | "json" | "text" | "b64", the payload's bytes), cut from the line
+        so numbers, order and spacing stay as the venue sent them."""
+        match = _PREFIX_END.match(self.line)
+        if match is None:
+            raise ArchiveCorrupt(f"{self.where}: not an ssmd archive line: {self.line[:80]!r}")
+        rest = self.line[match.end() :].rstrip(b"\n")
+        if rest.startswith(_RAW_B64):
+            value = self.payload()
+            assert isinstance(value, bytes)
+            return "b64", value
+        if rest.startswith(_RAW):
+            raw = rest[len(_RAW) : -1]
+            if raw.startswith(b'"'):
+                text = self.payload()
+                if isinstance(text, str) and not _is_json(text):
+                    return "text", text.encode()  # a payload that was not JSON
+            return "json", raw
+        return "object", b"{}" if rest == b"}" else b"{" + rest[1:]
 
     def __repr__(self) -> str:
         return f"Record(seq={self.seq}, subject={self.subject!r}, recv_ns={self.recv_ns})"
 
 
 _UNSET: Any = object()
+_RAW = b',"_raw":'
+_RAW_B64 = b',"_raw_b64":'
 _split = functools.lru_cache(maxsize=1 << 16)(split_subject)
 
 

@@ -9,6 +9,7 @@ dollars and contracts from either message form); the exchange's own time is
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -272,8 +273,11 @@ def extractor_for(feed: str) -> Extractor | None:
     return None
 
 
-def record_rows(record: Record, extract: Extractor | None) -> Iterator[tuple[str, Row]]:
-    """(table, row) for every row the record becomes, `raw` included; common columns set."""
+def record_rows(
+    record: Record, extract: Extractor | None, untyped: Counter[str] | None = None
+) -> Iterator[tuple[str, Row]]:
+    """(table, row) for every row the record becomes, `raw` included; common columns set.
+    A record whose typed rows cannot be made is counted in `untyped` by type token."""
     base = {"recv_ns": record.recv_ns, "seq": record.seq, "market": record.market}
     payload = record.payload()
     yield (
@@ -294,6 +298,8 @@ def record_rows(record: Record, extract: Extractor | None) -> Iterator[tuple[str
     try:
         rows = list(typed)
     except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError):
+        if untyped is not None:
+            untyped[record.type_token] += 1
         return  # a message of an unexpected shape: it stays in `raw`, whole
     for table, row in rows:
         yield table, {**base, **row}

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import calendar
 import json
 import os
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from ssmd.archive.errors import ArchiveCorrupt, ArchiveError
+from ssmd.archive.store import read_manifest
+from ssmd.archive.times import iso_ms, parse_time
 from ssmd.archiver.lines import read_prefix, strip_meta
 from ssmd.archiver.manifest import ManifestCorrupt, load_manifest
 from ssmd.cli.research import add_research_commands
@@ -50,26 +50,6 @@ def _optional_root(args: argparse.Namespace) -> Path | None:
         return _root(args)
     except DataError:
         return None
-
-
-def _parse_time(value: str, day: str) -> int:
-    """Nanoseconds from `HH:MM[:SS]` (on the given day), ISO 8601 UTC, or epoch seconds."""
-    text = value.strip()
-    try:
-        return int(float(text) * 1e9)
-    except ValueError:
-        pass
-    if "T" not in text and len(text) <= 8:
-        text = f"{day}T{text}"
-    text = text.rstrip("Z")
-    for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d"):
-        try:
-            return calendar.timegm(time.strptime(text, fmt)) * 1_000_000_000
-        except ValueError:
-            continue
-    raise DataError(
-        f"cannot read time {value!r}: use HH:MM[:SS], YYYY-MM-DDTHH:MM:SSZ or epoch seconds"
-    )
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -121,36 +101,26 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _manifest_or_fail(root: Path, feed: str, day: str) -> Any:
-    try:
-        manifest = load_manifest(root / feed / day)
-    except ManifestCorrupt as exc:
-        raise DataError(str(exc)) from None
-    if manifest is None:
-        raise DataError(f"no manifest for {feed} {day} under {root}")
-    return manifest
-
-
 def cmd_manifest(args: argparse.Namespace) -> int:
     root = _root(args)
-    manifest = _manifest_or_fail(root, args.feed, args.date)
+    manifest = read_manifest(root, args.feed, args.date)
     print(json.dumps(manifest.to_json(), indent=2))
     return 0
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
     root = _root(args)
-    manifest = _manifest_or_fail(root, args.feed, args.date)
+    manifest = read_manifest(root, args.feed, args.date)
     flt = RecordFilter(
         type_token=args.type,
         ticker=args.ticker,
-        start_ns=_parse_time(args.start, args.date) if args.start else None,
-        end_ns=_parse_time(args.end, args.date) if args.end else None,
+        start_ns=parse_time(args.start, args.date) if args.start else None,
+        end_ns=parse_time(args.end, args.date) if args.end else None,
     )
     out = sys.stdout.buffer
     n = 0
     try:
-        for line in iter_lines(root / args.feed / args.date, manifest, flt):
+        for line in iter_lines(root / args.feed / args.date, manifest, flt, validate=True):
             if args.limit is not None and n >= args.limit:
                 break
             if args.strip_meta:
@@ -208,7 +178,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     root = _root(args)
-    manifest = _manifest_or_fail(root, args.feed, args.date)
+    manifest = read_manifest(root, args.feed, args.date)
     by_type: Counter[str] = Counter()
     by_ticker: Counter[str] = Counter()
     first_ns: int | None = None
@@ -229,7 +199,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             last_ns = recv if last_ns is None else max(last_ns, recv)
     print(f"{args.feed} {args.date}: {total} messages, {len(by_ticker)} tickers")
     if first_ns is not None and last_ns is not None:
-        print(f"received {_iso_ms(first_ns)} .. {_iso_ms(last_ns)}")
+        print(f"received {iso_ms(first_ns)} .. {iso_ms(last_ns)}")
     print("by type:")
     for kind, n in by_type.most_common():
         print(f"  {kind:<24}{n:>12}")
@@ -237,13 +207,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
     for ticker, n in by_ticker.most_common(args.top):
         print(f"  {ticker:<40}{n:>12}")
     return 0
-
-
-def _iso_ms(ns: int) -> str:
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000))
-        + f".{ns // 1_000_000 % 1000:03d}Z"
-    )
 
 
 def add_data_commands(sub: Any) -> None:

@@ -16,15 +16,20 @@ import trio
 from ssmd.archive.books.rebuild import books_at
 from ssmd.archive.coverage import coverage
 from ssmd.archive.errors import ArchiveError
+from ssmd.archive.integrity import stream_gaps
 from ssmd.archive.records import Record
 from ssmd.archive.replay import nats_sink, replay
 from ssmd.archive.store import RecordFilter, iter_lines, read_manifest
 from ssmd.archive.times import parse_interval, parse_time
+from ssmd.archiver.manifest import Manifest
+from ssmd.config import ConfigError, load_config
+from ssmd.feeds.kraken_book import DEPTHS
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.types import NatsUnavailable
 
 RootOf = Callable[[argparse.Namespace], Path]
 MAX_STEPS = 1_000_000
+KRAKEN_DEFAULT_DEPTH = 10  # ssmd.feeds.kraken.DEFAULT_DEPTH
 
 
 def cmd_book(args: argparse.Namespace, root: Path) -> int:
@@ -41,7 +46,16 @@ def cmd_book(args: argparse.Namespace, root: Path) -> int:
     else:
         raise ArchiveError("give --at TIME, or --every INTERVAL --start T1 --end T2")
     as_lines = args.json or bool(args.every)
-    for view in books_at(root, args.feed, args.market, times, depth=args.depth, asset=args.asset):
+    views = books_at(
+        root,
+        args.feed,
+        args.market,
+        times,
+        depth=args.depth,
+        asset=args.asset,
+        subscribed_depth=args.book_depth or _config_depth(args),
+    )
+    for view in views:
         data = view.to_json()
         if as_lines:
             print(json.dumps(data, separators=(",", ":")), flush=False)
@@ -49,6 +63,20 @@ def cmd_book(args: argparse.Namespace, root: Path) -> int:
             _print_book(data)
     sys.stdout.flush()
     return 0
+
+
+def _config_depth(args: argparse.Namespace) -> int | None:
+    """Kraken's subscribed depth from -c CONFIG: the connector of this feed."""
+    if not args.config:
+        return None
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise ArchiveError(f"config error: {exc}") from None
+    for connector in config.connectors:
+        if connector.feed == args.feed and connector.venue == "kraken":
+            return connector.depth or KRAKEN_DEFAULT_DEPTH  # the connector's default
+    return None
 
 
 def _print_book(data: dict[str, Any]) -> None:
@@ -70,10 +98,20 @@ def cmd_export(args: argparse.Namespace, root: Path) -> int:
     report = export_parquet(root, Path(args.out), args.feed, args.date)
     for slot in report.written:
         print(f"exported {slot}")
+    for slot, by_type in report.untyped.items():
+        kinds = ", ".join(f"{t} {n}" for t, n in sorted(by_type.items()))
+        print(f"ssmd: note: {slot}: not typed (kept in raw only): {kinds}", file=sys.stderr)
+    for day in report.skipped:
+        print(
+            f"ssmd: note: skipped {day}: no manifest yet (first slot being written)",
+            file=sys.stderr,
+        )
     rows = ", ".join(f"{t} {n}" for t, n in sorted(report.rows.items()) if n)
+    untyped = sum(n for counts in report.untyped.values() for n in counts.values())
     print(
         f"{len(report.written)} slot(s) exported, {report.already} already done"
         + (f"; rows: {rows}" if rows else "")
+        + (f"; {untyped} record(s) not typed" if untyped else "")
     )
     return 0
 
@@ -117,10 +155,11 @@ def cmd_replay(args: argparse.Namespace, root: Path) -> int:
         end_ns=parse_time(args.end, args.date) if args.end else None,
     )
     day_dir = root / args.feed / args.date
-    records = (Record.from_line(line) for line in iter_lines(day_dir, manifest, flt))
+    records = (Record.from_line(line) for line in iter_lines(day_dir, manifest, flt, validate=True))
     speed = None if args.max else args.speed
     if args.to:
         trio.run(_replay_to_nats, records, args.to, args.prefix, speed)
+        _report_stream_gaps(manifest)
         return 0
     out = sys.stdout.buffer
 
@@ -133,7 +172,14 @@ def cmd_replay(args: argparse.Namespace, root: Path) -> int:
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+    _report_stream_gaps(manifest)
     return 0
+
+
+def _report_stream_gaps(manifest: Manifest) -> None:
+    """Stream gaps are in the manifest, not in the records: say so where a user looks."""
+    for gap in stream_gaps(manifest.gaps):
+        print(f"ssmd: note: {gap.describe()} (missing from the replay)", file=sys.stderr)
 
 
 async def _replay_to_nats(
@@ -173,6 +219,16 @@ def _reason_text(reason: dict[str, Any]) -> str:
     return f"{reason['kind']}{duration} at {reason['at']}: {reason['detail']}"
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text!r}")
+    return value
+
+
 def add_research_commands(data_sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     book = data_sub.add_parser(
         "book",
@@ -187,9 +243,19 @@ def add_research_commands(data_sub: Any, common: Callable[[argparse.ArgumentPars
     book.add_argument(
         "market", help="Kalshi ticker, Polymarket condition id, Kraken symbol (BTC/USD)"
     )
-    book.add_argument("--at", metavar="TIME", help="ISO 8601 UTC or integer nanoseconds")
+    book.add_argument(
+        "--at", metavar="TIME", help="ISO 8601 UTC, or epoch s (<=11 digits), ms (13), us (16), ns"
+    )
     book.add_argument("--depth", type=int, metavar="N", help="best N levels per side")
     book.add_argument("--asset", metavar="TOKEN_ID", help="Polymarket: only this outcome token")
+    book.add_argument(
+        "--book-depth",
+        type=int,
+        choices=DEPTHS,
+        metavar="N",
+        help="Kraken: the subscribed depth (connector.depth; read from -c CONFIG when given). "
+        "Without it only the 10 checksummed levels are shown",
+    )
     book.add_argument("--every", metavar="INTERVAL", help="one book per step (e.g. 1s, 5m)")
     book.add_argument("--start", metavar="TIME", help="first step, with --every")
     book.add_argument("--end", metavar="TIME", help="last step (inclusive), with --every")
@@ -235,7 +301,9 @@ def add_research_commands(data_sub: Any, common: Callable[[argparse.ArgumentPars
     rp.add_argument("--ticker")
     rp.add_argument("--type")
     pace = rp.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, default=1.0, metavar="N", help="N times real time (1)")
+    pace.add_argument(
+        "--speed", type=_positive, default=1.0, metavar="N", help="N times real time (1)"
+    )
     pace.add_argument("--max", action="store_true", help="as fast as possible")
     rp.add_argument("--to", metavar="NATS_URL", help="republish on the original subjects")
     rp.add_argument("--prefix", metavar="P", help="with --to: publish under P.{subject}")

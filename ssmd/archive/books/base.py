@@ -77,6 +77,18 @@ def best_first(levels: Levels, descending: bool, depth: int | None) -> list[Deci
     return prices if depth is None else prices[:depth]
 
 
+def bid_ask_levels(book: Book, depth: int | None) -> dict[str, Any]:
+    """`bids` (best, highest, first) and `asks` (lowest first) as [price, size] text."""
+    return {
+        "bids": [
+            [format(p, "f"), format(book.bids[p], "f")] for p in best_first(book.bids, True, depth)
+        ],
+        "asks": [
+            [format(p, "f"), format(book.asks[p], "f")] for p in best_first(book.asks, False, depth)
+        ],
+    }
+
+
 def dec(value: object) -> Decimal:
     """A price or size from the payload (string, int or Decimal) as an exact Decimal."""
     if isinstance(value, Decimal):

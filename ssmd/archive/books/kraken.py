@@ -3,6 +3,10 @@
 Every message is checked against its CRC32 `checksum` after all its levels are applied
 and each side is cut to the subscribed depth (Kraken sends no delete for a level pushed
 out of range). A mismatch makes the book invalid until the next snapshot.
+
+The checksum covers the 10 best levels only. Levels deeper than that are right only if
+the subscribed depth (`connector.depth`) is known: a thin snapshot does not tell it.
+Without it, a book shows its 10 checksummed levels and no more.
 """
 
 from __future__ import annotations
@@ -10,9 +14,9 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ssmd.archive.books.base import Book, Levels, MarketBooks, best_first, dec
+from ssmd.archive.books.base import Book, Levels, MarketBooks, bid_ask_levels, dec
 from ssmd.archive.records import Record
-from ssmd.feeds.kraken_book import DEPTHS, book_checksum
+from ssmd.feeds.kraken_book import CHECKSUM_LEVELS, DEPTHS, book_checksum
 
 
 def levels_checksum(bids: Levels, asks: Levels) -> int:
@@ -43,6 +47,9 @@ class KrakenVenue:
     book_types = frozenset({"book"})
     side_names = ("bids", "asks")
 
+    def __init__(self, subscribed_depth: int | None = None) -> None:
+        self.subscribed_depth = subscribed_depth
+
     def is_snapshot_line(self, line: bytes) -> bool:
         return b'"type":"snapshot"' in line or b'"type": "snapshot"' in line
 
@@ -67,7 +74,9 @@ class KrakenVenue:
             _apply(asks, item.get("asks"))
             book.reset(bids, asks, seq)
             widest = max(len(bids), len(asks))
-            book.depth = next((d for d in DEPTHS if d >= widest), widest)
+            # Unknown: the smallest depth the snapshot fits, a lower bound (never below
+            # the 10 checksummed levels, so those stay exact).
+            book.depth = self.subscribed_depth or next((d for d in DEPTHS if d >= widest), widest)
         else:
             book.seq = seq
             if book.snapshot_seq is None:
@@ -86,13 +95,6 @@ class KrakenVenue:
                 )
 
     def levels_json(self, book: Book, depth: int | None) -> dict[str, Any]:
-        return {
-            "bids": [
-                [format(p, "f"), format(book.bids[p], "f")]
-                for p in best_first(book.bids, True, depth)
-            ],
-            "asks": [
-                [format(p, "f"), format(book.asks[p], "f")]
-                for p in best_first(book.asks, False, depth)
-            ],
-        }
+        if self.subscribed_depth is None:
+            depth = min(depth or CHECKSUM_LEVELS, CHECKSUM_LEVELS)
+        return bid_ask_levels(book, depth)

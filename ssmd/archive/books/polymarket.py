@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ssmd.archive.books.base import Book, Levels, MarketBooks, best_first, dec
+from ssmd.archive.books.base import Book, Levels, MarketBooks, bid_ask_levels, dec
 from ssmd.archive.records import Record
 
 
@@ -83,13 +83,4 @@ class PolymarketVenue:
             )
 
     def levels_json(self, book: Book, depth: int | None) -> dict[str, Any]:
-        return {
-            "bids": [
-                [format(p, "f"), format(book.bids[p], "f")]
-                for p in best_first(book.bids, True, depth)
-            ],
-            "asks": [
-                [format(p, "f"), format(book.asks[p], "f")]
-                for p in best_first(book.asks, False, depth)
-            ],
-        }
+        return bid_ask_levels(book, depth)

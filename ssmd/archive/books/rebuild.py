@@ -5,11 +5,15 @@ or before the time asked, so a retried message stored late still lands where the
 put it. A record whose `_recv_ns` is later than the time waits until a record at or
 before the time follows it, or until one `horizon` past the time shows none will.
 ssmd's discontinuity records and the manifests' stream gaps are applied in the same
-order: each makes the books it touches invalid until their next snapshot.
+order: each makes the books it touches invalid until their next snapshot. An overflow
+record is written only once the publisher's buffer drains, long after the drops: it
+takes effect at its `first_recv_ns`, and no snapshot received before its `last_recv_ns`
+makes a book valid again.
 """
 
 from __future__ import annotations
 
+import calendar
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,24 +22,30 @@ from typing import Any
 import attrs
 
 from ssmd.archive.books.base import MarketBooks, Venue
+from ssmd.archive.books.kraken import KrakenVenue
 from ssmd.archive.books.registry import venue_for
-from ssmd.archive.integrity import ConnectionTracker, Interruption, interruption, stream_gaps
+from ssmd.archive.integrity import (
+    ConnectionTracker,
+    Interruption,
+    interruption,
+    overflow_span,
+    stream_gaps,
+)
 from ssmd.archive.records import Record
-from ssmd.archive.store import days, file_lines, read_manifest
+from ssmd.archive.store import day_manifest, days, file_lines, read_manifest
+from ssmd.archive.times import utc_text
 from ssmd.archiver.lines import read_prefix
 from ssmd.subjects import DISCONTINUITY_TYPE, encode_token, split_subject
 
 NS = 1_000_000_000
 _SSMD = b".json.ssmd."
+_OVERFLOW = b".json.ssmd.overflow"
 DEFAULT_HORIZON_NS = 300 * NS
+MAX_LOOKBACK_DAYS = 31
 
 
 def day_of(ns: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ns // NS))
-
-
-def iso_ns_text(ns: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // NS)) + f".{ns % NS:09d}Z"
 
 
 @attrs.frozen
@@ -56,7 +66,7 @@ class BookView:
         if self.asset is not None:
             out["asset_id"] = self.asset
         out.update(
-            at=iso_ns_text(self.at_ns),
+            at=utc_text(self.at_ns),
             at_ns=self.at_ns,
             valid=self.valid,
             reason=self.reason,
@@ -78,9 +88,13 @@ class _Walk:
         self.tracker = ConnectionTracker()
         self.pending: list[tuple[int | None, Event]] = []
         self.last_seq: int | None = None
+        self.dropping: tuple[int, str] | None = None  # (last_recv_ns, reason) of an overflow
 
     def apply(self, event: Event) -> None:
         if isinstance(event, Interruption):
+            span = overflow_span(event)
+            if span is not None:
+                self.dropping = (span[1], event.describe())
             if event.touches(self.books.market):
                 self.books.invalidate(event.describe())
             return
@@ -91,6 +105,11 @@ class _Walk:
             return
         self.venue.apply(self.books, event)
         self.last_seq = event.seq
+        if self.dropping is not None and event.recv_ns is not None:
+            if event.recv_ns <= self.dropping[0]:
+                self.books.invalidate(self.dropping[1])
+            else:
+                self.dropping = None
 
     def offer(self, recv_ns: int | None, event: Event, target: int) -> None:
         if recv_ns is not None and recv_ns > target:
@@ -114,11 +133,37 @@ class _Walk:
         del self.pending[:cut]
 
 
+def _overflows(root: Path, feed: str, day: str) -> list[Interruption]:
+    """The day's overflow records (only files holding ssmd records are read); none
+    before the day's first file is finished."""
+    manifest = day_manifest(root, feed, day)
+    out: list[Interruption] = []
+    for entry in manifest.files if manifest is not None else []:
+        if not entry.records_by_type.get(DISCONTINUITY_TYPE):
+            continue
+        for line in file_lines(root / feed / day / entry.name):
+            if _OVERFLOW not in line:
+                continue
+            record = Record.from_line(line, str(root / feed / day / entry.name))
+            if record.subject.endswith(".overflow"):
+                found = interruption(record, ConnectionTracker())
+                if found is not None and overflow_span(found) is not None:
+                    out.append(found)
+    return out
+
+
 def _events(
-    root: Path, feed: str, day: str, market: str, venue: Venue
+    root: Path, feed: str, day: str, market: str, venue: Venue, placed: set[float]
 ) -> Iterator[tuple[int | None, Event]]:
+    """The day's events for `market` in stream order; each overflow (of this day or
+    the next) is placed where its drops began, once (`placed` holds those placed)."""
     manifest = read_manifest(root, feed, day)
     gaps = sorted(stream_gaps(manifest.gaps), key=lambda g: g.seq)
+    overflows: list[Interruption] = []
+    for d in days(root, feed, start=day)[:2]:
+        overflows += [o for o in _overflows(root, feed, d) if o.seq not in placed]
+    overflows.sort(key=lambda o: o.at_ns or 0)
+    day_end = _day_start(day) + 86400 * NS
     day_dir = root / feed / day
     last_recv: int | None = None
     token = encode_token(market).encode()
@@ -135,20 +180,41 @@ def _events(
                 key == market and type_token in venue.book_types
             ):
                 continue
+            if type_token == DISCONTINUITY_TYPE and subject.endswith(".overflow"):
+                continue  # placed at its first_recv_ns
             while gaps and gaps[0].seq < seq:
                 gap = gaps.pop(0)
                 yield gap.at_ns, gap
+            while overflows and recv is not None and (overflows[0].at_ns or 0) <= recv:
+                placed.add(overflows[0].seq)
+                yield overflows[0].at_ns, overflows.pop(0)
             last_recv = recv if recv is not None else last_recv
-            yield recv, Record(seq, subject, recv, line)
+            yield recv, Record(seq, subject, recv, line, str(day_dir / entry.name))
     for gap in gaps:
         yield gap.at_ns if gap.at_ns is not None else last_recv, gap
+    for overflow in overflows:
+        if (overflow.at_ns or 0) < day_end:
+            placed.add(overflow.seq)
+            yield overflow.at_ns, overflow
+
+
+def _day_start(day: str) -> int:
+    return calendar.timegm(time.strptime(day, "%Y-%m-%d")) * NS
 
 
 def _start_day(root: Path, feed: str, market: str, venue: Venue, first: int) -> str | None:
-    """The latest day at or before `first` holding a snapshot of the market before it."""
+    """The latest day at or before `first` holding a snapshot of the market before it.
+    Days whose manifest does not list the market are not read, and the search reads at
+    most MAX_LOOKBACK_DAYS days holding it (beyond: the book has no snapshot)."""
     candidates = days(root, feed, end=day_of(first))
+    searched = 0
     for day in reversed(candidates):
         manifest = read_manifest(root, feed, day)
+        if manifest.tickers and market not in manifest.tickers:
+            continue
+        searched += 1
+        if searched > MAX_LOOKBACK_DAYS:
+            break
         for entry in manifest.files:
             for line in file_lines(root / feed / day / entry.name):
                 if not venue.is_snapshot_line(line):
@@ -175,17 +241,23 @@ def books_at(
     depth: int | None = None,
     asset: str | None = None,
     horizon_ns: int = DEFAULT_HORIZON_NS,
+    subscribed_depth: int | None = None,
 ) -> Iterator[BookView]:
-    """One view per book of `market` (per token on Polymarket) at each of `times`."""
+    """One view per book of `market` (per token on Polymarket) at each of `times`.
+    `subscribed_depth`: Kraken's `connector.depth`, without which only the 10
+    checksummed levels are shown."""
     venue = venue_for(feed)
+    if isinstance(venue, KrakenVenue):
+        venue = KrakenVenue(subscribed_depth)
     targets = sorted(times)
     if not targets:
         return
     start = _start_day(root, feed, market, venue, targets[0])
     walk = _Walk(venue, market)
+    placed: set[float] = set()
     if start is not None:
         for day in days(root, feed, start=start, end=day_of(targets[-1] + horizon_ns)):
-            for recv, event in _events(root, feed, day, market, venue):
+            for recv, event in _events(root, feed, day, market, venue, placed):
                 while targets and recv is not None and recv > targets[0] + horizon_ns:
                     yield from _views(walk, feed, targets.pop(0), depth, asset)
                     if targets:
