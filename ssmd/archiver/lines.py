@@ -23,6 +23,8 @@ import re
 
 import msgspec
 
+from ssmd.text import is_utf8
+
 _loads = json.loads
 # The top level of an object payload: its keys, and its values left as raw JSON (checked,
 # never built). Anything this refuses takes the `json.loads` path.
@@ -44,7 +46,7 @@ def format_line(
         head += b',"_recv_ns":%d' % recv_ns
     if backfilled:
         head += b',"_backfilled":true'
-    if b"\n" not in payload and b"\r" not in payload and _utf8(payload):
+    if b"\n" not in payload and b"\r" not in payload and is_utf8(payload):
         try:
             top = _decode_top(payload)
         except (msgspec.MsgspecError, RecursionError):
@@ -74,16 +76,6 @@ def format_line(
     else:
         raw = payload.strip()
     return head + b',"_raw":' + raw + b"}\n"
-
-
-def _utf8(payload: bytes) -> bool:
-    if payload.isascii():
-        return True
-    try:
-        payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _wrap_invalid(payload: bytes) -> bytes:

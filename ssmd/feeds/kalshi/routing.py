@@ -22,6 +22,7 @@ import msgspec
 
 from ssmd.feeds.base import MAX_TOKEN_CHARS, Subjects
 from ssmd.subjects import RESERVED_TYPES
+from ssmd.text import is_utf8
 
 # Replies to commands: control, never archived.
 CONTROL_TYPES = frozenset({"subscribed", "ok", "unsubscribed", "error"})
@@ -66,16 +67,6 @@ class _Envelope(msgspec.Struct):
 _decode_envelope = msgspec.json.Decoder(_Envelope).decode
 
 
-def _utf8(payload: bytes) -> bool:
-    if payload.isascii():
-        return True
-    try:
-        payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 class RouteKind(enum.Enum):
     DATA = "data"
     CONTROL = "control"
@@ -117,7 +108,7 @@ class Router:
         )
 
     def route(self, payload: bytes) -> Routed:
-        if not _utf8(payload):
+        if not is_utf8(payload):
             return self._unrouted("not JSON")
         try:
             fields = _decode_envelope(payload)
