@@ -453,7 +453,14 @@ def _make_converter() -> cattrs.Converter:
             return value
         raise ValueError(f"expected an integer, got {value!r}")
 
+    def structure_str_list(value: object, _: object) -> list[str]:
+        # A bare string would otherwise become a list of its characters.
+        if not isinstance(value, list):
+            raise ValueError(f'expected a list of strings such as ["a", "b"], got {value!r}')
+        return [structure_str(item, None) for item in value]
+
     converter.register_structure_hook(str | list[str], structure_url)
+    converter.register_structure_hook_func(lambda t: t == list[str], structure_str_list)
     converter.register_structure_hook(str | None, structure_optional_str)
     converter.register_structure_hook(str, structure_str)
     converter.register_structure_hook(int, structure_int)

@@ -329,3 +329,25 @@ def test_a_bad_archiver_key_is_named(tmp_path: Path, tables: str, key: str, expe
     message = str(info.value)
     assert message.startswith(f"{path}: {key}: "), message
     assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ('[connector]\nfeed = "kalshi"\nchannels = "trade"', "connector.channels"),
+        ('[connector]\nfeed = "kalshi"\nmarkets = "KXBTCD-1"', "connector.markets"),
+        (
+            '[connector]\nfeed = "kalshi"\n[connector.discovery]\nseries = "KXBTCD"',
+            "connector.discovery.series",
+        ),
+    ],
+)
+def test_a_string_where_a_list_belongs_is_refused_not_split_into_letters(
+    tmp_path: Path, table: str, key: str
+) -> None:
+    path = write(tmp_path, f'env = "prod"\n[nats]\nurl = "nats://127.0.0.1:4222"\n{table}\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}: "), message
+    assert "expected a list of strings" in message
