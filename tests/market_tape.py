@@ -36,6 +36,7 @@ class Received:
     subject: str
     payload: bytes
     recv_ns: int
+    backfilled: bool = False
 
 
 @attrs.define
@@ -46,9 +47,16 @@ class Tape:
     items: list[Received] = attrs.field(factory=list)
     stream_gaps: list[tuple[int, int]] = attrs.field(factory=list)  # (index, missing)
 
-    def add(self, subject: str, payload: dict[str, Any] | bytes, recv_ns: int) -> None:
+    def add(
+        self,
+        subject: str,
+        payload: dict[str, Any] | bytes,
+        recv_ns: int,
+        *,
+        backfilled: bool = False,
+    ) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.items.append(Received(subject, data, recv_ns))
+        self.items.append(Received(subject, data, recv_ns, backfilled))
 
     def record(self, record: DiscontinuityRecord, recv_ns: int) -> None:
         self.add(discontinuity_subject(ENV, self.feed, record.kind), record_json(record), recv_ns)
@@ -173,6 +181,7 @@ async def archive_tape(
                     1,
                     item.recv_ns,
                     f"ack.{stream_seq}",
+                    backfilled=item.backfilled,
                 )
             )
         if pending:

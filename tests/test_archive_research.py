@@ -758,3 +758,53 @@ def test_export_batches_by_bytes_as_well_as_rows(
     assert run(capsys, "export", "--out", str(out), "--path", str(tmp_path))[0] == 0
     raw = pq.ParquetFile(out / "raw" / "feed=kalshi" / f"date={DAY}" / "1200.parquet")
     assert raw.metadata.num_rows == 6 and raw.num_row_groups == 3
+
+
+def test_export_keeps_backfilled_rest_trades_and_catalogue_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A REST trade (backfilled after a loss) is a `trades` row marked backfilled; a
+    market or event catalogue record (a REST object, no `msg`) is a `markets` row."""
+    tape = Tape()
+    tape.add(
+        market_subject(ENV, "kalshi", "trade", A),
+        {"type": "trade", "msg": {"market_ticker": A, "count_fp": "2.00", "yes_price": 5}},
+        at(12, 0, 1),
+    )
+    rest_trade = {
+        "ticker": A, "created_time": "2026-01-05T11:59:58Z", "yes_price_dollars": "0.4200",
+        "no_price_dollars": "0.5800", "count_fp": "3.00", "taker_side": "yes", "trade_id": "t-1",
+    }  # fmt: skip
+    tape.add(market_subject(ENV, "kalshi", "trade", A), rest_trade, at(12, 0, 2), backfilled=True)
+    tape.add(
+        market_subject(ENV, "kalshi", "market", A),
+        {"ticker": A, "event_ticker": "KXBTCD-26MAR1213", "status": "active"},
+        at(12, 0, 3),
+    )
+    tape.add(
+        market_subject(ENV, "kalshi", "event", "KXBTCD-26MAR1213"),
+        {"event_ticker": "KXBTCD-26MAR1213", "title": "BTC"},
+        at(12, 0, 4),
+    )
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    manifest = json.loads((tmp_path / "kalshi" / DAY / "manifest.json").read_text())
+    (entry,) = manifest["files"]
+    by_type = entry["records_by_type"]
+    assert by_type == {"trade": 2, "market": 1, "event": 1}
+    out = tmp_path / "pq"
+    code, _, err = run(capsys, "export", "--out", str(out), "--path", str(tmp_path))
+    assert code == 0, err
+    stem = entry["name"].removesuffix(".jsonl.gz")
+
+    def table(name: str) -> pl.DataFrame:
+        return pl.read_parquet(out / name / "feed=kalshi" / f"date={DAY}" / f"{stem}.parquet")
+
+    trades = table("trades").sort("seq")
+    assert len(trades) == by_type["trade"]
+    assert trades["backfilled"].to_list() == [False, True]
+    assert trades["trade_id"].to_list()[1] == "t-1"
+    assert trades["price"].to_list()[1] == 0.42 and trades["size"].to_list()[1] == 3.0
+    assert trades["side"].to_list()[1] == "yes"
+    assert trades["exchange_ts"].to_list()[1] is not None
+    markets = table("markets")
+    assert len(markets) == by_type["market"] + by_type["event"]

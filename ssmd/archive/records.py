@@ -46,6 +46,12 @@ class Record:
         parts = self.subject.split(".", 2)
         return parts[1] if len(parts) > 1 else ""
 
+    @property
+    def backfilled(self) -> bool:
+        """True for a message fetched from the venue's REST API after a loss (`_backfilled`)."""
+        match = _PREFIX_END.match(self.line)
+        return match is not None and self.line.startswith(_BACKFILLED, match.end())
+
     def payload(self, exact: bool = True) -> Any:
         """The original payload's JSON value; bytes for a payload that was not UTF-8.
         `exact`: numbers with a point as Decimal, so no price is ever rounded (else
@@ -106,6 +112,7 @@ class Record:
 
 
 _UNSET: Any = object()
+_BACKFILLED = b',"_backfilled":true'
 _RAW = b',"_raw":'
 _RAW_B64 = b',"_raw_b64":'
 _split = functools.lru_cache(maxsize=1 << 16)(split_subject)

@@ -32,7 +32,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     for name, cols in {
         "trades": [
             ("exchange_ts", TS), ("asset_id", STR), ("trade_id", STR),
-            ("price", F64), ("size", F64), ("side", STR),
+            ("price", F64), ("size", F64), ("side", STR), ("backfilled", pa.bool_()),
         ],
         "tickers": [
             ("exchange_ts", TS), ("asset_id", STR), ("price", F64), ("bid", F64), ("ask", F64),
@@ -98,8 +98,31 @@ def _kalshi_ts(msg: dict[str, Any], envelope: dict[str, Any]) -> int | None:
     return _ts(envelope.get("sending_ts_ms"))
 
 
+def _kalshi_rest_trade(trade: dict[str, Any], backfilled: bool) -> Row:
+    """A trade as the REST API gives it (a backfilled trade)."""
+    ts = trade.get("created_time")
+    return {
+        "exchange_ts": _ts(ts) if ts is not None else _ts(trade.get("ts"), 1_000_000_000),
+        "trade_id": trade.get("trade_id"),
+        "price": _pick(trade, ("yes_price_dollars",), "yes_price"),
+        "size": _num(trade["count_fp"]) if "count_fp" in trade else _num(trade.get("count")),
+        "side": trade.get("taker_side"),
+        "backfilled": backfilled,
+    }
+
+
 def _kalshi(record: Record, payload: Any) -> Iterator[tuple[str, Row]]:
-    if not isinstance(payload, dict) or not isinstance(payload.get("msg"), dict):
+    if not isinstance(payload, dict):
+        return
+    if record.type_token in ("market", "event") and "msg" not in payload:
+        # A catalogue record: the REST market or event object itself.
+        ts = _ts(payload.get("updated_time") or payload.get("created_time"))
+        yield "markets", {"exchange_ts": ts, "payload": record.payload_json()}
+        return
+    if record.type_token == "trade" and "msg" not in payload:
+        yield "trades", _kalshi_rest_trade(payload, record.backfilled)
+        return
+    if not isinstance(payload.get("msg"), dict):
         return
     msg, kind = payload["msg"], payload.get("type")
     ts = _kalshi_ts(msg, payload)
@@ -109,6 +132,7 @@ def _kalshi(record: Record, payload: Any) -> Iterator[tuple[str, Row]]:
             "price": _pick(msg, ("yes_price_dollars",), "yes_price"),
             "size": _pick(msg, ("count_fp",), None) if "count_fp" in msg else _num(msg.get("count")),
             "side": msg.get("taker_side") or msg.get("taker_outcome_side"),
+            "backfilled": False,
         }  # fmt: skip
     elif kind in ("ticker", "ticker_v2"):
         yield "tickers", {
