@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from ssmd.config import ConfigError, ConnectorConfig, parse_config
-from ssmd.connector.layout import AddMarkets, DeleteMarkets, Subscribe, Unsubscribe
+from ssmd.connector.layout import (
+    Action,
+    AddMarkets,
+    DeleteMarkets,
+    Subscribe,
+    SubscriptionLayout,
+    Unsubscribe,
+)
 from ssmd.connector.publisher import Inbound
 from ssmd.feeds.base import Change, ConnectionStats, DynamicSession, SessionContext, Subjects
 from ssmd.feeds.kalshi.session import KalshiSession
@@ -83,7 +90,7 @@ def test_refusals_26_and_27_and_a_drop_25() -> None:
     assert add is not None
     error = {"id": add.reply, "type": "error", "msg": {"code": 26, "msg": "limit"}}
     assert [r["type"] for r in kinds(frame(session, error))] == ["ssmd_subscribe_error"]
-    assert session.take_refused() == [(0, ("B", "C"))]
+    assert session.take_refused() == [(0, ("B", "C"), False)]
     assert session.take_refused() == []
     # A reconnect does not subscribe what was refused: the planner placed it elsewhere.
     (again,) = session.start()
@@ -123,3 +130,37 @@ def test_discovery_config_errors_name_the_key() -> None:
         parse_config(
             {**base, "connector": [{"feed": "kraken", "markets": ["BTC/USD"], "discovery": {}}]}
         )
+
+
+@pytest.mark.parametrize("add_first", [False, True], ids=["add-after-refusal", "add-before"])
+def test_a_refused_subscribe_strands_none_of_the_markets_queued_behind_it(
+    add_first: bool,
+) -> None:
+    """The planner queues an add to a slot whose subscribe the exchange then refuses (26):
+    every market on the slot is placed again, and the limit is learned from the refused
+    subscribe's own size, not from the count queued behind it."""
+    session, _ = new_session()
+    layout = SubscriptionLayout(["orderbook_delta"], per_subscription=256, per_connection=10_000)
+    first = [f"M{i:03d}" for i in range(232)]
+    later = [f"N{i:02d}" for i in range(24)]
+    (subscribe,) = [a for a in layout.add(first) if isinstance(a, Subscribe)]
+    (add,) = layout.add(later)
+    assert isinstance(add, AddMarkets) and add.slot == subscribe.slot
+    cmd = session.apply(Change(subscribe, "discovery"))
+    assert cmd is not None
+    if add_first:
+        assert session.apply(Change(add, "discovery")) is None  # waits for the subscribe
+    refusal = {"id": cmd.reply, "type": "error", "msg": {"code": 26, "msg": "limit"}}
+    frame(session, refusal)
+    if not add_first:
+        assert session.apply(Change(add, "discovery")) is None
+    actions: list[Action] = []
+    for slot, markets, dropped in session.take_refused():
+        actions += layout.refused_as_too_large(slot, markets, dropped=dropped)
+    assert layout.per_subscription == 116  # half the refused subscribe's 232
+    subscribed: list[str] = []
+    for action in actions:
+        assert isinstance(action, Subscribe) and len(action.markets) <= 116
+        assert session.apply(Change(action, "error:26")) is not None
+        subscribed += action.markets
+    assert sorted(subscribed) == sorted(first + later)

@@ -148,9 +148,10 @@ class Discovery:
             self.stats.backfills_dropped += 1
             log.warning("discovery: too many trade backfills waiting; one dropped")
 
-    def on_refused(self, conn: int, slot: int, markets: tuple[str, ...]) -> None:
+    def on_refused(self, conn: int, slot: int, markets: tuple[str, ...], dropped: bool) -> None:
         if self.layout is not None:
-            self._dispatch(self.layout.refused_as_too_large(slot, markets), "error:26")
+            actions = self.layout.refused_as_too_large(slot, markets, dropped=dropped)
+            self._dispatch(actions, "error:26")
 
     # The planner's actions, to the connections they are for.
 

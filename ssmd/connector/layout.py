@@ -146,18 +146,26 @@ class SubscriptionLayout:
                 self._forget(slot)
         return actions
 
-    def refused_as_too_large(self, slot: int, markets: Iterable[str]) -> list[Action]:
+    def refused_as_too_large(
+        self, slot: int, markets: Iterable[str], *, dropped: bool = False
+    ) -> list[Action]:
         """The exchange refused to put `markets` on `slot` (Kalshi error 26: market limit).
 
         The limit is learned (at most what the subscription held before, halved when it
-        was a fresh subscription), the markets are taken back and placed again.
+        was a fresh subscription), the markets are taken back and placed again. `dropped`:
+        a subscribe was refused and the slot is gone, so every market on it moves (those
+        added behind it too) and the limit comes from the refused subscribe's size alone.
         """
         sub = self._subs.get(slot)
         if sub is None:
             return []
         refused = [m for m in dict.fromkeys(markets) if m in sub.markets]
-        held = len(sub.markets) - len(refused)
-        self.per_subscription = max(1, min(self.per_subscription, held or len(refused) // 2 or 1))
+        if dropped:
+            limit = len(refused) // 2 or 1
+            refused = list(sub.markets)
+        else:
+            limit = len(sub.markets) - len(refused) or len(refused) // 2 or 1
+        self.per_subscription = max(1, min(self.per_subscription, limit))
         for market in refused:
             del sub.markets[market]
             del self._market_slots[(sub.channel, market)]

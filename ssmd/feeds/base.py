@@ -297,8 +297,9 @@ class DynamicSession(Session, Protocol):
 
     def apply(self, change: Change) -> Command | None: ...
 
-    def take_refused(self) -> list[tuple[int, tuple[str, ...]]]:
-        """(slot, markets) the exchange refused as over its market limit, since last asked."""
+    def take_refused(self) -> list[tuple[int, tuple[str, ...], bool]]:
+        """(slot, markets, dropped) the exchange refused as over its market limit, since last
+        asked; `dropped` when a subscribe was refused, so the slot is gone from the session."""
         ...
 
     def sid_markets(self) -> dict[int, tuple[str, int]]:

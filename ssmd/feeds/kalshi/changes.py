@@ -72,7 +72,7 @@ class LiveChanges:
     _slot_sid: dict[int, int]
     _sid_slot: dict[int, int]
     _refused: list[tuple[int | None, SubscriptionPlan]]
-    _refused_too_large: list[tuple[int, tuple[str, ...]]]
+    _refused_too_large: list[tuple[int, tuple[str, ...], bool]]
     _throttled: list[Change]
     _dropped: set[int]
     _resubscribe: dict[int, None]
@@ -106,6 +106,8 @@ class LiveChanges:
             wanted = self._slots.get(action.slot)
             if wanted is None:
                 log.warning("conn %d: no subscription slot %d to change", self._conn, action.slot)
+                # Queued behind a refused subscribe: the planner, told the slot was
+                # dropped, already placed every market on it again, these included.
                 return None
             if add:
                 markets = tuple(dict.fromkeys((*wanted.markets, *action.markets)))
@@ -146,7 +148,7 @@ class LiveChanges:
     def sid_markets(self) -> dict[int, tuple[str, int]]:
         return {sid: (plan.channel, len(plan.markets)) for sid, plan in self.subscriptions.items()}
 
-    def take_refused(self) -> list[tuple[int, tuple[str, ...]]]:
+    def take_refused(self) -> list[tuple[int, tuple[str, ...], bool]]:
         refused, self._refused_too_large = self._refused_too_large, []
         return refused
 
@@ -170,7 +172,7 @@ class LiveChanges:
                     gone = set(pending.markets)
                     markets = tuple(m for m in wanted.markets if m not in gone)
                     self._slots[action.slot] = SubscriptionPlan(wanted.channel, markets)
-                self._refused_too_large.append((action.slot, pending.markets))
+                self._refused_too_large.append((action.slot, pending.markets, False))
             else:
                 # 27 (too many requests) and the rest: the change is retried later.
                 self._throttled.append(pending.change)

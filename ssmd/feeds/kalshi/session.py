@@ -74,7 +74,7 @@ class KalshiSession(LiveChanges):
         self._slots: dict[int, SubscriptionPlan] = {
             -1 - index: plan for index, plan in enumerate(plans)
         }
-        self._refused_too_large: list[tuple[int, tuple[str, ...]]] = []
+        self._refused_too_large: list[tuple[int, tuple[str, ...], bool]] = []
         self.start()
 
     @property
@@ -240,7 +240,7 @@ class KalshiSession(LiveChanges):
                     len(plan.markets),
                 )
                 self._slots.pop(slot, None)
-                self._refused_too_large.append((slot, plan.markets))
+                self._refused_too_large.append((slot, plan.markets, True))
                 return
             log.error(
                 "conn %d: subscribe %s (%d markets) refused: %s; will retry",
