@@ -164,3 +164,44 @@ def test_a_refused_subscribe_strands_none_of_the_markets_queued_behind_it(
         assert session.apply(Change(action, "error:26")) is not None
         subscribed += action.markets
     assert sorted(subscribed) == sorted(first + later)
+
+
+@pytest.mark.parametrize("named", ["no-sid", "unknown-sid", "pending-id"])
+def test_a_drop_25_naming_no_held_sid_gaps_and_resubscribes_every_subscription(
+    named: str,
+) -> None:
+    """Error 25 is unsolicited and may name no sid (or carry a pending command's id):
+    every subscription on the connection gets a gap record and is subscribed again, and
+    the pending command still waits for its own answer."""
+    session, stats = new_session()
+    sids = {"orderbook_delta": 3, "trade": 4}
+    for slot, (channel, markets) in enumerate(
+        {"orderbook_delta": ("A", "B"), "trade": ("C",)}.items()
+    ):
+        cmd = session.apply(Change(Subscribe(0, channel, slot, markets), "discovery"))
+        assert cmd is not None
+        frame(session, {"id": cmd.reply, "type": "subscribed", "msg": {"sid": sids[channel]}})
+    add = session.apply(Change(AddMarkets(0, "orderbook_delta", 0, ("D",)), "discovery"))
+    assert add is not None
+    error: dict[str, Any] = {"type": "error", "msg": {"code": 25, "msg": "overflow"}}
+    if named == "unknown-sid":
+        error["sid"] = 99
+    elif named == "pending-id":
+        error["id"] = add.reply
+    gaps = kinds(frame(session, error))
+    assert sorted((g["type"], g["reason"], g["sid"], sorted(g["markets"])) for g in gaps) == [
+        ("ssmd_gap", "error:25", 3, ["A", "B"]),
+        ("ssmd_gap", "error:25", 4, ["C"]),
+    ]
+    assert stats.gaps == 2
+    again = []
+    while commands := session.take_commands():  # one repair at a time
+        again += [json.loads(c.text)["params"] for c in commands]
+    # The wanted sets, the add waiting for its answer included; no unsubscribe of an ended sid.
+    assert sorted((p["channels"], p["market_tickers"]) for p in again) == [
+        (["orderbook_delta"], ["A", "B", "D"]),
+        (["trade"], ["C"]),
+    ]
+    # The add is still pending: its own answer is an answer.
+    frame(session, {"id": add.reply, "type": "ok", "sid": 3, "seq": 0})
+    assert stats.changes == {"ok": 3}  # the two subscribes and the add

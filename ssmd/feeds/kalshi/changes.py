@@ -212,12 +212,22 @@ class LiveChanges:
             sid = body.get("sid")
         plan = self.subscriptions.get(sid) if isinstance(sid, int) else None
         if plan is None or not isinstance(sid, int):
+            # It names no subscription we hold (the reference: a 25 may name no sid), so
+            # any of them may have lost data: each gets its gap and is subscribed again.
             log.error(
-                "conn %d: the exchange dropped a subscription it does not name: %s",
+                "conn %d: the exchange dropped a subscription it does not name (%s); "
+                "resubscribing all %d",
                 self._conn,
                 body,
+                len(self.subscriptions),
             )
+            for held_sid, held in list(self.subscriptions.items()):
+                if held_sid not in self._dropped:
+                    self._drop_sid(held_sid, held, recv_ns, out)
             return
+        self._drop_sid(sid, plan, recv_ns, out)
+
+    def _drop_sid(self, sid: int, plan: SubscriptionPlan, recv_ns: int, out: list[Inbound]) -> None:
         self._stats.gaps += 1
         position = self.next_seq.get(sid, 0)
         log.warning(

@@ -159,14 +159,14 @@ class KalshiSession(LiveChanges):
             log.debug("conn %d: %s (command %s)", self._conn, kind, command_id)
         if kind == "unsubscribed" and (sid := reply_sid(reply)) is not None:
             self._unsubscribed.add(sid)
+        if kind == "error" and error_code(reply) == ERROR_BUFFER_OVERFLOW:
+            # Unsolicited, even when it carries an id: no command's answer.
+            self._on_dropped(reply, recv_ns, out)
+            return
         if not isinstance(command_id, int) or isinstance(command_id, bool):
-            if kind == "error" and error_code(reply) == ERROR_BUFFER_OVERFLOW:
-                self._on_dropped(reply, recv_ns, out)
             return
         pending = self._pending.pop(command_id, None)
         if pending is None:
-            if kind == "error" and error_code(reply) == ERROR_BUFFER_OVERFLOW:
-                self._on_dropped(reply, recv_ns, out)
             return
         self._replied.add(command_id)
         if isinstance(pending, _Update) or pending.reason is not None:
