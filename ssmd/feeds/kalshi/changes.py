@@ -221,13 +221,23 @@ class LiveChanges:
                 body,
                 len(self.subscriptions),
             )
+            # None is known to be ended: each is unsubscribed before it is subscribed
+            # again, so one still running is not doubled.
             for held_sid, held in list(self.subscriptions.items()):
                 if held_sid not in self._dropped:
-                    self._drop_sid(held_sid, held, recv_ns, out)
+                    self._drop_sid(held_sid, held, recv_ns, out, ended=False)
             return
         self._drop_sid(sid, plan, recv_ns, out)
 
-    def _drop_sid(self, sid: int, plan: SubscriptionPlan, recv_ns: int, out: list[Inbound]) -> None:
+    def _drop_sid(
+        self,
+        sid: int,
+        plan: SubscriptionPlan,
+        recv_ns: int,
+        out: list[Inbound],
+        *,
+        ended: bool = True,
+    ) -> None:
         self._stats.gaps += 1
         position = self.next_seq.get(sid, 0)
         log.warning(
@@ -247,5 +257,6 @@ class LiveChanges:
             reason=f"error:{ERROR_BUFFER_OVERFLOW}",
         )
         out.append(self._subjects.record(gap))
-        self._dropped.add(sid)
+        if ended:
+            self._dropped.add(sid)
         self._resubscribe[sid] = None
