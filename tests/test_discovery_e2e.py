@@ -436,3 +436,33 @@ async def test_a_refused_walk_keeps_recording_says_why_and_is_tried_again(
         messages = await stream_messages(nats_server.url, 11)
     (static,) = [r for r in subscription_records(messages) if r["reason"] == "static"]
     assert static["added"] == ["KXB-26DEC01-T1"]
+
+
+async def test_an_error_25_naming_no_sid_gaps_and_resubscribes_every_subscription_once(
+    nats_server: NatsServer,
+) -> None:
+    markets = tickers("KXA", 30)
+    async with simulated_kalshi(markets, streaming=True, rate=100.0) as kalshi:
+        config = discovery_config(
+            nats_server.url, kalshi, channels=["orderbook_delta"], markets_per_subscription=10
+        )
+        async with running_connector(config):
+            await kalshi.wait(lambda: len(kalshi.subscribed("orderbook_delta")) == 30)
+            (session,) = kalshi.sessions()
+            before = {sub.sid: sorted(sub.markets) for sub in kalshi.subs("orderbook_delta")}
+            await session.drop_subscription(next(iter(before)), named=False)
+            await kalshi.wait(
+                lambda: (
+                    not set(before) & {s.sid for s in kalshi.subs("orderbook_delta")}
+                    and len(kalshi.subscribed("orderbook_delta")) == 30
+                )
+            )
+            counts = kalshi.subscribed("orderbook_delta")
+        messages = await stream_messages(nats_server.url, 60)
+    assert set(counts.values()) == {1}  # every market once: none doubled, none lost
+    gaps = records(messages, "gap")
+    # Every subscription on the connection (the lifecycle one too) gets its gap.
+    book = {g["sid"]: sorted(g["markets"]) for g in gaps if g["channel"] == "orderbook_delta"}
+    assert book == before
+    assert {g["reason"] for g in gaps} == {"error:25"}
+    assert {g["channel"] for g in gaps} > {"orderbook_delta"}

@@ -294,11 +294,15 @@ class ExchangeSession:
             }
         )
 
-    async def drop_subscription(self, sid: int) -> None:
-        """Error 25: the exchange ends a subscription whose reader fell behind."""
+    async def drop_subscription(self, sid: int, *, named: bool = True) -> None:
+        """Error 25: the exchange ends a subscription whose reader fell behind (`named`:
+        the error says which sid; it may not)."""
         self.subscriptions[sid].active = False
         code, text = ERROR_BUFFER_OVERFLOW
-        await self.reply({"type": "error", "sid": sid, "msg": {"code": code, "msg": text}})
+        error: dict[str, Any] = {"type": "error", "msg": {"code": code, "msg": text}}
+        if named:
+            error["sid"] = sid
+        await self.reply(error)
         await self.exchange.unsubscribed(self, self.subscriptions[sid])
 
     async def ping(self, interval: float) -> None:
