@@ -23,10 +23,14 @@ SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("backfilled", [False, True])
 @pytest.mark.parametrize("payload", SHAPES)
-def test_payload_bytes_are_the_archived_payload_exactly(payload: bytes) -> None:
-    line = format_line(42, "prod.polymarket.json.book.0xabc", payload, 1_700_000_000)
+def test_payload_bytes_are_the_archived_payload_exactly(payload: bytes, backfilled: bool) -> None:
+    line = format_line(
+        42, "prod.polymarket.json.book.0xabc", payload, 1_700_000_000, backfilled=backfilled
+    )
     record = Record.from_line(line)
+    assert record.backfilled is backfilled
     assert record.payload_bytes() == payload.strip()
     text = record.payload_json()
     try:

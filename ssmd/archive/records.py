@@ -11,10 +11,8 @@ from decimal import Decimal
 from typing import Any
 
 from ssmd.archive.errors import ArchiveCorrupt
-from ssmd.archiver.lines import read_prefix
+from ssmd.archiver.lines import PREFIX, read_prefix
 from ssmd.subjects import split_subject
-
-_PREFIX_END = re.compile(rb'^\{"_seq":\d+,"_subject":"(?:[^"\\]|\\.)*"(?:,"_recv_ns":\d+)?')
 
 
 class Record:
@@ -49,8 +47,8 @@ class Record:
     @property
     def backfilled(self) -> bool:
         """True for a message fetched from the venue's REST API after a loss (`_backfilled`)."""
-        match = _PREFIX_END.match(self.line)
-        return match is not None and self.line.startswith(_BACKFILLED, match.end())
+        match = PREFIX.match(self.line)
+        return match is not None and match.group(4) is not None
 
     def payload(self, exact: bool = True) -> Any:
         """The original payload's JSON value; bytes for a payload that was not UTF-8.
@@ -90,7 +88,7 @@ class Record:
     def _archived(self) -> tuple[str, bytes]:
         """("object" | "json" | "text" | "b64", the payload's bytes), cut from the line
         so numbers, order and spacing stay as the venue sent them."""
-        match = _PREFIX_END.match(self.line)
+        match = PREFIX.match(self.line)
         if match is None:
             raise ArchiveCorrupt(f"{self.where}: not an ssmd archive line: {self.line[:80]!r}")
         rest = self.line[match.end() :].rstrip(b"\n")
@@ -112,7 +110,6 @@ class Record:
 
 
 _UNSET: Any = object()
-_BACKFILLED = b',"_backfilled":true'
 _RAW = b',"_raw":'
 _RAW_B64 = b',"_raw_b64":'
 _split = functools.lru_cache(maxsize=1 << 16)(split_subject)

@@ -29,7 +29,10 @@ _loads = json.loads
 # The top level of an object payload: its keys, and its values left as raw JSON (checked,
 # never built). Anything this refuses takes the `json.loads` path.
 _decode_top = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
-_PREFIX = re.compile(rb'^\{"_seq":(\d+),"_subject":"((?:[^"\\]|\\.)*)"(?:,"_recv_ns":(\d+))?')
+# The fixed prefix ssmd writes: `_seq`, `_subject`, `_recv_ns` when known, `_backfilled`.
+PREFIX = re.compile(
+    rb'^\{"_seq":(\d+),"_subject":"((?:[^"\\]|\\.)*)"(?:,"_recv_ns":(\d+))?(,"_backfilled":true)?'
+)
 
 
 def _subject_json(subject: str) -> bytes:
@@ -98,7 +101,7 @@ def strip_meta(record: dict[str, object]) -> object:
 def read_prefix(line: bytes) -> tuple[int, str, int | None] | None:
     """(`_seq`, `_subject`, `_recv_ns`) from an archive line's fixed prefix, without
     parsing the payload; None for a line ssmd did not write."""
-    match = _PREFIX.match(line)
+    match = PREFIX.match(line)
     if match is None:
         return None
     raw_subject = match.group(2)
