@@ -23,12 +23,12 @@ import attrs
 import trio
 
 from ssmd.clock import WallClock
+from ssmd.connector.backfill import TradeBackfill
 from ssmd.connector.connection import Connection
 from ssmd.connector.layout import Action, OpenConnection, SubscriptionLayout
 from ssmd.connector.metrics import discovery_metrics
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.reconcile import Catalogue, MarketSet
-from ssmd.connector.records import BackfillRecord
 from ssmd.connector.rest import RestClient, RestRefused
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds.base import Change, Subjects
@@ -37,12 +37,8 @@ from ssmd.feeds.kalshi_discovery import (
     EVENTS_PATH,
     MARKETS_PATH,
     PAGE_LIMIT,
-    TRADES_PAGE_LIMIT,
-    TRADES_PATH,
     VOLATILE_MARKET_FIELDS,
-    BackfillWindow,
     Selection,
-    TradeLedger,
     lifecycle_change,
 )
 
@@ -59,7 +55,6 @@ LIFECYCLE_CHANNEL = "market_lifecycle_v2"
 # Channels Kalshi serves for all markets with one subscription (no market list).
 ALL_MARKET_CHANNELS = frozenset({"ticker", "ticker_v2", "trade", LIFECYCLE_CHANNEL})
 EVENT_QUEUE = 10_000
-BACKFILL_QUEUE = 1_000
 
 OpenConnectionFn = Callable[[int, trio.MemorySendChannel[list[Inbound]]], Connection]
 
@@ -89,9 +84,6 @@ class DiscoveryStats:
     catalogue_markets: int = 0
     catalogue_events: int = 0
     changes: int = 0  # planner actions given to connections
-    backfills: int = 0
-    backfilled_trades: int = 0
-    backfills_dropped: int = 0
 
 
 class Discovery:
@@ -107,7 +99,7 @@ class Discovery:
         connections: list[Connection],
         open_connection: OpenConnectionFn,
         static_markets: Iterable[str] = (),
-        trades: TradeLedger | None = None,
+        backfill: TradeBackfill | None = None,
     ) -> None:
         self.selection = selection
         self.layout = layout
@@ -123,10 +115,7 @@ class Discovery:
         self.event_catalogue = Catalogue()
         self.stats = DiscoveryStats()
         self._events_send, self._events = trio.open_memory_channel[bytes](EVENT_QUEUE)
-        self.trades = trades
-        self._backfill_send, self._backfills = trio.open_memory_channel[tuple[int, BackfillWindow]](
-            BACKFILL_QUEUE
-        )
+        self.backfill = backfill
         self._send: trio.MemorySendChannel[list[Inbound]] | None = None
         self.refused: str | None = None
         for connection in connections:
@@ -140,13 +129,6 @@ class Discovery:
         except trio.WouldBlock:
             # The next reconciliation catches up on what this event said.
             self.stats.lifecycle_dropped += 1
-
-    def on_backfill(self, conn: int, window: BackfillWindow) -> None:
-        try:
-            self._backfill_send.send_nowait((conn, window))
-        except trio.WouldBlock:
-            self.stats.backfills_dropped += 1
-            log.warning("discovery: too many trade backfills waiting; one dropped")
 
     def on_refused(self, conn: int, slot: int, markets: tuple[str, ...], dropped: bool) -> None:
         if self.layout is not None:
@@ -196,7 +178,8 @@ class Discovery:
             task_status.started()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow_events)
-                nursery.start_soon(self._backfill_trades)
+                if self.backfill is not None:
+                    nursery.start_soon(self.backfill.run, send.clone())
                 reason = "discovery"
                 while True:
                     try:
@@ -228,53 +211,6 @@ class Discovery:
                     self.add([change.market], change.reason)
             elif self.markets.live_remove(change.market, now):
                 self.remove([change.market], change.reason)
-
-    async def _backfill_trades(self) -> None:
-        async for conn, window in self._backfills:
-            try:
-                await self.backfill(conn, window)
-            except RestRefused as exc:
-                log.error("discovery: trade backfill refused: %s", exc)
-
-    async def backfill(self, conn: int, window: BackfillWindow) -> None:
-        """Fetch the window's trades; publish those not received, marked backfilled,
-        after an `ssmd.backfill` record that says how many."""
-        assert self.trades is not None
-        fetched: list[dict[str, Any]] = []
-        for query in window.queries():
-            async for page in self.rest.walk(TRADES_PATH, query, "trades", limit=TRADES_PAGE_LIMIT):
-                fetched.extend(page)
-        missing = self.trades.missing(fetched)
-        now = self.clock.now_ns()
-        record = BackfillRecord(
-            conn,
-            "trade",
-            window.min_ts,
-            window.max_ts,
-            list(window.markets),
-            len(fetched),
-            len(missing),
-            now,
-        )
-        batch = [self.subjects.record(record)]
-        for trade in missing:
-            ticker = trade.get("ticker")
-            subject = (
-                self.subjects.data("trade", ticker) if isinstance(ticker, str) else None
-            ) or self.subjects.unrouted("trade")
-            payload = json.dumps(trade, separators=(",", ":"), ensure_ascii=False).encode()
-            batch.append(Inbound(subject, payload, now, backfilled=True))
-        self.stats.backfills += 1
-        self.stats.backfilled_trades += len(missing)
-        log.info(
-            "discovery: trade backfill %d..%d (%s): %d fetched, %d were missing",
-            window.min_ts,
-            window.max_ts,
-            f"{len(window.markets)} markets" if window.markets else "all markets",
-            len(fetched),
-            len(missing),
-        )
-        await self._publish(batch)
 
     async def walk(self, reason: str) -> None:
         """One full REST walk: catalogue records, and the selected set brought up to
@@ -358,6 +294,7 @@ class Discovery:
             len(self.markets),
             self.planned(),
             self.connections,
+            self.backfill.stats.backfilled_trades if self.backfill is not None else 0,
         )
 
     def not_ready(self) -> str | None:

@@ -144,6 +144,7 @@ def discovery_metrics(
     selected: int,
     planned: dict[str, int],
     connections: list[Connection],
+    backfilled_trades: int = 0,
 ) -> Iterator[object]:
     """Market discovery: the market counts, REST requests, subscription changes."""
     labels = {"feed": feed}
@@ -240,5 +241,5 @@ def discovery_metrics(
         "ssmd_discovery_backfilled_trades",
         "Trades fetched from REST after a loss on `trade` and published, marked backfilled.",
         labels,
-        stats.backfilled_trades,
+        backfilled_trades,
     )

@@ -24,6 +24,7 @@ from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
 from ssmd.config import KALSHI_DEMO_URL, KALSHI_PROD_URL, Config, ConnectorConfig
 from ssmd.connector.auth import Credentials
+from ssmd.connector.backfill import TradeBackfill
 from ssmd.connector.connection import Connection, ConnectionSettings, describe
 from ssmd.connector.metrics import connector_metrics
 from ssmd.connector.publisher import Inbound, Publisher
@@ -254,8 +255,8 @@ async def _start_feed(
             discovery.on_event(payload)
 
     def on_backfill(conn: int, window: BackfillWindow) -> None:
-        if discovery is not None:
-            discovery.on_backfill(conn, window)
+        if discovery is not None and discovery.backfill is not None:
+            discovery.backfill.request(conn, window)
 
     def make_connection(index: int, plans: list[SubscriptionPlan]) -> Connection:
         context = SessionContext(
@@ -356,7 +357,13 @@ async def _start_feed(
             connections=connections,
             open_connection=open_connection,
             static_markets=markets or [],
-            trades=trades,
+            backfill=(
+                TradeBackfill(
+                    rest=rest, subjects=Subjects(config.env, cc.feed), clock=clock, trades=trades
+                )
+                if trades is not None
+                else None
+            ),
         )
         sup.start_producer(f"{name}.discovery", discovery.run, send.clone())
         sup.add_readiness_check(f"{name}.discovery", discovery.not_ready)
