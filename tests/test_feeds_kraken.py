@@ -5,18 +5,24 @@ arbitrary frames that never raises and never drops."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
 
+from ssmd.clock import WallClock
 from ssmd.config import ConnectorConfig
-from ssmd.connector.publisher import Inbound
+from ssmd.connector.metrics import connector_metrics
+from ssmd.connector.publisher import Inbound, Publisher
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds import load_venue
 from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects
 from ssmd.feeds.kraken import VENUE, KrakenSession
+from ssmd.metrics import FunctionCollector
 from ssmd.simulators.kraken import KrakenExchange, KrakenSubscriptions
 from ssmd.simulators.kraken_wire import encode
 from ssmd.supervisor import StartupRefused
@@ -207,6 +213,77 @@ def test_routing_keepalives_and_status() -> None:
     assert json.loads(session.keepalive(1) or "")["method"] == "ping"
 
 
+async def _no_publish(messages: Sequence[Any], timeout: float) -> list[Any]:
+    raise AssertionError("never publishes")
+
+
+@attrs.define
+class Slot:
+    stats: ConnectionStats
+    up: bool = True
+
+
+def exported(stats: ConnectionStats) -> list[str]:
+    """The /metrics lines the connector makes of one connection's counters."""
+    publisher = Publisher(
+        _no_publish,
+        env="prod",
+        feed="kraken",
+        clock=WallClock(),
+        buffer_messages=10,
+        buffer_bytes=1000,
+        batch_max=10,
+        timeout=1.0,
+    )
+    slots: list[Any] = [Slot(stats)]
+    registry = CollectorRegistry()
+    registry.register(FunctionCollector(lambda: connector_metrics("kraken", publisher, slots)))
+    return generate_latest(registry).decode().splitlines()
+
+
+def label_values(lines: list[str], metric: str, label: str) -> set[str]:
+    found = set()
+    for line in lines:
+        if line.startswith(metric + "{"):
+            labels = line[len(metric) + 1 : line.index("}")]
+            for pair in labels.split(","):
+                name, _, value = pair.partition("=")
+                if name == label:
+                    found.add(json.loads(value))
+    return found
+
+
+async def test_metric_labels_stay_bounded_whatever_methods_and_channels_arrive() -> None:
+    """A venue sending arbitrary `method` and `channel` strings cannot grow the label
+    sets of /metrics: unknown ones are counted as `other`, nothing is lost."""
+    session, stats = new_session()
+    subscribe_all(session)
+    out: list[Inbound] = []
+    for n in range(50):
+        frames = [
+            {"method": f"garbage-{n}", "req_id": 10_000 + n},
+            {"channel": f"chan-{n}", "type": "update", "data": [{"symbol": "BTC/USD"}]},
+            {"channel": f"nosym-{n}", "data": []},
+        ]
+        for frame in frames:
+            session.on_frame(json.dumps(frame).encode(), 1, out)
+    session.on_frame(b'{"method":"pong","req_id":1}', 1, out)
+    session.on_frame(b'{"channel":"heartbeat"}', 1, out)
+    session.on_frame(b'{"channel":"ticker","type":"update","data":[{"symbol":"ETH/USD"}]}', 1, out)
+    lines = exported(stats)
+    control = label_values(lines, "ssmd_control_messages_total", "kind")
+    received = label_values(lines, "ssmd_received_messages_total", "type")
+    assert control == {"subscribe", "pong", "heartbeat", "other"}, control
+    assert received == {"ticker", "other"}, received
+    assert 'ssmd_control_messages_total{feed="kraken",kind="other"} 50.0' in lines
+    assert 'ssmd_received_messages_total{feed="kraken",type="other"} 100.0' in lines
+    # The frames themselves keep their own types: on their subjects, not dropped.
+    subjects = {m.subject for m in out}
+    assert "prod.kraken.json.chan-7.BTC/USD" in subjects
+    assert "prod.kraken.json.unrouted.nosym-7" in subjects
+    assert len(out) == 101
+
+
 def sim_frames(sim: KrakenExchange) -> list[bytes]:
     """A fake connection to the simulator that collects what it would send."""
 
@@ -330,7 +407,7 @@ def test_a_trade_id_jump_is_a_gap_with_no_resubscribe_and_survives_reconnects() 
     assert stats.gaps == 2
 
 
-def test_a_trade_id_going_back_is_no_gap_and_never_moves_the_last_back() -> None:
+async def test_a_trade_id_going_back_is_no_gap_and_never_moves_the_last_back() -> None:
     session, stats = new_session()
     subscribe_all(session)
     out: list[Inbound] = []
@@ -342,7 +419,8 @@ def test_a_trade_id_going_back_is_no_gap_and_never_moves_the_last_back() -> None
         }
         session.on_frame(json.dumps(frame).encode(), 1, out)
     assert stats.gaps == 0 and [m for m in out if ".ssmd." in m.subject] == []
-    assert session.trade_ids_behind == 2 and session.last_trade_id["BTC/USD"] == 102
+    assert stats.trade_ids_behind == 2 and session.last_trade_id["BTC/USD"] == 102
+    assert 'ssmd_trade_ids_behind_total{feed="kraken"} 2.0' in exported(stats)
 
 
 def test_stop_unsubscribes_every_channel_and_waits_for_the_acks() -> None:

@@ -93,6 +93,12 @@ def connector_metrics(
         {str(kind): n for kind, n in control.items()},
     )
     yield counter(
+        "ssmd_trade_ids_behind",
+        "Trades whose trade_id repeats or precedes the symbol's last one (Kraken): no gap.",
+        labels,
+        sum(c.stats.trade_ids_behind for c in connections),
+    )
+    yield counter(
         "ssmd_subscribe_errors",
         "Subscriptions the exchange refused (each retried with backoff).",
         labels,

@@ -125,6 +125,8 @@ class ConnectionStats:
 
     # Live subscription changes (`DynamicSession`) by outcome: `ok`, `error:<code>`.
     changes: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    # Trades whose id repeats or precedes the symbol's last one (Kraken): no gap.
+    trade_ids_behind: int = 0
 
 
 @attrs.frozen(slots=True)

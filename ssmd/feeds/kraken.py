@@ -44,6 +44,17 @@ KRAKEN_URL = "wss://ws.kraken.com/v2"
 CHANNELS = VENUE_CHANNELS["kraken"] or frozenset()
 DEFAULT_DEPTH = 10
 STATUS_KEY = "system"
+# Metric labels come from the venue's own strings (`method`, `channel`), so only these
+# are kept as they are and anything else counts as `other`: whatever a venue (or
+# garbage) sends, `ssmd_control_messages{kind}` and `ssmd_received_messages{type}` keep
+# a bounded set of label values.
+CONTROL_KINDS = frozenset({"subscribe", "unsubscribe", "pong", "heartbeat"})
+MESSAGE_TYPES = CHANNELS | {"status", "instrument", "level3", "invalid"}
+OTHER = "other"
+
+
+def _label(value: str, known: frozenset[str]) -> str:
+    return value if value in known else OTHER
 
 
 class _Item(msgspec.Struct):
@@ -104,7 +115,6 @@ class KrakenSession:
         self._plans = list(plans)
         # Survives reconnects: the last trade id per symbol.
         self.last_trade_id: dict[str, int] = {}
-        self.trade_ids_behind = 0  # trades repeating or older than the last one
         self._next_req_id = 0
         self.start()
 
@@ -213,7 +223,7 @@ class KrakenSession:
             for item in items:  # a snapshot of recent trades: no gap check
                 self._note_trade(item)
         self._stats.messages += 1
-        self._stats.by_type[channel] += 1
+        self._stats.by_type[_label(channel, MESSAGE_TYPES)] += 1
         out.append(Inbound(subject, payload, recv_ns))
         return queued
 
@@ -230,14 +240,14 @@ class KrakenSession:
     ) -> bool:
         self._stats.messages += 1
         self._stats.unrouted += 1
-        self._stats.by_type[kind or "invalid"] += 1
+        self._stats.by_type[_label(kind or "invalid", MESSAGE_TYPES)] += 1
         log.debug("conn %d: unrouted message (%s)", self._conn, why)
         out.append(Inbound(self._subjects.unrouted(kind), payload, recv_ns))
         return False
 
     def _on_reply(self, frame: _Frame, recv_ns: int, out: list[Inbound]) -> bool:
         method = frame.method
-        self._stats.control[method] += 1
+        self._stats.control[_label(method, CONTROL_KINDS)] += 1
         if method == "pong":
             return False
         req_id = _int(frame.req_id)
@@ -394,7 +404,7 @@ class KrakenSession:
             if last is not None and trade_id <= last:
                 # A repeat or an older trade: nothing missed, and `last` never goes back
                 # (100, 99, 101 is no gap at all).
-                self.trade_ids_behind += 1
+                self._stats.trade_ids_behind += 1
                 continue
             self.last_trade_id[symbol] = trade_id
             if last is None or trade_id == last + 1:
