@@ -114,6 +114,58 @@ def test_a_refused_symbol_is_recorded_and_retried_alone() -> None:
     assert not session.retries_waiting()
 
 
+def test_a_refused_symbol_that_succeeds_later_records_when_its_capture_began() -> None:
+    """The subscribe_error said ETH/USD is not recorded; the retry's ack is an
+    `ssmd.subscription` record adding it, placed before its fresh snapshot. Once only."""
+    session, _ = new_session()
+    commands = session.start()
+    book = json.loads(commands[0].text)
+    out: list[Inbound] = []
+    session.on_frame(ack(book, "BTC/USD"), 5, out)
+    session.on_frame(ack(book, "ETH/USD", success=False), 6, out)
+    assert [m.subject for m in out] == ["prod.kraken.json.ssmd.subscribe_error"]
+    out.clear()
+    (retry,) = session.take_retries()
+    session.on_frame(ack(json.loads(retry.text), "ETH/USD"), 7, out)
+    sim = KrakenExchange(rate=0, seed=3)
+    session.on_frame(encode(sim._book_snapshot(sim.symbols["ETH/USD"], 10)), 8, out)
+    assert [m.subject for m in out] == [
+        "prod.kraken.json.ssmd.subscription",
+        "prod.kraken.json.book.ETH/USD",
+    ]
+    assert json.loads(out[0].payload) == {
+        "type": "ssmd_subscription",
+        "conn": 0,
+        "sid": None,
+        "channel": "book",
+        "added": ["ETH/USD"],
+        "removed": [],
+        "reason": "retry",
+        "ts_ns": 7,
+    }
+    # A reconnect subscribes everything again: no capture begins anew, no record.
+    out.clear()
+    for command in session.start():
+        request = json.loads(command.text)
+        for symbol in request["params"]["symbol"]:
+            session.on_frame(ack(request, symbol), 9, out)
+    assert out == []
+
+
+def test_a_symbol_refused_before_a_reconnect_records_its_capture_on_the_new_socket() -> None:
+    session, _ = new_session()
+    book = json.loads(session.start()[0].text)
+    out: list[Inbound] = []
+    session.on_frame(ack(book, "ETH/USD", success=False), 5, out)
+    out.clear()
+    book = json.loads(session.start()[0].text)  # reconnected before the retry
+    session.on_frame(ack(book, "BTC/USD"), 6, out)
+    session.on_frame(ack(book, "ETH/USD"), 7, out)
+    (record,) = [json.loads(m.payload) for m in out]
+    assert record["type"] == "ssmd_subscription" and record["added"] == ["ETH/USD"]
+    assert record["reason"] == "retry" and record["ts_ns"] == 7
+
+
 def test_an_error_before_another_symbols_ack_refuses_only_its_own_symbol() -> None:
     plans = [SubscriptionPlan("book", ("FOO/BAR", "BTC/USD"))]
     stats = ConnectionStats()

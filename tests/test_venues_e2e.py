@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import trio
 
+from ssmd.backoff import Backoff
 from ssmd.config import Config, parse_config
+from ssmd.connector import connection
 from ssmd.feeds.jsonframes import split_array
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
@@ -273,6 +275,45 @@ async def test_kraken_refused_symbol_beside_a_good_one(nats_server: NatsServer) 
     # Subscribed, repaired (unsubscribe, subscribe), and unsubscribed at the stop.
     assert [r["method"] for r in eth] == ["subscribe", "unsubscribe", "subscribe", "unsubscribe"]
     assert len(sim.sessions) == 1
+
+
+async def test_kraken_subscribe_refused_once_then_captured_is_recorded(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exchange refuses ETH/USD's book once: a subscribe_error record, then on the
+    retry an `ssmd.subscription` record adding ETH/USD, before any ETH/USD book data, so
+    the archive says when that symbol's capture began."""
+    monkeypatch.setattr(connection, "SUBSCRIBE_RETRY", Backoff(0.2, 0.5))
+    sim = KrakenExchange(rate=200, seed=8)
+    sim.refuse_subscribe("book", "ETH/USD")
+    async with serving(sim):
+        markets = ["BTC/USD", "ETH/USD"]
+        connector = {"feed": "kraken", "url": sim.url, "channels": ["book"], "markets": markets}
+        async with running_connector(config_for(nats_server.url, connector)):
+            session = await sim.session(0)
+            eth_book = b'"channel":"book","type":"snapshot","data":[{"symbol":"ETH/USD"'
+            await sim.wait_until(lambda: any(eth_book in f.data for f in sim.sent), timeout=20)
+            await sim.wait_until(lambda: len(sim.data_frames()) > 50)
+            await quiesce(sim)
+            expected = sim.data_frames()
+            messages = await stream_until(
+                nats_server.url, lambda ms: len(data(ms)) >= len(expected)
+            )
+    assert [payload for _, payload in data(messages)] == expected
+    eth = [json.loads(m) for m in session.received if '"ETH/USD"' in str(m)]
+    assert [r["method"] for r in eth][:2] == ["subscribe", "subscribe"]
+    (error,) = records(messages, "subscribe_error")
+    assert error["markets"] == ["ETH/USD"] and error["channel"] == "book"
+    (added,) = records(messages, "subscription")
+    assert added["added"] == ["ETH/USD"] and added["removed"] == []
+    assert added["channel"] == "book" and added["reason"] == "retry"
+    assert added["ts_ns"] > error["ts_ns"]
+    subjects = [m.subject for m in messages]
+    error_at = subjects.index("test.kraken.json.ssmd.subscribe_error")
+    added_at = subjects.index("test.kraken.json.ssmd.subscription")
+    eth_at = [i for i, s in enumerate(subjects) if s == "test.kraken.json.book.ETH/USD"]
+    assert error_at < added_at < eth_at[0]
+    assert messages[eth_at[0]].data.startswith(b'{"channel":"book","type":"snapshot"')
 
 
 @pytest.mark.parametrize("client", ["ssmd", "trio-websocket"])

@@ -14,6 +14,9 @@ trades checked by trade_id, routing by channel and symbol (see kraken-ws.md).
   `trade_id` is a `gap` record (reason `trade_id`) and nothing else: a resubscribe would
   not bring missed trades back. The last trade id survives reconnects, so the first trade
   after one measures exactly what was missed meanwhile.
+- A symbol the exchange refused (a `subscribe_error` record) is retried; the ack that
+  finally subscribes it, on this socket or a later one, is an `ssmd.subscription` record
+  (`added` the symbol, reason `retry`) placed before its data: its capture begins there.
 """
 
 from __future__ import annotations
@@ -28,7 +31,12 @@ import msgspec
 
 from ssmd.config import VENUE_CHANNELS
 from ssmd.connector.publisher import Inbound
-from ssmd.connector.records import GapRecord, ResubscribeRecord, SubscribeErrorRecord
+from ssmd.connector.records import (
+    GapRecord,
+    ResubscribeRecord,
+    SubscribeErrorRecord,
+    SubscriptionRecord,
+)
 from ssmd.connector.shards import SubscriptionPlan, plan_connections
 from ssmd.feeds.base import Command, SessionContext, Venue, VenueLimits
 from ssmd.feeds.kraken_book import KrakenBook, decode_book_frame
@@ -113,8 +121,10 @@ class KrakenSession:
         self._subjects = context.subjects
         self._depth = context.config.depth or DEFAULT_DEPTH
         self._plans = list(plans)
-        # Survives reconnects: the last trade id per symbol.
+        # Survive reconnects: the last trade id per symbol; the symbols per channel whose
+        # subscribe the exchange refused and that no subscribe has captured since.
         self.last_trade_id: dict[str, int] = {}
+        self.uncaptured: dict[str, set[str]] = {}
         self._next_req_id = 0
         self.start()
 
@@ -294,6 +304,17 @@ class KrakenSession:
                 self.books.pop(symbol, None)
             return
         symbols.add(symbol)
+        uncaptured = self.uncaptured.get(request.channel, set())
+        if symbol in uncaptured:
+            # Refused before (a subscribe_error record): its capture begins here.
+            uncaptured.discard(symbol)
+            captured = SubscriptionRecord(
+                self._conn, None, request.channel, [symbol], [], "retry", recv_ns
+            )
+            out.append(self._subjects.record(captured))
+            log.info(
+                "conn %d: subscribed %s %s after a refusal", self._conn, request.channel, symbol
+            )
         if request.repair:
             self._repairing.discard(symbol)
             # Before the fresh snapshot that follows the ack.
@@ -336,6 +357,7 @@ class KrakenSession:
             text,
         )
         self._refused.setdefault(request.channel, set()).update(symbols)
+        self.uncaptured.setdefault(request.channel, set()).update(symbols)
         record = SubscribeErrorRecord(self._conn, request.channel, symbols, text, recv_ns)
         out.append(self._subjects.record(record))
 

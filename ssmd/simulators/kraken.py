@@ -13,12 +13,15 @@ Prices and quantities are JSON numbers written with their full precision.
 
 Fault switches: `break_checksum(symbol)` (the next book update carries a wrong checksum),
 `lose_book_update(symbol)` (the next change is applied but not sent, so later checksums
-fail as after a real loss), `jump_trade_id(symbol, n)`, and per connection `drop()`,
+fail as after a real loss), `jump_trade_id(symbol, n)`, `refuse_subscribe(channel,
+symbol, times)` (the next `times` subscribes of that symbol get an error naming it, as
+for an unknown pair), and per connection `drop()`,
 `go_silent()`, `send_garbage(k)`. Every frame sent is in `sent` (see wsserver).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 from collections.abc import Sequence
@@ -89,6 +92,7 @@ class KrakenExchange(SimServer):
         self.connection_ids = iter(range(10_000_000_000_000, 10**15))
         self.subscriptions: dict[int, KrakenSubscriptions] = {}
         self.symbols: dict[str, SymbolState] = {}
+        self.refusals: collections.Counter[tuple[str, str]] = collections.Counter()
         for n, symbol in enumerate(symbols):
             mid, tick = _START.get(symbol, (Decimal(100 + 50 * n), Decimal("0.01")))
             bids = {mid - tick * (i + 1): self._qty() for i in range(BOOK_LEVELS)}
@@ -109,6 +113,9 @@ class KrakenExchange(SimServer):
 
     def jump_trade_id(self, symbol: str, skipped: int) -> None:
         self.symbols[symbol].next_trade_id += skipped
+
+    def refuse_subscribe(self, channel: str, symbol: str, times: int = 1) -> None:
+        self.refusals[channel, symbol] += times
 
     # The connection.
     async def serve_session(self, session: SimSession) -> None:
@@ -232,6 +239,12 @@ class KrakenExchange(SimServer):
                 continue
             if symbol in subscribed:
                 self._reply(session, method, req_id, error="Already subscribed", symbol=symbol)
+                continue
+            if self.refusals[channel, symbol] > 0:
+                self.refusals[channel, symbol] -= 1
+                self._reply(
+                    session, method, req_id, error="Currency pair not supported", symbol=symbol
+                )
                 continue
             subscribed.add(symbol)
             self._reply(session, method, req_id, result=result)
