@@ -14,7 +14,7 @@ from ssmd.metrics import FunctionCollector
 from ssmd.nats.bridge import ClientErrors, open_bridge
 from ssmd.nats.metrics import nats_metrics
 from ssmd.nats.server import NatsServer
-from ssmd.nats.types import OutgoingMessage
+from ssmd.nats.types import CoreMessage
 
 pytestmark = pytest.mark.trio
 
@@ -33,9 +33,7 @@ async def test_a_failing_subscription_callback_is_a_counted_warning(
 
         await bridge._thread.call(subscribe)
         with caplog.at_level(logging.WARNING, logger="ssmd.nats"):
-            await bridge.publish_core(
-                [OutgoingMessage(f"probe.{i}", b"{}", f"m{i}", 0) for i in range(3)]
-            )
+            await bridge.publish_core([CoreMessage(f"probe.{i}", b"{}", 0) for i in range(3)])
             with trio.fail_after(30):
                 while bridge.client_errors.counts.get("ValueError", 0) < 3:
                     await trio.sleep(0.01)

@@ -14,7 +14,7 @@ import trio
 
 from ssmd.archive.records import Record
 from ssmd.nats.bridge import NatsBridge
-from ssmd.nats.types import OutgoingMessage
+from ssmd.nats.types import CoreMessage
 
 Sink = Callable[[Sequence[Record]], Awaitable[None]]
 MAX_BATCH = 1000
@@ -53,16 +53,14 @@ async def replay(records: Iterable[Record], sink: Sink, speed: float | None = 1.
 
 
 def nats_sink(bridge: NatsBridge, prefix: str | None = None) -> Sink:
-    """Publish each record's payload on its original subject (under `prefix.`)."""
+    """Publish each record's payload on its original subject (under `prefix.`), with its
+    receive time in `Ssmd-Recv-Ns`; a record without one is published without it."""
 
     async def publish(records: Sequence[Record]) -> None:
         await bridge.publish_core(
             [
-                OutgoingMessage(
-                    f"{prefix}.{r.subject}" if prefix else r.subject,
-                    r.payload_bytes(),
-                    "",
-                    r.recv_ns or 0,
+                CoreMessage(
+                    f"{prefix}.{r.subject}" if prefix else r.subject, r.payload_bytes(), r.recv_ns
                 )
                 for r in records
             ]

@@ -31,6 +31,7 @@ from ssmd.nats.pull import PullConsumer
 from ssmd.nats.types import (
     RECV_NS_HEADER,
     ConsumerPosition,
+    CoreMessage,
     NatsUnavailable,
     OutgoingMessage,
     PublishOutcome,
@@ -175,15 +176,16 @@ class NatsBridge:
             await self._acks.subscribe()
         return await self._acks.publish(messages, timeout)
 
-    async def publish_core(self, messages: Sequence[OutgoingMessage]) -> None:
+    async def publish_core(self, messages: Sequence[CoreMessage]) -> None:
         """Core NATS publishes, then a flush: for replaying the archive to live
         subscribers (a JetStream stream on those subjects stores them too). Each carries
-        its original receive time in `Ssmd-Recv-Ns`."""
+        its original receive time in `Ssmd-Recv-Ns`, when it has one."""
         await self._call(self._publish_core, messages)
 
-    async def _publish_core(self, messages: Sequence[OutgoingMessage]) -> None:
+    async def _publish_core(self, messages: Sequence[CoreMessage]) -> None:
         for m in messages:
-            await self._nc.publish(m.subject, m.payload, headers={RECV_NS_HEADER: str(m.recv_ns)})
+            headers = None if m.recv_ns is None else {RECV_NS_HEADER: str(m.recv_ns)}
+            await self._nc.publish(m.subject, m.payload, headers=headers)
         await self._nc.flush(timeout=self._request_timeout)
 
     async def close(self) -> None:

@@ -74,6 +74,16 @@ class OutgoingMessage:
 
 
 @attrs.frozen(slots=True)
+class CoreMessage:
+    """A core NATS publish (`publish_core`, replaying the archive): no msg id, no ack.
+    `recv_ns` None (a record without a receive time) leaves `Ssmd-Recv-Ns` out."""
+
+    subject: str
+    payload: bytes
+    recv_ns: int | None
+
+
+@attrs.frozen(slots=True)
 class PublishOutcome:
     """Result of one JetStream publish: stored (maybe as a duplicate) or failed."""
 

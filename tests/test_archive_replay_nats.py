@@ -1,0 +1,59 @@
+"""Replay to a real nats-server: the receive time travels in `Ssmd-Recv-Ns` only when
+the archived record has one. A record without it (a message published without the
+header, archived without `_recv_ns`) is republished without the header, never with a
+made-up `0`, which a downstream archiver would store as a receive time in 1970."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import trio
+
+from ssmd.archive.records import Record
+from ssmd.archive.replay import nats_sink, replay
+from ssmd.archiver.lines import format_line
+from ssmd.nats.bridge import open_bridge
+from ssmd.nats.server import NatsServer
+
+RECV_NS = 1_767_614_400_123_456_789
+
+
+def test_a_record_without_a_receive_time_is_republished_without_the_header(
+    nats_server: NatsServer,
+) -> None:
+    lines = [
+        format_line(1, "test.kalshi.json.trade.A", b'{"a":1}', RECV_NS),
+        format_line(2, "test.kalshi.json.trade.B", b'{"b":2}', None),
+        format_line(3, "test.kalshi.json.trade.A", b'{"a":3}', RECV_NS + 1),
+    ]
+    records = [Record.from_line(line) for line in lines]
+    assert [r.recv_ns for r in records] == [RECV_NS, None, RECV_NS + 1]
+
+    async def make_stream() -> None:
+        nc = await nats.connect(nats_server.url)
+        await nc.jetstream().add_stream(name="BACKTEST", subjects=["bt.>"])
+        await nc.close()
+
+    async def republish() -> int:
+        async with open_bridge([nats_server.url], request_timeout=5.0) as bridge:
+            return await replay(records, nats_sink(bridge, "bt"), speed=None)
+
+    async def read_back() -> list[tuple[str, bytes, dict[str, str] | None]]:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        info = await js.stream_info("BACKTEST")
+        got = []
+        for seq in range(1, info.state.last_seq + 1):
+            msg = await js.get_msg("BACKTEST", seq)
+            got.append((str(msg.subject), msg.data or b"", msg.headers))
+        await nc.close()
+        return got
+
+    asyncio.run(make_stream())
+    assert trio.run(republish) == 3
+    assert asyncio.run(read_back()) == [
+        ("bt.test.kalshi.json.trade.A", b'{"a":1}', {"Ssmd-Recv-Ns": str(RECV_NS)}),
+        ("bt.test.kalshi.json.trade.B", b'{"b":2}', None),
+        ("bt.test.kalshi.json.trade.A", b'{"a":3}', {"Ssmd-Recv-Ns": str(RECV_NS + 1)}),
+    ]
