@@ -42,6 +42,7 @@ STREAM = "MARKETDATA"
 CONSUMER = "archiver-kalshi"
 # The reason of a disconnect record after a stop that confirmed every unsubscribe.
 CLEAN_STOP = "shutdown: unsubscribed"
+STOP = "clean stop"  # such a disconnect, as `compare` counts it
 
 
 class Exchange:
@@ -336,40 +337,56 @@ def compare(archive: Path, sent_log: Path) -> Comparison:
 
     - stream sequences are 1..N with no hole and no repeat, and the manifests agree
       with the files (so nothing acknowledged by the archiver went missing);
-    - every archived data frame was sent, and none is archived twice;
-    - on every connection, what was archived is a prefix of what was sent, in order;
-    - where a connection lost its tail, a connect or disconnect record follows it, before
-      any data of a later connection, and that record does not claim a clean stop.
+    - then `compare_records`.
     """
     totals = check_manifests(archive / FEED)
     assert totals["gaps"] == [], totals["gaps"]
     records = archive_records(archive)
     seqs = [r["_seq"] for r in records]
     assert seqs == list(range(1, len(seqs) + 1)), "stream sequences have holes or repeats"
+    return compare_records(records, list(sent_frames(sent_log)))
 
+
+def compare_records(
+    records: list[dict[str, Any]], sent: list[tuple[int, tuple[str, Any]]]
+) -> Comparison:
+    """Archived records (in stream order) against the frames sent, as (session, key):
+
+    - every archived data frame was sent, and none is archived twice;
+    - sessions are archived one after another, each started by a connect or disconnect
+      record;
+    - on every connection, what was archived is a prefix of what was sent, in order;
+    - every connection that lost frames, its tail or all of them, is marked on its own:
+      between its last archived frame (or, when none was archived, the last frame of an
+      earlier connection) and the first frame of a later connection there is a connect
+      or disconnect record, and no record there claims its clean stop.
+    """
     where: dict[tuple[str, Any], tuple[int, int]] = {}
     sent_by_session: Counter[int] = Counter()
-    for session, key in sent_frames(sent_log):
+    for session, key in sent:
         assert key not in where, f"the exchange sent {key} twice"
         where[key] = (session, sent_by_session[session])
         sent_by_session[session] += 1
 
     seen: set[tuple[str, Any]] = set()
     archived_by_session: dict[int, list[int]] = defaultdict(list)
-    # After each data record: the session it came from, then any discontinuity kinds.
-    timeline: list[tuple[int, set[str]]] = []
+    # The archive as a line of events: a data frame's session, or a discontinuity kind.
+    events: list[tuple[int | None, str | None]] = []
     discontinuities: Counter[str] = Counter()
     garbage = 0
+    previous: int | None = None  # the session of the last data frame
+    previous_at = -1  # its place in `events`
+    first_at: dict[int, int] = {}  # each session's first and last data frame in `events`
+    last_at: dict[int, int] = {}
     for record in records:
         subject: str = record["_subject"]
         if f".{FEED}.json.ssmd." in subject:
             kind = str(record.get("type", "")).removeprefix("ssmd_")
             discontinuities[kind] += 1
             if kind == "disconnect" and str(record.get("reason")).startswith(CLEAN_STOP):
-                discontinuities["clean stop"] += 1
-                kind = "clean stop"
-            if timeline:
-                timeline[-1][1].add(kind)
+                discontinuities[STOP] += 1
+                kind = STOP
+            events.append((None, kind))
             continue
         key = canonical_record(record)
         assert key in where, f"archived a frame the exchange never sent: {record}"
@@ -379,34 +396,40 @@ def compare(archive: Path, sent_log: Path) -> Comparison:
         archived_by_session[session].append(index)
         if key[0] != "json":
             garbage += 1
-        if timeline and timeline[-1][0] == session:
-            assert not timeline[-1][1] & {"connect"}, (
-                f"a connect record inside session {session}'s data"
-            )
+        since = _kinds(events, previous_at + 1, len(events))
+        if previous == session:
+            assert "connect" not in since, f"a connect record inside session {session}'s data"
         else:
-            assert not timeline or timeline[-1][0] < session, "sessions archived out of order"
-            assert not timeline or timeline[-1][1] & {"connect", "disconnect"}, (
-                f"session {session} follows session {timeline[-1][0]} with no connect record"
+            assert previous is None or previous < session, "sessions archived out of order"
+            assert previous is None or since & {"connect", "disconnect"}, (
+                f"session {session} follows session {previous} with no connect record"
             )
-        timeline.append((session, set()))
+        first_at.setdefault(session, len(events))
+        last_at[session] = previous_at = len(events)
+        events.append((session, None))
+        previous = session
 
     lost: dict[int, int] = {}
-    last_archived = {entry[0]: i for i, entry in enumerate(timeline)}
-    for session, sent_count in sent_by_session.items():
+    for session, sent_count in sorted(sent_by_session.items()):
         indices = archived_by_session.get(session, [])
         assert indices == list(range(len(indices))), (
             f"session {session}: archived is not a prefix of what was sent"
         )
-        if len(indices) < sent_count:
-            lost[session] = sent_count - len(indices)
-            if session in last_archived:
-                assert "clean stop" not in timeline[last_archived[session]][1], (
-                    f"session {session} lost {lost[session]} frames but claims a clean stop"
-                )
-                after = set().union(*(kinds for _, kinds in timeline[last_archived[session] :]))
-                assert after & {"disconnect", "connect"}, (
-                    f"session {session} lost {lost[session]} frames with no discontinuity after"
-                )
+        if len(indices) == sent_count:
+            continue
+        lost[session] = sent_count - len(indices)
+        # The window that must mark this session's loss: from its own last frame (or
+        # the last frame of an earlier session) to the first frame of a later one.
+        after = max((i for s, i in last_at.items() if s <= session), default=-1)
+        until = min((i for s, i in first_at.items() if s > session), default=len(events))
+        marks = [k for _, k in events[after + 1 : until] if k in ("connect", "disconnect", STOP)]
+        what = f"session {session} lost {lost[session]} of {sent_count} frames"
+        assert {"connect", "disconnect"} & set(marks), f"{what} with no discontinuity record"
+        if indices:
+            assert STOP not in marks, f"{what} but claims a clean stop"
+        else:  # a clean stop before its connect may be an earlier session's
+            mine = marks[marks.index("connect") :] if "connect" in marks else marks
+            assert STOP not in mine, f"{what} but a clean stop follows it"
     return Comparison(
         sent=sum(sent_by_session.values()),
         archived=len(seen),
@@ -415,6 +438,10 @@ def compare(archive: Path, sent_log: Path) -> Comparison:
         discontinuities=dict(discontinuities),
         garbage_archived=garbage,
     )
+
+
+def _kinds(events: list[tuple[int | None, str | None]], start: int, end: int) -> set[str]:
+    return {kind for _, kind in events[start:end] if kind is not None}
 
 
 def finish_and_compare(

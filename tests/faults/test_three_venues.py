@@ -108,6 +108,29 @@ def per_connection(messages: list[FetchedMessage]) -> list[list[bytes]]:
     return connections
 
 
+def closing_records(messages: list[FetchedMessage]) -> list[list[dict[str, Any]]]:
+    """Per connection, the records between its connect record and the next one."""
+    connections: list[list[dict[str, Any]]] = []
+    for m in messages:
+        if ".json.ssmd." in m.subject:
+            record = json.loads(m.data)
+            if record["type"] == "ssmd_connect":
+                connections.append([])
+            elif connections:
+                connections[-1].append(record)
+    return connections
+
+
+def assert_each_drop_recorded(closing: list[list[dict[str, Any]]], feed: str) -> None:
+    """Every connection but the last was dropped: each has its own disconnect record,
+    which does not claim a clean stop (on that connection, not merely somewhere)."""
+    *dropped, _last = closing
+    for index, records in enumerate(dropped):
+        reasons = [r["reason"] for r in records if r["type"] == "ssmd_disconnect"]
+        assert reasons, (feed, index, "a dropped connection without a disconnect record")
+        assert not any(r.startswith("shutdown") for r in reasons), (feed, index, reasons)
+
+
 def assert_stored_in_order(stored: list[list[bytes]], sent: list[list[bytes]], feed: str) -> None:
     """Each connection's data stored byte for byte, in order. Only a dropped connection
     (every one but the last) may miss a tail: what was in flight when its socket closed."""
@@ -201,6 +224,7 @@ async def test_three_venues_in_one_process_survive_their_faults(
     # their elements).
     for feed, msgs in (("kalshi", kalshi_msgs), ("polymarket", poly_msgs), ("kraken", kraken_msgs)):
         assert_stored_in_order(per_connection(msgs), sent()[feed], feed)
+        assert_each_drop_recorded(closing_records(msgs), feed)
 
     # Keepalives never reach the stream.
     for m in messages:
