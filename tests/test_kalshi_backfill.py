@@ -6,12 +6,13 @@ horizon, and the record left when REST will not repair it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import httpx
 import trio
 import trio.testing
+from prometheus_client.metrics_core import Metric
 
 from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
@@ -48,7 +49,7 @@ class Harness:
         self.session.on_frame(json.dumps(body).encode(), at, out)
         return out
 
-    def subscribed(self, reply: int, sid: int, at: int) -> None:
+    def subscribed(self, reply: Hashable, sid: int, at: int) -> None:
         self.frame({"id": reply, "type": "subscribed", "msg": {"sid": sid}}, at)
 
     def trade(self, sid: int, seq: int, trade_id: str, at: int) -> None:
@@ -253,7 +254,7 @@ async def test_refused_or_failing_rest_leaves_an_unrepaired_record_and_a_count(
     broken = backfill_for(failing, TradeLedger(), settle_limit=0.0, deadline=120.0)
     record, _ = parts(await broken.backfill(0, window))
     assert record["outcome"] == "unrepaired" and "no full answer in 120s" in record["error"]
-    families = {f.name: f for f in broken.metrics({"feed": "kalshi"})}  # type: ignore[attr-defined]
+    families = {f.name: f for f in broken.metrics({"feed": "kalshi"}) if isinstance(f, Metric)}
     (sample,) = families["ssmd_discovery_backfills"].samples
     assert (sample.labels["outcome"], sample.value) == ("unrepaired", 1)
 
