@@ -274,3 +274,22 @@ async def test_windows_beyond_the_queue_are_recorded_as_dropped(
     record, _ = parts(batches[1])
     assert record["outcome"] == "dropped" and record["min_ts"] == 1_800_000_000 - 1_001
     assert backfill.stats.outcomes == {"repaired": 1_000, "dropped": 1}
+
+
+async def test_windows_left_when_the_connector_stops_are_recorded_unrepaired(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def failing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503)
+
+    backfill = backfill_for(failing, TradeLedger(), settle_limit=0.0)
+    send, receive = trio.open_memory_channel[list[Inbound]](10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(backfill.run, send)
+        backfill.request(0, BackfillWindow(1_800_000_000, 1_800_000_010, ("A",), "gap"))
+        backfill.request(1, BackfillWindow(1_800_000_020, 1_800_000_030, (), "disconnect"))
+        await trio.sleep(60)  # the first is being fetched, REST failing
+        nursery.cancel_scope.cancel()
+    records = [parts(receive.receive_nowait())[0] for _ in range(2)]
+    assert [(r["conn"], r["outcome"]) for r in records] == [(0, "unrepaired"), (1, "unrepaired")]
+    assert all("stopped" in r["error"] for r in records)

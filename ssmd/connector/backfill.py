@@ -103,13 +103,46 @@ class TradeBackfill:
 
     async def run(self, send: trio.MemorySendChannel[list[Inbound]]) -> None:
         async with send:
-            async for conn, window in self._windows:
-                await send.send(await self.backfill(conn, window))
-                if self._dropped is not None:
-                    (conn, window), self._dropped = self._dropped, None
-                    error = "too many trade backfills waiting"
-                    record = self._record(conn, window, window.min_ts, 0, 0, error, DROPPED)
-                    await send.send([record])
+            current: tuple[int, BackfillWindow] | None = None
+            try:
+                async for conn, window in self._windows:
+                    current = (conn, window)
+                    await send.send(await self.backfill(conn, window))
+                    current = None
+                    if self._dropped is not None:
+                        (conn, window), self._dropped = self._dropped, None
+                        error = "too many trade backfills waiting"
+                        record = self._record(conn, window, window.min_ts, 0, 0, error, DROPPED)
+                        await send.send([record])
+            finally:
+                self._abandon(send, current)
+
+    def _abandon(
+        self,
+        send: trio.MemorySendChannel[list[Inbound]],
+        current: tuple[int, BackfillWindow] | None,
+    ) -> None:
+        """Stopping: every window not repaired yet gets its record, if the publisher
+        still takes one."""
+        left = [current] if current is not None else []
+        while True:
+            try:
+                left.append(self._windows.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        if self._dropped is not None:
+            left.append(self._dropped)
+        for conn, window in left:
+            error = "the connector stopped before the window was repaired"
+            record = self._record(conn, window, window.min_ts, 0, 0, error)
+            try:
+                send.send_nowait([record])
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                log.error(
+                    "backfill: trades %d..%d: not repaired, not recorded",
+                    window.min_ts,
+                    window.max_ts,
+                )
 
     async def backfill(self, conn: int, window: BackfillWindow) -> list[Inbound]:
         """The batch a window becomes: its record, then the trades it was missing."""
