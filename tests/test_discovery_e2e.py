@@ -430,6 +430,47 @@ async def test_trades_missed_while_disconnected_are_backfilled_once_and_marked(
     assert backfill["min_ts"] <= min(down) and backfill["max_ts"] >= max(down)
 
 
+async def test_trades_lost_to_an_error_25_on_trade_are_backfilled(
+    nats_server: NatsServer,
+) -> None:
+    markets = ["KXA-26DEC01-T1"]
+    async with simulated_kalshi(markets) as kalshi:
+        config = discovery_config(nats_server.url, kalshi, channels=["trade"])
+        async with running_connector(config) as sup:
+            await kalshi.wait(lambda: len(kalshi.subs("trade")) == 1)
+            (session,) = kalshi.sessions()
+            sid = kalshi.subs("trade")[0].sid
+            await session.send_data("trade", sid, live_trade("live-0", markets[0]))
+            kalshi.catalogue.trades.append(
+                SimTrade("live-0", markets[0], int(time.time() * 1000), 45, 1, "yes")
+            )
+            received = 'ssmd_received_messages_total{feed="kalshi",type="trade"} 1.0'
+            await kalshi.wait(lambda: received in generate_latest(sup.metrics).decode())
+            await session.drop_subscription(sid)
+            for n in range(2):  # done while the exchange had dropped the subscription
+                kalshi.catalogue.trades.append(
+                    SimTrade(f"lost-{n}", markets[0], int(time.time() * 1000), 46, 2, "no")
+                )
+            await kalshi.wait(lambda: kalshi.subs("trade") != [])
+            new_sid = kalshi.subs("trade")[0].sid
+            backfilled = 'ssmd_discovery_backfilled_trades_total{feed="kalshi"} 2.0'
+            with trio.fail_after(WAIT):
+                while backfilled not in generate_latest(sup.metrics).decode():
+                    await session.send_data("ticker", new_sid, {"market_ticker": markets[0]})
+                    await trio.sleep(0.5)
+        messages = await stream_messages(nats_server.url, 4)
+    (gap,) = records(messages, "gap")
+    assert (gap["channel"], gap["reason"]) == ("trade", "error:25")
+    (backfill,) = records(messages, "backfill")
+    assert (backfill["cause"], backfill["outcome"], backfill["published"]) == (
+        "error:25",
+        "repaired",
+        2,
+    )
+    marked = [json.loads(m.data)["trade_id"] for m in messages if m.backfilled]
+    assert sorted(marked) == ["lost-0", "lost-1"]
+
+
 def test_a_backfilled_message_is_marked_in_its_archive_line() -> None:
     line = format_line(7, "prod.kalshi.json.trade.X", b'{"trade_id":"t"}', 5, backfilled=True)
     parsed = json.loads(line)
