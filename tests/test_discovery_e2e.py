@@ -366,19 +366,24 @@ def live_trade(trade_id: str, ticker: str) -> dict[str, Any]:
 async def test_trades_missed_while_disconnected_are_backfilled_once_and_marked(
     nats_server: NatsServer,
 ) -> None:
+    """Trades done while the connection was down come from REST, marked; those that come
+    live after the resubscribe (some stamped inside the window: the tail race) only live."""
     markets = ["KXA-26DEC01-T1", "KXA-26DEC01-T2"]
     async with simulated_kalshi(markets) as kalshi:
         config = discovery_config(nats_server.url, kalshi, channels=["trade"])
         async with running_connector(config) as sup:
+
+            async def trade(session: Any, sid: int, trade_id: str, ticker: str) -> None:
+                await session.send_data("trade", sid, live_trade(trade_id, ticker))
+                kalshi.catalogue.trades.append(
+                    SimTrade(trade_id, ticker, int(time.time() * 1000), 45, 1, "yes")
+                )
+
             await kalshi.wait(lambda: len(kalshi.subs("trade")) == 1)
             (session,) = kalshi.sessions()
             sid = kalshi.subs("trade")[0].sid
             for n in range(3):
-                ticker = markets[n % 2]
-                await session.send_data("trade", sid, live_trade(f"live-{n}", ticker))
-                kalshi.catalogue.trades.append(
-                    SimTrade(f"live-{n}", ticker, int(time.time() * 1000), 45, 1, "yes")
-                )
+                await trade(session, sid, f"live-{n}", markets[n % 2])
             received = 'ssmd_received_messages_total{feed="kalshi",type="trade"} 3.0'
             await kalshi.wait(lambda: received in generate_latest(sup.metrics).decode())
             await session.drop()
@@ -387,10 +392,23 @@ async def test_trades_missed_while_disconnected_are_backfilled_once_and_marked(
                 kalshi.catalogue.trades.append(
                     SimTrade(f"down-{n}", markets[n % 2], int(time.time() * 1000), 46, 2, "no")
                 )
-            await kalshi.wait(lambda: len(kalshi.sessions()) == 1 and kalshi.subs("trade") != [])
+            old = session
+            await kalshi.wait(
+                lambda: kalshi.sessions() not in ([], [old]) and kalshi.subs("trade") != []
+            )
+            (session,) = kalshi.sessions()
+            sid = kalshi.subs("trade")[0].sid
             backfilled = 'ssmd_discovery_backfilled_trades_total{feed="kalshi"} 4.0'
-            await kalshi.wait(lambda: backfilled in generate_latest(sup.metrics).decode())
-        messages = await stream_messages(nats_server.url, 8)
+            after = 0
+            with trio.fail_after(WAIT):
+                while backfilled not in generate_latest(sup.metrics).decode():
+                    await trade(session, sid, f"after-{after}", markets[0])
+                    after += 1
+                    await trio.sleep(0.5)
+            text = generate_latest(sup.metrics).decode()
+        messages = await stream_messages(nats_server.url, 8 + after)
+    assert 'ssmd_discovery_backfills_total{feed="kalshi",outcome="repaired"} 1.0' in text
+    assert 'ssmd_discovery_backfill_doubled_trades_total{feed="kalshi"} 0.0' in text
     trades = [m for m in messages if ".json.trade." in m.subject]
 
     def trade_id(data: bytes) -> str:
@@ -398,14 +416,59 @@ async def test_trades_missed_while_disconnected_are_backfilled_once_and_marked(
         return str(body["msg"]["trade_id"] if "msg" in body else body["trade_id"])
 
     ids = collections.Counter(trade_id(m.data) for m in trades)
-    assert set(ids) == {f"live-{n}" for n in range(3)} | {f"down-{n}" for n in range(4)}
+    lived = {f"live-{n}" for n in range(3)} | {f"after-{n}" for n in range(after)}
+    assert set(ids) == lived | {f"down-{n}" for n in range(4)}
     assert max(ids.values()) == 1  # none received live is doubled
     marked = {trade_id(m.data) for m in trades if m.backfilled}
     assert marked == {f"down-{n}" for n in range(4)}
     (backfill,) = records(messages, "backfill")
-    assert backfill["fetched"] == 7 and backfill["published"] == 4
+    assert backfill["published"] == 4 and backfill["outcome"] == "repaired"
+    assert backfill["fetched"] >= 5  # the trades of the window received live too
     assert backfill["markets"] == []  # the all-markets trade subscription
-    assert backfill["min_ts"] <= min(t.ts_ms // 1000 for t in kalshi.catalogue.trades)
+    assert backfill["cause"] == "disconnect" and backfill["error"] is None
+    down = [t.ts_ms // 1000 for t in kalshi.catalogue.trades if t.trade_id.startswith("down")]
+    assert backfill["min_ts"] <= min(down) and backfill["max_ts"] >= max(down)
+
+
+async def test_trades_lost_to_an_error_25_on_trade_are_backfilled(
+    nats_server: NatsServer,
+) -> None:
+    markets = ["KXA-26DEC01-T1"]
+    async with simulated_kalshi(markets) as kalshi:
+        config = discovery_config(nats_server.url, kalshi, channels=["trade"])
+        async with running_connector(config) as sup:
+            await kalshi.wait(lambda: len(kalshi.subs("trade")) == 1)
+            (session,) = kalshi.sessions()
+            sid = kalshi.subs("trade")[0].sid
+            await session.send_data("trade", sid, live_trade("live-0", markets[0]))
+            kalshi.catalogue.trades.append(
+                SimTrade("live-0", markets[0], int(time.time() * 1000), 45, 1, "yes")
+            )
+            received = 'ssmd_received_messages_total{feed="kalshi",type="trade"} 1.0'
+            await kalshi.wait(lambda: received in generate_latest(sup.metrics).decode())
+            await session.drop_subscription(sid)
+            for n in range(2):  # done while the exchange had dropped the subscription
+                kalshi.catalogue.trades.append(
+                    SimTrade(f"lost-{n}", markets[0], int(time.time() * 1000), 46, 2, "no")
+                )
+            await kalshi.wait(lambda: kalshi.subs("trade") != [])
+            new_sid = kalshi.subs("trade")[0].sid
+            backfilled = 'ssmd_discovery_backfilled_trades_total{feed="kalshi"} 2.0'
+            with trio.fail_after(WAIT):
+                while backfilled not in generate_latest(sup.metrics).decode():
+                    await session.send_data("ticker", new_sid, {"market_ticker": markets[0]})
+                    await trio.sleep(0.5)
+        messages = await stream_messages(nats_server.url, 4)
+    (gap,) = records(messages, "gap")
+    assert (gap["channel"], gap["reason"]) == ("trade", "error:25")
+    (backfill,) = records(messages, "backfill")
+    assert (backfill["cause"], backfill["outcome"], backfill["published"]) == (
+        "error:25",
+        "repaired",
+        2,
+    )
+    marked = [json.loads(m.data)["trade_id"] for m in messages if m.backfilled]
+    assert sorted(marked) == ["lost-0", "lost-1"]
 
 
 def test_a_backfilled_message_is_marked_in_its_archive_line() -> None:

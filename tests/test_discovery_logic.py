@@ -16,6 +16,7 @@ from ssmd.feeds.kalshi_discovery import (
     backfill_window,
     lifecycle_change,
     series_of,
+    trade_ts,
 )
 
 
@@ -123,16 +124,24 @@ def test_lifecycle_events_add_and_remove_selected_markets() -> None:
     assert lifecycle_change({"type": "market_lifecycle_v2", "msg": "x"}, every) is None
 
 
-def test_backfill_window_covers_the_loss_in_whole_seconds() -> None:
+def test_backfill_window_covers_the_loss_in_whole_seconds_widened_by_the_margin() -> None:
     window = backfill_window(
-        last_trade_ns=1_700_000_010_500_000_000,
-        lost_ns=1_700_000_012_000_000_000,
+        since_ns=1_700_000_010_500_000_000,
         resumed_ns=1_700_000_020_100_000_000,
         markets=["A"],
+        cause="disconnect",
     )
-    assert window == BackfillWindow(1_700_000_009, 1_700_000_021, ("A",))
-    assert window.queries() == [{"min_ts": 1_700_000_009, "max_ts": 1_700_000_021, "ticker": "A"}]
+    assert window == BackfillWindow(1_700_000_008, 1_700_000_022, ("A",), "disconnect")
+    assert window.queries() == [{"min_ts": 1_700_000_008, "max_ts": 1_700_000_022, "ticker": "A"}]
     assert BackfillWindow(1, 2).queries() == [{"min_ts": 1, "max_ts": 2}]
+    # The live tape has passed it once the clock is a margin past its last second.
+    assert window.settled_ns() == 1_700_000_025_000_000_000
+
+
+def test_a_rest_trade_time_is_its_ts_or_created_time() -> None:
+    assert trade_ts({"ts": 1_700_000_000}) == 1_700_000_000
+    assert trade_ts({"created_time": "2023-11-14T22:13:20Z"}) == 1_700_000_000
+    assert trade_ts({"created_time": "soon"}) is None and trade_ts({}) is None
 
 
 def test_the_ledger_publishes_only_what_was_missed_and_only_once() -> None:
@@ -150,3 +159,18 @@ def test_the_ledger_publishes_only_what_was_missed_and_only_once() -> None:
     # Memory is bounded: the oldest id is forgotten first.
     assert not ledger.seen("t5")
     assert len(ledger) == 4 and "t1" not in ledger and "t5" in ledger
+
+
+def test_the_ledger_knows_since_when_it_remembers_every_trade() -> None:
+    ledger = TradeLedger(capacity=2)
+    assert ledger.horizon_ns == 0 and ledger.first_ts() == 0  # nothing forgotten yet
+    ledger.seen("a", 10_000_000_000)
+    ledger.seen("b", 11_000_000_000)
+    assert ledger.horizon_ns == 0
+    ledger.seen("c", 12_000_000_000)  # forgets "a", received at 10 s
+    assert ledger.horizon_ns == 10_000_000_001
+    assert ledger.first_ts() == 13  # past the horizon by the margin, whole seconds
+    # A backfilled trade is remembered at its exchange time, and a live copy is counted.
+    assert ledger.missing([{"trade_id": "d", "ts": 20}]) == [{"trade_id": "d", "ts": 20}]
+    assert ledger.doubled == 0 and ledger.seen("d", 25_000_000_000) and ledger.doubled == 1
+    assert ledger.seen("c", 26_000_000_000) and ledger.doubled == 1  # a live repeat: not one

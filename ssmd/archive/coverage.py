@@ -3,8 +3,10 @@
 An hour is `degraded` when an interruption touches it: an exchange gap, a disconnect
 (for as long as it lasted, until that connection's next `connect`), a resubscribe, an
 overflow, a rejected message, a subscribe error, a stream gap from the manifest, the
-start of recording (a first `connect`) or its end (a `shutdown` disconnect). With
-markets, only the interruptions that name a market (or name none: all) touch it.
+start of recording (a first `connect`) or its end (a `shutdown` disconnect), a trade
+backfill window left unrepaired (its trades may be missing; for the hours of the window).
+With markets, only the interruptions that name a market (or name none: all) touch it.
+Trade windows a backfill repaired are listed under `repaired`, without degrading.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from ssmd.archive.integrity import (
     STREAM_GAP,
     ConnectionTracker,
     Interruption,
+    backfill_span,
     interruption,
     overflow_span,
+    repaired_trades,
     stream_gaps,
 )
 from ssmd.archive.records import Record
@@ -86,9 +90,9 @@ def _reasons(interruptions: list[tuple[Interruption, bool]], day_end: int) -> li
                 open_disconnects[item.detail.get("conn")] = reason
             out.append(reason)
             continue
-        span = overflow_span(item) or stream_gap_span(item)
+        span = overflow_span(item) or stream_gap_span(item) or backfill_span(item)
         if span is not None:
-            out.append(Reason(item.kind, span[0], item.reason, span[1] - span[0]))
+            out.append(Reason(item.kind, span[0], item.reason, span[1] - span[0], item.markets))
             continue
         out.append(Reason(item.kind, item.at_ns, item.reason, markets=item.markets))
     for reason in open_disconnects.values():
@@ -113,6 +117,7 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
     per_market: Counter[tuple[int, str]] = Counter()
     tracker = ConnectionTracker()
     found: list[tuple[Interruption, bool]] = []
+    repairs: list[Reason] = []
     last_recv: int | None = None
     gaps = sorted(stream_gaps(manifest.gaps), key=lambda g: g.seq)
     open_gaps = list(gaps)
@@ -152,6 +157,14 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
                     )
                 elif item is not None:
                     found.append((item, False))
+                if subject.endswith(".backfill") and isinstance(record.payload(), dict):
+                    repair = repaired_trades(record.payload())
+                    span = backfill_span(repair) if repair is not None else None
+                    if repair is not None and span is not None:
+                        duration = span[1] - span[0]
+                        repairs.append(
+                            Reason("backfill", span[0], repair.reason, duration, repair.markets)
+                        )
     found += [(gap, False) for gap in gaps]
     found.sort(key=lambda pair: pair[0].seq)
     day_start = calendar.timegm(time.strptime(day, "%Y-%m-%d")) * NS
@@ -165,10 +178,12 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
         touching = [r for r in reasons if hour in r.hours()]
         if not per_hour[hour]:
             touching.insert(0, Reason("no_data", hour * HOUR, "no records in this hour"))
+        repaired = [r for r in repairs if hour in r.hours()]
         result["hours"].append(
             _row(
                 {"hour": utc_text(hour * HOUR, 0, "%Y-%m-%dT%H:00"), "records": per_hour[hour]},
                 touching,
+                repaired,
             )
         )
     if by_market:
@@ -181,6 +196,11 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
                     for r in reasons
                     if hour in r.hours() and (r.markets is None or market in r.markets)
                 ]
+                repaired = [
+                    r
+                    for r in repairs
+                    if hour in r.hours() and (r.markets is None or market in r.markets)
+                ]
                 n = per_market[(hour, market)]
                 if n or touching:
                     rows.append(
@@ -191,13 +211,17 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
                                 "records": n,
                             },
                             touching,
+                            repaired,
                         )
                     )
         result["markets"] = rows
     return result
 
 
-def _row(base: dict[str, Any], touching: list[Reason]) -> dict[str, Any]:
+def _row(base: dict[str, Any], touching: list[Reason], repaired: list[Reason]) -> dict[str, Any]:
     base["status"] = "degraded" if touching else "complete"
     base["reasons"] = [r.to_json() for r in touching]
+    if repaired:
+        # Trades lost in these spans were fetched again (backfilled): shown, not degrading.
+        base["repaired"] = [r.to_json() for r in repaired]
     return base

@@ -13,11 +13,12 @@ from typing import Any
 import attrs
 
 from ssmd.archive.records import Record, iso_ns
-from ssmd.archive.times import iso_ms
+from ssmd.archive.times import iso_ms, utc_text
 from ssmd.archiver.manifest import Gap
 from ssmd.subjects import DISCONTINUITY_TYPE, split_subject
 
 STREAM_GAP = "stream_gap"
+NS = 1_000_000_000
 
 
 @attrs.frozen
@@ -31,6 +32,12 @@ class Interruption:
 
     def touches(self, market: str) -> bool:
         return self.markets is None or market in self.markets
+
+    @property
+    def trades_only(self) -> bool:
+        """Only the trades of its markets may be missing (a trade backfill that did not
+        repair its window): an order book is untouched."""
+        return self.kind == "backfill"
 
     def describe(self) -> str:
         when = f" at {iso_ms(self.at_ns)}" if self.at_ns is not None else ""
@@ -114,9 +121,65 @@ def interruption(record: Record, tracker: ConnectionTracker) -> Interruption | N
         )
         return Interruption(kind, at, reason, _markets([*added, *removed]), seq, body)
     if kind == "backfill":
-        # Late trades for a loss the disconnect or gap record already marks: none missing.
-        return None
+        # Repaired: late trades for a loss the disconnect or gap record already marks,
+        # none missing. Not (or partly) repaired: the window's trades may be missing.
+        return unrepaired_trades(body, seq)
     return Interruption(kind, at, f"ssmd {kind}", None, seq, body)
+
+
+def _backfill_span(body: dict[str, Any]) -> tuple[int, int, int] | None:
+    """A backfill record's (requested_min_ts, min_ts, max_ts), None if malformed."""
+    low, high = body.get("min_ts"), body.get("max_ts")
+    if not isinstance(low, int) or not isinstance(high, int):
+        return None
+    requested = body.get("requested_min_ts")
+    return (requested if isinstance(requested, int) else low), low, high
+
+
+def unrepaired_trades(body: dict[str, Any], seq: float) -> Interruption | None:
+    """The span of a trade backfill window left unrepaired: all of it (`unrepaired`,
+    `dropped`), the part before the ledger's horizon (`partial`), or None (`repaired`)."""
+    outcome = body.get("outcome", "repaired")
+    span = _backfill_span(body)
+    if outcome == "repaired" or span is None:
+        return None
+    requested, low, high = span
+    end = low if outcome == "partial" else high + 1
+    why = body.get("error") or "before the trade ledger's horizon"
+    reason = (
+        f"trades of {body.get('channel')} {_second_text(requested)}..{_second_text(end)} "
+        f"not repaired ({outcome}: {why})"
+    )
+    detail = {**body, "start_ns": requested * NS, "end_ns": end * NS}
+    return Interruption(
+        "backfill", requested * NS, reason, _markets(body.get("markets")), seq, detail
+    )
+
+
+def repaired_trades(body: dict[str, Any]) -> Interruption | None:
+    """The span a trade backfill repaired (`repaired`, `partial`), for readers that show
+    repairs beside the interruptions."""
+    span = _backfill_span(body)
+    if span is None or body.get("outcome", "repaired") not in ("repaired", "partial"):
+        return None
+    _, low, high = span
+    reason = (
+        f"trades of {body.get('channel')} {_second_text(low)}..{_second_text(high + 1)} repaired: "
+        f"{body.get('published', '?')} backfilled"
+    )
+    detail = {**body, "start_ns": low * NS, "end_ns": (high + 1) * NS}
+    return Interruption("backfill", low * NS, reason, _markets(body.get("markets")), 0.0, detail)
+
+
+def backfill_span(item: Interruption) -> tuple[int, int] | None:
+    start, end = item.detail.get("start_ns"), item.detail.get("end_ns")
+    if item.kind != "backfill" or not isinstance(start, int) or not isinstance(end, int):
+        return None
+    return start, max(start, end)
+
+
+def _second_text(seconds: int) -> str:
+    return utc_text(seconds * NS, 0)
 
 
 def overflow_span(item: Interruption) -> tuple[int, int] | None:

@@ -270,14 +270,21 @@ def json_text(value: Any) -> str:
 def _discontinuity(record: Record, payload: Any) -> Iterator[tuple[str, Row]]:
     body = payload if isinstance(payload, dict) else {}
     markets = body.get("markets")
+    kind = record.subject.rsplit(".", 1)[-1]
+    reason, count = body.get("reason") or body.get("error"), body.get("dropped")
+    if kind == "backfill":
+        # Its outcome (`repaired`, `partial`, `unrepaired: why`) and the trades published.
+        outcome = body.get("outcome", "repaired")
+        reason = f"{outcome}: {body['error']}" if body.get("error") else outcome
+        count = body.get("published")
     yield "discontinuities", {
-        "kind": record.subject.rsplit(".", 1)[-1], "ts": _ts(body.get("ts_ns"), 1),
+        "kind": kind, "ts": _ts(body.get("ts_ns"), 1),
         "conn": body.get("conn") if isinstance(body.get("conn"), int) else None,
-        "reason": body.get("reason") or body.get("error"),
+        "reason": reason,
         "sid": body.get("sid", body.get("new_sid")) if isinstance(body.get("sid", body.get("new_sid")), int) else None,
         "channel": body.get("channel"),
         "markets": [str(m) for m in markets] if isinstance(markets, list) else None,
-        "count": body.get("dropped") if isinstance(body.get("dropped"), int) else None,
+        "count": count if isinstance(count, int) else None,
         "payload": record.payload_json(),
     }  # fmt: skip
 

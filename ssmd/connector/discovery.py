@@ -294,7 +294,7 @@ class Discovery:
             len(self.markets),
             self.planned(),
             self.connections,
-            self.backfill.stats.backfilled_trades if self.backfill is not None else 0,
+            self.backfill,
         )
 
     def not_ready(self) -> str | None:

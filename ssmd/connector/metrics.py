@@ -14,6 +14,7 @@ from ssmd.feeds.base import DynamicSession
 from ssmd.metrics import by_label, counter, gauge
 
 if TYPE_CHECKING:
+    from ssmd.connector.backfill import TradeBackfill
     from ssmd.connector.discovery import DiscoveryStats
     from ssmd.connector.rest import RestStats
 
@@ -150,7 +151,7 @@ def discovery_metrics(
     selected: int,
     planned: dict[str, int],
     connections: list[Connection],
-    backfilled_trades: int = 0,
+    backfill: TradeBackfill | None = None,
 ) -> Iterator[object]:
     """Market discovery: the market counts, REST requests, subscription changes."""
     labels = {"feed": feed}
@@ -243,9 +244,5 @@ def discovery_metrics(
         labels,
         stats.lifecycle_dropped,
     )
-    yield counter(
-        "ssmd_discovery_backfilled_trades",
-        "Trades fetched from REST after a loss on `trade` and published, marked backfilled.",
-        labels,
-        backfilled_trades,
-    )
+    if backfill is not None:
+        yield from backfill.metrics(labels)

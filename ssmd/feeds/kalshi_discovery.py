@@ -10,7 +10,8 @@ market closing at its close time.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, Mapping
+import datetime
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -21,6 +22,7 @@ TRADES_PATH = "/markets/trades"
 PAGE_LIMIT = 1000
 EVENTS_PAGE_LIMIT = 200
 TRADES_PAGE_LIMIT = 1000
+NS = 1_000_000_000
 
 # REST market `status` values that mean trading is open (2026 name, and the filter's).
 OPEN_STATUSES = frozenset({"active", "open"})
@@ -144,14 +146,21 @@ def lifecycle_change(envelope: Mapping[str, Any], selection: Selection) -> Lifec
     return None
 
 
+# Kalshi stamps trades in whole seconds and its clock is not ours: every window edge
+# taken from a receive time is widened by this much (NTP keeps skew well under it).
+BACKFILL_MARGIN_NS = 2 * NS
+
+
 @attrs.frozen
 class BackfillWindow:
     """Trades to ask REST for: `[min_ts, max_ts]` in Unix seconds, for some markets (all
-    markets when `markets` is empty, as for an all-markets trade subscription)."""
+    markets when `markets` is empty, as for an all-markets trade subscription). `cause`
+    is what lost them: `disconnect`, `gap` (a `seq` jump) or `error:25`."""
 
     min_ts: int
     max_ts: int
     markets: tuple[str, ...] = ()
+    cause: str = ""
 
     def queries(self) -> list[dict[str, str | int]]:
         base: dict[str, str | int] = {"min_ts": self.min_ts, "max_ts": self.max_ts}
@@ -159,26 +168,58 @@ class BackfillWindow:
             return [base]
         return [{**base, "ticker": market} for market in self.markets]
 
+    def settled_ns(self) -> int:
+        """When the live tape has passed the window: a trade stamped `max_ts` or earlier
+        that still comes live has come by then (it was received within the margin)."""
+        return (self.max_ts + 1) * NS + BACKFILL_MARGIN_NS
+
 
 def backfill_window(
-    last_trade_ns: int | None, lost_ns: int, resumed_ns: int, markets: Iterable[str] = ()
+    since_ns: int, resumed_ns: int, markets: Iterable[str] = (), cause: str = ""
 ) -> BackfillWindow:
-    """The window a loss left open: from the last trade received before it (or the loss
-    itself, a second early) to a second after receiving resumed; whole seconds, widened,
-    since REST filters by the exchange's second-resolution timestamps."""
-    start_ns = min(lost_ns, last_trade_ns) if last_trade_ns is not None else lost_ns
+    """The window a loss left open on one trade subscription: from `since_ns` (the last
+    trade it received, or its start when it received none) to `resumed_ns` (the resubscribe
+    reply, or the frame that showed a gap), each widened by the margin, in whole seconds."""
     return BackfillWindow(
-        start_ns // 1_000_000_000 - 1, resumed_ns // 1_000_000_000 + 1, tuple(markets)
+        (since_ns - BACKFILL_MARGIN_NS) // NS,
+        (resumed_ns + BACKFILL_MARGIN_NS) // NS,
+        tuple(markets),
+        cause,
     )
 
 
+def trade_ts(trade: Mapping[str, Any]) -> int | None:
+    """A REST trade's exchange time in Unix seconds (`ts`, else `created_time`)."""
+    ts = trade.get("ts")
+    if isinstance(ts, int) and not isinstance(ts, bool):
+        return ts
+    created = trade.get("created_time")
+    if isinstance(created, str):
+        try:
+            return int(datetime.datetime.fromisoformat(created).timestamp())
+        except ValueError:
+            return None
+    return None
+
+
 class TradeLedger:
-    """The trade ids received live, recent ones only, so a backfill publishes exactly the
-    trades the recorder missed. Bounded: it forgets the oldest ids past `capacity`."""
+    """The trade ids received live (and those backfilled), recent ones only, so a backfill
+    publishes exactly the trades the recorder missed. Bounded: it forgets the oldest ids
+    past `capacity`, and `horizon_ns` says from when on it still knows every one.
+
+    Shared by every connection of a feed, it also keeps each connection's `tape_ns`: the
+    receive time of its last frame, so a backfill can wait for the live tape to pass the
+    end of its window before it deduplicates."""
 
     def __init__(self, capacity: int = 200_000) -> None:
         self._capacity = capacity
-        self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # trade_id -> (time noted, ns: receive time or exchange time; backfilled)
+        self._ids: collections.OrderedDict[str, tuple[int, bool]] = collections.OrderedDict()
+        self.horizon_ns = 0
+        self.doubled = 0  # live trades that a backfill had already published
+        self.tape_ns: dict[int, int] = {}
+        # conn -> (receive time, what to call when a frame received at or past it comes)
+        self.waiting: dict[int, tuple[int, Callable[[], None]]] = {}
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -186,14 +227,37 @@ class TradeLedger:
     def __contains__(self, trade_id: object) -> bool:
         return trade_id in self._ids
 
-    def seen(self, trade_id: str) -> bool:
-        """Note a trade id; True when it was already known (a duplicate)."""
-        if trade_id in self._ids:
+    def heard(self, conn: int, recv_ns: int) -> None:
+        """A frame came on `conn` (any frame: the tape moved)."""
+        self.tape_ns[conn] = recv_ns
+        waiter = self.waiting.get(conn)
+        if waiter is not None and recv_ns >= waiter[0]:
+            del self.waiting[conn]
+            waiter[1]()
+
+    def seen(self, trade_id: str, at_ns: int = 0) -> bool:
+        """Note a trade id received live; True when it was already known (a duplicate:
+        counted in `doubled` when a backfill had published it)."""
+        known = self._ids.get(trade_id)
+        if known is not None:
+            if known[1]:
+                self.doubled += 1
             return True
-        self._ids[trade_id] = None
-        if len(self._ids) > self._capacity:
-            self._ids.popitem(last=False)
+        self._note(trade_id, at_ns, backfilled=False)
         return False
+
+    def _note(self, trade_id: str, at_ns: int, *, backfilled: bool) -> None:
+        self._ids[trade_id] = (at_ns, backfilled)
+        if len(self._ids) > self._capacity:
+            _, (forgotten_ns, _) = self._ids.popitem(last=False)
+            self.horizon_ns = max(self.horizon_ns, forgotten_ns + 1)
+
+    def first_ts(self) -> int:
+        """The earliest second a backfill may ask for: a trade stamped earlier may have
+        been received before the horizon and forgotten, so it could not be deduplicated."""
+        if not self.horizon_ns:
+            return 0
+        return -(-(self.horizon_ns + BACKFILL_MARGIN_NS) // NS)
 
     def missing(self, trades: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         """The REST trades not received live (nor in an earlier backfill), in the order
@@ -201,6 +265,8 @@ class TradeLedger:
         fresh = []
         for trade in trades:
             trade_id = trade.get("trade_id")
-            if isinstance(trade_id, str) and trade_id and not self.seen(trade_id):
+            if isinstance(trade_id, str) and trade_id and trade_id not in self._ids:
+                ts = trade_ts(trade)
+                self._note(trade_id, (ts or 0) * NS, backfilled=True)
                 fresh.append(trade)
         return fresh

@@ -100,7 +100,7 @@ class _Walk:
             return
         if event.type_token == DISCONTINUITY_TYPE:
             found = interruption(event, self.tracker)
-            if found is not None and found.touches(self.books.market):
+            if found is not None and found.touches(self.books.market) and not found.trades_only:
                 self.books.invalidate(found.describe())
             return
         self.venue.apply(self.books, event)

@@ -65,10 +65,10 @@ class KalshiSession(LiveChanges):
         self._events = context.events
         self._trades = context.trades
         self._backfill = context.backfill
-        # Kept across reconnects, to know the window a loss left open on `trade`.
-        self._last_recv_ns = 0
-        self._last_trade_ns: int | None = None
-        self._loss_ns: int | None = None
+        # Trade backfill: per trade sid, the last trade it received (or when it was
+        # subscribed); per slot, where a loss began, until its resubscribe asks for it.
+        self._trade_marks: dict[int, int] = {}
+        self._trade_loss: dict[int, tuple[int, str]] = {}
         # The wanted subscriptions by slot: the static plans get negative slots, the
         # subscription planner's (`apply`) its own, from 0.
         self._slots: dict[int, SubscriptionPlan] = {
@@ -82,8 +82,10 @@ class KalshiSession(LiveChanges):
         return list(self._slots.values())
 
     def start(self) -> list[Command]:
-        if self._last_recv_ns:
-            self._loss_ns = self._last_recv_ns  # a reconnect: trades may have been missed
+        if self._backfill is not None and self._trade_marks:
+            self._note_trade_loss(list(self._trade_marks))  # a reconnect: trades were missed
+        self._trade_marks = {}
+        self._trade_loss = {s: loss for s, loss in self._trade_loss.items() if s in self._slots}
         self._next_id = 0
         self._pending: dict[int, _Subscribe | _Unsubscribe | _Update] = {}
         self._slot_sid: dict[int, int] = {}
@@ -118,7 +120,8 @@ class KalshiSession(LiveChanges):
 
     def on_frame(self, payload: bytes, recv_ns: int, out: list[Inbound]) -> bool:
         routed = self._router.route(payload)
-        previous_ns, self._last_recv_ns = self._last_recv_ns, recv_ns
+        if self._trades is not None:
+            self._trades.heard(self._conn, recv_ns)
         if routed.kind is RouteKind.CONTROL:
             self._on_control(routed, recv_ns, out)
             return True
@@ -129,11 +132,13 @@ class KalshiSession(LiveChanges):
             if gap is not None:
                 out.append(self._subjects.record(gap))
                 if gap.channel == "trade" and self._backfill is not None:
-                    window = backfill_window(self._last_trade_ns, previous_ns, recv_ns, gap.markets)
+                    since = self._trade_marks.get(routed.sid, recv_ns)
+                    window = backfill_window(since, recv_ns, gap.markets, "gap")
                     self._backfill(self._conn, window)
         if routed.trade_id is not None and self._trades is not None:
-            self._trades.seen(routed.trade_id)
-            self._last_trade_ns = recv_ns
+            self._trades.seen(routed.trade_id, recv_ns)
+            if routed.sid is not None:
+                self._trade_marks[routed.sid] = recv_ns
         stats.messages += 1
         stats.by_type[routed.message_type or "invalid"] += 1
         if routed.kind is RouteKind.UNROUTED:
@@ -162,6 +167,7 @@ class KalshiSession(LiveChanges):
         if kind == "error" and error_code(reply) == ERROR_BUFFER_OVERFLOW:
             # Unsolicited, even when it carries an id: no command's answer.
             self._on_dropped(reply, recv_ns, out)
+            self._note_trade_loss(list(self._resubscribe), "error:25")
             return
         if not isinstance(command_id, int) or isinstance(command_id, bool):
             return
@@ -251,15 +257,14 @@ class KalshiSession(LiveChanges):
             )
             self._refused.append((slot, plan))
             return
-        if (
-            plan.channel == "trade"
-            and self._loss_ns is not None
-            and self._backfill is not None
-            and pending.reason is None
-        ):
-            # Subscribed again after a reconnect: ask REST for what the loss missed.
-            window = backfill_window(self._last_trade_ns, self._loss_ns, recv_ns, plan.markets)
-            self._backfill(self._conn, window)
+        if plan.channel == "trade" and self._backfill is not None:
+            loss = self._trade_loss.pop(pending.slot, None) if pending.slot is not None else None
+            if loss is not None:
+                # Subscribed again after a loss: ask REST for what it missed, once.
+                since, cause = loss
+                self._backfill(self._conn, backfill_window(since, recv_ns, plan.markets, cause))
+            if new_sid is not None:
+                self._trade_marks[new_sid] = recv_ns
         if new_sid is not None:
             self.subscriptions[new_sid] = plan
             if pending.slot is not None:
@@ -277,6 +282,18 @@ class KalshiSession(LiveChanges):
             f"{len(plan.markets)} markets" if plan.markets else "all markets",
             new_sid,
         )
+
+    def _note_trade_loss(self, sids: list[int], cause: str = "disconnect") -> None:
+        """Trade sids the exchange ended or the connection lost: each one's slot, once
+        subscribed again, asks for a backfill from the sid's last trade on."""
+        for sid in sids:
+            plan = self.subscriptions.get(sid)
+            slot = self._sid_slot.get(sid)
+            mark = self._trade_marks.get(sid)
+            if plan is None or plan.channel != "trade" or slot is None or mark is None:
+                continue
+            earlier = self._trade_loss.get(slot)
+            self._trade_loss[slot] = min(earlier, (mark, cause)) if earlier else (mark, cause)
 
     def _check_seq(self, routed: Routed, sid: int, seq: int, recv_ns: int) -> GapRecord | None:
         """Track `seq` per sid; on a jump, schedule a resubscribe and give a gap record."""
