@@ -184,22 +184,22 @@ def test_a_key_missed_by_fewer_than_keep_walks_is_still_remembered() -> None:
 
 def test_the_catalogue_costs_at_most_a_few_hundred_bytes_a_market() -> None:
     count = 20_000
-    tickers = [f"KXBTCD-26DEC0112-T{100_000 + i}.99" for i in range(count)]
-    objects = [market(t) for t in tickers]
+    objects = [market(f"KXBTCD-26DEC0112-T{100_000 + i}.99") for i in range(count)]
     catalogue = Catalogue(VOLATILE_MARKET_FIELDS)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        for ticker, obj in zip(tickers, objects, strict=True):
-            catalogue.changed(ticker, obj)
-        catalogue.walk_complete()
-        for ticker, obj in zip(tickers, objects, strict=True):
-            catalogue.changed(ticker, obj)  # moved to the newest walk, not copied
+        for _ in range(2):
+            for obj in objects:
+                # A fresh key string each walk, as parsed from a page: the catalogue
+                # keeps one of them.
+                catalogue.changed(str(obj["ticker"]).lower().upper(), obj)
+            catalogue.walk_complete()
         per_market = (tracemalloc.get_traced_memory()[0] - before) / count
     finally:
         tracemalloc.stop()
     print(f"catalogue bytes a market: {per_market:.0f}")
-    assert per_market < 200, per_market
+    assert per_market < 250, per_market
 
 
 # Finding 5: walks start every `refresh`, start to start.
