@@ -1,4 +1,6 @@
-"""The subscription planner: actions replayed onto a model exchange keep every rule."""
+"""The subscription planner: its actions, replayed into a simulated exchange written
+without it (with a market limit the planner does not know, and refusals reported late),
+leave the exchange as the planner says, within every rule, and nothing behind."""
 
 from __future__ import annotations
 
@@ -19,55 +21,6 @@ from ssmd.connector.layout import (
 )
 
 CHANNELS = ("orderbook_delta", "trade")
-
-
-@attrs.define
-class ModelExchange:
-    """What the exchange would hold after the planner's actions, with its complaints."""
-
-    connections: set[int] = attrs.field(factory=set)
-    subs: dict[int, tuple[int, str, set[str]]] = attrs.field(factory=dict)
-
-    def apply(self, actions: list[Action], sub_limit: int) -> None:
-        for action in actions:
-            match action:
-                case OpenConnection(conn):
-                    assert conn not in self.connections
-                    self.connections.add(conn)
-                case Subscribe(conn, channel, slot, markets):
-                    assert conn in self.connections and slot not in self.subs
-                    assert 0 < len(markets) <= sub_limit
-                    self.subs[slot] = (conn, channel, set(markets))
-                case AddMarkets(conn, channel, slot, markets):
-                    held = self.subs[slot][2]
-                    assert self.subs[slot][:2] == (conn, channel)
-                    assert markets and not held & set(markets)
-                    held.update(markets)
-                    assert len(held) <= sub_limit
-                case DeleteMarkets(conn, channel, slot, markets):
-                    held = self.subs[slot][2]
-                    assert set(markets) <= held and len(markets) < len(held), (
-                        "a delete must never empty a sid; that is an unsubscribe"
-                    )
-                    held.difference_update(markets)
-                case Unsubscribe(conn, channel, slot):
-                    # Only ever a subscription whose markets have all been deleted.
-                    self.subs.pop(slot)
-
-    def check(self, layout: SubscriptionLayout, per_connection: int) -> None:
-        per_channel: dict[str, list[str]] = {c: [] for c in CHANNELS}
-        per_conn: dict[int, set[str]] = {}
-        for conn, channel, markets in self.subs.values():
-            per_channel[channel].extend(markets)
-            per_conn.setdefault(conn, set()).update(markets)
-        for channel, placed in per_channel.items():
-            assert len(placed) == len(set(placed)), f"a market twice on {channel}"
-            assert set(placed) == set(layout.markets)
-        assert all(len(m) <= per_connection for m in per_conn.values())
-        for slot, (conn, channel, markets) in self.subs.items():
-            assert layout.subscription(slot) == (conn, channel, tuple(layout.subscription(slot)[2]))
-            assert set(layout.subscription(slot)[2]) == markets
-            assert all(layout.connection_of(m) == conn for m in markets)
 
 
 def test_fills_subscriptions_then_connections() -> None:
@@ -197,9 +150,7 @@ def check_agree(
     assert set(layout.slots()) == set(exchange.subs), "the planner and exchange disagree"
     per_conn: dict[int, set[str]] = {}
     for channel in channels:
-        placed = [
-            m for conn, ch, held in exchange.subs.values() if ch == channel for m in held
-        ]
+        placed = [m for conn, ch, held in exchange.subs.values() if ch == channel for m in held]
         assert sorted(placed) == sorted(wanted), f"{channel}: not every market exactly once"
     for slot, (conn, channel, held) in exchange.subs.items():
         assert layout.subscription(slot) == (conn, channel, layout.subscription(slot)[2])

@@ -58,7 +58,7 @@ def test_a_live_event_during_the_walk_resets_the_count() -> None:
     markets = MarketSet()
     walk(markets, [["A"]], 0.0)
     walk(markets, [[]], 10.0)  # missed once
-    assert markets.live_add("A", 25.0)  is False  # activated again: already a member
+    assert markets.live_add("A", 25.0) is False  # activated again: already a member
     assert markets.missed == set()
     # Missing from a walk that began before the event: not counted at all.
     assert walk(markets, [[]], 20.0) == Diff()
@@ -100,9 +100,7 @@ def test_a_stale_removal_does_not_undo_a_later_addition() -> None:
     assert "A" in markets
 
 
-EVENT = st.tuples(
-    st.sampled_from("ABCD"), st.booleans(), st.floats(0.5, 99.0, allow_nan=False)
-)
+EVENT = st.tuples(st.sampled_from("ABCD"), st.booleans(), st.floats(0.5, 99.0, allow_nan=False))
 
 
 @settings(max_examples=300, deadline=None)
