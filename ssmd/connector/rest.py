@@ -187,7 +187,7 @@ class RestSettings:
     backoff: Backoff = Backoff(1.0, 60.0, jitter=0.5)
     max_retry_after: float = 300.0
     malformed_attempts: int = 5
-    """Answers that are not what was asked for, in a row, before `RestMalformed`."""
+    """Answers to one request that are not what was asked for, before `RestMalformed`."""
 
 
 class RestClient:
