@@ -10,7 +10,11 @@ a subscription as too large. The rules it keeps:
 - markets are added to a subscription with room first, then to a new subscription on a
   connection with room, then to a new connection;
 - a subscription is only ever unsubscribed when it carries no market any more, so a
-  removal never gaps the other markets that share its sid.
+  removal never gaps the other markets that share its sid;
+- a market never goes back onto a subscription it recently left. A refusal names the
+  slot and the markets, not the add it refuses: had the market come back to the same
+  slot, a late refusal of its first add would move it off a subscription that holds
+  it, leaving it there twice and never deleted.
 
 Subscriptions are named by `slot` numbers that the planner assigns; the engine maps
 each slot to the sid the exchange gives it.
@@ -21,6 +25,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import attrs
+
+# Markets each subscription remembers having left (the newest), so they are placed
+# elsewhere when they come back. A late refusal can only name an add that was still
+# queued or in flight; far fewer than this leave one subscription in that time.
+DEPARTED_MEMORY = 64
 
 
 @attrs.frozen
@@ -68,6 +77,14 @@ class _Subscription:
     conn: int
     channel: str
     markets: dict[str, None] = attrs.field(factory=dict)
+    departed: dict[str, None] = attrs.field(factory=dict)
+
+    def depart(self, market: str) -> None:
+        del self.markets[market]
+        self.departed.pop(market, None)
+        self.departed[market] = None
+        if len(self.departed) > DEPARTED_MEMORY:
+            del self.departed[next(iter(self.departed))]
 
 
 class SubscriptionLayout:
@@ -138,7 +155,7 @@ class SubscriptionLayout:
         for slot, gone in by_slot.items():
             sub = self._subs[slot]
             for market in gone:
-                del sub.markets[market]
+                sub.depart(market)
             if sub.markets:
                 actions.append(DeleteMarkets(sub.conn, sub.channel, slot, tuple(gone)))
             else:
@@ -167,10 +184,14 @@ class SubscriptionLayout:
             limit = len(sub.markets) - len(refused) or len(refused) // 2 or 1
         self.per_subscription = max(1, min(self.per_subscription, limit))
         for market in refused:
-            del sub.markets[market]
+            sub.depart(market)
             del self._market_slots[(sub.channel, market)]
         actions: list[Action] = []
         if not sub.markets:
+            if not dropped:
+                # The subscription exists on the exchange, emptied by deletes sent
+                # while the refused add was under way: end it, or it stays there.
+                actions.append(Unsubscribe(sub.conn, sub.channel, slot))
             self._forget(slot)
         actions.extend(self._place(sub.conn, sub.channel, refused))
         return actions
@@ -198,7 +219,11 @@ class SubscriptionLayout:
             room = self.per_subscription - len(sub.markets)
             if room <= 0:
                 continue
-            batch, pending = pending[:room], pending[room:]
+            batch = [m for m in pending if m not in sub.departed][:room]
+            if not batch:
+                continue
+            taken = set(batch)
+            pending = [m for m in pending if m not in taken]
             self._assign(sub, batch)
             actions.append(AddMarkets(conn, channel, slot, tuple(batch)))
         while pending:

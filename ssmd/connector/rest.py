@@ -4,7 +4,13 @@ Every request waits for a token from a token bucket (the venue's documented budg
 a deadline, and is retried with backoff on HTTP 429 (honouring `Retry-After` when the
 venue sends one), on 5xx, and on transport errors, until it succeeds or its caller's
 cancel scope ends it: a REST outage pauses discovery, it never ends the process. Any
-other 4xx is the caller's mistake and raises `RestRefused` at once.
+other 4xx, and any 1xx or 3xx (redirects are not followed), raises `RestRefused` at once:
+retrying the same request cannot help. An answer that is not what was asked for (a body
+that is not JSON, a walk page without its list) is retried like a 5xx a few times, then
+raises `RestMalformed`: a walk never passes off a bad page as an empty one.
+
+Requests have a priority (`Priority`): discovery's walks go before trade backfill, so a
+long backfill never delays the periodic walk.
 
 httpx runs on Trio; pacing and backoff read `trio.current_time()`, so a MockClock drives
 them in tests.
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import email.utils
+import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -42,6 +49,23 @@ class RestRefused(Exception):
         self.status = status
         self.path = path
         super().__init__(f"HTTP {status} for GET {path}: {body[:200]}")
+
+
+class RestMalformed(RestRefused):
+    """The venue kept answering 2xx with something other than what was asked for (a body
+    that is not JSON, a page without its list): a walk cannot be completed from it."""
+
+    def __init__(self, status: int, path: str, reason: str) -> None:
+        super().__init__(status, path, reason)
+
+
+class Priority(enum.IntEnum):
+    """Who goes first for the REST budget: lower values are served first."""
+
+    WALK = 0
+    """Discovery's walks: the set of markets recorded depends on them."""
+    BACKGROUND = 1
+    """Trade backfill: what the walks leave of the budget."""
 
 
 @attrs.define
@@ -79,6 +103,59 @@ class TokenBucket:
         self.take(trio.current_time(), cost)
 
 
+class PacedLanes:
+    """One token bucket shared by requests of different priorities.
+
+    Waiting requests are served in priority order, then in arrival order. A request of
+    lower priority also leaves `reserve` tokens in the bucket, so the next walk request
+    finds a token at once instead of waiting behind the backfill's last one.
+    """
+
+    def __init__(self, bucket: TokenBucket, reserve: float = 1.0) -> None:
+        self._bucket = bucket
+        self._reserve = reserve
+        self._waiting: dict[Priority, collections.deque[object]] = {
+            p: collections.deque() for p in Priority
+        }
+        self._moved = trio.Event()
+
+    def _head(self) -> object | None:
+        for priority in Priority:  # in priority order
+            if self._waiting[priority]:
+                return self._waiting[priority][0]
+        return None
+
+    def _wake_all(self) -> None:
+        self._moved.set()
+        self._moved = trio.Event()
+
+    async def acquire(self, priority: Priority = Priority.WALK) -> None:
+        me = object()
+        queue = self._waiting[priority]
+        queue.append(me)
+        if self._head() is me:
+            self._wake_all()  # the old head's wait is for a token it no longer gets first
+        reserve = 0.0 if priority == min(Priority) else self._reserve
+        try:
+            while True:
+                moved = self._moved
+                if self._head() is not me:
+                    await moved.wait()
+                    continue
+                wait = self._bucket.wait_time(trio.current_time(), 1.0 + reserve)
+                if wait > 0:
+                    with trio.move_on_after(wait) as waited:
+                        await moved.wait()
+                    if not waited.cancelled_caught:
+                        continue  # someone came first: look again
+                # The bucket refills continuously: one full wait is enough.
+                self._bucket.take(trio.current_time())
+                return
+        finally:
+            queue.remove(me)
+            self._wake_all()
+
+
 def retry_after_seconds(value: str | None, now_epoch: float | None = None) -> float | None:
     """A `Retry-After` header as seconds to wait: delta-seconds or an HTTP date."""
     if value is None:
@@ -109,6 +186,8 @@ class RestSettings:
     timeout: float = 10.0
     backoff: Backoff = Backoff(1.0, 60.0, jitter=0.5)
     max_retry_after: float = 300.0
+    malformed_attempts: int = 5
+    """Answers to one request that are not what was asked for, before `RestMalformed`."""
 
 
 class RestClient:
@@ -127,7 +206,7 @@ class RestClient:
         self._base_path = httpx.URL(self._base).path.rstrip("/")
         self._settings = settings
         self._headers = headers
-        self._bucket = TokenBucket(settings.rate, settings.burst)
+        self._lanes = PacedLanes(TokenBucket(settings.rate, settings.burst))
         self._label = label
         self._client = httpx.AsyncClient(
             transport=transport,
@@ -147,14 +226,34 @@ class RestClient:
         with shielded(1.0):
             await self.aclose()
 
-    async def get_json(self, path: str, params: Params | None = None) -> Any:
-        """The decoded JSON body of `GET base + path`, retried until it succeeds."""
+    async def get_json(
+        self,
+        path: str,
+        params: Params | None = None,
+        *,
+        priority: Priority = Priority.WALK,
+        expect: Callable[[Any], str | None] | None = None,
+    ) -> Any:
+        """The decoded JSON body of `GET base + path`, retried until it succeeds.
+
+        `expect` says what is wrong with a body (None: nothing); a body it finds wrong,
+        like one that is not JSON, is retried `malformed_attempts` times in all and then
+        raises `RestMalformed`."""
         retry = Retry(self._settings.backoff)
+        malformed = 0
         while True:
-            await self._bucket.acquire()
+            await self._lanes.acquire(priority)
             outcome, delay = await self._attempt(path, params)
             if not isinstance(outcome, _Failed):
-                return outcome
+                problem = expect(outcome) if expect is not None else None
+                if problem is None:
+                    self.stats.last_success_ns = time.time_ns()
+                    return outcome
+                outcome = _Failed(f"HTTP 200 with {problem}", malformed=True)
+            if outcome.malformed:
+                malformed += 1
+                if malformed >= self._settings.malformed_attempts:
+                    raise RestMalformed(200, path, f"{outcome.reason} ({malformed} times)")
             self.stats.retries += 1
             wait = retry.next_delay() if delay is None else delay
             if retry.failures in (1, 10) or retry.failures % 100 == 0:
@@ -189,38 +288,57 @@ class RestClient:
             return _Failed("HTTP 429 too many requests"), hinted
         if status >= 500:
             return _Failed(f"HTTP {status}"), None
-        if status >= 400 or status < 200:
+        if not 200 <= status < 300:
+            # 4xx, and 1xx or 3xx: redirects are not followed (a signed path would
+            # not match), and asking again gets the same answer.
             raise RestRefused(status, path, response.text)
         try:
             body = response.json()
         except ValueError:
-            return _Failed(f"HTTP {status} with a body that is not JSON"), None
-        self.stats.last_success_ns = time.time_ns()
+            return _Failed(f"HTTP {status} with a body that is not JSON", malformed=True), None
         return body, None
 
     async def walk(
-        self, path: str, params: Params, items_key: str, *, limit: int
+        self,
+        path: str,
+        params: Params,
+        items_key: str,
+        *,
+        limit: int,
+        priority: Priority = Priority.WALK,
     ) -> AsyncIterator[list[dict[str, Any]]]:
-        """Each page's `items_key` list, following `cursor` until it is empty or absent."""
+        """Each page's `items_key` list, following `cursor` until it is empty or absent.
+
+        A page without that list (or with something in it that is not an object) is
+        retried, then raises `RestMalformed`; so does a cursor that repeats. A walk that
+        ends without raising has seen every page."""
+
+        def expect(body: Any) -> str | None:
+            if not isinstance(body, dict):
+                return f"a {type(body).__name__} where an object was expected"
+            items = body.get(items_key)
+            if not isinstance(items, list):
+                return f"no {items_key!r} list"
+            if not all(isinstance(item, dict) for item in items):
+                return f"a {items_key!r} list with something that is not an object"
+            return None
+
         cursor: str | None = None
         while True:
             query: dict[str, str | int] = {**params, "limit": limit}
             if cursor:
                 query["cursor"] = cursor
-            body = await self.get_json(path, query)
-            items = body.get(items_key) if isinstance(body, dict) else None
-            page = (
-                [item for item in items if isinstance(item, dict)]
-                if isinstance(items, list)
-                else []
-            )
-            yield page
-            next_cursor = body.get("cursor") if isinstance(body, dict) else None
-            if not isinstance(next_cursor, str) or not next_cursor or next_cursor == cursor:
+            body = await self.get_json(path, query, priority=priority, expect=expect)
+            yield list(body[items_key])
+            next_cursor = body.get("cursor")
+            if not isinstance(next_cursor, str) or not next_cursor:
                 return
+            if next_cursor == cursor:
+                raise RestMalformed(200, path, f"the cursor {cursor!r} repeats")
             cursor = next_cursor
 
 
 @attrs.frozen
 class _Failed:
     reason: str
+    malformed: bool = False

@@ -7,7 +7,8 @@ way kalshi-ws.md describes: cursor pagination with `limit` 1-1000, status filter
 Kalshi's two vocabularies (`open` lists `active` markets), `series_ticker`,
 `mve_filter`, and the signed headers checked like the WebSocket handshake. Fault
 switches: a read budget that answers 429 when spent (Kalshi's token bucket), and
-`fail_next` for outages (500s, 429s with or without `Retry-After`).
+`fail_next` for outages (500s, 429s with or without `Retry-After`), `serve_listless`
+for pages without their list, `hide` for walks that skip open markets.
 """
 
 from __future__ import annotations
@@ -153,6 +154,9 @@ class RestFaults:
     fail_status: int = 0
     fail_count: int = 0
     retry_after: str | None = None
+    listless: int = 0  # market pages still to answer 200 without their list
+    hidden: dict[str, int] = attrs.field(factory=dict)  # ticker: market walks to skip it in
+    hiding: frozenset[str] = frozenset()  # skipped by the walk under way
 
 
 class KalshiRest:
@@ -177,7 +181,19 @@ class KalshiRest:
         self.status_counts: dict[int, int] = {}
 
     def fail_next(self, count: int, status: int = 500, retry_after: str | None = None) -> None:
-        self.faults = RestFaults(status, count, retry_after)
+        self.faults.fail_status = status
+        self.faults.fail_count = count
+        self.faults.retry_after = retry_after
+
+    def serve_listless(self, count: int) -> None:
+        """The next `count` market pages answer 200 with a cursor but no `markets`."""
+        self.faults.listless = count
+
+    def hide(self, tickers: Iterable[str], walks: int = 1) -> None:
+        """The next `walks` market walks (a listing from its first page) leave `tickers`
+        out though they are open, as cursor pages over a changing set can skip one."""
+        for ticker in tickers:
+            self.faults.hidden[ticker] = walks
 
     async def serve(
         self, port: int = 0, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -247,7 +263,15 @@ class KalshiRest:
         ]
 
     def _list_markets(self, query: dict[str, str], limit: int) -> Response:
-        page, cursor = _page(self._matching(query), query.get("cursor"), limit)
+        faults = self.faults
+        if not query.get("cursor"):  # a walk begins
+            faults.hiding = frozenset(t for t, n in faults.hidden.items() if n > 0)
+            faults.hidden = {t: n - 1 for t, n in faults.hidden.items() if n > 1}
+        matching = [m for m in self._matching(query) if m.ticker not in faults.hiding]
+        page, cursor = _page(matching, query.get("cursor"), limit)
+        if faults.listless > 0:
+            faults.listless -= 1
+            return _json({"cursor": cursor})
         return _json({"markets": [m.as_json() for m in page], "cursor": cursor})
 
     def _list_events(self, query: dict[str, str], limit: int) -> Response:
