@@ -35,7 +35,9 @@ VENUE_CHANNELS: dict[str, frozenset[str] | None] = {
     "polymarket": frozenset({"market"}),
     "kraken": frozenset({"book", "trade", "ticker", "ohlc"}),
 }
-# Venues whose connector must list its markets (nothing discovers them yet).
+# Venues that can follow the exchange's market set (`[connector.discovery]`).
+DISCOVERY_KINDS = ("kalshi", "polymarket")
+# Venues whose connector must list its markets when it does not discover them.
 MARKETS_REQUIRED = {
     "polymarket": 'condition ids, e.g. ["0x5f65..."]',
     "kraken": 'symbols, e.g. ["BTC/USD", "ETH/USD"]',
@@ -528,8 +530,10 @@ def _resolve_kind(cc: ConnectorConfig, key: str, file: str, single: bool) -> Con
         raise ConfigError(
             file, f"{key}.kind", f"feed {cc.feed!r} names no venue, so kind is required; {expected}"
         )
-    if cc.discovery is not None and kind != "kalshi":
-        raise ConfigError(file, f"{key}.discovery", f"applies to kind 'kalshi' only, not {kind!r}")
+    if cc.discovery is not None and kind not in DISCOVERY_KINDS:
+        raise ConfigError(
+            file, f"{key}.discovery", f"applies to kinds kalshi and polymarket, not {kind!r}"
+        )
     if cc.depth is not None and kind != "kraken":
         raise ConfigError(file, f"{key}.depth", f"applies to kind 'kraken' only, not {kind!r}")
     allowed = VENUE_CHANNELS[kind]
@@ -541,7 +545,7 @@ def _resolve_kind(cc: ConnectorConfig, key: str, file: str, single: bool) -> Con
             f"{', '.join(map(repr, unknown))} not a {kind} channel; "
             f"expected some of {', '.join(sorted(allowed or ()))}",
         )
-    if not cc.markets and kind in MARKETS_REQUIRED:
+    if not cc.markets and kind in MARKETS_REQUIRED and cc.discovery is None:
         raise ConfigError(
             file, f"{key}.markets", f"a {kind} connector must list {MARKETS_REQUIRED[kind]}"
         )

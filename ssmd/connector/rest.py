@@ -16,7 +16,7 @@ import collections
 import email.utils
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -31,7 +31,8 @@ log = logging.getLogger("ssmd.connector.rest")
 HeaderSource = Callable[[str, str], list[tuple[str, str]]]
 """Headers for one request, from its method and URL path (Kalshi signs each request)."""
 
-Params = Mapping[str, str | int]
+Params = Mapping[str, str | int | Sequence[str]]
+"""Query parameters; a sequence value is repeated (`condition_ids=a&condition_ids=b`)."""
 
 
 class RestRefused(Exception):
@@ -199,12 +200,14 @@ class RestClient:
         return body, None
 
     async def walk(
-        self, path: str, params: Params, items_key: str, *, limit: int
+        self, path: str, params: Params, items_key: str, *, limit: int, cursor_key: str = "cursor"
     ) -> AsyncIterator[list[dict[str, Any]]]:
-        """Each page's `items_key` list, following `cursor` until it is empty or absent."""
+        """Each page's `items_key` list, following the body's `cursor_key` (Kalshi
+        `cursor`, Gamma's keyset `next_cursor`), passed back as `cursor`, until it is
+        empty, absent or repeats."""
         cursor: str | None = None
         while True:
-            query: dict[str, str | int] = {**params, "limit": limit}
+            query: dict[str, str | int | Sequence[str]] = {**params, "limit": limit}
             if cursor:
                 query["cursor"] = cursor
             body = await self.get_json(path, query)
@@ -215,7 +218,7 @@ class RestClient:
                 else []
             )
             yield page
-            next_cursor = body.get("cursor") if isinstance(body, dict) else None
+            next_cursor = body.get(cursor_key) if isinstance(body, dict) else None
             if not isinstance(next_cursor, str) or not next_cursor or next_cursor == cursor:
                 return
             cursor = next_cursor
