@@ -44,7 +44,7 @@ async def test_a_bad_third_feed_refuses_before_the_first_starts(nats_server: Nat
         )
         async with open_bridge([nats_server.url]) as bridge:
             sup = Supervisor(_NoNursery(), 1.0)  # type: ignore[arg-type]
-            with pytest.raises(StartupRefused, match="no CLOB market for condition id.*0xdead"):
+            with pytest.raises(StartupRefused, match=r"no CLOB market for condition id.*0xdead"):
                 await start_connector(sup, config, bridge, WallClock(), None)
         assert sim.sessions == []  # the first feed never connected
         nursery.cancel_scope.cancel()
