@@ -114,7 +114,7 @@ def test_walks_page_gamma_keysets_and_static_ids_in_hundreds() -> None:
     assert walk.query == {"active": "true", "closed": "false"}
     ids = [f"0x{i:064x}" for i in range(250)]
     walks = source.static_walks(ids)
-    assert [len(w.query["condition_ids"]) for w in walks] == [100, 100, 50]
+    assert [w.query["condition_ids"] for w in walks] == [ids[:100], ids[100:200], ids[200:]]
     # 200 token ids a connection: 100 binary markets.
     assert source.layout_limits(200, 200) == (100, 100)
     assert source.channels(["market"]) == ([], ["market"])
