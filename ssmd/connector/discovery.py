@@ -52,7 +52,7 @@ OpenConnectionFn = Callable[[int, trio.MemorySendChannel[list[Inbound]]], Connec
 class DiscoveryStats:
     walks: int = 0
     last_reconcile_ns: int = 0
-    known: int = 0  # open markets on the exchange in the last walk (every series)
+    known: int = 0  # open markets on the exchange in the last walk (every selected walk)
     lifecycle_events: int = 0
     lifecycle_dropped: int = 0
     catalogue_markets: int = 0
@@ -343,6 +343,7 @@ class Discovery:
         if self.stats.walks == 0 and self.rest.stats.retries > 0:
             return (
                 f"discovery: the first REST walk is not complete ({self.rest.stats.retries} "
-                "failed requests); recording static markets and all-market channels"
+                "failed requests); recording what is subscribed meanwhile (static markets, "
+                "all-market channels, live events)"
             )
         return None
