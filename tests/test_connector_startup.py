@@ -11,7 +11,8 @@ import trio
 
 from ssmd.clock import WallClock
 from ssmd.config import parse_config
-from ssmd.connector.service import ping_interval, start_connector
+from ssmd.connector.service import start_connector
+from ssmd.connector.startup import ping_interval
 from ssmd.feeds.polymarket import VENUE as POLYMARKET
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer

@@ -22,18 +22,16 @@ import trio
 
 from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
-from ssmd.config import Config, ConnectorConfig
+from ssmd.config import Config
 from ssmd.connector.auth import Credentials
 from ssmd.connector.backfill import TradeBackfill
-from ssmd.connector.connection import Connection, ConnectionSettings, describe
+from ssmd.connector.connection import Connection
 from ssmd.connector.metrics import connector_metrics
 from ssmd.connector.publisher import Inbound, Publisher
 from ssmd.connector.shards import SubscriptionPlan
-from ssmd.connector.websocket import Connect, HandshakeRejected, connect_websocket
-from ssmd.connector.wsclient import connect_fast
-from ssmd.feeds import VenueUnavailable, load_venue
-from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects, Venue
-from ssmd.feeds.discovery import DiscoverySource, discovery_source
+from ssmd.connector.startup import FeedPlan, connect_for, plan_feed
+from ssmd.connector.startup import connection_settings as connection_settings  # re-exported
+from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects
 from ssmd.feeds.kalshi_discovery import BackfillWindow, TradeLedger
 from ssmd.metrics import FunctionCollector, merge_families
 from ssmd.nats.bridge import NatsBridge
@@ -47,7 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ssmd.connector")
 
 INBOUND_CHANNEL_SIZE = 64  # batches of up to 1000 messages
-PROBE_TIMEOUT_S = 10.0
 STATS_INTERVAL_S = 60.0
 MARKETS_RETRY = Backoff(1.0, 60.0, jitter=0.5)
 
@@ -85,56 +82,6 @@ async def ensure_stream(config: Config, bridge: NatsBridge) -> None:
             "[nats] stream"
         )
     log.info("using existing stream %s (%d messages)", spec.name, state.messages)
-
-
-async def probe_credentials(
-    connect: Connect, url: str, credentials: Credentials, timeout: float
-) -> None:
-    """One handshake at startup: rejected credentials refuse the start (exit 2).
-
-    Any other failure (exchange unreachable) is only logged: the connections retry.
-    """
-    try:
-        with trio.fail_after(timeout):
-            async with connect(url, credentials.handshake_headers(url), timeout):
-                pass
-    except HandshakeRejected as exc:
-        if exc.status_code in (401, 403):
-            raise StartupRefused(
-                f"Kalshi rejected the credentials (HTTP {exc.status_code}) for API key "
-                f"{credentials.api_key_hint} at {url}; check KALSHI_API_KEY and the private key"
-            ) from None
-        log.warning("credential check at %s: %s; connecting anyway", url, exc)
-    except Exception as exc:
-        log.warning("cannot reach %s yet (%s); will keep retrying", url, describe(exc))
-
-
-def ping_interval(cc: ConnectorConfig, venue: Venue | None = None) -> float:
-    """`ping_interval`, at most the venue's `max_ping_interval` (Polymarket closes a
-    connection that sent no `PING` for about 10 s, so 10 s pings are too late)."""
-    configured = cc.ping_interval.seconds
-    cap = getattr(venue, "max_ping_interval", None)
-    if isinstance(cap, float | int) and configured > cap:
-        log.info(
-            "connector %s: ping_interval %gs lowered to %gs, the most %s allows",
-            cc.feed,
-            configured,
-            cap,
-            cc.venue,
-        )
-        return float(cap)
-    return configured
-
-
-def connection_settings(cc: ConnectorConfig, venue: Venue | None = None) -> ConnectionSettings:
-    return ConnectionSettings(
-        liveness_timeout=cc.liveness_timeout.seconds,
-        ping_interval=ping_interval(cc, venue),
-        command_timeout=cc.command_timeout.seconds,
-        backoff_initial=cc.backoff_initial.seconds,
-        backoff_max=cc.backoff_max.seconds,
-        change_interval=1.0 / cc.discovery.change_rate if cc.discovery else 0.0,
-    )
 
 
 async def _report_stats(feed: str, publisher: Publisher, connections: list[Connection]) -> None:
@@ -184,60 +131,6 @@ class ConnectorTasks:
         return [c for feed in self.feeds for c in feed.connections]
 
 
-def _load(cc: ConnectorConfig) -> Venue:
-    try:
-        return load_venue(cc.venue)
-    except VenueUnavailable as exc:
-        raise StartupRefused(f"connector for feed {cc.feed!r}: {exc}") from None
-
-
-@attrs.frozen
-class FeedPlan:
-    """One configured connector, checked before any feed starts: its venue, its
-    discovery source (with `[connector.discovery]`), and its static subscriptions (None:
-    the market list is still to be resolved, in the feed's own task)."""
-
-    cc: ConnectorConfig
-    venue: Venue
-    source: DiscoverySource | None
-    shards: list[list[SubscriptionPlan]] | None
-
-
-def _connect(cc: ConnectorConfig) -> Connect:
-    return connect_websocket if cc.websocket_client == "trio-websocket" else connect_fast
-
-
-async def _plan_feed(cc: ConnectorConfig, credentials: Credentials | None) -> FeedPlan:
-    """Everything about a feed that can refuse the start, before any feed connects:
-    its venue, credentials, discovery source, channels and static markets."""
-    venue = _load(cc)
-    if venue.needs_credentials:
-        if credentials is None:
-            raise StartupRefused(
-                f"the {cc.venue} connector for feed {cc.feed!r} needs credentials "
-                "(KALSHI_API_KEY and KALSHI_PRIVATE_KEY or KALSHI_PRIVATE_KEY_PATH)"
-            )
-        await probe_credentials(
-            _connect(cc),
-            cc.resolved_url(),
-            credentials,
-            min(cc.command_timeout.seconds, PROBE_TIMEOUT_S),
-        )
-    if cc.discovery is not None:
-        source = discovery_source(cc.venue, cc)
-        if source is None:
-            raise StartupRefused(f"connector {cc.feed!r}: {cc.venue} has no market discovery")
-        return FeedPlan(cc, venue, source, None)
-    try:
-        markets = await venue.subscription_markets(cc)
-    except StartupUnavailable as exc:
-        venue.plan(cc, list(cc.markets))  # channels and markets as configured, checked now
-        # Other feeds must not wait or stop for it: retried in this feed's own task.
-        log.warning("connector %s: %s; retrying while the other feeds run", cc.feed, exc)
-        return FeedPlan(cc, venue, None, None)
-    return FeedPlan(cc, venue, None, venue.plan(cc, markets))
-
-
 async def _start_feed(
     sup: Supervisor,
     config: Config,
@@ -248,7 +141,7 @@ async def _start_feed(
 ) -> FeedTasks:
     cc, venue, source = feed_plan.cc, feed_plan.venue, feed_plan.source
     url = cc.resolved_url()
-    connect = _connect(cc)
+    connect = connect_for(cc)
     discovery_config = cc.discovery if source is not None else None
     publisher = Publisher(
         bridge.publish_batch,
@@ -431,7 +324,7 @@ async def start_connector(
         raise StartupRefused("the connector role needs a [connector] section")
     # Every feed checked and planned before any starts: a bad third feed refuses the
     # start before the first one connects.
-    plans = [await _plan_feed(cc, credentials) for cc in config.connectors]
+    plans = [await plan_feed(cc, credentials) for cc in config.connectors]
     await ensure_stream(config, bridge)
     feeds = [await _start_feed(sup, config, plan, bridge, clock, credentials) for plan in plans]
 
