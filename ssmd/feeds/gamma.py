@@ -12,7 +12,6 @@ few times, then reported as
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -20,29 +19,18 @@ from typing import Any
 import httpx
 
 from ssmd.backoff import Backoff
+from ssmd.feeds.polymarket_source import GAMMA_URL, token_ids
 from ssmd.supervisor import StartupRefused, StartupUnavailable
+
+__all__ = ["GAMMA_URL", "resolve_token_ids", "token_ids"]
 
 log = logging.getLogger("ssmd.connector.polymarket")
 
-GAMMA_URL = "https://gamma-api.polymarket.com"
 MARKETS_PATH = "/markets/keyset"
 IDS_PER_REQUEST = 100
 ATTEMPTS = 5
 RETRY = Backoff(0.5, 8.0, jitter=0.5)
 TIMEOUT_S = 15.0
-
-
-def token_ids(market: dict[str, Any]) -> list[str]:
-    """A Gamma market's CLOB token ids (`clobTokenIds`: a JSON string or an array)."""
-    raw = market.get("clobTokenIds")
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw) if raw.strip() else []
-        except ValueError:
-            return []
-    if not isinstance(raw, list):
-        return []
-    return [str(token) for token in raw if isinstance(token, str | int) and str(token)]
 
 
 async def _get(client: httpx.AsyncClient, params: dict[str, Any]) -> list[dict[str, Any]]:
