@@ -248,7 +248,7 @@ def _positive_or_unset(_inst: object, attribute: attrs.Attribute[Any], value: in
 class DiscoveryConfig:
     """`[connector.discovery]`: present, the connector follows the venue's open markets."""
 
-    # Series tickers to follow (e.g. ["KXBTCD"]); empty: every series.
+    # Kalshi series tickers (e.g. ["KXBTCD"]), Polymarket event slugs; empty: everything.
     series: list[str] = attrs.field(factory=list)
     # Full REST reconciliation every `refresh`.
     refresh: Duration = attrs.field(default=Duration.parse("5m"), validator=_positive_duration)
@@ -310,7 +310,8 @@ class ConnectorConfig:
     publish_linger: Duration = Duration.parse("10ms")
     # "ssmd": the built-in client (fast receive path); "trio-websocket": the library's.
     websocket_client: str = attrs.field(default="ssmd")
-    # `[connector.discovery]`: Kalshi market discovery (None: the static `markets` only).
+    # `[connector.discovery]`: Kalshi or Polymarket market discovery (None: the static
+    # `markets` only).
     discovery: DiscoveryConfig | None = None
 
     @websocket_client.validator

@@ -347,7 +347,8 @@ class Venue(Protocol):
         (Gamma REST at `config.rest_url`). May raise `StartupRefused` with one line
         (a definitive answer), or `StartupUnavailable` (a transient failure: the
         connector retries in the feed's own task while the other feeds run).
-        The seam where market discovery will plug in."""
+        Not called with `[connector.discovery]`: the venue's `DiscoverySource` then finds
+        the markets (`ssmd.feeds.discovery`)."""
         ...
 
     def plan(self, config: ConnectorConfig, markets: Sequence[str]) -> list[list[SubscriptionPlan]]:
