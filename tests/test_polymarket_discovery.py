@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ssmd.config import ConnectorConfig, DiscoveryConfig
+import pytest
+
+from ssmd.config import ConfigError, ConnectorConfig, DiscoveryConfig, parse_config
 from ssmd.connector.layout import AddMarkets, DeleteMarkets, Subscribe, Unsubscribe
 from ssmd.connector.publisher import Inbound
 from ssmd.feeds.base import Change, ConnectionStats, DynamicSession, SessionContext, Subjects
@@ -244,3 +246,14 @@ def test_lifecycle_events_go_to_discovery_and_to_the_archive() -> None:
     assert events == [created, resolved]
     assert [m.payload for m in out] == [created, other, resolved]
     assert out[0].subject == f"test.polymarket.json.new_market.{A}"
+
+
+def test_discovery_is_configured_for_kalshi_and_polymarket_only() -> None:
+    table: dict[str, Any] = {"feed": "polymarket", "discovery": {"series": ["fed-march"]}}
+    (cc,) = parse_config({"env": "test", "connector": [table]}).connectors
+    assert cc.markets == [] and cc.discovery is not None  # no list needed
+    with pytest.raises(ConfigError, match=r"connector\[0\]\.markets"):
+        parse_config({"env": "test", "connector": [{"feed": "polymarket"}]})
+    kraken = {"feed": "kraken", "markets": ["BTC/USD"], "discovery": {}}
+    with pytest.raises(ConfigError, match=r"connector\[0\]\.discovery: applies to kinds kalshi"):
+        parse_config({"env": "test", "connector": [kraken]})
