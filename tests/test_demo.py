@@ -82,6 +82,13 @@ def test_demo_records_three_simulated_venues_and_a_second_run_continues(tmp_path
     # The faults each simulator injected are in place in its archive.
     polymarket = discontinuities(archive, "polymarket")
     assert polymarket.get("connect", 0) >= 2 and polymarket.get("disconnect", 0) >= 2, polymarket
+    # Nobody listed a Polymarket market: discovery subscribed them, and their books came.
+    discovered = [
+        r
+        for r in ssmd_records(archive, "polymarket")
+        if r["type"] == "ssmd_subscription" and r["reason"] == "discovery"
+    ]
+    assert sum(len(r["added"]) for r in discovered) >= 6, discovered
     kraken = ssmd_records(archive, "kraken")
     reasons = {r["reason"] for r in kraken if r["type"] == "ssmd_gap"}
     assert "checksum" in reasons, kraken

@@ -161,6 +161,7 @@ async def test_gamma_resolves_condition_ids_to_token_ids() -> None:
         tokens = await resolve_token_ids(sim.gamma.url, wanted)
         assert tokens == [t for m in sim.markets[::-1] for t in m.tokens]
         assert len(sim.gamma.requests) == 2
+        assert all(r.startswith("/markets/keyset?") for r in sim.gamma.requests)
         sim.gamma.fail_next(2)  # transient: retried
         config = ConnectorConfig(
             feed="polymarket", markets=[sim.markets[0].condition_id], rest_url=sim.gamma.url
@@ -177,7 +178,8 @@ async def test_gamma_resolves_condition_ids_to_token_ids() -> None:
 
 async def test_gamma_unreachable_is_unavailable_for_now(autojump_clock: Any) -> None:
     with pytest.raises(
-        StartupUnavailable, match=re.escape("Gamma API http://127.0.0.1:9/markets: ConnectError")
+        StartupUnavailable,
+        match=re.escape("Gamma API http://127.0.0.1:9/markets/keyset: ConnectError"),
     ):
         await resolve_token_ids("http://127.0.0.1:9", ["0xab"])
 
@@ -200,7 +202,7 @@ async def test_gamma_answers_are_definitive_or_transient(
         seen.append(request)
         return httpx.Response(status, content=body)
 
-    with pytest.raises(error, match=f"Gamma API http://gamma/markets: .*{status}"):
+    with pytest.raises(error, match=f"Gamma API http://gamma/markets/keyset: .*{status}"):
         await resolve_token_ids("http://gamma", ["0xab"], transport=httpx.MockTransport(answer))
     assert len(seen) == tries
 

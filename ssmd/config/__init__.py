@@ -17,6 +17,7 @@ from ssmd.config.archive import (
 )
 from ssmd.config.connector import (
     DEFAULT_CHANNELS,
+    DISCOVERY_KINDS,
     KALSHI_DEMO_URL,
     KALSHI_PROD_URL,
     MARKETS_REQUIRED,
@@ -31,6 +32,7 @@ from ssmd.config.units import ByteSize, Duration, FieldError
 
 __all__ = [
     "DEFAULT_CHANNELS",
+    "DISCOVERY_KINDS",
     "KALSHI_DEMO_URL",
     "KALSHI_PROD_URL",
     "MARKETS_REQUIRED",

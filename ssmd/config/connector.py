@@ -34,7 +34,9 @@ VENUE_CHANNELS: dict[str, frozenset[str] | None] = {
     "polymarket": frozenset({"market"}),
     "kraken": frozenset({"book", "trade", "ticker", "ohlc"}),
 }
-# Venues whose connector must list its markets (nothing discovers them yet).
+# Venues that can follow the exchange's market set (`[connector.discovery]`).
+DISCOVERY_KINDS = ("kalshi", "polymarket")
+# Venues whose connector must list its markets when it does not discover them.
 MARKETS_REQUIRED = {
     "polymarket": 'condition ids, e.g. ["0x5f65..."]',
     "kraken": 'symbols, e.g. ["BTC/USD", "ETH/USD"]',
@@ -45,7 +47,7 @@ MARKETS_REQUIRED = {
 class DiscoveryConfig:
     """`[connector.discovery]`: present, the connector follows the venue's open markets."""
 
-    # Series tickers to follow (e.g. ["KXBTCD"]); empty: every series.
+    # Kalshi series tickers (e.g. ["KXBTCD"]), Polymarket event slugs; empty: everything.
     series: list[str] = attrs.field(factory=list)
     # Full REST reconciliation every `refresh`.
     refresh: Duration = attrs.field(default=Duration.parse("5m"), validator=positive_duration)
@@ -105,7 +107,8 @@ class ConnectorConfig:
     publish_linger: Duration = Duration.parse("10ms")
     # "ssmd": the built-in client (fast receive path); "trio-websocket": the library's.
     websocket_client: str = attrs.field(default="ssmd")
-    # `[connector.discovery]`: Kalshi market discovery (None: the static `markets` only).
+    # `[connector.discovery]`: Kalshi or Polymarket market discovery (None: the static
+    # `markets` only).
     discovery: DiscoveryConfig | None = None
 
     @websocket_client.validator

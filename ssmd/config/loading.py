@@ -13,7 +13,13 @@ import tomli
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from ssmd.config.archive import ArchiverConfig
-from ssmd.config.connector import MARKETS_REQUIRED, VENUE_CHANNELS, VENUE_KINDS, ConnectorConfig
+from ssmd.config.connector import (
+    DISCOVERY_KINDS,
+    MARKETS_REQUIRED,
+    VENUE_CHANNELS,
+    VENUE_KINDS,
+    ConnectorConfig,
+)
 from ssmd.config.model import Config
 from ssmd.config.units import ByteSize, Duration, FieldError
 
@@ -131,8 +137,10 @@ def _resolve_kind(cc: ConnectorConfig, key: str, file: str, single: bool) -> Con
         raise ConfigError(
             file, f"{key}.kind", f"feed {cc.feed!r} names no venue, so kind is required; {expected}"
         )
-    if cc.discovery is not None and kind != "kalshi":
-        raise ConfigError(file, f"{key}.discovery", f"applies to kind 'kalshi' only, not {kind!r}")
+    if cc.discovery is not None and kind not in DISCOVERY_KINDS:
+        raise ConfigError(
+            file, f"{key}.discovery", f"applies to kinds kalshi and polymarket, not {kind!r}"
+        )
     if cc.depth is not None and kind != "kraken":
         raise ConfigError(file, f"{key}.depth", f"applies to kind 'kraken' only, not {kind!r}")
     allowed = VENUE_CHANNELS[kind]
@@ -144,7 +152,7 @@ def _resolve_kind(cc: ConnectorConfig, key: str, file: str, single: bool) -> Con
             f"{', '.join(map(repr, unknown))} not a {kind} channel; "
             f"expected some of {', '.join(sorted(allowed or ()))}",
         )
-    if not cc.markets and kind in MARKETS_REQUIRED:
+    if not cc.markets and kind in MARKETS_REQUIRED and cc.discovery is None:
         raise ConfigError(
             file, f"{key}.markets", f"a {kind} connector must list {MARKETS_REQUIRED[kind]}"
         )

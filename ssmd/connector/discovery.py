@@ -1,12 +1,18 @@
-"""Market discovery on a running connector: REST walks, lifecycle events, live changes.
+"""Market discovery on a running connector: REST walks, live events, live changes.
 
-A producer task beside the connections. It walks the venue's open markets over REST
-(at start, then every `refresh`), follows the lifecycle events the sessions hand it
-(`SessionContext.events`, a bounded memory channel: the hot path never waits for it),
-and turns what changed into subscription planner actions (`SubscriptionLayout`) that it
-gives to the connections (`Connection.change`), opening new connections when the
-planner asks. Each REST market and event object goes into the archive as a catalogue
-record when first seen in the run and whenever what it is changes.
+A producer task beside the connections, venue-neutral: what to ask REST, which objects
+are wanted markets, what they are subscribed by and what a live event changes come from
+the venue's `DiscoverySource` (`ssmd.feeds.discovery`; Kalshi and Polymarket). It walks
+the venue's open markets over REST (at start, then every `refresh`), follows the live
+events the sessions hand it (`SessionContext.events`, a bounded memory channel: the hot
+path never waits for it), and turns what changed into subscription planner actions
+(`SubscriptionLayout`) that it gives to the connections (`Connection.change`), opening
+new connections when the planner asks. Each REST market (and Kalshi event) object goes
+into the archive as a catalogue record when first seen in the run and whenever what it
+is changes.
+
+The planner places market keys (a Kalshi ticker, a Polymarket condition id); a session
+subscribes their units (the ticker; the market's token ids), which `units_of` gives.
 
 A REST outage pauses discovery (the client retries forever); the connections keep
 recording what they have. Nothing is kept across restarts: a restart walks again.
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -28,57 +34,25 @@ from ssmd.connector.connection import Connection
 from ssmd.connector.layout import Action, OpenConnection, SubscriptionLayout
 from ssmd.connector.metrics import discovery_metrics
 from ssmd.connector.publisher import Inbound
-from ssmd.connector.reconcile import Catalogue, MarketSet
+from ssmd.connector.reconcile import Catalogue, MarketSet, Refresher
 from ssmd.connector.rest import RestClient, RestRefused
-from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds.base import Change, Subjects
-from ssmd.feeds.kalshi_discovery import (
-    EVENTS_PAGE_LIMIT,
-    EVENTS_PATH,
-    MARKETS_PATH,
-    PAGE_LIMIT,
-    VOLATILE_MARKET_FIELDS,
-    Selection,
-    lifecycle_change,
-)
+from ssmd.feeds.discovery import DiscoverySource, Walk
 
-__all__ = [
-    "ALL_MARKET_CHANNELS",
-    "Discovery",
-    "DiscoveryStats",
-    "channel_split",
-]
+__all__ = ["Discovery", "DiscoveryStats"]
 
 log = logging.getLogger("ssmd.connector.discovery")
 
-LIFECYCLE_CHANNEL = "market_lifecycle_v2"
-# Channels Kalshi serves for all markets with one subscription (no market list).
-ALL_MARKET_CHANNELS = frozenset({"ticker", "ticker_v2", "trade", LIFECYCLE_CHANNEL})
 EVENT_QUEUE = 10_000
 
 OpenConnectionFn = Callable[[int, trio.MemorySendChannel[list[Inbound]]], Connection]
-
-
-def channel_split(channels: Sequence[str], selection: Selection) -> tuple[list[str], list[str]]:
-    """(all-markets channels, channels that follow the selected markets).
-
-    `market_lifecycle_v2` is always all-markets and always there (it is how new markets
-    are learned). With every series selected, `ticker` and `trade` keep their
-    all-markets form; with series named, every market-scoped channel follows them.
-    """
-    wanted = list(dict.fromkeys([*channels, LIFECYCLE_CHANNEL]))
-    if selection.everything:
-        whole = [c for c in wanted if c in ALL_MARKET_CHANNELS]
-    else:
-        whole = [LIFECYCLE_CHANNEL]
-    return whole, [c for c in wanted if c not in whole]
 
 
 @attrs.define
 class DiscoveryStats:
     walks: int = 0
     last_reconcile_ns: int = 0
-    known: int = 0  # open markets on the exchange in the last walk (every series)
+    known: int = 0  # open markets on the exchange in the last walk (every selected walk)
     lifecycle_events: int = 0
     lifecycle_dropped: int = 0
     catalogue_markets: int = 0
@@ -90,7 +64,7 @@ class Discovery:
     def __init__(
         self,
         *,
-        selection: Selection,
+        source: DiscoverySource,
         layout: SubscriptionLayout | None,
         rest: RestClient,
         subjects: Subjects,
@@ -101,7 +75,7 @@ class Discovery:
         static_markets: Iterable[str] = (),
         backfill: TradeBackfill | None = None,
     ) -> None:
-        self.selection = selection
+        self.source = source
         self.layout = layout
         self.rest = rest
         self.subjects = subjects
@@ -110,8 +84,12 @@ class Discovery:
         self.connections = connections
         self._open_connection = open_connection
         self.static = frozenset(static_markets)
+        # Static markets whose units a walk must find first (Polymarket token ids).
+        self._unresolved = set(self.static) if source.static_walks(sorted(self.static)) else set()
         self.markets = MarketSet()
-        self.market_catalogue = Catalogue(VOLATILE_MARKET_FIELDS)
+        # Subscription units of markets whose units are not their key.
+        self._units: dict[str, tuple[str, ...]] = {}
+        self.market_catalogue = Catalogue(source.volatile_fields)
         self.event_catalogue = Catalogue()
         self.stats = DiscoveryStats()
         self._events_send, self._events = trio.open_memory_channel[bytes](EVENT_QUEUE)
@@ -164,6 +142,28 @@ class Discovery:
         if self.layout is not None and gone:
             self._dispatch(self.layout.remove(gone), reason)
 
+    def _forget_units(self) -> None:
+        """Drop the units of markets no longer followed (kept until now: a change queued
+        on a connection that is down may still need them; a refresh is long after)."""
+        placed = self.layout.markets if self.layout is not None else frozenset()
+        self._units = {
+            m: u
+            for m, u in self._units.items()
+            if m in self.markets or m in self.static or m in placed
+        }
+
+    def units_of(self, market: str) -> tuple[str, ...]:
+        """What a session subscribes for a placed market: its units, or the key itself."""
+        return self._units.get(market, (market,))
+
+    def _learn_units(self, market: str, units: Sequence[str]) -> bool:
+        """Remember a market's units; False when it has none (it cannot be subscribed)."""
+        if not units:
+            return False
+        if tuple(units) != (market,):
+            self._units[market] = tuple(units)
+        return True
+
     # The task.
 
     async def run(
@@ -174,14 +174,16 @@ class Discovery:
     ) -> None:
         async with send, self.rest:
             self._send = send
-            self.add(sorted(self.static), "static")
+            self.add(sorted(self.static - self._unresolved), "static")
             task_status.started()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow_events)
                 if self.backfill is not None:
                     nursery.start_soon(self.backfill.run, send.clone())
                 reason = "discovery"
+                refresher = Refresher(self.refresh)
                 while True:
+                    refresher.begin()
                     try:
                         await self.walk(reason)
                         reason = "reconcile"
@@ -191,7 +193,7 @@ class Discovery:
                         # and /ready say why, and the walk is tried again next refresh.
                         self.refused = str(exc)
                         log.error("discovery: REST walk refused: %s", exc)
-                    await trio.sleep(self.refresh)
+                    await refresher.wait()
 
     async def _follow_events(self) -> None:
         async for payload in self._events:
@@ -201,12 +203,14 @@ class Discovery:
                 continue
             if not isinstance(envelope, dict):
                 continue
-            change = lifecycle_change(envelope, self.selection)
+            change = self.source.live_change(envelope)
             if change is None:
                 continue
             self.stats.lifecycle_events += 1
             now = trio.current_time()
             if change.add:
+                if change.units and change.market not in self._units:
+                    self._learn_units(change.market, change.units)
                 if self.markets.live_add(change.market, now):
                     self.add([change.market], change.reason)
             elif self.markets.live_remove(change.market, now):
@@ -216,39 +220,48 @@ class Discovery:
         """One full REST walk: catalogue records, and the selected set brought up to
         date. Markets are added page by page; removals wait for the whole walk."""
         started = trio.current_time()
+        source = self.source
+        if self._unresolved:
+            await self._resolve_static()
         walked: list[str] = []
         known = 0
-        for query in self.selection.market_walks():
-            async for page in self.rest.walk(MARKETS_PATH, query, "markets", limit=PAGE_LIMIT):
+        for walk in source.market_walks():
+            async for page in self._pages(walk):
                 fresh: list[str] = []
                 records: list[Inbound] = []
                 for market in page:
-                    ticker = market.get("ticker")
-                    if not isinstance(ticker, str) or not ticker:
+                    key = source.market_key(market)
+                    if key is None:
                         continue
                     known += 1
-                    self._catalogue("market", ticker, market, self.market_catalogue, records)
-                    if self.selection.wants(market):
-                        walked.append(ticker)
+                    if source.catalogued(market):
+                        self._catalogue(
+                            walk.type_token, key, market, self.market_catalogue, records
+                        )
+                    if source.wants(market) and self._learn_units(key, source.units(market)):
+                        walked.append(key)
                         # Stamped with the walk's start: the walk's word on it stands.
-                        if self.markets.live_add(ticker, started):
-                            fresh.append(ticker)
+                        if self.markets.live_add(key, started):
+                            fresh.append(key)
                 self.stats.catalogue_markets += len(records)
                 await self._publish(records)
                 self.add(fresh, reason)
         diff = self.markets.reconcile(walked, started)
+        self.market_catalogue.walk_complete()
         self.remove(list(diff.removed), reason)
         self.add(list(diff.added), reason)
         self.stats.known = known
-        for query in self.selection.event_walks():
-            async for page in self.rest.walk(EVENTS_PATH, query, "events", limit=EVENTS_PAGE_LIMIT):
+        self._forget_units()
+        for walk in source.catalogue_walks():
+            async for page in self._pages(walk):
                 records = []
-                for event in page:
-                    key = event.get("event_ticker")
+                for obj in page:
+                    key = obj.get(walk.key_field)
                     if isinstance(key, str) and key:
-                        self._catalogue("event", key, event, self.event_catalogue, records)
+                        self._catalogue(walk.type_token, key, obj, self.event_catalogue, records)
                 self.stats.catalogue_events += len(records)
                 await self._publish(records)
+        self.event_catalogue.walk_complete()
         self.stats.walks += 1
         self.stats.last_reconcile_ns = self.clock.now_ns()
         log.info(
@@ -258,6 +271,36 @@ class Discovery:
             len(self.markets),
             len(self.layout.markets) if self.layout is not None else 0,
         )
+
+    def _pages(self, walk: Walk) -> AsyncIterator[list[dict[str, Any]]]:
+        return self.rest.walk(
+            walk.path, walk.query, walk.items_key, limit=walk.limit, cursor_key=walk.paging
+        )
+
+    async def _resolve_static(self) -> None:
+        """Find the static markets' units (Polymarket: their token ids) and subscribe
+        them; ones REST does not know are reported and left out."""
+        found: list[str] = []
+        records: list[Inbound] = []
+        for walk in self.source.static_walks(sorted(self._unresolved)):
+            async for page in self._pages(walk):
+                for market in page:
+                    key = self.source.market_key(market)
+                    if key not in self._unresolved or key is None:
+                        continue
+                    self._catalogue(walk.type_token, key, market, self.market_catalogue, records)
+                    if self._learn_units(key, self.source.units(market)):
+                        found.append(key)
+                        self._unresolved.discard(key)
+        self.stats.catalogue_markets += len(records)
+        await self._publish(records)
+        if self._unresolved:
+            log.error(
+                "discovery: REST has no subscribable market for static market(s) %s",
+                ", ".join(sorted(self._unresolved)[:5]),
+            )
+            self._unresolved.clear()
+        self.add(sorted(found), "static")
 
     def _catalogue(
         self,
@@ -304,11 +347,7 @@ class Discovery:
         if self.stats.walks == 0 and self.rest.stats.retries > 0:
             return (
                 f"discovery: the first REST walk is not complete ({self.rest.stats.retries} "
-                "failed requests); recording static markets and all-market channels"
+                "failed requests); recording what is subscribed meanwhile (static markets, "
+                "all-market channels, live events)"
             )
         return None
-
-
-def initial_plans(whole: Sequence[str]) -> list[SubscriptionPlan]:
-    """Connection 0's fixed subscriptions: the all-markets channels."""
-    return [SubscriptionPlan(channel, ()) for channel in whole]

@@ -23,7 +23,7 @@ import email.utils
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -38,7 +38,8 @@ log = logging.getLogger("ssmd.connector.rest")
 HeaderSource = Callable[[str, str], list[tuple[str, str]]]
 """Headers for one request, from its method and URL path (Kalshi signs each request)."""
 
-Params = Mapping[str, str | int]
+Params = Mapping[str, str | int | Sequence[str]]
+"""Query parameters; a sequence value is repeated (`condition_ids=a&condition_ids=b`)."""
 
 
 class RestRefused(Exception):
@@ -306,8 +307,11 @@ class RestClient:
         *,
         limit: int,
         priority: Priority = Priority.WALK,
+        cursor_key: str = "cursor",
     ) -> AsyncIterator[list[dict[str, Any]]]:
-        """Each page's `items_key` list, following `cursor` until it is empty or absent.
+        """Each page's `items_key` list, following the body's `cursor_key` (Kalshi
+        `cursor`, Gamma's keyset `next_cursor`), passed back as `cursor`, until it is
+        empty or absent.
 
         A page without that list (or with something in it that is not an object) is
         retried, then raises `RestMalformed`; so does a cursor that repeats. A walk that
@@ -325,12 +329,12 @@ class RestClient:
 
         cursor: str | None = None
         while True:
-            query: dict[str, str | int] = {**params, "limit": limit}
+            query: dict[str, str | int | Sequence[str]] = {**params, "limit": limit}
             if cursor:
                 query["cursor"] = cursor
             body = await self.get_json(path, query, priority=priority, expect=expect)
             yield list(body[items_key])
-            next_cursor = body.get("cursor")
+            next_cursor = body.get(cursor_key)
             if not isinstance(next_cursor, str) or not next_cursor:
                 return
             if next_cursor == cursor:

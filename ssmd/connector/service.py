@@ -22,18 +22,17 @@ import trio
 
 from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
-from ssmd.config import KALSHI_DEMO_URL, KALSHI_PROD_URL, Config, ConnectorConfig
+from ssmd.config import Config
 from ssmd.connector.auth import Credentials
 from ssmd.connector.backfill import TradeBackfill
-from ssmd.connector.connection import Connection, ConnectionSettings, describe
+from ssmd.connector.connection import Connection
 from ssmd.connector.metrics import connector_metrics
 from ssmd.connector.publisher import Inbound, Publisher
 from ssmd.connector.shards import SubscriptionPlan
-from ssmd.connector.websocket import Connect, HandshakeRejected, connect_websocket
-from ssmd.connector.wsclient import connect_fast
-from ssmd.feeds import VenueUnavailable, load_venue
-from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects, Venue
-from ssmd.feeds.kalshi_discovery import BackfillWindow, Selection, TradeLedger
+from ssmd.connector.startup import FeedPlan, connect_for, plan_feed
+from ssmd.connector.startup import connection_settings as connection_settings  # re-exported
+from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects
+from ssmd.feeds.kalshi_discovery import BackfillWindow, TradeLedger
 from ssmd.metrics import FunctionCollector, merge_families
 from ssmd.nats.bridge import NatsBridge
 from ssmd.nats.types import StreamSpec
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ssmd.connector")
 
 INBOUND_CHANNEL_SIZE = 64  # batches of up to 1000 messages
-PROBE_TIMEOUT_S = 10.0
 STATS_INTERVAL_S = 60.0
 MARKETS_RETRY = Backoff(1.0, 60.0, jitter=0.5)
 
@@ -84,55 +82,6 @@ async def ensure_stream(config: Config, bridge: NatsBridge) -> None:
             "[nats] stream"
         )
     log.info("using existing stream %s (%d messages)", spec.name, state.messages)
-
-
-async def probe_credentials(
-    connect: Connect, url: str, credentials: Credentials, timeout: float
-) -> None:
-    """One handshake at startup: rejected credentials refuse the start (exit 2).
-
-    Any other failure (exchange unreachable) is only logged: the connections retry.
-    """
-    try:
-        with trio.fail_after(timeout):
-            async with connect(url, credentials.handshake_headers(url), timeout):
-                pass
-    except HandshakeRejected as exc:
-        if exc.status_code in (401, 403):
-            raise StartupRefused(
-                f"Kalshi rejected the credentials (HTTP {exc.status_code}) for API key "
-                f"{credentials.api_key_hint} at {url}; check KALSHI_API_KEY and the private key"
-            ) from None
-        log.warning("credential check at %s: %s; connecting anyway", url, exc)
-    except Exception as exc:
-        log.warning("cannot reach %s yet (%s); will keep retrying", url, describe(exc))
-
-
-def connection_settings(cc: ConnectorConfig) -> ConnectionSettings:
-    return ConnectionSettings(
-        liveness_timeout=cc.liveness_timeout.seconds,
-        ping_interval=cc.ping_interval.seconds,
-        command_timeout=cc.command_timeout.seconds,
-        backoff_initial=cc.backoff_initial.seconds,
-        backoff_max=cc.backoff_max.seconds,
-        change_interval=1.0 / cc.discovery.change_rate if cc.discovery else 0.0,
-    )
-
-
-KALSHI_REST_URLS = {
-    KALSHI_PROD_URL: "https://api.elections.kalshi.com/trade-api/v2",
-    KALSHI_DEMO_URL: "https://demo-api.kalshi.co/trade-api/v2",
-}
-
-
-def kalshi_rest_url(cc: ConnectorConfig, ws_url: str) -> str:
-    """`rest_url`, else the REST base beside the WebSocket URL."""
-    if cc.rest_url:
-        return cc.rest_url
-    if ws_url in KALSHI_REST_URLS:
-        return KALSHI_REST_URLS[ws_url]
-    http = "https" + ws_url[3:] if ws_url.startswith("wss") else "http" + ws_url[2:]
-    return http.replace("/ws/v2", "/v2")
 
 
 async def _report_stats(feed: str, publisher: Publisher, connections: list[Connection]) -> None:
@@ -182,53 +131,18 @@ class ConnectorTasks:
         return [c for feed in self.feeds for c in feed.connections]
 
 
-def _load(cc: ConnectorConfig) -> Venue:
-    try:
-        return load_venue(cc.venue)
-    except VenueUnavailable as exc:
-        raise StartupRefused(f"connector for feed {cc.feed!r}: {exc}") from None
-
-
 async def _start_feed(
     sup: Supervisor,
     config: Config,
-    cc: ConnectorConfig,
+    feed_plan: FeedPlan,
     bridge: NatsBridge,
     clock: WallClock,
     credentials: Credentials | None,
 ) -> FeedTasks:
-    venue = load_venue(cc.venue)
+    cc, venue, source = feed_plan.cc, feed_plan.venue, feed_plan.source
     url = cc.resolved_url()
-    connect: Connect = (
-        connect_websocket if cc.websocket_client == "trio-websocket" else connect_fast
-    )
-    if venue.needs_credentials:
-        if credentials is None:
-            raise StartupRefused(
-                f"the {cc.venue} connector for feed {cc.feed!r} needs credentials "
-                "(KALSHI_API_KEY and KALSHI_PRIVATE_KEY or KALSHI_PRIVATE_KEY_PATH)"
-            )
-        await probe_credentials(
-            connect, url, credentials, min(cc.command_timeout.seconds, PROBE_TIMEOUT_S)
-        )
-    discovery_config = cc.discovery
-    markets: list[str] | None
-    if discovery_config is not None:
-        # Imported here: httpx and the rest load only for a connector that discovers.
-        from ssmd.connector.discovery import Discovery, channel_split, initial_plans
-        from ssmd.connector.layout import SubscriptionLayout
-        from ssmd.connector.rest import RestClient, RestSettings
-
-        selection = Selection(frozenset(discovery_config.series))
-        whole, following = channel_split(cc.channels, selection)
-        markets = list(cc.markets)
-    else:
-        try:
-            markets = await venue.subscription_markets(cc)
-        except StartupUnavailable as exc:
-            # Other feeds must not wait or stop for it: retried in this feed's own task.
-            log.warning("connector %s: %s; retrying while the other feeds run", cc.feed, exc)
-            markets = None
+    connect = connect_for(cc)
+    discovery_config = cc.discovery if source is not None else None
     publisher = Publisher(
         bridge.publish_batch,
         env=config.env,
@@ -244,7 +158,7 @@ async def _start_feed(
     name = "connector" if len(config.connectors) == 1 else f"connector.{cc.feed}"
     send, receive = trio.open_memory_channel[list[Inbound]](INBOUND_CHANNEL_SIZE)
     sup.start_sink(f"{name}.publisher", publisher.run, receive)
-    settings = connection_settings(cc)
+    settings = connection_settings(cc, venue)
     discovery: Discovery | None = None
     trades = (
         TradeLedger() if discovery_config is not None and discovery_config.backfill_trades else None
@@ -253,6 +167,9 @@ async def _start_feed(
     def on_event(payload: bytes) -> None:
         if discovery is not None:
             discovery.on_event(payload)
+
+    def units_of(market: str) -> tuple[str, ...]:
+        return discovery.units_of(market) if discovery is not None else (market,)
 
     def on_backfill(conn: int, window: BackfillWindow) -> None:
         if discovery is not None and discovery.backfill is not None:
@@ -267,6 +184,7 @@ async def _start_feed(
             events=on_event if discovery_config is not None else None,
             trades=trades,
             backfill=on_backfill if trades is not None else None,
+            units=units_of if discovery_config is not None else None,
         )
         return Connection(
             index,
@@ -314,27 +232,34 @@ async def _start_feed(
                 task_status.started()
 
     connections: list[Connection] = []
-    if discovery_config is not None:
-        connections = plan_connections([initial_plans(whole)])
-    elif markets is not None:
-        connections = plan_connections(venue.plan(cc, markets))
+    if source is not None:
+        whole, following = source.channels(cc.channels)
+        connections = plan_connections([source.initial_plans(whole)])
+    elif feed_plan.shards is not None:
+        connections = plan_connections(feed_plan.shards)
     else:
         sup.start_producer(f"{name}.markets", resolve_then_connect, reports_ready=True)
     for connection in connections:
         sup.start_producer(
             f"{name}.ws{connection.index}", connection.run, send.clone(), reports_ready=True
         )
-    if discovery_config is not None:
+    if source is not None and discovery_config is not None:
+        # Imported here: httpx and the rest load only for a connector that discovers.
+        from ssmd.connector.discovery import Discovery
+        from ssmd.connector.layout import SubscriptionLayout
+        from ssmd.connector.rest import RestClient, RestSettings
 
         def open_connection(index: int, out: trio.MemorySendChannel[list[Inbound]]) -> Connection:
             connection = make_connection(index, [])
             sup.start_producer(f"{name}.ws{index}", connection.run, out)
             return connection
 
-        per_subscription = cc.markets_per_subscription or venue.limits.markets_per_subscription
-        per_connection = cc.markets_per_connection or venue.limits.markets_per_connection
+        per_subscription, per_connection = source.layout_limits(
+            cc.markets_per_subscription or venue.limits.markets_per_subscription,
+            cc.markets_per_connection or venue.limits.markets_per_connection,
+        )
         rest = RestClient(
-            kalshi_rest_url(cc, url),
+            source.rest_url(url),
             RestSettings(
                 rate=discovery_config.rest_rate,
                 burst=max(1.0, discovery_config.rest_rate),
@@ -344,7 +269,7 @@ async def _start_feed(
             label=f"{cc.feed} REST",
         )
         discovery = Discovery(
-            selection=selection,
+            source=source,
             layout=(
                 SubscriptionLayout(following, per_subscription, per_connection)
                 if following
@@ -356,7 +281,7 @@ async def _start_feed(
             refresh=discovery_config.refresh.seconds,
             connections=connections,
             open_connection=open_connection,
-            static_markets=markets or [],
+            static_markets=cc.markets,
             backfill=(
                 TradeBackfill(
                     rest=rest, subjects=Subjects(config.env, cc.feed), clock=clock, trades=trades
@@ -367,7 +292,7 @@ async def _start_feed(
         )
         sup.start_producer(f"{name}.discovery", discovery.run, send.clone())
         sup.add_readiness_check(f"{name}.discovery", discovery.not_ready)
-    if markets is not None or discovery_config is not None:
+    if feed_plan.shards is not None or source is not None:
         send.close()
     sup.start_producer(f"{name}.stats", _report_stats, cc.feed, publisher, connections)
     stall_after = max(30.0, 3 * cc.publish_timeout.seconds)
@@ -397,12 +322,11 @@ async def start_connector(
 ) -> ConnectorTasks:
     if not config.connectors:
         raise StartupRefused("the connector role needs a [connector] section")
-    for cc in config.connectors:  # every venue known before anything starts
-        _load(cc)
+    # Every feed checked and planned before any starts: a bad third feed refuses the
+    # start before the first one connects.
+    plans = [await plan_feed(cc, credentials) for cc in config.connectors]
     await ensure_stream(config, bridge)
-    feeds = [
-        await _start_feed(sup, config, cc, bridge, clock, credentials) for cc in config.connectors
-    ]
+    feeds = [await _start_feed(sup, config, plan, bridge, clock, credentials) for plan in plans]
 
     def families(feed: FeedTasks) -> Iterator[object]:
         yield from connector_metrics(feed.feed, feed.publisher, feed.connections)

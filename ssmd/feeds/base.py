@@ -46,7 +46,8 @@ Contract every implementation keeps (the engine and the tests rely on it):
   survive a reconnect (e.g. the last trade id seen, to measure what was missed).
 - Nothing here does I/O or reads a clock: time comes in as `recv_ns`. The one I/O seam
   is `Venue.subscription_markets` (e.g. Polymarket's Gamma REST lookup), run once at
-  startup by the service, outside the hot path; market discovery will replace it.
+  startup by the service, outside the hot path; with `[connector.discovery]` the venue's
+  `DiscoverySource` (`ssmd.feeds.discovery`) and the discovery task take its place.
 """
 
 from __future__ import annotations
@@ -210,6 +211,9 @@ class SessionContext:
     # window). None: no backfill.
     trades: TradeLedger | None = None
     backfill: Callable[[int, BackfillWindow], None] | None = None
+    # Market discovery: the subscription units of a market the planner placed (Polymarket:
+    # a condition id's token ids). None: a market is its own unit.
+    units: Callable[[str], tuple[str, ...]] | None = None
 
 
 class Session(Protocol):
@@ -345,7 +349,8 @@ class Venue(Protocol):
         (Gamma REST at `config.rest_url`). May raise `StartupRefused` with one line
         (a definitive answer), or `StartupUnavailable` (a transient failure: the
         connector retries in the feed's own task while the other feeds run).
-        The seam where market discovery will plug in."""
+        Not called with `[connector.discovery]`: the venue's `DiscoverySource` then finds
+        the markets (`ssmd.feeds.discovery`)."""
         ...
 
     def plan(self, config: ConnectorConfig, markets: Sequence[str]) -> list[list[SubscriptionPlan]]:

@@ -1,16 +1,17 @@
 """Polymarket's Gamma REST API: resolve configured condition ids to their CLOB token ids.
 
-`GET {base}/markets?condition_ids=...` (at most 100 ids a request, repeated parameters)
-lists each market with `conditionId` and `clobTokenIds`, a string holding a JSON array
-(a real array is accepted too). Transient failures (connection errors, 429, 5xx, a
-body that is not a JSON list) are retried with backoff a few times, then reported as
+`GET {base}/markets/keyset?condition_ids=...` (at most 100 ids a request, repeated
+parameters; the offset-paged `/markets` list is sunset) lists each market under
+`markets` with `conditionId` and `clobTokenIds`, a string holding a JSON array (a real
+array is accepted too; so is a bare JSON list of markets). Transient failures
+(connection errors, 429, 5xx, a body without a market list) are retried with backoff a
+few times, then reported as
 `StartupUnavailable` (the connector retries in the background); a definitive answer
 (another 4xx, an id Gamma does not know) refuses the start with one line.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -18,28 +19,18 @@ from typing import Any
 import httpx
 
 from ssmd.backoff import Backoff
+from ssmd.feeds.polymarket_source import GAMMA_URL, token_ids
 from ssmd.supervisor import StartupRefused, StartupUnavailable
+
+__all__ = ["GAMMA_URL", "resolve_token_ids", "token_ids"]
 
 log = logging.getLogger("ssmd.connector.polymarket")
 
-GAMMA_URL = "https://gamma-api.polymarket.com"
+MARKETS_PATH = "/markets/keyset"
 IDS_PER_REQUEST = 100
 ATTEMPTS = 5
 RETRY = Backoff(0.5, 8.0, jitter=0.5)
 TIMEOUT_S = 15.0
-
-
-def token_ids(market: dict[str, Any]) -> list[str]:
-    """A Gamma market's CLOB token ids (`clobTokenIds`: a JSON string or an array)."""
-    raw = market.get("clobTokenIds")
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw) if raw.strip() else []
-        except ValueError:
-            return []
-    if not isinstance(raw, list):
-        return []
-    return [str(token) for token in raw if isinstance(token, str | int) and str(token)]
 
 
 async def _get(client: httpx.AsyncClient, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -47,7 +38,7 @@ async def _get(client: httpx.AsyncClient, params: dict[str, Any]) -> list[dict[s
     for attempt in range(1, ATTEMPTS + 1):
         problem: str
         try:
-            response = await client.get("/markets", params=params)
+            response = await client.get(MARKETS_PATH, params=params)
         except httpx.TransportError as exc:
             problem = f"{type(exc).__name__}: {exc}"
         else:
@@ -56,17 +47,19 @@ async def _get(client: httpx.AsyncClient, params: dict[str, Any]) -> list[dict[s
                     body = response.json()
                 except ValueError:
                     body = None
+                if isinstance(body, dict):
+                    body = body.get("markets")
                 if isinstance(body, list):
                     return [m for m in body if isinstance(m, dict)]
-                problem = "HTTP 200 whose body is not a JSON list"
+                problem = "HTTP 200 whose body holds no market list"
             else:
                 problem = f"HTTP {response.status_code}"
                 if response.status_code != 429 and response.status_code < 500:
-                    raise StartupRefused(f"Gamma API {client.base_url}/markets: {problem}")
+                    raise StartupRefused(f"Gamma API {client.base_url}{MARKETS_PATH}: {problem}")
         if attempt < ATTEMPTS:
             delay = await retry.wait()
             log.warning("Gamma API: %s; retrying in %.1fs", problem, delay)
-    raise StartupUnavailable(f"Gamma API {client.base_url}/markets: {problem}")
+    raise StartupUnavailable(f"Gamma API {client.base_url}{MARKETS_PATH}: {problem}")
 
 
 async def resolve_token_ids(

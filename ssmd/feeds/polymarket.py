@@ -10,7 +10,12 @@ one event or a JSON array of events, routing by `event_type` and condition id.
   evidence (and what a reader rebuilds from after ssmd's `connect` record).
 - Each element of an array frame is published by itself, as its exact bytes in the frame,
   in order, on `{env}.{feed}.json.{event_type}.{market}`: both tokens of a market share
-  a subject. Text `PING` is sent every `ping_interval`; the `PONG` is liveness only.
+  a subject. Text `PING` is sent every `ping_interval`, at most every 5 s (the server
+  closes a connection silent for about 10 s); the `PONG` is liveness only.
+- With `[connector.discovery]` (polymarket_source.py) the session is dynamic
+  (polymarket_changes.py): the planner's condition ids come and go as token-id
+  `subscribe`/`unsubscribe` operations, and `new_market`/`market_resolved` events are
+  handed to discovery (and archived like any event).
 - There are no sequence numbers, so no gap can be detected here: every reconnect is
   recorded by the engine (`connect`/`disconnect`), and the fresh books follow it.
 - A subscription is only evidenced by its `book`. An asset still without one after
@@ -38,6 +43,7 @@ from ssmd.connector.shards import SubscriptionPlan, plan_connections
 from ssmd.feeds.base import Command, SessionContext, Venue, VenueLimits
 from ssmd.feeds.gamma import GAMMA_URL, resolve_token_ids
 from ssmd.feeds.jsonframes import split_array
+from ssmd.feeds.polymarket_changes import LiveAssets
 from ssmd.supervisor import StartupRefused
 
 if TYPE_CHECKING:
@@ -51,6 +57,7 @@ CHANNELS = VENUE_CHANNELS["polymarket"] or frozenset()
 PING = "PING"
 PONG = b"PONG"
 BOOK_WAIT_KEEPALIVES = 3
+MAX_PING_INTERVAL_S = 5.0
 
 
 class _Event(msgspec.Struct):
@@ -60,9 +67,19 @@ class _Event(msgspec.Struct):
 
 
 _EVENT = msgspec.json.Decoder(_Event)
+# What market discovery follows (custom features): handed to it, and archived as data.
+LIVE_EVENTS = frozenset({"new_market", "market_resolved"})
 
 
-class PolymarketSession:
+def _own_unit(market: str) -> tuple[str, ...]:
+    return (market,)
+
+
+def _flat(slot: dict[str, tuple[str, ...]]) -> list[str]:
+    return [token for units in slot.values() for token in units]
+
+
+class PolymarketSession(LiveAssets):
     # No unsubscribe is ever answered: a clean stop cannot show nothing was in flight.
     confirms_stop = False
 
@@ -71,21 +88,32 @@ class PolymarketSession:
         self._stats = context.stats
         self._subjects = context.subjects
         self._plans = list(plans)
-        self.assets: list[str] = []
+        # Discovery on: hand it the `new_market`/`market_resolved` events, and open even
+        # a connection with no asset yet (custom features on, to hear of new markets).
+        self._events = context.events
+        self._unit_source = context.units or _own_unit
+        self._slots = {}
+        self._noted = []
         self.start()
+
+    @property
+    def assets(self) -> list[str]:
+        """Every token id wanted on this connection: static plans, then planner slots."""
+        return [t for plan in self._plans for t in plan.markets] + self.slot_assets()
 
     def start(self) -> list[Command]:
         commands = []
-        self.assets = []
         self._keepalives = 0
         # Asset -> the keepalive count when it was (re)subscribed, until its book comes.
-        self._awaiting: dict[str, int] = {}
-        self._missing: list[str] = []  # found without a book, not yet recorded
-        self._refused: list[str] = []  # recorded, waiting for the retry
+        self._awaiting = {}
+        self._missing = []  # found without a book, not yet recorded
+        self._refused = []  # recorded, waiting for the retry
         self._retried: list[str] = []  # subscribed again, not yet recorded
-        for n, plan in enumerate(self._plans):
-            tokens = list(plan.markets)
-            self.assets += tokens
+        chunks = [list(plan.markets) for plan in self._plans]
+        chunks += [tokens for tokens in map(_flat, self._slots.values()) if tokens]
+        if not chunks and self._events is not None:
+            chunks = [[]]
+        for n, tokens in enumerate(chunks):
             self._awaiting.update(dict.fromkeys(tokens, 0))
             message: dict[str, object] = {"assets_ids": tokens}
             if n == 0:
@@ -93,11 +121,13 @@ class PolymarketSession:
             else:
                 message["operation"] = "subscribe"
             commands.append(Command(json.dumps(message), None, f"subscribe {len(tokens)} assets"))
-        log.debug("conn %d: subscribing %d assets", self._conn, len(self.assets))
+        log.debug("conn %d: subscribing %d assets", self._conn, len(self._awaiting))
         return commands
 
     def on_frame(self, payload: bytes, recv_ns: int, out: list[Inbound]) -> bool:
         queued = False
+        if self._noted:
+            self._record_changes(recv_ns, out)
         if self._missing:
             self._record_missing(recv_ns, out)
             queued = True
@@ -108,6 +138,7 @@ class PolymarketSession:
             return queued
         stats = self._stats
         subjects = self._subjects
+        events = self._events
         for element in split_array(payload):
             try:
                 event = _EVENT.decode(element)
@@ -117,6 +148,8 @@ class PolymarketSession:
             market = event.market if event is not None else None
             if event is not None and event_type == "book" and isinstance(event.asset_id, str):
                 self._awaiting.pop(event.asset_id, None)
+            elif events is not None and event_type in LIVE_EVENTS:
+                events(element)
             kind = event_type if isinstance(event_type, str) and event_type else None
             subject = None
             if kind is not None and isinstance(market, str):
@@ -166,7 +199,9 @@ class PolymarketSession:
         return bool(self._refused)
 
     def take_retries(self) -> list[Command]:
-        assets, self._refused = self._refused, []
+        wanted = set(self.assets)
+        assets = [a for a in self._refused if a in wanted]
+        self._refused = []
         if not assets:
             return []
         self._awaiting.update(dict.fromkeys(assets, self._keepalives))
@@ -200,6 +235,9 @@ class PolymarketVenue:
     kind = "polymarket"
     needs_credentials = False
     limits = VenueLimits(markets_per_subscription=200, markets_per_connection=200)
+    # The server closes a connection that sent no PING for about 10 s: `ping_interval`
+    # (10 s by default, like every venue's) is lowered to this.
+    max_ping_interval = MAX_PING_INTERVAL_S
 
     def default_url(self, environ: Mapping[str, str]) -> str:
         return POLYMARKET_URL
@@ -211,7 +249,7 @@ class PolymarketVenue:
         if not config.markets:
             raise StartupRefused(
                 f"connector {config.feed!r} (polymarket): connector.markets must list condition "
-                "ids (0x...); following every active market is not implemented yet"
+                "ids (0x...), or [connector.discovery] follow the active markets"
             )
         return await resolve_token_ids(config.rest_url or GAMMA_URL, config.markets)
 

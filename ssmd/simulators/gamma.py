@@ -4,11 +4,14 @@
 - `GET /markets`: a bare JSON array, paged with `limit` (at most 500, default 20) and
   `offset`; filters `active`, `closed` (`true`/`false`), `condition_ids`,
   `clob_token_ids` and `slug` (repeated or comma-separated).
-- `GET /markets/keyset`: `{"markets": [...], "next_cursor": ...}`, at most 100 a page;
-  `next_cursor` is absent on the last page and `offset` is refused (422).
+- `GET /markets/keyset`: `{"markets": [...], "next_cursor": ...}`, at most 100 a page,
+  in order of Gamma `id`; the cursor is the last id served, so markets closing or opening
+  during a walk shift nothing; `next_cursor` is absent on the last page and `offset` is
+  refused (422). Same filters.
 
 Markets come from a callable, so the exchange can add and close them while it runs.
-`fail_next(n)` answers the next n requests with 503; `requests` lists every target.
+`fail_next(n, status)` answers the next n requests with `status` (503 unless given;
+429 with `Retry-After: 0`); `requests` lists every target.
 """
 
 from __future__ import annotations
@@ -70,20 +73,22 @@ class GammaServer:
         self.requests: list[str] = []
         self.port: int | None = None
         self._failures_left = 0
+        self._failure_status = 503
 
     @property
     def url(self) -> str:
         assert self.port is not None, "run() first"
         return f"http://127.0.0.1:{self.port}"
 
-    def fail_next(self, count: int) -> None:
+    def fail_next(self, count: int, status: int = 503) -> None:
         self._failures_left = count
+        self._failure_status = status
 
     def respond(self, target: str) -> tuple[int, bytes]:
         self.requests.append(target)
         if self._failures_left > 0:
             self._failures_left -= 1
-            return 503, b'{"error":"service unavailable"}'
+            return self._failure_status, b'{"error":"simulated failure"}'
         parts = urlsplit(target)
         query = parse_qs(parts.query)
         try:
@@ -100,13 +105,14 @@ class GammaServer:
         if parts.path == "/markets/keyset":
             if "offset" in query:
                 return 422, b'{"error":"offset is not supported; use cursor"}'
-            cursor = query.get("cursor", ["0"])[-1]
-            start = int(cursor) if cursor.isdigit() else 0
-            found = select(self.markets(), query)
-            end = start + min(limit, MAX_KEYSET_LIMIT)
-            body: dict[str, Any] = {"markets": found[start:end]}
-            if end < len(found):
-                body["next_cursor"] = str(end)
+            cursor = query.get("cursor", [""])[-1]
+            after = int(cursor) if cursor.isdigit() else -1
+            found = [m for m in select(self.markets(), query) if int(m["id"]) > after]
+            found.sort(key=lambda m: int(m["id"]))
+            page = found[: min(limit, MAX_KEYSET_LIMIT)]
+            body: dict[str, Any] = {"markets": page}
+            if len(found) > len(page):
+                body["next_cursor"] = page[-1]["id"]
             return 200, json.dumps(body).encode()
         return 404, b'{"error":"not found"}'
 
@@ -114,7 +120,8 @@ class GammaServer:
         if request.method != "GET":
             return Response(405, b'{"error":"method not allowed"}')
         status, body = self.respond(request.target)
-        return Response(status, body)
+        headers = (("Retry-After", "0"),) if status == 429 else ()
+        return Response(status, body, headers)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         server = HttpServer(self.handle)

@@ -15,6 +15,11 @@ keep each element's exact bytes. Books list both sides worst to best, as live fr
 holding a JSON array. Faults: per connection `drop()`, `go_silent()`, `send_garbage(k)`;
 `withhold_books` (token ids subscribed but never given a book);
 `ping_timeout` closes a connection that stopped sending `PING`. `sent` records every frame.
+
+Markets belong to events of three (`sim-event-{n // 3}`, the Gamma `events[].slug` and the
+`new_market`'s `event_message.slug`). With `churn_every`, the exchange lists a new market
+that often while it runs and, once more than the initial count are open, resolves the
+oldest open one (`opened` and `resolved` list their condition ids).
 """
 
 from __future__ import annotations
@@ -53,8 +58,12 @@ class PolymarketExchange(SimServer):
         rate: float = 100.0,
         seed: int = 0,
         ping_timeout: float | None = None,
+        churn_every: float | None = None,
     ) -> None:
         super().__init__()
+        self.churn_every = churn_every
+        self.opened: list[str] = []
+        self.resolved: list[str] = []
         self.rng = random.Random(seed)
         self.rate = rate
         self.ping_timeout = ping_timeout
@@ -68,6 +77,7 @@ class PolymarketExchange(SimServer):
         self.gamma = GammaServer(lambda: [m.gamma() for m in self.markets])
         for _ in range(markets):
             self._new_market()
+        self.keep_open = markets
 
     # Markets.
     def _token_id(self) -> str:
@@ -84,6 +94,7 @@ class PolymarketExchange(SimServer):
             slug=f"sim-market-{n}",
             tokens=(self._token_id(), self._token_id()),
             yes_cents=rng.randint(8, 92),
+            event_slug=f"sim-event-{n // 3}",
         )
         for token, mid in zip(
             market.tokens, (market.yes_cents, 100 - market.yes_cents), strict=True
@@ -112,18 +123,24 @@ class PolymarketExchange(SimServer):
             "active": True,
             "order_price_min_tick_size": market.tick_size,
             "tags": ["simulated"],
-            "event_message": {"id": market.gamma_id, "slug": market.slug, "title": market.question},
+            "event_message": {
+                "id": market.event_slug,
+                "slug": market.event_slug,
+                "title": market.question,
+            },
             "timestamp": self._now_ms(),
         }
         for session in self.sessions:
             if self.custom.get(session.index):
                 session.post(self._encode([event]))
+        self.opened.append(market.condition_id)
         return market
 
     def resolve_market(self, condition_id: str) -> None:
         """Close a market and send `market_resolved` to custom-feature clients."""
         market = next(m for m in self.markets if m.condition_id == condition_id)
         market.active, market.closed = False, True
+        self.resolved.append(condition_id)
         event = {
             "event_type": "market_resolved",
             "id": market.gamma_id,
@@ -360,9 +377,23 @@ class PolymarketExchange(SimServer):
             "timestamp": self._now_ms(),
         }
 
+    def churn_once(self) -> None:
+        """List a market; resolve the oldest open one once more than `keep_open` are."""
+        self.add_market()
+        open_markets = [m for m in self.markets if not m.closed]
+        if len(open_markets) > self.keep_open:
+            self.resolve_market(open_markets[0].condition_id)
+
+    async def churn(self, every: float) -> None:
+        while True:
+            await trio.sleep(every)
+            self.churn_once()
+
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         """The WebSocket and the Gamma API together; `url` and `gamma.url` once started."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.gamma.run)
             await nursery.start(super().run)
+            if self.churn_every is not None:
+                nursery.start_soon(self.churn, self.churn_every)
             task_status.started()

@@ -16,6 +16,7 @@ class SimMarket:
     slug: str
     tokens: tuple[str, str]  # (Yes, No) token ids
     yes_cents: int
+    event_slug: str = "sim-event"
     tick_size: str = "0.01"
     active: bool = True
     closed: bool = False
@@ -37,6 +38,7 @@ class SimMarket:
             "enableOrderBook": True,
             "acceptingOrders": self.active and not self.closed,
             "orderPriceMinTickSize": float(self.tick_size),
+            "events": [{"id": self.event_slug, "slug": self.event_slug, "title": self.question}],
         }
 
 
