@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import trio
+import trio.testing
+
 from ssmd.config import ConnectorConfig
 from ssmd.connector.layout import AddMarkets, DeleteMarkets, Subscribe, Unsubscribe
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds.base import Change, Command, ConnectionStats, SessionContext, Subjects
 from ssmd.feeds.kalshi.session import KalshiSession
+from tests.test_connector_connection import FakeExchange, FakeSocket, Harness, running
 
 BOOK = "orderbook_delta"
 
@@ -337,3 +341,38 @@ def test_a_retried_subscribe_records_when_capture_began() -> None:
         ["A"],
         "retry",
     )
+
+
+# Finding 3: the engine reports a refusal raised by a repair's command at once.
+
+
+async def test_a_repair_refused_as_too_large_reaches_the_planner_without_another_frame(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class LimitedSocket(FakeSocket):
+        """Refuses every subscribe after the first as over the market limit (26)."""
+
+        async def send_message(self, message: str | bytes) -> None:
+            command = json.loads(message)
+            subscribes = [c for c in self.commands if c["cmd"] == "subscribe"]
+            if command["cmd"] == "subscribe" and subscribes:
+                self.commands.append(command)
+                self.push(json.dumps(error(Command("", command["id"]), 26)))
+                return
+            await super().send_message(message)
+
+    exchange = FakeExchange()
+    exchange.socket_class = LimitedSocket
+    harness = Harness(exchange, [])
+    heard: list[tuple[int, int, tuple[str, ...], bool]] = []
+    harness.connection.on_refused = lambda *refusal: heard.append(refusal)
+    async with running(harness):
+        await trio.sleep(1)
+        harness.connection.change([Change(Subscribe(0, BOOK, 0, ("A", "B")), "discovery")])
+        await trio.sleep(1)
+        socket = exchange.sockets[0]
+        socket.push_data(BOOK, 1, 1, {"market_ticker": "A"})
+        socket.push_data(BOOK, 1, 5, {"market_ticker": "A"})  # a gap: unsubscribe, subscribe
+        await trio.sleep(1)
+        assert [c["cmd"] for c in socket.commands] == ["subscribe", "unsubscribe", "subscribe"]
+        assert heard == [(0, 0, ("A", "B"), True)]
