@@ -1,6 +1,7 @@
 """Kalshi's live subscription changes on one connection (the `DynamicSession` part of
 `KalshiSession`): `update_subscription` add/delete on one sid, the `ok` reply's `seq`
-re-basing the sid, the `ssmd.subscription` records, and errors 25, 26 and 27.
+re-basing the sid, the `ssmd.subscription` records, and errors 14, 16, 26 and 27 (25:
+`drops`).
 
 A mixin: `KalshiSession` owns the state declared here and builds the commands.
 """
@@ -15,78 +16,27 @@ import attrs
 
 from ssmd.connector.layout import AddMarkets, DeleteMarkets, Subscribe, Unsubscribe
 from ssmd.connector.publisher import Inbound
-from ssmd.connector.records import GapRecord, SubscribeErrorRecord, SubscriptionRecord
+from ssmd.connector.records import SubscribeErrorRecord, SubscriptionRecord
 from ssmd.connector.shards import SubscriptionPlan
-from ssmd.feeds.base import Change, Command, ConnectionStats, Subjects
+from ssmd.feeds.base import Change, Command
+from ssmd.feeds.kalshi.drops import Drops
+from ssmd.feeds.kalshi.replies import (
+    ERROR_MARKET_LIMIT,
+    ERROR_UNKNOWN_SID,
+    RETRY,
+    UNKNOWN_MARKET_ERRORS,
+    _Subscribe,
+    _Unsubscribe,
+    _Update,
+    error_code,
+    error_markets,
+    reply_markets,
+)
 
 log = logging.getLogger("ssmd.connector.connection")
 
-ERROR_UNKNOWN_SID = 7  # the exchange knows no such subscription (any more)
-ERROR_MARKET_REQUIRED = 14  # no (usable) market ticker in the command
-ERROR_MARKET_NOT_FOUND = 16
-ERROR_BUFFER_OVERFLOW = 25  # the exchange dropped a subscription: data lost
-ERROR_MARKET_LIMIT = 26  # too many markets on one subscription
-ERROR_TOO_MANY_REQUESTS = 27  # per-subscription command rate
-# Errors that name markets the exchange will never take: they leave the wanted set.
-UNKNOWN_MARKET_ERRORS = frozenset({ERROR_MARKET_REQUIRED, ERROR_MARKET_NOT_FOUND})
-# The reason of a `ssmd.subscription` record for a change the exchange refused before
-# and took on a later try: capture of `added` begins (of `removed` ends) there.
-RETRY = "retry"
-RETIRED_SIDS = 1024
 
-
-def error_code(reply: dict[str, Any]) -> int | None:
-    body = reply.get("msg")
-    code = body.get("code") if isinstance(body, dict) else None
-    return code if isinstance(code, int) and not isinstance(code, bool) else None
-
-
-def error_markets(reply: dict[str, Any], markets: tuple[str, ...]) -> tuple[str, ...]:
-    """The markets an error is about: the one it names, else all the command's."""
-    body = reply.get("msg")
-    named = body.get("market_ticker") if isinstance(body, dict) else None
-    return (named,) if isinstance(named, str) and named else markets
-
-
-def reply_markets(reply: dict[str, Any]) -> tuple[str, ...] | None:
-    """The sid's full market list in an `update_subscription` `ok`, when it has one."""
-    body = reply.get("msg")
-    markets = body.get("market_tickers") if isinstance(body, dict) else None
-    if isinstance(markets, list) and all(isinstance(m, str) for m in markets):
-        return tuple(markets)
-    return None
-
-
-@attrs.frozen
-class _Subscribe:
-    plan: SubscriptionPlan
-    replaces: int | None = None  # the sid a resubscribe replaces
-    slot: int | None = None
-    reason: str | None = None  # set for a live change: its subscription record's reason
-    retried: bool = False  # a retry of a refused subscribe: its success is recorded
-
-
-@attrs.frozen
-class _Unsubscribe:
-    sid: int
-    slot: int | None = None
-    reason: str | None = None  # None: a gap repair's, which its resubscribe records
-    channel: str = ""
-
-
-@attrs.frozen
-class _Update:
-    """`update_subscription` of one sid: markets added or deleted."""
-
-    slot: int
-    channel: str
-    sid: int
-    markets: tuple[str, ...]
-    add: bool
-    reason: str
-
-
-class LiveChanges:
+class LiveChanges(Drops):
     """State shared with `KalshiSession`, which sets it up in `__init__`/`start`.
 
     Per planner slot the session keeps what is wanted (`_slots`); per sid, what the
@@ -96,10 +46,7 @@ class LiveChanges:
     time, never as the command that was refused, so a later change is never undone.
     """
 
-    _conn: int
     _next_id: int
-    _stats: ConnectionStats
-    _subjects: Subjects
     _pending: dict[int, _Subscribe | _Unsubscribe | _Update]
     # The wanted subscriptions by slot (the planner's from 0, static plans negative).
     _slots: dict[int, SubscriptionPlan]
@@ -111,11 +58,6 @@ class LiveChanges:
     # the exchange refused (the sid still runs), by sid.
     _waiting: dict[int, None]
     _unsubscribing: dict[int, _Unsubscribe]
-    _dropped: set[int]
-    _resubscribe: dict[int, None]
-    _retired: dict[int, None]
-    subscriptions: dict[int, SubscriptionPlan]
-    next_seq: dict[int, int]
 
     def _command(self, cmd: str, params: dict[str, object]) -> Command:
         raise NotImplementedError
@@ -187,13 +129,6 @@ class LiveChanges:
         return any(s == slot for s, _ in self._refused) or any(
             isinstance(p, _Subscribe) and p.slot == slot for p in self._pending.values()
         )
-
-    def _retire(self, sid: int) -> None:
-        """Remember a sid let go, so an error 25 naming it is not taken for one naming no
-        sid we know (which would repair every subscription); the last RETIRED_SIDS."""
-        self._retired[sid] = None
-        if len(self._retired) > RETIRED_SIDS:
-            del self._retired[next(iter(self._retired))]
 
     def _confirmed(self, sid: int) -> tuple[str, ...]:
         plan = self.subscriptions.get(sid)
@@ -407,63 +342,3 @@ class LiveChanges:
                 out,
                 SubscriptionRecord(self._conn, pending.sid, channel, [], markets, reason, recv_ns),
             )
-
-    def _on_dropped(self, reply: dict[str, Any], recv_ns: int, out: list[Inbound]) -> None:
-        """Error 25: the exchange dropped a subscription because this reader fell behind.
-        Its data is lost: a gap record, then a fresh subscription of the same markets."""
-        body = reply.get("msg")
-        sid = reply.get("sid")
-        if sid is None and isinstance(body, dict):
-            sid = body.get("sid")
-        if isinstance(sid, int) and sid in self._retired:
-            return  # let go already (a repair replaces it, or it was unsubscribed)
-        plan = self.subscriptions.get(sid) if isinstance(sid, int) else None
-        if plan is None or not isinstance(sid, int):
-            # It names no subscription we hold (the reference: a 25 may name no sid), so
-            # any of them may have lost data: each gets its gap and is subscribed again.
-            log.error(
-                "conn %d: the exchange dropped a subscription it does not name (%s); "
-                "resubscribing all %d",
-                self._conn,
-                body,
-                len(self.subscriptions),
-            )
-            # None is known to be ended: each is unsubscribed before it is subscribed
-            # again, so one still running is not doubled. One already queued for its
-            # repair is repaired once, with one gap record.
-            for held_sid, held in list(self.subscriptions.items()):
-                if held_sid not in self._dropped and held_sid not in self._resubscribe:
-                    self._drop_sid(held_sid, held, recv_ns, out, ended=False)
-            return
-        if sid in self._resubscribe:
-            # Its gap is recorded and its repair queued: now known ended, so the repair
-            # does not unsubscribe it.
-            self._dropped.add(sid)
-            return
-        self._drop_sid(sid, plan, recv_ns, out)
-
-    def _drop_sid(
-        self,
-        sid: int,
-        plan: SubscriptionPlan,
-        recv_ns: int,
-        out: list[Inbound],
-        *,
-        ended: bool = True,
-    ) -> None:
-        reason = f"error:{ERROR_BUFFER_OVERFLOW}"
-        self._stats.gap(reason)
-        position = self.next_seq.get(sid, 0)
-        log.warning(
-            "conn %d: the exchange dropped sid %d (%s, error 25); resubscribing",
-            self._conn,
-            sid,
-            plan.channel,
-        )
-        gap = GapRecord(
-            self._conn, sid, plan.channel, position, position, list(plan.markets), recv_ns, reason
-        )
-        out.append(self._subjects.record(gap))
-        if ended:
-            self._dropped.add(sid)
-        self._resubscribe[sid] = None

@@ -24,10 +24,10 @@ from ssmd.connector.records import (
 )
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds.base import Command, SessionContext
-from ssmd.feeds.kalshi.changes import (
+from ssmd.feeds.kalshi.changes import LiveChanges
+from ssmd.feeds.kalshi.replies import (
     ERROR_BUFFER_OVERFLOW,
     ERROR_MARKET_LIMIT,
-    LiveChanges,
     _Subscribe,
     _Unsubscribe,
     _Update,
