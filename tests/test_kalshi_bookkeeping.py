@@ -16,6 +16,7 @@ from ssmd.connector.layout import AddMarkets, DeleteMarkets, Subscribe, Unsubscr
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds.base import Change, Command, ConnectionStats, SessionContext, Subjects
+from ssmd.feeds.kalshi.replies import RETIRED_SIDS
 from ssmd.feeds.kalshi.session import KalshiSession
 from tests.test_connector_connection import FakeExchange, FakeSocket, Harness, running
 
@@ -280,11 +281,16 @@ def test_the_session_keeps_no_state_per_answered_command() -> None:
             seq += 1
             frame(session, ok(cmd, 7, seq))
             assert session.replied(cmd.reply)
+        subscribed(session, 1, (f"S{n}",), 100 + n)
+        cmd = session.apply(Change(Unsubscribe(0, BOOK, 1), "reconcile"))
+        frame(session, {"id": sent(cmd)["id"], "type": "unsubscribed", "sid": 100 + n})
     sizes = {
         name: len(value)
         for name, value in vars(session).items()
         if isinstance(value, dict | set | list | tuple)
     }
+    # The sids let go are remembered up to a bound (RETIRED_SIDS); nothing else grows.
+    assert sizes.pop("_retired") == RETIRED_SIDS
     assert max(sizes.values()) <= 4, sizes
 
 

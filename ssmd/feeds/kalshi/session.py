@@ -163,8 +163,8 @@ class KalshiSession(LiveChanges):
             )
         else:
             log.debug("conn %d: %s (command %s)", self._conn, kind, command_id)
-        if kind == "unsubscribed" and (sid := reply_sid(reply)) is not None:
-            self._unsubscribed.add(sid)
+        if kind == "unsubscribed" and self._stopping and (sid := reply_sid(reply)) is not None:
+            self._unsubscribed.add(sid)  # only while stopping: nothing grows on a long run
         if kind == "error" and error_code(reply) == ERROR_BUFFER_OVERFLOW:
             # Unsolicited, even when it carries an id: no command's answer.
             self._on_dropped(reply, recv_ns, out)
