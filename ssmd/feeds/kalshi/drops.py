@@ -43,9 +43,9 @@ class Drops:
         sid = reply.get("sid")
         if sid is None and isinstance(body, dict):
             sid = body.get("sid")
-        if isinstance(sid, int) and sid in self._retired:
-            return  # let go already (a repair replaces it, or it was unsubscribed)
         plan = self.subscriptions.get(sid) if isinstance(sid, int) else None
+        if plan is None and isinstance(sid, int) and sid in self._retired:
+            return  # let go already (a repair replaces it, or it was unsubscribed)
         if plan is None or not isinstance(sid, int):
             # It names no subscription we hold (the reference: a 25 may name no sid), so
             # any of them may have lost data: each gets its gap and is subscribed again.
