@@ -382,3 +382,18 @@ async def test_a_repair_refused_as_too_large_reaches_the_planner_without_another
         await trio.sleep(1)
         assert [c["cmd"] for c in socket.commands] == ["subscribe", "unsubscribe", "subscribe"]
         assert heard == [(0, 0, ("A", "B"), True)]
+
+
+def test_an_update_refused_because_the_sid_is_dead_repairs_it_not_retries() -> None:
+    """Errors 7, 10 and 17 on a change: the exchange has no (working) subscription any
+    more, so its data since is lost: a gap record, then a subscribe of what is wanted
+    (the refused add included), no unsubscribe of a sid that is gone, no retry."""
+    session, stats = new_session()
+    subscribed(session, 0, ("A",), 7)
+    out = frame(session, error(add(session, "X"), 17))
+    (gap,) = records(out, "gap")
+    assert (gap["sid"], gap["markets"], gap["reason"]) == (7, ["A"], "error:17")
+    assert stats.gap_reasons == {"error:17": 1}
+    assert not session.retries_waiting()
+    (again,) = [sent(c) for c in session.take_commands()]
+    assert (again["cmd"], again["params"]["market_tickers"]) == ("subscribe", ["A", "X"])

@@ -22,8 +22,8 @@ from ssmd.feeds.base import Change, Command
 from ssmd.feeds.kalshi.drops import Drops
 from ssmd.feeds.kalshi.replies import (
     ERROR_MARKET_LIMIT,
-    ERROR_UNKNOWN_SID,
     RETRY,
+    SID_ENDED_ERRORS,
     UNKNOWN_MARKET_ERRORS,
     _Subscribe,
     _Unsubscribe,
@@ -210,6 +210,10 @@ class LiveChanges(Drops):
                     self._slots[pending.slot] = SubscriptionPlan(wanted.channel, markets)
                 self._refused_too_large.append((pending.slot, pending.markets, False))
                 return
+            if code in SID_ENDED_ERRORS:
+                # The repair subscribes what the slot wants, this change included.
+                self._on_sid_ended(sid, code, recv_ns, out)
+                return
             if code in UNKNOWN_MARKET_ERRORS:
                 unknown = error_markets(reply, pending.markets)
                 self._forget_markets(pending.slot, pending.channel, sid, unknown, code)
@@ -318,10 +322,11 @@ class LiveChanges(Drops):
     def _on_unsubscribe_reply(
         self, pending: _Unsubscribe, reply: dict[str, Any], recv_ns: int, out: list[Inbound]
     ) -> None:
-        """`unsubscribed`, or error 7 (the exchange knows no such sid): the sid's data
-        ended. Any other error: the sid still runs; the unsubscribe is tried again."""
+        """`unsubscribed`, or error 7, 10 or 17 (the exchange knows no such sid, or it is
+        dead): the sid's data ended. Any other error: the sid still runs; the unsubscribe
+        is tried again."""
         code = error_code(reply) if reply.get("type") == "error" else None
-        if code is not None and code != ERROR_UNKNOWN_SID:
+        if code is not None and code not in SID_ENDED_ERRORS:
             log.warning(
                 "conn %d: unsubscribe of sid %d refused: %s; will retry",
                 self._conn,

@@ -70,6 +70,17 @@ class Drops:
             return
         self._drop_sid(sid, plan, recv_ns, out)
 
+    def _on_sid_ended(self, sid: int, code: int, recv_ns: int, out: list[Inbound]) -> None:
+        """A command on `sid` was answered 7, 10 or 17: the sid no longer runs, so what it
+        carried since is lost, as after a 25."""
+        plan = self.subscriptions.get(sid)
+        if plan is None:
+            return
+        if sid in self._resubscribe:
+            self._dropped.add(sid)  # its gap is recorded and its repair queued
+            return
+        self._drop_sid(sid, plan, recv_ns, out, code=code)
+
     def _drop_sid(
         self,
         sid: int,
@@ -78,15 +89,17 @@ class Drops:
         out: list[Inbound],
         *,
         ended: bool = True,
+        code: int = ERROR_BUFFER_OVERFLOW,
     ) -> None:
-        reason = f"error:{ERROR_BUFFER_OVERFLOW}"
+        reason = f"error:{code}"
         self._stats.gap(reason)
         position = self.next_seq.get(sid, 0)
         log.warning(
-            "conn %d: the exchange dropped sid %d (%s, error 25); resubscribing",
+            "conn %d: the exchange dropped sid %d (%s, error %d); resubscribing",
             self._conn,
             sid,
             plan.channel,
+            code,
         )
         gap = GapRecord(
             self._conn, sid, plan.channel, position, position, list(plan.markets), recv_ns, reason

@@ -10,11 +10,15 @@ import attrs
 from ssmd.connector.shards import SubscriptionPlan
 
 ERROR_UNKNOWN_SID = 7  # the exchange knows no such subscription (any more)
+ERROR_CHANNEL = 10  # channel error: the subscription is dead
 ERROR_MARKET_REQUIRED = 14  # no (usable) market ticker in the command
 ERROR_MARKET_NOT_FOUND = 16
+ERROR_INTERNAL = 17  # the subscription is dead
 ERROR_BUFFER_OVERFLOW = 25  # the exchange dropped a subscription: data lost
 ERROR_MARKET_LIMIT = 26  # too many markets on one subscription
 ERROR_TOO_MANY_REQUESTS = 27  # per-subscription command rate
+# Errors that say the sid no longer runs (kalshi-ws.md: terminal, resubscribe).
+SID_ENDED_ERRORS = frozenset({ERROR_UNKNOWN_SID, ERROR_CHANNEL, ERROR_INTERNAL})
 # Errors that name markets the exchange will never take: they leave the wanted set.
 UNKNOWN_MARKET_ERRORS = frozenset({ERROR_MARKET_REQUIRED, ERROR_MARKET_NOT_FOUND})
 # The reason of a `ssmd.subscription` record for a change the exchange refused before
