@@ -403,6 +403,9 @@ class Connection:
             if commands:
                 for command in commands:
                     await self._send_command(ws, socket, command)
+                # A repair's subscribe refused as too large: the planner hears it now,
+                # not after whatever frame comes next.
+                self._report_refused()
                 continue
             if dynamic and self._changes:
                 assert isinstance(session, DynamicSession)

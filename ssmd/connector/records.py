@@ -110,7 +110,9 @@ class SubscriptionRecord:
     """What a live connection records changed: `added` markets are recorded from here on,
     `removed` ones no more. `reason`: `discovery` (found by the REST walk at start),
     `lifecycle:<event_type>` (a `market_lifecycle_v2` event), `reconcile` (a periodic
-    REST walk disagreed), `error:<code>` (the exchange refused or dropped a subscription)."""
+    REST walk disagreed), `error:<code>` (the exchange refused or dropped a subscription,
+    or does not know a market: 16), `retry` (a refused subscribe or change went through
+    on a later try)."""
 
     kind: ClassVar[str] = "subscription"
     conn: int

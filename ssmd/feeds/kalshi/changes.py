@@ -1,6 +1,7 @@
 """Kalshi's live subscription changes on one connection (the `DynamicSession` part of
 `KalshiSession`): `update_subscription` add/delete on one sid, the `ok` reply's `seq`
-re-basing the sid, the `ssmd.subscription` records, and errors 25, 26 and 27.
+re-basing the sid, the `ssmd.subscription` records, and errors 14, 16, 26 and 27 (25:
+`drops`).
 
 A mixin: `KalshiSession` owns the state declared here and builds the commands.
 """
@@ -15,57 +16,37 @@ import attrs
 
 from ssmd.connector.layout import AddMarkets, DeleteMarkets, Subscribe, Unsubscribe
 from ssmd.connector.publisher import Inbound
-from ssmd.connector.records import GapRecord, SubscribeErrorRecord, SubscriptionRecord
+from ssmd.connector.records import SubscribeErrorRecord, SubscriptionRecord
 from ssmd.connector.shards import SubscriptionPlan
-from ssmd.feeds.base import Change, Command, ConnectionStats, Subjects
+from ssmd.feeds.base import Change, Command
+from ssmd.feeds.kalshi.drops import Drops
+from ssmd.feeds.kalshi.replies import (
+    ERROR_MARKET_LIMIT,
+    RETRY,
+    SID_ENDED_ERRORS,
+    UNKNOWN_MARKET_ERRORS,
+    _Subscribe,
+    _Unsubscribe,
+    _Update,
+    error_code,
+    error_markets,
+    reply_markets,
+)
 
 log = logging.getLogger("ssmd.connector.connection")
 
-ERROR_BUFFER_OVERFLOW = 25  # the exchange dropped a subscription: data lost
-ERROR_MARKET_LIMIT = 26  # too many markets on one subscription
-ERROR_TOO_MANY_REQUESTS = 27  # per-subscription command rate
 
+class LiveChanges(Drops):
+    """State shared with `KalshiSession`, which sets it up in `__init__`/`start`.
 
-def error_code(reply: dict[str, Any]) -> int | None:
-    body = reply.get("msg")
-    code = body.get("code") if isinstance(body, dict) else None
-    return code if isinstance(code, int) and not isinstance(code, bool) else None
+    Per planner slot the session keeps what is wanted (`_slots`); per sid, what the
+    exchange confirmed (`subscriptions`: the `subscribed` reply's plan, then each `ok`
+    reply's full market list). A change sends only what the confirmed set lacks (or
+    still has); a refused change is retried as the difference between the two at that
+    time, never as the command that was refused, so a later change is never undone.
+    """
 
-
-@attrs.frozen
-class _Subscribe:
-    plan: SubscriptionPlan
-    replaces: int | None = None  # the sid a resubscribe replaces
-    slot: int | None = None
-    reason: str | None = None  # set for a live change: its subscription record's reason
-
-
-@attrs.frozen
-class _Unsubscribe:
-    sid: int
-    slot: int | None = None
-    reason: str | None = None
-    markets: tuple[str, ...] = ()
-    channel: str = ""
-
-
-@attrs.frozen
-class _Update:
-    """`update_subscription` of one sid: markets added or deleted."""
-
-    change: Change
-    sid: int
-    markets: tuple[str, ...]
-    add: bool
-
-
-class LiveChanges:
-    """State shared with `KalshiSession`, which sets it up in `__init__`/`start`."""
-
-    _conn: int
     _next_id: int
-    _stats: ConnectionStats
-    _subjects: Subjects
     _pending: dict[int, _Subscribe | _Unsubscribe | _Update]
     # The wanted subscriptions by slot (the planner's from 0, static plans negative).
     _slots: dict[int, SubscriptionPlan]
@@ -73,11 +54,10 @@ class LiveChanges:
     _sid_slot: dict[int, int]
     _refused: list[tuple[int | None, SubscriptionPlan]]
     _refused_too_large: list[tuple[int, tuple[str, ...], bool]]
-    _throttled: list[Change]
-    _dropped: set[int]
-    _resubscribe: dict[int, None]
-    subscriptions: dict[int, SubscriptionPlan]
-    next_seq: dict[int, int]
+    # Slots whose changes wait for the retry (error 27 and the like), and unsubscribes
+    # the exchange refused (the sid still runs), by sid.
+    _waiting: dict[int, None]
+    _unsubscribing: dict[int, _Unsubscribe]
 
     def _command(self, cmd: str, params: dict[str, object]) -> Command:
         raise NotImplementedError
@@ -89,8 +69,12 @@ class LiveChanges:
         *,
         slot: int | None = None,
         reason: str | None = None,
+        retried: bool = False,
     ) -> Command:
         raise NotImplementedError
+
+    def _record(self, out: list[Inbound], record: SubscriptionRecord) -> None:
+        out.append(self._subjects.record(record))
 
     # Live changes (the `DynamicSession` extension).
 
@@ -114,35 +98,57 @@ class LiveChanges:
             else:
                 gone = set(action.markets)
                 markets = tuple(m for m in wanted.markets if m not in gone)
-            self._slots[action.slot] = SubscriptionPlan(wanted.channel, markets)
+            plan = SubscriptionPlan(wanted.channel, markets)
+            self._slots[action.slot] = plan
             sid = self._slot_sid.get(action.slot)
             if sid is None:
-                return None  # refused and waiting: the retry subscribes the wanted set
-            return self._update(change, sid, action.markets, add)
+                if not markets or self._subscribing(action.slot):
+                    return None  # its subscribe (or the retry) carries the wanted set
+                # Every market the exchange would not know was dropped: a fresh start.
+                return self._subscribe(plan, slot=action.slot, reason=change.reason)
+            if action.slot in self._waiting:
+                return None  # the retry sends what is wanted then
+            confirmed = set(self._confirmed(sid))
+            sent = tuple(m for m in dict.fromkeys(action.markets) if (m in confirmed) != add)
+            if not sent:
+                return None  # already so on the exchange
+            return self._update(action.slot, action.channel, sid, sent, add, change.reason)
         if isinstance(action, Unsubscribe):
-            wanted = self._slots.pop(action.slot, None)
+            self._slots.pop(action.slot, None)
+            self._waiting.pop(action.slot, None)
             sid = self._slot_sid.pop(action.slot, None)
             self._refused = [(s, p) for s, p in self._refused if s != action.slot]
             if sid is None:
                 return None
             self._sid_slot.pop(sid, None)
-            command = self._command("unsubscribe", {"sids": [sid]})
-            markets = wanted.markets if wanted else ()
-            self.subscriptions.pop(sid, None)
-            self._pending[self._next_id] = _Unsubscribe(
-                sid, action.slot, change.reason, markets, action.channel
-            )
-            return command
+            return self._unsubscribe(_Unsubscribe(sid, action.slot, change.reason, action.channel))
         return None
 
-    def _update(self, change: Change, sid: int, markets: tuple[str, ...], add: bool) -> Command:
+    def _subscribing(self, slot: int) -> bool:
+        """Whether a subscribe of `slot` is in flight or waits for its retry."""
+        return any(s == slot for s, _ in self._refused) or any(
+            isinstance(p, _Subscribe) and p.slot == slot for p in self._pending.values()
+        )
+
+    def _confirmed(self, sid: int) -> tuple[str, ...]:
+        plan = self.subscriptions.get(sid)
+        return plan.markets if plan is not None else ()
+
+    def _update(
+        self, slot: int, channel: str, sid: int, markets: tuple[str, ...], add: bool, reason: str
+    ) -> Command:
         params = {
             "sids": [sid],
             "market_tickers": list(markets),
             "action": "add_markets" if add else "delete_markets",
         }
         command = self._command("update_subscription", params)
-        self._pending[self._next_id] = _Update(change, sid, markets, add)
+        self._pending[self._next_id] = _Update(slot, channel, sid, markets, add, reason)
+        return command
+
+    def _unsubscribe(self, pending: _Unsubscribe) -> Command:
+        command = self._command("unsubscribe", {"sids": [pending.sid]})
+        self._pending[self._next_id] = pending
         return command
 
     def sid_markets(self) -> dict[int, tuple[str, int]]:
@@ -152,111 +158,192 @@ class LiveChanges:
         refused, self._refused_too_large = self._refused_too_large, []
         return refused
 
+    def _retry_changes(self) -> list[Command]:
+        """Each waiting slot's difference between wanted and confirmed (deletes first, to
+        make room), and the refused unsubscribes again."""
+        commands = []
+        waiting, self._waiting = self._waiting, {}
+        for slot in waiting:
+            wanted = self._slots.get(slot)
+            sid = self._slot_sid.get(slot)
+            if wanted is None or sid is None:
+                continue  # unsubscribed, or subscribed afresh with what is wanted
+            confirmed = self._confirmed(sid)
+            wanted_set, confirmed_set = set(wanted.markets), set(confirmed)
+            gone = tuple(m for m in confirmed if m not in wanted_set)
+            new = tuple(m for m in wanted.markets if m not in confirmed_set)
+            if gone:
+                commands.append(self._update(slot, wanted.channel, sid, gone, False, RETRY))
+            if new:
+                commands.append(self._update(slot, wanted.channel, sid, new, True, RETRY))
+        unsubscribing, self._unsubscribing = self._unsubscribing, {}
+        for pending in unsubscribing.values():
+            reason = RETRY if pending.reason is not None else None
+            commands.append(self._unsubscribe(attrs.evolve(pending, reason=reason)))
+        return commands
+
     def _on_update_reply(
         self, pending: _Update, reply: dict[str, Any], recv_ns: int, out: list[Inbound]
     ) -> None:
-        action = pending.change.action
-        assert isinstance(action, AddMarkets | DeleteMarkets)
+        sid = pending.sid
+        before = self._confirmed(sid)
         if reply.get("type") == "error":
             code = error_code(reply)
             self._stats.subscribe_errors += 1
             log.warning(
                 "conn %d: update_subscription of sid %d refused: %s",
                 self._conn,
-                pending.sid,
+                sid,
                 reply.get("msg"),
             )
-            if code == ERROR_MARKET_LIMIT and pending.add:
-                wanted = self._slots.get(action.slot)
-                if wanted is not None:
-                    gone = set(pending.markets)
-                    markets = tuple(m for m in wanted.markets if m not in gone)
-                    self._slots[action.slot] = SubscriptionPlan(wanted.channel, markets)
-                self._refused_too_large.append((action.slot, pending.markets, False))
-            else:
-                # 27 (too many requests) and the rest: the change is retried later.
-                self._throttled.append(pending.change)
             if pending.add:
                 error = json.dumps(reply.get("msg"), separators=(",", ":"))
                 refusal = SubscribeErrorRecord(
-                    self._conn, action.channel, list(pending.markets), error, recv_ns
+                    self._conn, pending.channel, list(pending.markets), error, recv_ns
                 )
                 out.append(self._subjects.record(refusal))
+            if code == ERROR_MARKET_LIMIT and pending.add:
+                wanted = self._slots.get(pending.slot)
+                if wanted is not None:
+                    gone = set(pending.markets)
+                    markets = tuple(m for m in wanted.markets if m not in gone)
+                    self._slots[pending.slot] = SubscriptionPlan(wanted.channel, markets)
+                self._refused_too_large.append((pending.slot, pending.markets, False))
+                return
+            if code in SID_ENDED_ERRORS:
+                # The repair subscribes what the slot wants, this change included.
+                self._on_sid_ended(sid, code, recv_ns, out)
+                return
+            if code in UNKNOWN_MARKET_ERRORS:
+                unknown = error_markets(reply, pending.markets)
+                self._forget_markets(pending.slot, pending.channel, sid, unknown, code)
+                self._record(
+                    out,
+                    SubscriptionRecord(
+                        self._conn,
+                        sid,
+                        pending.channel,
+                        [],
+                        list(unknown),
+                        f"error:{code}",
+                        recv_ns,
+                    ),
+                )
+                if set(pending.markets) <= set(unknown):
+                    return
+            # 27 (too many requests) and the rest: the slot's changes wait for the retry.
+            self._waiting[pending.slot] = None
             return
         seq = reply.get("seq")
         if isinstance(seq, int) and not isinstance(seq, bool):
             # The reply gives the sid's position: an add or delete is no gap.
-            self.next_seq[pending.sid] = seq + 1
-        wanted = self._slots.get(action.slot)
-        if wanted is not None and self._slot_sid.get(action.slot) == pending.sid:
-            self.subscriptions[pending.sid] = wanted
-        added = list(pending.markets) if pending.add else []
-        removed = [] if pending.add else list(pending.markets)
-        record = SubscriptionRecord(
-            self._conn,
-            pending.sid,
-            action.channel,
-            added,
-            removed,
-            pending.change.reason,
-            recv_ns,
-        )
-        out.append(self._subjects.record(record))
-
-    def _on_dropped(self, reply: dict[str, Any], recv_ns: int, out: list[Inbound]) -> None:
-        """Error 25: the exchange dropped a subscription because this reader fell behind.
-        Its data is lost: a gap record, then a fresh subscription of the same markets."""
-        body = reply.get("msg")
-        sid = reply.get("sid")
-        if sid is None and isinstance(body, dict):
-            sid = body.get("sid")
-        plan = self.subscriptions.get(sid) if isinstance(sid, int) else None
-        if plan is None or not isinstance(sid, int):
-            # It names no subscription we hold (the reference: a 25 may name no sid), so
-            # any of them may have lost data: each gets its gap and is subscribed again.
-            log.error(
-                "conn %d: the exchange dropped a subscription it does not name (%s); "
-                "resubscribing all %d",
-                self._conn,
-                body,
-                len(self.subscriptions),
+            self.next_seq[sid] = seq + 1
+        after = reply_markets(reply)
+        if after is None:
+            if pending.add:
+                after = tuple(dict.fromkeys((*before, *pending.markets)))
+            else:
+                gone = set(pending.markets)
+                after = tuple(m for m in before if m not in gone)
+        if sid in self.subscriptions:
+            self.subscriptions[sid] = SubscriptionPlan(pending.channel, after)
+        had, has = set(before), set(after)
+        if pending.add:
+            added, removed = [m for m in pending.markets if m in has and m not in had], []
+        else:
+            added, removed = [], [m for m in pending.markets if m in had and m not in has]
+        if added or removed:
+            record = SubscriptionRecord(
+                self._conn, sid, pending.channel, added, removed, pending.reason, recv_ns
             )
-            # None is known to be ended: each is unsubscribed before it is subscribed
-            # again, so one still running is not doubled.
-            for held_sid, held in list(self.subscriptions.items()):
-                if held_sid not in self._dropped:
-                    self._drop_sid(held_sid, held, recv_ns, out, ended=False)
-            return
-        self._drop_sid(sid, plan, recv_ns, out)
+            self._record(out, record)
 
-    def _drop_sid(
-        self,
-        sid: int,
-        plan: SubscriptionPlan,
-        recv_ns: int,
-        out: list[Inbound],
-        *,
-        ended: bool = True,
+    def _forget_markets(
+        self, slot: int | None, channel: str, sid: int | None, markets: tuple[str, ...], code: int
     ) -> None:
-        self._stats.gaps += 1
-        position = self.next_seq.get(sid, 0)
+        """Errors 14/16: the exchange will never take these markets: out of the wanted set
+        (and the confirmed one), so no retry sends them again."""
         log.warning(
-            "conn %d: the exchange dropped sid %d (%s, error 25); resubscribing",
+            "conn %d: the exchange does not know %s on %s (error %d); no longer wanted",
             self._conn,
-            sid,
-            plan.channel,
+            ", ".join(markets),
+            channel,
+            code,
         )
-        gap = GapRecord(
+        unknown = set(markets)
+        wanted = self._slots.get(slot) if slot is not None else None
+        if slot is not None and wanted is not None:
+            kept = tuple(m for m in wanted.markets if m not in unknown)
+            self._slots[slot] = SubscriptionPlan(wanted.channel, kept)
+        confirmed = self.subscriptions.get(sid) if sid is not None else None
+        if sid is not None and confirmed is not None:
+            kept = tuple(m for m in confirmed.markets if m not in unknown)
+            self.subscriptions[sid] = SubscriptionPlan(confirmed.channel, kept)
+
+    def _on_subscribe_refused(
+        self, pending: _Subscribe, reply: dict[str, Any], recv_ns: int, out: list[Inbound]
+    ) -> None:
+        """A refused subscribe other than 26: retried with the slot's wanted set, less any
+        market the exchange said it does not know (14/16)."""
+        plan, slot = pending.plan, pending.slot
+        code = error_code(reply)
+        if code in UNKNOWN_MARKET_ERRORS and plan.markets:
+            unknown = error_markets(reply, plan.markets)
+            self._forget_markets(slot, plan.channel, None, unknown, code)
+            record = SubscriptionRecord(
+                self._conn, None, plan.channel, [], list(unknown), f"error:{code}", recv_ns
+            )
+            self._record(out, record)
+            wanted = self._slots.get(slot) if slot is not None else None
+            plan = SubscriptionPlan(
+                plan.channel, tuple(m for m in plan.markets if m not in unknown)
+            )
+            if (wanted is not None and not wanted.markets) or not plan.markets:
+                return  # nothing left to subscribe: a later add subscribes afresh
+        log.error(
+            "conn %d: subscribe %s (%d markets) refused: %s; will retry",
             self._conn,
-            sid,
             plan.channel,
-            position,
-            position,
-            list(plan.markets),
-            recv_ns,
-            reason=f"error:{ERROR_BUFFER_OVERFLOW}",
+            len(plan.markets),
+            reply.get("msg"),
         )
-        out.append(self._subjects.record(gap))
-        if ended:
-            self._dropped.add(sid)
-        self._resubscribe[sid] = None
+        self._refused.append((slot, plan))
+
+    def _on_retried_subscribe(
+        self, pending: _Subscribe, sid: int | None, recv_ns: int, out: list[Inbound]
+    ) -> None:
+        """A refused subscribe went through on a later try: capture begins here."""
+        markets = list(pending.plan.markets)
+        self._record(
+            out,
+            SubscriptionRecord(self._conn, sid, pending.plan.channel, markets, [], RETRY, recv_ns),
+        )
+
+    def _on_unsubscribe_reply(
+        self, pending: _Unsubscribe, reply: dict[str, Any], recv_ns: int, out: list[Inbound]
+    ) -> None:
+        """`unsubscribed`, or error 7, 10 or 17 (the exchange knows no such sid, or it is
+        dead): the sid's data ended. Any other error: the sid still runs; the unsubscribe
+        is tried again."""
+        code = error_code(reply) if reply.get("type") == "error" else None
+        if code is not None and code not in SID_ENDED_ERRORS:
+            log.warning(
+                "conn %d: unsubscribe of sid %d refused: %s; will retry",
+                self._conn,
+                pending.sid,
+                reply.get("msg"),
+            )
+            self._stats.subscribe_errors += 1
+            self._unsubscribing[pending.sid] = pending
+            return
+        plan = self.subscriptions.pop(pending.sid, None)
+        self.next_seq.pop(pending.sid, None)
+        self._retire(pending.sid)
+        if pending.reason is not None:
+            markets = list(plan.markets) if plan is not None else []
+            reason = pending.reason if code is None else f"error:{code}"
+            channel = plan.channel if plan is not None else pending.channel
+            self._record(
+                out,
+                SubscriptionRecord(self._conn, pending.sid, channel, [], markets, reason, recv_ns),
+            )

@@ -23,11 +23,11 @@ from ssmd.connector.records import (
     SubscriptionRecord,
 )
 from ssmd.connector.shards import SubscriptionPlan
-from ssmd.feeds.base import Change, Command, SessionContext
-from ssmd.feeds.kalshi.changes import (
+from ssmd.feeds.base import Command, SessionContext
+from ssmd.feeds.kalshi.changes import LiveChanges
+from ssmd.feeds.kalshi.replies import (
     ERROR_BUFFER_OVERFLOW,
     ERROR_MARKET_LIMIT,
-    LiveChanges,
     _Subscribe,
     _Unsubscribe,
     _Update,
@@ -90,15 +90,20 @@ class KalshiSession(LiveChanges):
         self._pending: dict[int, _Subscribe | _Unsubscribe | _Update] = {}
         self._slot_sid: dict[int, int] = {}
         self._sid_slot: dict[int, int] = {}
-        self._throttled: list[Change] = []
+        self._waiting: dict[int, None] = {}
+        self._unsubscribing: dict[int, _Unsubscribe] = {}
         self._dropped: set[int] = set()  # sids the exchange ended (error 25)
-        self._replied: set[int] = set()
         self.subscriptions: dict[int, SubscriptionPlan] = {}
         self.next_seq: dict[int, int] = {}
         self._resubscribe: dict[int, None] = {}
         self._refused: list[tuple[int | None, SubscriptionPlan]] = []
         self._stopping: list[int] = []
         self._unsubscribed: set[int] = set()
+        # Sids this socket held and let go (repaired or unsubscribed): the last 1024.
+        self._retired: dict[int, None] = {}
+        # sid -> the old position, while a mid-sequence snapshot numbered 1 leaves open
+        # whether the sid goes on from there or from 2.
+        self._renumbered: dict[int, int] = {}
         return [self._subscribe(plan, slot=slot) for slot, plan in self._slots.items()]
 
     def _command(self, cmd: str, params: dict[str, object]) -> Command:
@@ -113,9 +118,10 @@ class KalshiSession(LiveChanges):
         *,
         slot: int | None = None,
         reason: str | None = None,
+        retried: bool = False,
     ) -> Command:
         command = self._command("subscribe", subscribe_params(plan))
-        self._pending[self._next_id] = _Subscribe(plan, replaces, slot, reason)
+        self._pending[self._next_id] = _Subscribe(plan, replaces, slot, reason, retried)
         return command
 
     def on_frame(self, payload: bytes, recv_ns: int, out: list[Inbound]) -> bool:
@@ -162,8 +168,8 @@ class KalshiSession(LiveChanges):
             )
         else:
             log.debug("conn %d: %s (command %s)", self._conn, kind, command_id)
-        if kind == "unsubscribed" and (sid := reply_sid(reply)) is not None:
-            self._unsubscribed.add(sid)
+        if kind == "unsubscribed" and self._stopping and (sid := reply_sid(reply)) is not None:
+            self._unsubscribed.add(sid)  # only while stopping: nothing grows on a long run
         if kind == "error" and error_code(reply) == ERROR_BUFFER_OVERFLOW:
             # Unsolicited, even when it carries an id: no command's answer.
             self._on_dropped(reply, recv_ns, out)
@@ -174,28 +180,18 @@ class KalshiSession(LiveChanges):
         pending = self._pending.pop(command_id, None)
         if pending is None:
             return
-        self._replied.add(command_id)
         if isinstance(pending, _Update) or pending.reason is not None:
             code = error_code(reply) if kind == "error" else None
             self._stats.changes["ok" if code is None else f"error:{code}"] += 1
         if isinstance(pending, _Unsubscribe):
-            self.next_seq.pop(pending.sid, None)
-            if pending.reason is not None:
-                record = SubscriptionRecord(
-                    self._conn,
-                    pending.sid,
-                    pending.channel,
-                    [],
-                    list(pending.markets),
-                    pending.reason,
-                    recv_ns,
-                )
-                out.append(self._subjects.record(record))
+            self._on_unsubscribe_reply(pending, reply, recv_ns, out)
             return
         if isinstance(pending, _Update):
             self._on_update_reply(pending, reply, recv_ns, out)
             return
         self._on_subscribe_reply(pending, reply, recv_ns, out)
+        if pending.retried and kind != "error":
+            self._on_retried_subscribe(pending, reply_sid(reply), recv_ns, out)
 
     def _on_subscribe_reply(
         self, pending: _Subscribe, reply: dict[str, Any], recv_ns: int, out: list[Inbound]
@@ -248,14 +244,7 @@ class KalshiSession(LiveChanges):
                 self._slots.pop(slot, None)
                 self._refused_too_large.append((slot, plan.markets, True))
                 return
-            log.error(
-                "conn %d: subscribe %s (%d markets) refused: %s; will retry",
-                self._conn,
-                plan.channel,
-                len(plan.markets),
-                reply.get("msg"),
-            )
-            self._refused.append((slot, plan))
+            self._on_subscribe_refused(pending, reply, recv_ns, out)
             return
         if plan.channel == "trade" and self._backfill is not None:
             loss = self._trade_loss.pop(pending.slot, None) if pending.slot is not None else None
@@ -298,12 +287,25 @@ class KalshiSession(LiveChanges):
     def _check_seq(self, routed: Routed, sid: int, seq: int, recv_ns: int) -> GapRecord | None:
         """Track `seq` per sid; on a jump, schedule a resubscribe and give a gap record."""
         expected = self.next_seq.get(sid)
-        self.next_seq[sid] = seq + 1
         if expected is None or seq == expected:
+            self.next_seq[sid] = seq + 1
+            if self._renumbered:
+                self._renumbered.pop(sid, None)
             return None
         if seq == 1 and routed.message_type == "orderbook_snapshot":
-            # Some feeds number each market's snapshot from 1 within a shared sid.
+            # Some feeds number each market's snapshot from 1 within a shared sid; the
+            # reference has a sid's messages counted on past it. The next message says
+            # which: the old position stays good, and 2 is taken too.
+            self._renumbered[sid] = self._renumbered.get(sid, expected)
+            self.next_seq[sid] = 2
             return None
+        renumbered = self._renumbered.pop(sid, None) if self._renumbered else None
+        if renumbered is not None and seq == renumbered:
+            self.next_seq[sid] = seq + 1
+            return None
+        if renumbered is not None:
+            expected = renumbered
+        self.next_seq[sid] = seq + 1
         plan = self.subscriptions.get(sid)
         markets = list(plan.markets) if plan else ([routed.key] if routed.key else [])
         self._stats.gap("seq")
@@ -325,36 +327,37 @@ class KalshiSession(LiveChanges):
         )
 
     def replied(self, token: Hashable) -> bool:
-        return token in self._replied
+        """Ids count up per socket and a command waits in `_pending` until answered, so
+        nothing needs remembering once it is."""
+        return isinstance(token, int) and 0 < token <= self._next_id and token not in self._pending
 
     def take_commands(self) -> list[Command]:
         """One gap repair at a time: unsubscribe the old sid, subscribe the plan again."""
         while self._resubscribe:
             old_sid = next(iter(self._resubscribe))
             del self._resubscribe[old_sid]
+            slot = self._sid_slot.pop(old_sid, None)
+            if slot is None:
+                continue  # no longer wanted: its unsubscribe is under way
             plan = self.subscriptions.pop(old_sid, None)
+            self._slot_sid.pop(slot, None)
+            plan = self._slots.get(slot, plan)
             if plan is None:
                 continue
-            slot = self._sid_slot.pop(old_sid, None)
-            if slot is not None:
-                self._slot_sid.pop(slot, None)
-                plan = self._slots.get(slot, plan)
+            self._retire(old_sid)
             resubscribe = [self._subscribe(plan, replaces=old_sid, slot=slot)]
             if old_sid in self._dropped:
                 self._dropped.discard(old_sid)
                 self.next_seq.pop(old_sid, None)
                 return resubscribe
-            unsubscribe = self._command("unsubscribe", {"sids": [old_sid]})
-            self._pending[self._next_id] = _Unsubscribe(old_sid)
-            return [unsubscribe, *resubscribe]
+            return [self._unsubscribe(_Unsubscribe(old_sid)), *resubscribe]
         return []
 
     def retries_waiting(self) -> bool:
-        return bool(self._refused or self._throttled)
+        return bool(self._refused or self._waiting or self._unsubscribing)
 
     def take_retries(self) -> list[Command]:
         refused, self._refused = self._refused, []
-        throttled, self._throttled = self._throttled, []
         commands = []
         for slot, plan in refused:
             if slot is not None:
@@ -362,12 +365,8 @@ class KalshiSession(LiveChanges):
                 if wanted is None or (not wanted.markets and plan.markets):
                     continue  # removed meanwhile
                 plan = wanted
-            commands.append(self._subscribe(plan, slot=slot))
-        for change in throttled:
-            command = self.apply(change)
-            if command is not None:
-                commands.append(command)
-        return commands
+            commands.append(self._subscribe(plan, slot=slot, retried=True))
+        return commands + self._retry_changes()
 
     def keepalive(self, count: int) -> str | None:
         return None  # WebSocket pings; Kalshi answers them with pongs

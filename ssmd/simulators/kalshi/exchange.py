@@ -5,7 +5,8 @@ timestamp), answers `subscribe`, `unsubscribe` and `update_subscription` with id
 sids, numbers data with `seq` per sid, and has the fault switches a test needs:
 `ExchangeSession.skip_seq` (a seq break), `send` of any frame (garbage), `drop` (TCP
 closed without a close handshake), `go_silent` (a black-holed, half-open socket),
-`refuse_channels` and `mute_commands`. What it streams is left to a subclass
+`refuse_channels`, `mute_commands`, and for live changes `market_limit` (26),
+`throttle_updates` (27) and `unknown_markets` (16). What it streams is left to a subclass
 (`MarketExchange`, the demo's market) or to the caller (tests script `send_data`; the
 paced fault-suite exchange sends numbered messages).
 """
@@ -47,6 +48,7 @@ ERROR_PARAMS_REQUIRED = (2, "Params required")
 ERROR_UNKNOWN_COMMAND = (5, "Unknown command")
 ERROR_UNKNOWN_SID = (7, "Subscription not found")
 ERROR_UNKNOWN_CHANNEL = (8, "Unknown channel name")
+ERROR_MARKET_NOT_FOUND = (16, "Market not found")
 ERROR_BUFFER_OVERFLOW = (25, "Subscription buffer overflow")
 ERROR_MARKET_LIMIT = (26, "Subscription market limit exceeded")
 ERROR_TOO_MANY_REQUESTS = (27, "Too many requests")
@@ -237,6 +239,8 @@ class ExchangeSession:
             [params["market_ticker"]] if params.get("market_ticker") else []
         )
         markets = [m for m in dict.fromkeys(markets) if self.exchange.knows_market(m)]
+        if await self._refuse_unknown(command_id, markets):
+            return
         for channel in channels:
             if channel in self.exchange.refuse_channels or channel not in KNOWN_CHANNELS:
                 await self.reply_error(command_id, ERROR_UNKNOWN_CHANNEL)
@@ -269,6 +273,8 @@ class ExchangeSession:
         added: list[str] = []
         if params.get("action") != "delete_markets":
             added = [m for m in dict.fromkeys(markets) if m not in sub.markets]
+            if await self._refuse_unknown(command_id, added):
+                return
         limit = self.exchange.market_limit
         if limit is not None and len(sub.markets) + len(added) > limit:
             await self.reply_error(command_id, ERROR_MARKET_LIMIT)
@@ -293,6 +299,16 @@ class ExchangeSession:
                 "msg": {"market_tickers": list(sub.markets)},
             }
         )
+
+    async def _refuse_unknown(self, command_id: object, markets: list[str]) -> bool:
+        """Error 16 naming the first market of `unknown_markets` in a subscribe or add."""
+        unknown = next((m for m in markets if m in self.exchange.unknown_markets), None)
+        if unknown is None:
+            return False
+        code, text = ERROR_MARKET_NOT_FOUND
+        body = {"code": code, "msg": text, "market_ticker": unknown}
+        await self.reply({"type": "error", "id": command_id, "msg": body})
+        return True
 
     async def drop_subscription(self, sid: int, *, named: bool = True) -> None:
         """Error 25: the exchange ends a subscription whose reader fell behind (`named`:
@@ -351,6 +367,9 @@ class KalshiExchange:
         # (error 26), and the next update commands refused as too many (error 27).
         self.market_limit: int | None = None
         self.throttle_updates = 0
+        # Markets a subscribe or add is refused for with error 16 (market not found),
+        # though REST lists them.
+        self.unknown_markets: set[str] = set()
         self.on_subscribe: OnSubscribe | None = None
         self.on_send: OnSend | None = None
         # None: every market ticker is known.
