@@ -131,8 +131,26 @@ class ArchiveWriter:
             async for item in receive:
                 if isinstance(item, RotateTick):
                     await self._rotate_if_due()
-                else:
-                    await self._write(item)
+                    continue
+                # Batches that queued up while the last write was fsyncing go to disk
+                # together: one block, one fsync, one ack (the newest, AckAll). So the
+                # fsync cadence follows the disk and the arrival rate, not the batch
+                # count, and a slow fsync does not make each batch behind it wait for
+                # one of its own. A rotation tick ends the group.
+                group = [item]
+                tick: RotateTick | None = None
+                while tick is None:
+                    try:
+                        more = receive.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    if isinstance(more, RotateTick):
+                        tick = more
+                    else:
+                        group.append(more)
+                await self._write(group[0] if len(group) == 1 else _merge(group))
+                if tick is not None:
+                    await self._rotate_if_due()
             await self._finish_current()
 
     async def _rotate_if_due(self) -> None:
@@ -223,6 +241,16 @@ class ArchiveWriter:
         gap = Gap(event.after_seq, event.missing_count, iso(event.detected_ns), event.exact)
         await self._manifest_send.send(GapFound(day_of(event.detected_ns), gap, persisted))
         await persisted.wait()
+
+
+def _merge(batches: list[Batch]) -> Batch:
+    """Consecutive batches as one: their messages and gaps in order, the newest ack."""
+    replies = [b.ack_reply for b in batches if b.ack_reply is not None]
+    return Batch(
+        [m for b in batches for m in b.messages],
+        replies[-1] if replies else None,
+        [g for b in batches for g in b.gaps],
+    )
 
 
 ACK_TIMEOUT_S = 2.0
