@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from typing import Any, TypeVar
 
+from ssmd.nats.linger import stretch
 from ssmd.nats.types import BACKFILLED_HEADER, RECV_NS_HEADER, ConsumerLost, FetchedMessage
 
 T = TypeVar("T")
@@ -261,6 +262,9 @@ class PullState:
             # Let a trickle build into a batch: at low rates this turns one fsync and
             # two thread crossings per message into one per few milliseconds.
             await asyncio.sleep(min(self._linger_s, max(deadline - loop.time(), 0)))
+            more = stretch(self._linger_s, len(self._buffer))
+            if more > 0 and len(self._buffer) < batch:
+                await asyncio.sleep(min(more, max(deadline - loop.time(), 0)))
         n = min(batch, len(self._buffer))
         out = [self._buffer.popleft() for _ in range(n)]
         await self._top_up(batch)
