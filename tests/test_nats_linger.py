@@ -19,9 +19,11 @@ from tests.procs import publish_range, stream_spec
 
 
 def test_a_linger_that_gathered_enough_is_not_stretched() -> None:
-    # 20 ms at 1,000 msg/s gathers ~20: the latency at that rate is left alone.
-    assert stretch(0.020, TRICKLE_BATCH) == 0.0
+    # 20 ms at 1,000 msg/s gathers ~20, 10 ms ~10: the latency at that rate is left
+    # alone, and so is a linger that came close (no wakeup for a short extension).
     assert stretch(0.020, 20) == 0.0
+    assert stretch(0.010, TRICKLE_BATCH) == 0.0
+    assert stretch(0.010, TRICKLE_BATCH // 2 + 1) == 0.0
 
 
 def test_no_linger_means_no_stretch() -> None:
