@@ -95,3 +95,15 @@ async def test_a_rotation_tick_ends_a_group(
     run_sync, _, acks, _ = await _run(tmp_path, [batch(11, 20), tick, batch(21, 30), batch(31, 40)])
     assert run_sync.appended == [10, 10, 20]
     assert acks == ["ack.10", "ack.20", "ack.40"]
+
+
+async def test_a_backlog_is_still_written_a_fetch_at_a_time(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Catching up, batches of a full fetch each are not merged into one huge first
+    block: the first fsync after a start comes as soon as before."""
+    run_sync, _, acks, _ = await _run(
+        tmp_path, [batch(11, 1010), batch(1011, 2010), batch(2011, 2020), batch(2021, 2030)]
+    )
+    assert run_sync.appended == [10, 1000, 1000, 20]
+    assert acks == ["ack.10", "ack.1010", "ack.2010", "ack.2030"]

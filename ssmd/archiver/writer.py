@@ -72,6 +72,9 @@ class WriterStatus:
     fsync_seconds: LatencyHistogram = attrs.field(factory=LatencyHistogram)
 
 
+# Queued batches are merged into one write until it holds this many messages.
+GROUP_MAX_MESSAGES = 1000
+
 # Retrying a file operation while the disk is full.
 DISK_FULL_RETRY = Backoff(initial=1.0, maximum=30.0)
 
@@ -136,10 +139,13 @@ class ArchiveWriter:
                 # together: one block, one fsync, one ack (the newest, AckAll). So the
                 # fsync cadence follows the disk and the arrival rate, not the batch
                 # count, and a slow fsync does not make each batch behind it wait for
-                # one of its own. A rotation tick ends the group.
+                # one of its own. A rotation tick ends the group, and so does its size:
+                # a backlog (catching up after a restart) is still written in blocks of
+                # about a fetch each, so the first fsync after a start comes as soon.
                 group = [item]
+                size = len(item.messages)
                 tick: RotateTick | None = None
-                while tick is None:
+                while tick is None and size < GROUP_MAX_MESSAGES:
                     try:
                         more = receive.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
@@ -148,6 +154,7 @@ class ArchiveWriter:
                         tick = more
                     else:
                         group.append(more)
+                        size += len(more.messages)
                 await self._write(group[0] if len(group) == 1 else _merge(group))
                 if tick is not None:
                     await self._rotate_if_due()
