@@ -83,11 +83,12 @@ async def retry_disk_full(
     run_sync: RunSync, status: WriterStatus, what: str, fn: Callable[..., T], *args: Any
 ) -> T:
     """Run a blocking file operation, pausing and retrying while the disk is full."""
-    retry = DISK_FULL_RETRY.retry()
+    retry = None  # made on the first failure: a retry's Random costs more than a write
     while True:
         try:
             result: T = await run_sync(fn, *args)
         except DiskFull as exc:
+            retry = retry or DISK_FULL_RETRY.retry()
             if not status.disk_full.value:
                 status.disk_full_events += 1
                 log.error(
