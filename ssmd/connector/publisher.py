@@ -35,6 +35,7 @@ from ssmd.connector.records import (
     record_json,
 )
 from ssmd.metrics import LatencyHistogram
+from ssmd.nats.linger import stretch
 from ssmd.nats.types import NatsUnavailable, OutgoingMessage, PublishOutcome
 from ssmd.subjects import discontinuity_subject, split_subject
 
@@ -244,6 +245,9 @@ class Publisher:
                 # Let a trickle build into a batch: one bridge crossing per few
                 # milliseconds instead of one per message at low rates.
                 await trio.sleep(self._linger)
+                more = stretch(self._linger, len(self._buffer))
+                if more > 0 and len(self._buffer) < self._batch_max and not self._input_closed:
+                    await trio.sleep(more)
             # After a failure a single message probes the stream. A full batch could be
             # in flight when the stream comes back (a new leader elected): its refused
             # head would then be stored after its tail, out of order.
