@@ -111,7 +111,7 @@ class KrakenSession:
         self._continuity = KrakenContinuity(self._conn, self._stats, self._subjects, self._depth)
         # Survives reconnects: the symbols per channel whose subscribe the exchange
         # refused and that no subscribe has captured since.
-        self.uncaptured: dict[str, set[str]] = {}
+        self._uncaptured: dict[str, set[str]] = {}
         self._next_req_id = 0
         self.start()
 
@@ -300,7 +300,7 @@ class KrakenSession:
                 self._continuity.books.pop(symbol, None)
             return
         symbols.add(symbol)
-        uncaptured = self.uncaptured.get(request.channel, set())
+        uncaptured = self._uncaptured.get(request.channel, set())
         if symbol in uncaptured:
             # Refused before (a subscribe_error record): its capture begins here.
             uncaptured.discard(symbol)
@@ -353,7 +353,7 @@ class KrakenSession:
             text,
         )
         self._refused.setdefault(request.channel, set()).update(symbols)
-        self.uncaptured.setdefault(request.channel, set()).update(symbols)
+        self._uncaptured.setdefault(request.channel, set()).update(symbols)
         record = SubscribeErrorRecord(self._conn, request.channel, symbols, text, recv_ns)
         out.append(self._subjects.record(record))
 
