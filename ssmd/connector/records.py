@@ -110,7 +110,9 @@ class SubscriptionRecord:
     """What a live connection records changed: `added` markets are recorded from here on,
     `removed` ones no more. `reason`: `discovery` (found by the REST walk at start),
     `lifecycle:<event_type>` (a `market_lifecycle_v2` event), `reconcile` (a periodic
-    REST walk disagreed), `error:<code>` (the exchange refused or dropped a subscription)."""
+    REST walk disagreed), `error:<code>` (the exchange refused or dropped a subscription),
+    `retry` (a market refused before, with a `subscribe_error` record, is subscribed at
+    last: its capture begins here)."""
 
     kind: ClassVar[str] = "subscription"
     conn: int
