@@ -29,6 +29,7 @@ from ssmd.nats.loop import AsyncioThread
 from ssmd.nats.publish import AckInbox
 from ssmd.nats.pull import PendingAck, PullConsumer, ack_reply_consumer, send_pending_ack
 from ssmd.nats.types import (
+    BACKFILLED_HEADER,
     RECV_NS_HEADER,
     ConsumerPosition,
     CoreMessage,
@@ -201,6 +202,8 @@ class NatsBridge:
     async def _publish_core(self, messages: Sequence[CoreMessage]) -> None:
         for m in messages:
             headers = None if m.recv_ns is None else {RECV_NS_HEADER: str(m.recv_ns)}
+            if m.backfilled:
+                headers = (headers or {}) | {BACKFILLED_HEADER: "1"}
             await self._nc.publish(m.subject, m.payload, headers=headers)
         await self._nc.flush(timeout=self._request_timeout)
 
