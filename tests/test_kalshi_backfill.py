@@ -293,3 +293,20 @@ async def test_windows_left_when_the_connector_stops_are_recorded_unrepaired(
     records = [parts(receive.receive_nowait())[0] for _ in range(2)]
     assert [(r["conn"], r["outcome"]) for r in records] == [(0, "unrepaired"), (1, "unrepaired")]
     assert all("stopped" in r["error"] for r in records)
+
+
+def test_a_lagging_reader_asks_from_the_last_trades_exchange_time() -> None:
+    """The reader runs 30 s behind: the trade done at T0+10 s is received at T0+40 s, then
+    the exchange drops the sid. The trades lost were done from T0+10 s on, not T0+40 s."""
+    h, sid = connected(T0)
+    msg = {"market_ticker": "A", "trade_id": "t1", "ts": 1_800_000_010, "ts_ms": 1_800_000_010_500}
+    h.frame({"type": "trade", "sid": sid, "seq": 1, "msg": msg}, T0 + 40 * S)
+    h.frame({"type": "error", "sid": sid, "msg": {"code": 25, "msg": "overflow"}}, T0 + 41 * S)
+    (resubscribe,) = h.session.take_commands()
+    h.subscribed(resubscribe.reply, 2, T0 + 42 * S)
+    assert h.windows == [BackfillWindow(1_800_000_008, 1_800_000_044, (), "error:25")]
+    # Seconds only (`ts`): the same; and a seq gap's window starts there too.
+    msg = {"market_ticker": "A", "trade_id": "t2", "ts": 1_800_000_050}
+    h.frame({"type": "trade", "sid": 2, "seq": 1, "msg": msg}, T0 + 80 * S)
+    h.frame({"type": "trade", "sid": 2, "seq": 3, "msg": {**msg, "trade_id": "t3"}}, T0 + 81 * S)
+    assert h.windows[1] == BackfillWindow(1_800_000_048, 1_800_000_083, (), "gap")

@@ -138,7 +138,10 @@ class KalshiSession(LiveChanges):
         if routed.trade_id is not None and self._trades is not None:
             self._trades.seen(routed.trade_id, recv_ns)
             if routed.sid is not None:
-                self._trade_marks[routed.sid] = recv_ns
+                # The trades lost after this one were done after its exchange time, which
+                # a reader running behind receives long after.
+                stamp = routed.exchange_ns
+                self._trade_marks[routed.sid] = recv_ns if stamp is None else min(recv_ns, stamp)
         stats.messages += 1
         stats.by_type[routed.message_type or "invalid"] += 1
         if routed.kind is RouteKind.UNROUTED:
