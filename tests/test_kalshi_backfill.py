@@ -10,6 +10,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 import httpx
+import pytest
 import trio
 import trio.testing
 from prometheus_client.metrics_core import Metric
@@ -301,6 +302,11 @@ def test_a_lagging_reader_asks_from_the_last_trades_exchange_time() -> None:
     h, sid = connected(T0)
     msg = {"market_ticker": "A", "trade_id": "t1", "ts": 1_800_000_010, "ts_ms": 1_800_000_010_500}
     h.frame({"type": "trade", "sid": sid, "seq": 1, "msg": msg}, T0 + 40 * S)
+    assert h.ledger.exchange_ns[0] == 1_800_000_010_500 * 1_000_000  # the tape's clock
+    body = {"market_ticker": "A"}
+    ticker = {"type": "ticker", "sid": 9, "sending_ts_ms": 1_800_000_011_000, "msg": body}
+    h.frame(ticker, T0 + 40 * S)
+    assert h.ledger.exchange_ns[0] == 1_800_000_011_000 * 1_000_000
     h.frame({"type": "error", "sid": sid, "msg": {"code": 25, "msg": "overflow"}}, T0 + 41 * S)
     (resubscribe,) = h.session.take_commands()
     h.subscribed(resubscribe.reply, 2, T0 + 42 * S)
@@ -310,3 +316,62 @@ def test_a_lagging_reader_asks_from_the_last_trades_exchange_time() -> None:
     h.frame({"type": "trade", "sid": 2, "seq": 1, "msg": msg}, T0 + 80 * S)
     h.frame({"type": "trade", "sid": 2, "seq": 3, "msg": {**msg, "trade_id": "t3"}}, T0 + 81 * S)
     assert h.windows[1] == BackfillWindow(1_800_000_048, 1_800_000_083, (), "gap")
+
+
+def timed(handler: Handler, times: list[float]) -> Handler:
+    def timing(request: httpx.Request) -> httpx.Response:
+        times.append(trio.current_time())
+        return handler(request)
+
+    return timing
+
+
+async def test_a_tape_running_behind_is_waited_for_by_its_exchange_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The reader runs 30 s behind the exchange: the window's last trade (done at T0+11 s)
+    is received at T0+41 s. Fetched once our clock passed the window, it would be doubled."""
+    ledger = TradeLedger()
+    trades = [rest_trade("lost", 1_800_000_005), rest_trade("tail", 1_800_000_011)]
+    times: list[float] = []
+    backfill = backfill_for(timed(serving(trades, []), times), ledger)
+    window = BackfillWindow(1_800_000_003, 1_800_000_012, (), "disconnect")
+    async with trio.open_nursery() as nursery:
+
+        async def live_tape() -> None:
+            for second in range(12, 60):
+                await trio.sleep_until(second)
+                stamp = T0 + (second - 30) * S
+                ledger.heard(0, T0 + second * S, stamp)  # frames keep coming, 30 s late
+                if second == 41:
+                    assert not ledger.seen("tail", T0 + second * S)
+
+        nursery.start_soon(live_tape)
+        with trio.fail_after(120):
+            batch = await backfill.backfill(0, window)
+        nursery.cancel_scope.cancel()
+    _, published = parts(batch)
+    assert published == ["lost"] and ledger.doubled == 0
+    assert times and times[0] >= 45.0  # the tape's exchange clock passed T0+15 s
+
+
+@pytest.mark.parametrize(("frame_at", "fetch_at"), [(18, 18.0), (None, 25.0)])
+async def test_without_stamps_a_window_waits_for_a_frame_received_past_its_end(
+    autojump_clock: trio.testing.MockClock, frame_at: int | None, fetch_at: float
+) -> None:
+    """Frames without an exchange time: the fetch waits for our clock to pass the window's
+    end (T0+15 s) *and* a frame received since, or `settle_limit` more seconds."""
+    ledger = TradeLedger()
+    ledger.heard(0, T0 + 2 * S)
+    times: list[float] = []
+    backfill = backfill_for(timed(serving([], []), times), ledger, settle_limit=10.0)
+    async with trio.open_nursery() as nursery:
+        if frame_at is not None:
+
+            async def frame() -> None:
+                await trio.sleep_until(frame_at)
+                ledger.heard(0, T0 + frame_at * S)
+
+            nursery.start_soon(frame)
+        await backfill.backfill(0, BackfillWindow(1_800_000_003, 1_800_000_012))
+    assert times == [fetch_at]

@@ -5,8 +5,9 @@ not (or only partly) repaired, and why.
 
 The rule that keeps a trade from being published twice (once from REST, once live):
 a window ends at the resubscribe (or at the frame that showed the gap) plus the margin,
-and it is fetched only once the connection's live tape has passed that end (its clock
-past `settled_ns`, and a frame received since, or `settle_limit` more seconds): a trade
+and it is fetched only once the connection's live tape has passed that end (a frame
+stamped by the exchange past `settled_ns`; on a connection whose frames carry no stamps,
+our clock past it and a frame received since, or `settle_limit` more seconds): a trade
 stamped inside the window that still arrives live has arrived by then, is in the ledger,
 and is dropped from the REST answer. One that arrives later still (delivered more than
 the margin late) is archived live as well and counted in `doubled`. Nor does a window
@@ -218,15 +219,19 @@ class TradeBackfill:
         )
 
     async def _settle(self, conn: int, window: BackfillWindow) -> None:
-        """Wait until the connection's live tape has passed the window's end."""
+        """Wait until the connection's live tape has passed the window's end: by the
+        exchange's stamps (a reader running behind is still receiving the window's trades
+        well after its end), up to the deadline; on a connection whose frames carry no
+        stamps, by a frame received since, up to `settle_limit`."""
         settled = window.settled_ns()
         await self.clock.sleep_until(settled)
-        if self.trades.tape_ns.get(conn, 0) >= settled:
+        if self.trades.passed(conn, settled):
             return
         passed = trio.Event()
         self.trades.waiting[conn] = (settled, passed.set)
+        limit = self.deadline if conn in self.trades.exchange_ns else self.settle_limit
         try:
-            with trio.move_on_after(self.settle_limit):
+            with trio.move_on_after(limit):
                 await passed.wait()
         finally:
             self.trades.waiting.pop(conn, None)

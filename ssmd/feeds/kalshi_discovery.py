@@ -207,9 +207,11 @@ class TradeLedger:
     publishes exactly the trades the recorder missed. Bounded: it forgets the oldest ids
     past `capacity`, and `horizon_ns` says from when on it still knows every one.
 
-    Shared by every connection of a feed, it also keeps each connection's `tape_ns`: the
-    receive time of its last frame, so a backfill can wait for the live tape to pass the
-    end of its window before it deduplicates."""
+    Shared by every connection of a feed, it also keeps each connection's tape clock, so
+    a backfill can wait for the live tape to pass the end of its window before it
+    deduplicates: the newest exchange time its frames carried (`exchange_ns`; a reader
+    running behind receives a trade long after it was done), else, for a connection
+    whose frames carry none, the receive time of its last frame (`tape_ns`)."""
 
     def __init__(self, capacity: int = 200_000) -> None:
         self._capacity = capacity
@@ -218,7 +220,8 @@ class TradeLedger:
         self.horizon_ns = 0
         self.doubled = 0  # live trades that a backfill had already published
         self.tape_ns: dict[int, int] = {}
-        # conn -> (receive time, what to call when a frame received at or past it comes)
+        self.exchange_ns: dict[int, int] = {}
+        # conn -> (tape time, what to call when the connection's tape passes it)
         self.waiting: dict[int, tuple[int, Callable[[], None]]] = {}
 
     def __len__(self) -> int:
@@ -227,13 +230,24 @@ class TradeLedger:
     def __contains__(self, trade_id: object) -> bool:
         return trade_id in self._ids
 
-    def heard(self, conn: int, recv_ns: int) -> None:
-        """A frame came on `conn` (any frame: the tape moved)."""
+    def heard(self, conn: int, recv_ns: int, exchange_ns: int | None = None) -> None:
+        """A frame came on `conn` (any frame: the tape moved), stamped `exchange_ns` by
+        the exchange when it carries a time."""
         self.tape_ns[conn] = recv_ns
+        if exchange_ns is not None and exchange_ns > self.exchange_ns.get(conn, 0):
+            self.exchange_ns[conn] = exchange_ns
         waiter = self.waiting.get(conn)
-        if waiter is not None and recv_ns >= waiter[0]:
+        if waiter is not None and self.passed(conn, waiter[0]):
             del self.waiting[conn]
             waiter[1]()
+
+    def passed(self, conn: int, at_ns: int) -> bool:
+        """Whether `conn`'s tape has passed `at_ns`: by the exchange's stamps when its
+        frames carry them, else by receive time."""
+        stamped = self.exchange_ns.get(conn)
+        if stamped is not None:
+            return stamped >= at_ns
+        return self.tape_ns.get(conn, 0) >= at_ns
 
     def seen(self, trade_id: str, at_ns: int = 0) -> bool:
         """Note a trade id received live; True when it was already known (a duplicate:

@@ -121,7 +121,7 @@ class KalshiSession(LiveChanges):
     def on_frame(self, payload: bytes, recv_ns: int, out: list[Inbound]) -> bool:
         routed = self._router.route(payload)
         if self._trades is not None:
-            self._trades.heard(self._conn, recv_ns)
+            self._trades.heard(self._conn, recv_ns, routed.exchange_ns)
         if routed.kind is RouteKind.CONTROL:
             self._on_control(routed, recv_ns, out)
             return True
