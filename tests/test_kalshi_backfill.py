@@ -6,7 +6,7 @@ horizon, and the record left when REST will not repair it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import httpx
@@ -20,12 +20,13 @@ from ssmd.clock import WallClock
 from ssmd.config import ConnectorConfig
 from ssmd.connector.backfill import TradeBackfill
 from ssmd.connector.layout import Subscribe
-from ssmd.connector.publisher import Inbound
+from ssmd.connector.publisher import Inbound, Publisher
 from ssmd.connector.rest import RestClient, RestSettings
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds.base import Change, ConnectionStats, SessionContext, Subjects
 from ssmd.feeds.kalshi.session import KalshiSession
 from ssmd.feeds.kalshi_discovery import BackfillWindow, TradeLedger
+from ssmd.nats.types import OutgoingMessage, PublishOutcome
 
 S = 1_000_000_000
 T0 = 1_800_000_000 * S  # a round wall time, whole seconds
@@ -175,8 +176,17 @@ def backfill_for(handler: Handler, ledger: TradeLedger, **kw: Any) -> TradeBackf
     )
 
 
+async def windowed(backfill: TradeBackfill, window: BackfillWindow) -> list[Inbound]:
+    """Everything one window publishes, in order."""
+    send, receive = trio.open_memory_channel[list[Inbound]](10_000)
+    await backfill.backfill(0, window, send)
+    send.close()
+    return [item async for batch in receive for item in batch]
+
+
 def parts(batch: list[Inbound]) -> tuple[dict[str, Any], list[str]]:
-    record, *trades = batch
+    """The window's record (after its trades) and the trade ids published."""
+    *trades, record = batch
     assert record.subject == "prod.kalshi.json.ssmd.backfill" and not record.backfilled
     assert all(t.backfilled for t in trades)
     return json.loads(record.payload), [json.loads(t.payload)["trade_id"] for t in trades]
@@ -204,7 +214,7 @@ async def test_a_trade_of_the_windows_last_second_that_comes_live_is_not_doubled
 
         nursery.start_soon(live_tape)
         with trio.fail_after(60):
-            batch = await backfill.backfill(0, window)
+            batch = await windowed(backfill, window)
     record, published = parts(batch)
     assert published == ["lost"]
     assert (record["fetched"], record["published"], record["outcome"]) == (2, 1, "repaired")
@@ -225,14 +235,14 @@ async def test_the_window_never_reaches_past_the_ledgers_horizon(
     trades = [rest_trade("l0", 1_800_000_001), rest_trade("new", 1_800_000_006)]
     queries: list[dict[str, str]] = []
     backfill = backfill_for(serving(trades, queries), ledger, settle_limit=0.0)
-    batch = await backfill.backfill(0, BackfillWindow(1_799_999_990, 1_800_000_008))
+    batch = await windowed(backfill, BackfillWindow(1_799_999_990, 1_800_000_008))
     record, published = parts(batch)
     assert published == ["new"]
     assert [int(q["min_ts"]) for q in queries] == [first]
     assert record["outcome"] == "partial"
     assert (record["requested_min_ts"], record["min_ts"]) == (1_799_999_990, first)
     # A window wholly before the horizon is not fetched at all.
-    batch = await backfill.backfill(0, BackfillWindow(1_799_999_990, 1_800_000_002))
+    batch = await windowed(backfill, BackfillWindow(1_799_999_990, 1_800_000_002))
     record, published = parts(batch)
     assert published == [] and len(queries) == 1
     assert record["outcome"] == "unrepaired" and "ledger" in record["error"]
@@ -249,11 +259,11 @@ async def test_refused_or_failing_rest_leaves_an_unrepaired_record_and_a_count(
 
     window = BackfillWindow(1_799_999_990, 1_800_000_000, ("A",), "gap")
     refused = backfill_for(refusing, TradeLedger(), settle_limit=0.0)
-    record, published = parts(await refused.backfill(0, window))
+    record, published = parts(await windowed(refused, window))
     assert (record["outcome"], published, record["cause"]) == ("unrepaired", [], "gap")
     assert "HTTP 401" in record["error"]
     broken = backfill_for(failing, TradeLedger(), settle_limit=0.0, deadline=120.0)
-    record, _ = parts(await broken.backfill(0, window))
+    record, _ = parts(await windowed(broken, window))
     assert record["outcome"] == "unrepaired" and "no full answer in 120s" in record["error"]
     families = {f.name: f for f in broken.metrics({"feed": "kalshi"}) if isinstance(f, Metric)}
     (sample,) = families["ssmd_discovery_backfills"].samples
@@ -348,7 +358,7 @@ async def test_a_tape_running_behind_is_waited_for_by_its_exchange_time(
 
         nursery.start_soon(live_tape)
         with trio.fail_after(120):
-            batch = await backfill.backfill(0, window)
+            batch = await windowed(backfill, window)
         nursery.cancel_scope.cancel()
     _, published = parts(batch)
     assert published == ["lost"] and ledger.doubled == 0
@@ -373,5 +383,121 @@ async def test_without_stamps_a_window_waits_for_a_frame_received_past_its_end(
                 ledger.heard(0, T0 + frame_at * S)
 
             nursery.start_soon(frame)
-        await backfill.backfill(0, BackfillWindow(1_800_000_003, 1_800_000_012))
+        await windowed(backfill, BackfillWindow(1_800_000_003, 1_800_000_012))
     assert times == [fetch_at]
+
+
+async def test_what_the_ledger_forgets_while_rest_answers_is_cut_from_the_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Live trades keep coming while REST answers: the ledger forgets one received at
+    T0+5 s, so a REST trade before T0+8 s could be doubled and is left out."""
+    ledger = TradeLedger(capacity=2)
+    trades = [rest_trade("old", 1_800_000_003), rest_trade("new", 1_800_000_009)]
+    answer = serving(trades, [])
+
+    def forgetting(request: httpx.Request) -> httpx.Response:
+        for n, second in enumerate((5, 6, 7)):
+            ledger.seen(f"live{n}", T0 + second * S)
+        return answer(request)
+
+    backfill = backfill_for(forgetting, ledger, settle_limit=0.0)
+    record, published = parts(
+        await windowed(backfill, BackfillWindow(1_799_999_990, 1_800_000_010))
+    )
+    assert published == ["new"]
+    assert (record["outcome"], record["min_ts"]) == ("partial", 1_800_000_008)
+
+
+async def test_rest_trades_without_an_id_are_counted_and_not_called_repaired(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A field renamed upstream: nothing could be deduplicated, so nothing is published,
+    and the record says so instead of `repaired`."""
+    trades = [{"id": "x", "ticker": "A", "ts": 1_800_000_005}, rest_trade("t", 1_800_000_006)]
+    backfill = backfill_for(serving(trades, []), TradeLedger(), settle_limit=0.0)
+    record, published = parts(
+        await windowed(backfill, BackfillWindow(1_800_000_000, 1_800_000_010))
+    )
+    assert published == ["t"]
+    assert (record["fetched"], record["published"], record["skipped"]) == (2, 1, 1)
+    assert record["outcome"] == "unrepaired" and "trade_id" in record["error"]
+
+
+class Stream:
+    """JetStream that stores and acknowledges every message, a little later."""
+
+    def __init__(self) -> None:
+        self.stored: list[OutgoingMessage] = []
+
+    async def publish_batch(
+        self, messages: Sequence[OutgoingMessage], timeout: float
+    ) -> list[PublishOutcome]:
+        await trio.sleep(0.01)
+        self.stored.extend(messages)
+        return [PublishOutcome(stream_seq=len(self.stored))] * len(messages)
+
+
+class Crowded(Publisher):
+    """Says it has room it has not (live frames take it before the backfill's arrive)."""
+
+    @property
+    def room(self) -> tuple[int, int]:
+        return 10**6, 10**9
+
+
+async def publish_window(publisher: Publisher, trades: list[dict[str, Any]]) -> Stream:
+    """A window of `trades` through TradeBackfill and `publisher` until its record is stored."""
+    stream = publisher._publish_batch.__self__  # type: ignore[attr-defined]
+    assert isinstance(stream, Stream)
+    backfill = backfill_for(serving(trades, []), TradeLedger(), settle_limit=0.0)
+    backfill.publisher = publisher
+    send, receive = trio.open_memory_channel[list[Inbound]](64)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publisher.run, receive)
+        nursery.start_soon(backfill.run, send)
+        backfill.request(0, BackfillWindow(1_800_000_000, 1_800_000_010, ("A",), "gap"))
+        with trio.fail_after(600):
+            while not any(m.subject.endswith(".backfill") for m in stream.stored):
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    return stream
+
+
+def stored_window(stream: Stream) -> tuple[dict[str, Any], list[OutgoingMessage]]:
+    (record,) = [m for m in stream.stored if m.subject.endswith(".backfill")]
+    assert stream.stored[-1] is record  # after the trades it counts
+    return json.loads(record.payload), [m for m in stream.stored if m.backfilled]
+
+
+def small_publisher(cls: type[Publisher] = Publisher) -> Publisher:
+    return cls(
+        Stream().publish_batch,
+        env="prod",
+        feed="kalshi",
+        clock=WallClock(T0),
+        buffer_messages=50,
+        buffer_bytes=10**6,
+        batch_max=10,
+        timeout=5.0,
+    )
+
+
+async def test_a_window_larger_than_the_publish_buffer_is_paced_not_dropped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    trades = [rest_trade(f"t{n}", 1_800_000_005) for n in range(300)]
+    publisher = small_publisher()
+    record, backfilled = stored_window(await publish_window(publisher, trades))
+    assert publisher.stats.dropped == 0 and len(backfilled) == 300
+    assert (record["outcome"], record["published"]) == ("repaired", 300)
+
+
+async def test_a_window_the_publisher_dropped_part_of_is_not_called_repaired(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    trades = [rest_trade(f"t{n}", 1_800_000_005) for n in range(300)]
+    publisher = small_publisher(Crowded)
+    record, backfilled = stored_window(await publish_window(publisher, trades))
+    assert publisher.stats.backfilled_dropped == 300 - len(backfilled) > 0
+    assert record["outcome"] == "unrepaired" and "overflowed" in record["error"]

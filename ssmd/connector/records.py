@@ -146,6 +146,7 @@ class BackfillRecord:
     requested_min_ts: int | None = None
     cause: str = ""
     error: str | None = None
+    skipped: int = 0  # trades REST gave without a `trade_id`: not published
 
 
 DiscontinuityRecord = (
