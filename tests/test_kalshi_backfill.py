@@ -19,7 +19,7 @@ from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
 from ssmd.config import ConnectorConfig
 from ssmd.connector.backfill import TradeBackfill
-from ssmd.connector.layout import Subscribe
+from ssmd.connector.layout import Subscribe, Unsubscribe
 from ssmd.connector.publisher import Inbound, Publisher
 from ssmd.connector.rest import RestClient, RestSettings
 from ssmd.connector.shards import SubscriptionPlan
@@ -501,3 +501,40 @@ async def test_a_window_the_publisher_dropped_part_of_is_not_called_repaired(
     record, backfilled = stored_window(await publish_window(publisher, trades))
     assert publisher.stats.backfilled_dropped == 300 - len(backfilled) > 0
     assert record["outcome"] == "unrepaired" and "overflowed" in record["error"]
+
+
+def test_a_loss_whose_slot_is_split_by_error_26_is_still_asked_for() -> None:
+    h = Harness([])
+    h.session.start()
+    command = h.session.apply(Change(Subscribe(0, "trade", 0, ("A", "B")), "discovery"))
+    assert command is not None
+    h.subscribed(command.reply, 1, T0)
+    h.trade(1, 1, "t1", T0 + 10 * S)
+    (again,) = h.session.start()  # reconnected: trades of A and B lost since T0+10 s
+    limit = {"code": 26, "msg": "too many markets"}
+    h.frame({"id": again.reply, "type": "error", "msg": limit}, T0 + 30 * S)
+    assert h.session.take_refused() == [(0, ("A", "B"), True)]
+    assert h.windows == [BackfillWindow(1_800_000_008, 1_800_000_032, ("A", "B"), "disconnect")]
+    for slot, markets in ((1, ("A",)), (2, ("B",))):  # the planner places them anew
+        command = h.session.apply(Change(Subscribe(0, "trade", slot, markets), "error:26"))
+        assert command is not None
+        h.subscribed(command.reply, 10 + slot, T0 + 31 * S)
+    assert len(h.windows) == 1
+
+
+def test_a_loss_whose_slot_is_removed_before_its_resubscribe_is_still_asked_for() -> None:
+    h = Harness([SubscriptionPlan("ticker", ())])
+    (ticker,) = h.session.start()
+    h.subscribed(ticker.reply, 5, T0)
+    command = h.session.apply(Change(Subscribe(0, "trade", 0, ("A",)), "discovery"))
+    assert command is not None
+    h.subscribed(command.reply, 1, T0)
+    h.trade(1, 1, "t1", T0 + 10 * S)
+    ticker, trade = h.session.start()  # reconnected
+    h.subscribed(ticker.reply, 6, T0 + 30 * S)
+    h.frame({"id": trade.reply, "type": "error", "msg": {"code": 17, "msg": "x"}}, T0 + 30 * S)
+    assert h.windows == []  # refused: retried later, the loss still waiting for it
+    h.session.apply(Change(Unsubscribe(0, "trade", 0), "lifecycle:determined"))
+    h.frame({"type": "ticker", "sid": 6, "msg": {"market_ticker": "A"}}, T0 + 40 * S)
+    assert h.windows == [BackfillWindow(1_800_000_008, 1_800_000_042, ("A",), "disconnect")]
+    assert h.session.take_retries() == []
