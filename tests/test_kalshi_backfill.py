@@ -270,6 +270,20 @@ async def test_refused_or_failing_rest_leaves_an_unrepaired_record_and_a_count(
     assert (sample.labels["outcome"], sample.value) == ("unrepaired", 1)
 
 
+async def test_live_trades_without_an_id_are_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A field renamed upstream: the ledger could not deduplicate a backfill against them."""
+    h, sid = connected(T0)
+    h.frame({"type": "trade", "sid": sid, "seq": 1, "msg": {"market_ticker": "A"}}, T0)
+    h.trade(sid, 2, "t2", T0)
+    assert h.ledger.unnamed == 1
+    backfill = backfill_for(serving([], []), h.ledger)
+    families = {f.name: f for f in backfill.metrics({"feed": "kalshi"}) if isinstance(f, Metric)}
+    (sample,) = families["ssmd_trade_ledger_unnamed_trades"].samples
+    assert sample.value == 1
+
+
 async def test_windows_beyond_the_queue_are_recorded_as_dropped(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

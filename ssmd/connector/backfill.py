@@ -346,6 +346,12 @@ class TradeBackfill:
             labels,
             self.trades.doubled,
         )
+        yield counter(
+            "ssmd_trade_ledger_unnamed_trades",
+            "Live trades without a trade_id: a backfill cannot tell them from REST's.",
+            labels,
+            self.trades.unnamed,
+        )
         yield gauge(
             "ssmd_trade_ledger_ids",
             "Trade ids the ledger remembers to deduplicate backfills.",

@@ -219,6 +219,8 @@ class TradeLedger:
         self._ids: collections.OrderedDict[str, tuple[int, bool]] = collections.OrderedDict()
         self.horizon_ns = 0
         self.doubled = 0  # live trades that a backfill had already published
+        # Live trades without a `trade_id`: not deduplicable (a backfill would double them).
+        self.unnamed = 0
         self.tape_ns: dict[int, int] = {}
         self.exchange_ns: dict[int, int] = {}
         self.lag_ns: dict[int, int] = {}  # receive time minus exchange time, last seen

@@ -139,6 +139,8 @@ class KalshiSession(LiveChanges):
                     since = self._trade_marks.get(routed.sid, recv_ns)
                     window = backfill_window(since, recv_ns, gap.markets, "gap")
                     self._backfill(self._conn, window)
+        if self._trades is not None and routed.message_type == "trade" and not routed.trade_id:
+            self._trades.unnamed += 1
         if routed.trade_id is not None and self._trades is not None:
             self._trades.seen(routed.trade_id, recv_ns)
             if routed.sid is not None:
