@@ -453,11 +453,12 @@ class Stream:
 
 
 class Crowded(Publisher):
-    """Says it has room it has not (live frames take it before the backfill's arrive)."""
+    """Says it has room it has not, before the first backfilled trade comes (live frames
+    take it before the backfill's arrive)."""
 
     @property
     def room(self) -> tuple[int, int]:
-        return 10**6, 10**9
+        return (10**6, 10**9) if not self.stats.backfilled else super().room
 
 
 async def publish_window(publisher: Publisher, trades: list[dict[str, Any]]) -> Stream:

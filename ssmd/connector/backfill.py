@@ -198,7 +198,11 @@ class TradeBackfill:
         if error is None and tally.skipped:
             error = f"{tally.skipped} trades without a trade_id (cannot be deduplicated)"
         self.stats.backfilled_trades += tally.published
-        await send.send([self._record(conn, window, requested, tally, error)])
+        record = self._record(conn, window, requested, tally, error)
+        if self.publisher is not None:
+            with trio.move_on_after(self.deadline):
+                await self._room([record], tally)  # the record must not be dropped either
+        await send.send([record])
         log.log(
             logging.INFO if error is None else logging.ERROR,
             "backfill: trades %d..%d (%s, %s): %d fetched, %d were missing%s",
