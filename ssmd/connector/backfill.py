@@ -1,7 +1,8 @@
 """Repair of the trade tape: after a loss on Kalshi's `trade` channel, fetch the lost
 window's trades from REST, drop those already received, and publish the rest marked as
-backfilled, after an `ssmd.backfill` record that says how many, or that the window was
-not (or only partly) repaired, and why.
+backfilled, page by page in chunks the publisher's buffer has room for, then an
+`ssmd.backfill` record that says how many, or that the window was not (or only partly)
+repaired, and why (also when the publisher dropped any of them).
 
 The rule that keeps a trade from being published twice (once from REST, once live):
 a window ends at the resubscribe (or at the frame that showed the gap) plus the margin,

@@ -127,8 +127,8 @@ class BackfillRecord:
     """Trades lost on `trade` (`cause`: `disconnect`, `gap`, `error:25`) were fetched from
     the venue's REST API for the window `[min_ts, max_ts]` (Unix seconds; `markets` empty:
     all markets): `fetched` trades in the window, of which `published` had not been
-    received and were published after this record, each marked backfilled (`_backfilled`
-    in the archive). `outcome`: `repaired`; `partial` (the loss began at
+    received and were published before this record, each marked backfilled (`_backfilled`
+    in the archive), and `skipped` had no `trade_id`. `outcome`: `repaired`; `partial` (the loss began at
     `requested_min_ts`, but trades before `min_ts` could no longer be deduplicated: that
     part is not repaired); `unrepaired` or `dropped` (`error` says why: the trades of
     `[requested_min_ts, max_ts]` may be missing, whatever was published)."""
