@@ -553,3 +553,22 @@ def test_a_loss_whose_slot_is_removed_before_its_resubscribe_is_still_asked_for(
     h.frame({"type": "ticker", "sid": 6, "msg": {"market_ticker": "A"}}, T0 + 40 * S)
     assert h.windows == [BackfillWindow(1_800_000_008, 1_800_000_042, ("A",), "disconnect")]
     assert h.session.take_retries() == []
+
+
+async def test_a_window_cut_whole_while_rest_answers_asks_no_more(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ledger = TradeLedger(capacity=2)
+    queries: list[dict[str, str]] = []
+    answer = serving([], queries)
+
+    def forgetting(request: httpx.Request) -> httpx.Response:
+        for n, second in enumerate((20, 21, 22)):  # forgets one received at T0+20 s
+            ledger.seen(f"live{n}", T0 + second * S)
+        return answer(request)
+
+    backfill = backfill_for(forgetting, ledger, settle_limit=0.0)
+    window = BackfillWindow(1_799_999_990, 1_800_000_008, ("A", "B"), "gap")
+    record, published = parts(await windowed(backfill, window))
+    assert [q["ticker"] for q in queries] == ["A"] and published == []
+    assert (record["outcome"], record["min_ts"]) == ("partial", 1_800_000_009)

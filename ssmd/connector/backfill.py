@@ -176,6 +176,8 @@ class TradeBackfill:
         try:
             with trio.fail_after(self.deadline):
                 for query in window.queries():
+                    if window.min_ts > window.max_ts:
+                        break  # all of it cut at the ledger's horizon meanwhile
                     query = {**query, "min_ts": window.min_ts}
                     async for page in self.rest.walk(
                         TRADES_PATH, query, "trades", limit=TRADES_PAGE_LIMIT
