@@ -85,6 +85,10 @@ class PublisherStats:
     dropped_bytes: int = 0
     rejected: int = 0
     overflow_records: int = 0
+    # Messages marked backfilled the intake took, and of those the ones it dropped (the
+    # trade backfill checks its own were all accepted before it says `repaired`).
+    backfilled: int = 0
+    backfilled_dropped: int = 0
     last_ack_at: float = 0.0
     # Per subject, so the per-message cost is one increment; types are derived on scrape.
     acked_subjects: collections.Counter[str] = attrs.field(factory=collections.Counter)
@@ -151,6 +155,14 @@ class Publisher:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def room(self) -> tuple[int, int]:
+        """Messages and bytes the buffer can still take."""
+        return (
+            self._buffer_messages - len(self._buffer),
+            self._buffer_bytes - self._buffered_bytes,
+        )
+
     async def run(self, receive: trio.MemoryReceiveChannel[list[Inbound]]) -> None:
         """Publish until `receive` is closed and everything buffered is acknowledged."""
         try:
@@ -193,11 +205,15 @@ class Publisher:
 
     def _accept(self, item: Inbound) -> None:
         self.stats.received += 1
+        if item.backfilled:
+            self.stats.backfilled += 1
         size = len(item.payload)
         if (
             len(self._buffer) >= self._buffer_messages
             or self._buffered_bytes + size > self._buffer_bytes
         ):
+            if item.backfilled:
+                self.stats.backfilled_dropped += 1
             if self._overflow is None:
                 self._overflow = _Overflow(first_recv_ns=item.recv_ns)
                 log.warning(
