@@ -14,7 +14,7 @@ from ssmd.connector.publisher import Inbound
 from ssmd.connector.records import GapRecord
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds.base import ConnectionStats, Subjects
-from ssmd.feeds.kalshi.replies import ERROR_BUFFER_OVERFLOW, RETIRED_SIDS
+from ssmd.feeds.kalshi.replies import ERROR_BUFFER_OVERFLOW, ERROR_UNKNOWN_SID, RETIRED_SIDS
 
 log = logging.getLogger("ssmd.connector.connection")
 
@@ -71,15 +71,19 @@ class Drops:
         self._drop_sid(sid, plan, recv_ns, out)
 
     def _on_sid_ended(self, sid: int, code: int, recv_ns: int, out: list[Inbound]) -> None:
-        """A command on `sid` was answered 7, 10 or 17: the sid no longer runs, so what it
-        carried since is lost, as after a 25."""
+        """A command on `sid` was answered 7, 10 or 17: the sid no longer runs (7), or is
+        dead by the reference (10, 17) though that is not proven: what it carried since
+        may be lost, as after a 25. After a 10 or 17 the repair unsubscribes it first, so
+        a sid still streaming is not doubled by its replacement."""
         plan = self.subscriptions.get(sid)
         if plan is None:
             return
+        ended = code == ERROR_UNKNOWN_SID
         if sid in self._resubscribe:
-            self._dropped.add(sid)  # its gap is recorded and its repair queued
+            if ended:
+                self._dropped.add(sid)  # its gap is recorded and its repair queued
             return
-        self._drop_sid(sid, plan, recv_ns, out, code=code)
+        self._drop_sid(sid, plan, recv_ns, out, ended=ended, code=code)
 
     def _drop_sid(
         self,
