@@ -128,7 +128,10 @@ class Refusals(Drops):
                 return True
             self._drop_markets(slot, channel, sid, unknown, code, recv_ns, out)
             self._refusals.pop(slot, None)
-            return set(markets) <= set(unknown)  # else the rest waits for the retry
+            if set(markets) <= set(unknown):
+                self._ready[slot] = None  # the rest of a split, if any
+                return True
+            return False  # the rest waits for the retry
         tries = self._refusals.get(slot, 0) + 1
         if tries < (1 if code in CLIENT_BUG_ERRORS else REFUSALS_TO_SPLIT):
             self._refusals[slot] = tries
