@@ -116,6 +116,21 @@ def test_a_repair_whose_unsubscribe_is_refused_does_not_subscribe_beside_it() ->
     assert (record["old_sid"], record["new_sid"]) == (7, 8)
 
 
+def test_an_unnamed_25_while_a_repair_waits_for_its_unsubscribe_adds_no_second_gap() -> None:
+    session, stats = new_session()
+    subscribed(session, 0, ("A",), 7)
+    frame(session, {"type": "error", "msg": {"code": 25}})
+    (unsubscribe,) = [sent(c) for c in session.take_commands()]
+    assert records(frame(session, {"type": "error", "msg": {"code": 25}}), "gap") == []
+    assert records(frame(session, {"type": "error", "sid": 7, "msg": {"code": 25}})) == []
+    assert session.take_commands() == []
+    frame(session, {"id": unsubscribe["id"], "type": "unsubscribed", "sid": 7})
+    (resubscribe,) = [sent(c) for c in session.take_commands()]
+    assert resubscribe["cmd"] == "subscribe"
+    assert stats.gaps == 1
+    assert session._replacing == set()
+
+
 # M4: an `ok` reply's seq is the sid's position.
 
 

@@ -110,6 +110,7 @@ class KalshiSession(SeqCheck, LiveChanges):
         # whether the sid goes on from there or from 2.
         self._renumbered: dict[int, int] = {}
         self._repairs: list[tuple[int, int]] = []
+        self._replacing: set[int] = set()
         self._split: dict[int, int] = {}
         self._ready: dict[int, None] = {}
         self._refusals: dict[int, int] = {}
@@ -371,6 +372,7 @@ class KalshiSession(SeqCheck, LiveChanges):
             self._slot_sid.pop(slot, None)
             if old_sid not in self._dropped:
                 channel = self.subscriptions[old_sid].channel
+                self._replacing.add(old_sid)
                 return [self._unsubscribe(_Unsubscribe(old_sid, channel=channel, repair=slot))]
             self._dropped.discard(old_sid)
             self.subscriptions.pop(old_sid, None)
