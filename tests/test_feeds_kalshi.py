@@ -109,17 +109,19 @@ def test_a_seq_jump_on_a_snapshot_channel_records_a_gap_then_repairs_it() -> Non
     gap = json.loads(out[1].payload)
     assert out[1].subject == "prod.kalshi.json.ssmd.gap"
     assert (gap["sid"], gap["expected"], gap["got"], gap["reason"]) == (1, 2, 4, "seq")
-    unsubscribe, subscribe = session.take_commands()
+    (unsubscribe,) = session.take_commands()
     assert json.loads(unsubscribe.text)["params"] == {"sids": [1]}
+    assert session.take_commands() == []  # the resubscribe waits for the old sid's end
+    out.clear()
+    session.on_frame(
+        json.dumps({"type": "unsubscribed", "id": unsubscribe.reply, "sid": 1}).encode(), 8, out
+    )
+    (subscribe,) = session.take_commands()
     assert json.loads(subscribe.text)["params"] == {
         "channels": ["orderbook_delta"],
         "market_tickers": ["A", "B"],
     }
     assert session.take_commands() == []
-    out.clear()
-    session.on_frame(
-        json.dumps({"type": "unsubscribed", "id": unsubscribe.reply, "sid": 1}).encode(), 8, out
-    )
     session.on_frame(
         json.dumps({"type": "subscribed", "id": subscribe.reply, "msg": {"sid": 9}}).encode(),
         9,

@@ -311,16 +311,20 @@ def test_a_second_unnamed_25_during_the_repair_repairs_each_subscription_once() 
         sent_commands.append(sent(command))
         return frame(session, {"id": command.reply, **body})
 
-    unsubscribe, resubscribe = session.take_commands()
+    (unsubscribe,) = session.take_commands()
     answer(unsubscribe, {"type": "error", "msg": {"code": 7, "msg": "not found"}})
+    (resubscribe,) = session.take_commands()
     # While the resubscribe is in flight, the exchange sends another unnamed 25 and
     # one naming the sid being replaced.
     assert records(frame(session, unnamed), "gap") == []
     assert records(frame(session, {**unnamed, "sid": 3}), "gap") == []
     answer(resubscribe, {"type": "subscribed", "msg": {"sid": 5}})
     while commands := session.take_commands():
-        answer(commands[0], {"type": "unsubscribed", "sid": 4})
-        answer(commands[1], {"type": "subscribed", "msg": {"sid": 6}})
+        (command,) = commands
+        if sent(command)["cmd"] == "unsubscribe":
+            answer(command, {"type": "unsubscribed", "sid": 4})
+        else:
+            answer(command, {"type": "subscribed", "msg": {"sid": 6}})
     # The exchange names the old sid once more after the repair: nothing to do.
     assert records(frame(session, {**unnamed, "sid": 3})) == []
     assert session.take_commands() == []
@@ -385,15 +389,32 @@ async def test_a_repair_refused_as_too_large_reaches_the_planner_without_another
 
 
 def test_an_update_refused_because_the_sid_is_dead_repairs_it_not_retries() -> None:
-    """Errors 7, 10 and 17 on a change: the exchange has no (working) subscription any
-    more, so its data since is lost: a gap record, then a subscribe of what is wanted
-    (the refused add included), no unsubscribe of a sid that is gone, no retry."""
+    """Error 7 on a change: the exchange has no subscription any more, so its data since
+    is lost: a gap record, then a subscribe of what is wanted (the refused add included),
+    no unsubscribe of a sid that is gone, no retry."""
     session, stats = new_session()
     subscribed(session, 0, ("A",), 7)
-    out = frame(session, error(add(session, "X"), 17))
+    out = frame(session, error(add(session, "X"), 7))
     (gap,) = records(out, "gap")
-    assert (gap["sid"], gap["markets"], gap["reason"]) == (7, ["A"], "error:17")
-    assert stats.gap_reasons == {"error:17": 1}
+    assert (gap["sid"], gap["markets"], gap["reason"]) == (7, ["A"], "error:7")
+    assert stats.gap_reasons == {"error:7": 1}
     assert not session.retries_waiting()
     (again,) = [sent(c) for c in session.take_commands()]
     assert (again["cmd"], again["params"]["market_tickers"]) == ("subscribe", ["A", "X"])
+
+
+def test_an_update_answered_10_or_17_unsubscribes_the_sid_before_subscribing_again() -> None:
+    """10/17 say the sid is dead, but only 7 proves it: a sid still streaming would run
+    beside its replacement, every delta twice. So: gap record, unsubscribe, and the
+    subscribe only once the exchange confirms the old sid ended."""
+    for code in (10, 17):
+        session, _ = new_session()
+        subscribed(session, 0, ("A",), 7)
+        (gap,) = records(frame(session, error(add(session, "X"), code)), "gap")
+        assert (gap["sid"], gap["reason"]) == (7, f"error:{code}")
+        (unsubscribe,) = [sent(c) for c in session.take_commands()]
+        assert (unsubscribe["cmd"], unsubscribe["params"]) == ("unsubscribe", {"sids": [7]})
+        assert session.take_commands() == []
+        frame(session, {"id": unsubscribe["id"], "type": "unsubscribed", "sid": 7})
+        (again,) = [sent(c) for c in session.take_commands()]
+        assert (again["cmd"], again["params"]["market_tickers"]) == ("subscribe", ["A", "X"])

@@ -72,6 +72,29 @@ async def test_a_market_the_exchange_does_not_know_is_dropped_not_retried_foreve
     assert sorted(retried["added"]) == sorted(set(markets) - {unknown})
 
 
+async def test_a_market_refused_as_unknown_is_placed_again_by_the_next_reconcile(
+    nats_server: NatsServer,
+) -> None:
+    """A 16 may be transient (the WS side not yet aware of a market REST lists): the
+    planner forgets the dropped market, so the next REST walk places it again."""
+    markets = tickers("KXA", 6)
+    unknown = markets[2]
+    async with simulated_kalshi(markets) as kalshi:
+        kalshi.ws.unknown_markets = {unknown}
+        config = discovery_config(
+            nats_server.url, kalshi, discovery={"refresh": "1s"}, channels=[BOOK]
+        )
+        async with running_connector(config):
+            await kalshi.wait(lambda: len(kalshi.subscribed(BOOK)) == 5)
+            kalshi.ws.unknown_markets = set()  # the exchange learns of it
+            await kalshi.wait(lambda: unknown in kalshi.subscribed(BOOK))
+            assert kalshi.subscribed(BOOK)[unknown] == 1
+        messages = await stream_messages(nats_server.url, 3)
+    changes = [(r["added"], r["removed"], r["reason"]) for r in records(messages, "subscription")]
+    assert ([], [unknown], "error:16") in changes
+    assert ([unknown], [], "reconcile") in changes
+
+
 async def test_two_unnamed_error_25s_repair_each_subscription_once(
     nats_server: NatsServer,
 ) -> None:

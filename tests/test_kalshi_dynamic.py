@@ -59,6 +59,7 @@ def test_add_and_delete_rebase_the_sid_and_record_the_change() -> None:
     params = json.loads(add.text)["params"]
     assert params == {"sids": [7], "market_tickers": ["C"], "action": "add_markets"}
     # The exchange's snapshot of C and its `ok` each took a seq: 2 and 3.
+    assert kinds(frame(session, {**delta(7, 2, "C"), "type": "orderbook_snapshot"})) == []
     (added,) = kinds(frame(session, {"id": add.reply, "type": "ok", "sid": 7, "seq": 3}))
     assert (added["added"], added["reason"]) == (["C"], "lifecycle:created")
     assert kinds(frame(session, delta(7, 4))) == []  # no false gap
@@ -197,6 +198,10 @@ def test_a_drop_25_naming_no_held_sid_gaps_and_resubscribes_every_subscription(
     again = []
     while commands := session.take_commands():  # one repair at a time
         again += [json.loads(c.text) for c in commands]
+        for command in commands:
+            body = json.loads(command.text)
+            if body["cmd"] == "unsubscribe":
+                frame(session, {"id": command.reply, "type": "unsubscribed"})
     # Which one ended is unknown: each is unsubscribed (so none still running is doubled),
     # then its wanted set (the add waiting for its answer included) subscribed again.
     assert sorted(c["params"]["sids"] for c in again if c["cmd"] == "unsubscribe") == [[3], [4]]

@@ -42,6 +42,7 @@ from ssmd.feeds.base import (
     Change,
     Command,
     ConnectionStats,
+    DropsMarkets,
     DynamicSession,
     Session,
     SessionContext,
@@ -60,6 +61,8 @@ log = logging.getLogger("ssmd.connector.connection")
 HeaderSource = Callable[[str], list[tuple[str, str]]]
 OnRefused = Callable[[int, int, tuple[str, ...], bool], None]
 """(conn, slot, markets, dropped) the exchange refused as over its market limit."""
+OnDropped = Callable[[int, int, tuple[str, ...], str], None]
+"""(conn, slot, markets, reason) a session dropped as never to be taken (`DropsMarkets`)."""
 READ_BATCH = 1000
 
 
@@ -167,6 +170,7 @@ class Connection:
         # Live subscription changes waiting to be sent (`change`), oldest first.
         self._changes: collections.deque[Change] = collections.deque()
         self.on_refused: OnRefused | None = None
+        self.on_dropped: OnDropped | None = None
         self._socket: _Socket | None = None
         # Connected with every subscription answered: what /ready waits for.
         self.up = False
@@ -226,6 +230,10 @@ class Connection:
             for slot, markets, dropped in session.take_refused():
                 if self.on_refused is not None:
                     self.on_refused(self.index, slot, markets, dropped)
+        if isinstance(session, DropsMarkets):
+            for slot, markets, reason in session.take_dropped():
+                if self.on_dropped is not None:
+                    self.on_dropped(self.index, slot, markets, reason)
 
     async def _emit(self, record: DiscontinuityRecord) -> None:
         assert self._send is not None

@@ -98,6 +98,7 @@ class Discovery:
         self.refused: str | None = None
         for connection in connections:
             connection.on_refused = self.on_refused
+            connection.on_dropped = self.on_dropped
 
     # Called from the connections' tasks; never block.
 
@@ -113,6 +114,28 @@ class Discovery:
             actions = self.layout.refused_as_too_large(slot, markets, dropped=dropped)
             self._dispatch(actions, "error:26")
 
+    def on_dropped(self, conn: int, slot: int, markets: tuple[str, ...], reason: str) -> None:
+        """A session dropped markets the exchange would not take on `slot` (Kalshi 14/16):
+        the planner takes them off every channel and the selected set forgets them, so
+        the next REST walk (one begun after now) places them again if it still lists
+        them: one more try per refresh, never a loop."""
+        if self.layout is None or slot not in self.layout.slots():
+            return
+        held = set(self.layout.subscription(slot)[2])
+        gone = [m for m in markets if m in held]  # not ones moved elsewhere since
+        if not gone:
+            return
+        now = trio.current_time()
+        for market in gone:
+            self.markets.live_remove(market, now)
+        log.warning(
+            "discovery: %d markets refused on conn %d (%s); retried at the next refresh",
+            len(gone),
+            conn,
+            reason,
+        )
+        self._dispatch(self.layout.remove(gone), reason)
+
     # The planner's actions, to the connections they are for.
 
     def _connection(self, conn: int) -> Connection:
@@ -122,6 +145,7 @@ class Discovery:
         assert self._send is not None
         connection = self._open_connection(conn, self._send.clone())
         connection.on_refused = self.on_refused
+        connection.on_dropped = self.on_dropped
         self.connections.append(connection)
         log.info("discovery: opened connection %d", conn)
         return connection

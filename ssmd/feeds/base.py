@@ -319,6 +319,18 @@ class DynamicSession(Session, Protocol):
         ...
 
 
+@runtime_checkable
+class DropsMarkets(Protocol):
+    """Optional beside `DynamicSession`: a session that drops markets the exchange will
+    not take (Kalshi errors 14/16, or a market refused alone too often) hands them back,
+    so the planner forgets them and a later reconciliation places them again."""
+
+    def take_dropped(self) -> list[tuple[int, tuple[str, ...], str]]:
+        """(slot, markets, reason) dropped from planner slots since last asked; `reason`
+        goes into the `ssmd.subscription` records of the planner's follow-up changes."""
+        ...
+
+
 @attrs.frozen
 class VenueLimits:
     """Sharding defaults, used when the config leaves `markets_per_subscription` /

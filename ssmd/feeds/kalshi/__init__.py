@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from ssmd.config import KALSHI_DEMO_URL, KALSHI_PROD_URL
 from ssmd.connector.shards import SubscriptionPlan, plan_connections
 from ssmd.feeds.base import SessionContext, Venue, VenueLimits
-from ssmd.feeds.kalshi.session import SNAPSHOT_CHANNELS, KalshiSession
+from ssmd.feeds.kalshi.seq import SNAPSHOT_CHANNELS
+from ssmd.feeds.kalshi.session import KalshiSession
 from ssmd.supervisor import StartupRefused
 
 if TYPE_CHECKING:

@@ -19,10 +19,13 @@ from ssmd.connector.publisher import Inbound
 from ssmd.connector.records import SubscribeErrorRecord, SubscriptionRecord
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds.base import Change, Command
-from ssmd.feeds.kalshi.drops import Drops
+from ssmd.feeds.kalshi.refusals import Refusals
 from ssmd.feeds.kalshi.replies import (
+    DEAD_UNSUBSCRIBE_TRIES,
     ERROR_MARKET_LIMIT,
+    ERROR_UNKNOWN_SID,
     RETRY,
+    SID_DEAD_ERRORS,
     SID_ENDED_ERRORS,
     UNKNOWN_MARKET_ERRORS,
     _Subscribe,
@@ -36,7 +39,7 @@ from ssmd.feeds.kalshi.replies import (
 log = logging.getLogger("ssmd.connector.connection")
 
 
-class LiveChanges(Drops):
+class LiveChanges(Refusals):
     """State shared with `KalshiSession`, which sets it up in `__init__`/`start`.
 
     Per planner slot the session keeps what is wanted (`_slots`); per sid, what the
@@ -58,6 +61,8 @@ class LiveChanges(Drops):
     # the exchange refused (the sid still runs), by sid.
     _waiting: dict[int, None]
     _unsubscribing: dict[int, _Unsubscribe]
+    # Gap repairs whose old sid has ended: (slot, old sid), to be subscribed again.
+    _repairs: list[tuple[int, int]]
 
     def _command(self, cmd: str, params: dict[str, object]) -> Command:
         raise NotImplementedError
@@ -73,8 +78,8 @@ class LiveChanges(Drops):
     ) -> Command:
         raise NotImplementedError
 
-    def _record(self, out: list[Inbound], record: SubscriptionRecord) -> None:
-        out.append(self._subjects.record(record))
+    def _ok_position(self, sid: int, seq: int, recv_ns: int, out: list[Inbound]) -> None:
+        raise NotImplementedError
 
     # Live changes (the `DynamicSession` extension).
 
@@ -101,6 +106,12 @@ class LiveChanges(Drops):
             plan = SubscriptionPlan(wanted.channel, markets)
             self._slots[action.slot] = plan
             sid = self._slot_sid.get(action.slot)
+            if sid is not None and not add and self._emptied(action.slot, plan):
+                if action.slot in self._waiting:
+                    return None  # the retry ends it
+                # A sid with no market carries nothing, and would be subscribed again
+                # with an empty list: it ends.
+                return self._end_sid(action.slot, change.reason)
             if sid is None:
                 if not markets or self._subscribing(action.slot):
                     return None  # its subscribe (or the retry) carries the wanted set
@@ -118,16 +129,40 @@ class LiveChanges(Drops):
             self._waiting.pop(action.slot, None)
             sid = self._slot_sid.pop(action.slot, None)
             self._refused = [(s, p) for s, p in self._refused if s != action.slot]
+            self._split.pop(action.slot, None)
+            self._ready.pop(action.slot, None)
+            self._refusals.pop(action.slot, None)
             if sid is None:
+                # Under a gap repair: its unsubscribe, once done, records the end.
+                for old_sid, waiting in self._unsubscribing.items():
+                    if waiting.repair == action.slot:
+                        self._unsubscribing[old_sid] = attrs.evolve(
+                            waiting, reason=change.reason, channel=action.channel
+                        )
                 return None
             self._sid_slot.pop(sid, None)
             return self._unsubscribe(_Unsubscribe(sid, action.slot, change.reason, action.channel))
         return None
 
+    def _end_sid(self, slot: int, reason: str) -> Command:
+        """Unsubscribe the slot's sid; the slot stays, wanting nothing, until an add."""
+        sid = self._slot_sid.pop(slot)
+        self._sid_slot.pop(sid, None)
+        channel = self._slots[slot].channel
+        return self._unsubscribe(_Unsubscribe(sid, slot, reason, channel))
+
     def _subscribing(self, slot: int) -> bool:
-        """Whether a subscribe of `slot` is in flight or waits for its retry."""
-        return any(s == slot for s, _ in self._refused) or any(
-            isinstance(p, _Subscribe) and p.slot == slot for p in self._pending.values()
+        """Whether a subscribe of `slot` is in flight, waits for its retry, or waits for
+        its gap repair's unsubscribe."""
+        return (
+            any(s == slot for s, _ in self._refused)
+            or any(
+                (isinstance(p, _Subscribe) and p.slot == slot)
+                or (isinstance(p, _Unsubscribe) and p.repair == slot)
+                for p in self._pending.values()
+            )
+            or any(p.repair == slot for p in self._unsubscribing.values())
+            or any(s == slot for s, _ in self._repairs)
         )
 
     def _confirmed(self, sid: int) -> tuple[str, ...]:
@@ -164,22 +199,42 @@ class LiveChanges(Drops):
         commands = []
         waiting, self._waiting = self._waiting, {}
         for slot in waiting:
-            wanted = self._slots.get(slot)
-            sid = self._slot_sid.get(slot)
-            if wanted is None or sid is None:
-                continue  # unsubscribed, or subscribed afresh with what is wanted
-            confirmed = self._confirmed(sid)
-            wanted_set, confirmed_set = set(wanted.markets), set(confirmed)
-            gone = tuple(m for m in confirmed if m not in wanted_set)
-            new = tuple(m for m in wanted.markets if m not in confirmed_set)
-            if gone:
-                commands.append(self._update(slot, wanted.channel, sid, gone, False, RETRY))
-            if new:
-                commands.append(self._update(slot, wanted.channel, sid, new, True, RETRY))
+            commands.extend(self._slot_changes(slot, RETRY))
         unsubscribing, self._unsubscribing = self._unsubscribing, {}
         for pending in unsubscribing.values():
             reason = RETRY if pending.reason is not None else None
             commands.append(self._unsubscribe(attrs.evolve(pending, reason=reason)))
+        return commands
+
+    def _slot_changes(self, slot: int, reason: str) -> list[Command]:
+        """What brings the slot's sid to what the slot wants: its deletes, then its adds
+        (cut to the split size while a refusal is split); an unsubscribe when it wants
+        nothing; a subscribe (so cut) when it has no sid."""
+        wanted = self._slots.get(slot)
+        if wanted is None or self._subscribing(slot):
+            return []
+        size = self._split.get(slot)
+        sid = self._slot_sid.get(slot)
+        if sid is None:
+            if self._emptied(slot, wanted):
+                return []
+            markets = wanted.markets[:size] if size else wanted.markets
+            plan = SubscriptionPlan(wanted.channel, markets)
+            return [self._subscribe(plan, slot=slot, retried=True)]
+        if self._emptied(slot, wanted):
+            return [self._end_sid(slot, reason)]
+        confirmed = self._confirmed(sid)
+        wanted_set, confirmed_set = set(wanted.markets), set(confirmed)
+        gone = tuple(m for m in confirmed if m not in wanted_set)
+        new = tuple(m for m in wanted.markets if m not in confirmed_set)
+        if not new:
+            self._split.pop(slot, None)
+        commands = []
+        if gone:
+            commands.append(self._update(slot, wanted.channel, sid, gone, False, reason))
+        if new:
+            sent = new[:size] if size else new
+            commands.append(self._update(slot, wanted.channel, sid, sent, True, reason))
         return commands
 
     def _on_update_reply(
@@ -214,30 +269,22 @@ class LiveChanges(Drops):
                 # The repair subscribes what the slot wants, this change included.
                 self._on_sid_ended(sid, code, recv_ns, out)
                 return
-            if code in UNKNOWN_MARKET_ERRORS:
-                unknown = error_markets(reply, pending.markets)
-                self._forget_markets(pending.slot, pending.channel, sid, unknown, code)
-                self._record(
-                    out,
-                    SubscriptionRecord(
-                        self._conn,
-                        sid,
-                        pending.channel,
-                        [],
-                        list(unknown),
-                        f"error:{code}",
-                        recv_ns,
-                    ),
-                )
-                if set(pending.markets) <= set(unknown):
-                    return
+            if pending.add and self._on_add_refused(
+                pending.slot, pending.channel, sid, pending.markets, reply, recv_ns, out
+            ):
+                return
+            if not pending.add and code in UNKNOWN_MARKET_ERRORS:
+                named = error_markets(reply, pending.markets)
+                if named:  # not on the exchange: gone from the confirmed set too
+                    self._drop_markets(
+                        pending.slot, pending.channel, sid, named, code, recv_ns, out
+                    )
             # 27 (too many requests) and the rest: the slot's changes wait for the retry.
             self._waiting[pending.slot] = None
             return
         seq = reply.get("seq")
         if isinstance(seq, int) and not isinstance(seq, bool):
-            # The reply gives the sid's position: an add or delete is no gap.
-            self.next_seq[sid] = seq + 1
+            self._ok_position(sid, seq, recv_ns, out)
         after = reply_markets(reply)
         if after is None:
             if pending.add:
@@ -250,64 +297,20 @@ class LiveChanges(Drops):
         had, has = set(before), set(after)
         if pending.add:
             added, removed = [m for m in pending.markets if m in has and m not in had], []
+            missing = tuple(m for m in pending.markets if m not in has)
+            if missing:
+                self._on_add_omitted(pending.slot, pending.channel, sid, missing, recv_ns, out)
+            else:
+                self._refusals.pop(pending.slot, None)
         else:
             added, removed = [], [m for m in pending.markets if m in had and m not in has]
+        if pending.slot in self._split:
+            self._ready[pending.slot] = None  # the next part of a split add
         if added or removed:
             record = SubscriptionRecord(
                 self._conn, sid, pending.channel, added, removed, pending.reason, recv_ns
             )
             self._record(out, record)
-
-    def _forget_markets(
-        self, slot: int | None, channel: str, sid: int | None, markets: tuple[str, ...], code: int
-    ) -> None:
-        """Errors 14/16: the exchange will never take these markets: out of the wanted set
-        (and the confirmed one), so no retry sends them again."""
-        log.warning(
-            "conn %d: the exchange does not know %s on %s (error %d); no longer wanted",
-            self._conn,
-            ", ".join(markets),
-            channel,
-            code,
-        )
-        unknown = set(markets)
-        wanted = self._slots.get(slot) if slot is not None else None
-        if slot is not None and wanted is not None:
-            kept = tuple(m for m in wanted.markets if m not in unknown)
-            self._slots[slot] = SubscriptionPlan(wanted.channel, kept)
-        confirmed = self.subscriptions.get(sid) if sid is not None else None
-        if sid is not None and confirmed is not None:
-            kept = tuple(m for m in confirmed.markets if m not in unknown)
-            self.subscriptions[sid] = SubscriptionPlan(confirmed.channel, kept)
-
-    def _on_subscribe_refused(
-        self, pending: _Subscribe, reply: dict[str, Any], recv_ns: int, out: list[Inbound]
-    ) -> None:
-        """A refused subscribe other than 26: retried with the slot's wanted set, less any
-        market the exchange said it does not know (14/16)."""
-        plan, slot = pending.plan, pending.slot
-        code = error_code(reply)
-        if code in UNKNOWN_MARKET_ERRORS and plan.markets:
-            unknown = error_markets(reply, plan.markets)
-            self._forget_markets(slot, plan.channel, None, unknown, code)
-            record = SubscriptionRecord(
-                self._conn, None, plan.channel, [], list(unknown), f"error:{code}", recv_ns
-            )
-            self._record(out, record)
-            wanted = self._slots.get(slot) if slot is not None else None
-            plan = SubscriptionPlan(
-                plan.channel, tuple(m for m in plan.markets if m not in unknown)
-            )
-            if (wanted is not None and not wanted.markets) or not plan.markets:
-                return  # nothing left to subscribe: a later add subscribes afresh
-        log.error(
-            "conn %d: subscribe %s (%d markets) refused: %s; will retry",
-            self._conn,
-            plan.channel,
-            len(plan.markets),
-            reply.get("msg"),
-        )
-        self._refused.append((slot, plan))
 
     def _on_retried_subscribe(
         self, pending: _Subscribe, sid: int | None, recv_ns: int, out: list[Inbound]
@@ -322,23 +325,29 @@ class LiveChanges(Drops):
     def _on_unsubscribe_reply(
         self, pending: _Unsubscribe, reply: dict[str, Any], recv_ns: int, out: list[Inbound]
     ) -> None:
-        """`unsubscribed`, or error 7, 10 or 17 (the exchange knows no such sid, or it is
-        dead): the sid's data ended. Any other error: the sid still runs; the unsubscribe
-        is tried again."""
+        """`unsubscribed`, or error 7 (the exchange knows no such sid): the sid's data
+        ended. 10 or 17 (dead, says the reference, but not proven: the sid may still run)
+        and any other error: the unsubscribe is tried again; a 10/17 for the
+        DEAD_UNSUBSCRIBE_TRIES-th time is taken as the end. A gap repair's slot is
+        subscribed again only once its old sid has ended, never beside it."""
         code = error_code(reply) if reply.get("type") == "error" else None
-        if code is not None and code not in SID_ENDED_ERRORS:
-            log.warning(
-                "conn %d: unsubscribe of sid %d refused: %s; will retry",
-                self._conn,
-                pending.sid,
-                reply.get("msg"),
-            )
-            self._stats.subscribe_errors += 1
-            self._unsubscribing[pending.sid] = pending
-            return
+        if code is not None and code != ERROR_UNKNOWN_SID:
+            dead = pending.dead + (code in SID_DEAD_ERRORS)
+            if code not in SID_DEAD_ERRORS or dead < DEAD_UNSUBSCRIBE_TRIES:
+                log.warning(
+                    "conn %d: unsubscribe of sid %d refused: %s; will retry",
+                    self._conn,
+                    pending.sid,
+                    reply.get("msg"),
+                )
+                self._stats.subscribe_errors += 1
+                self._unsubscribing[pending.sid] = attrs.evolve(pending, dead=dead)
+                return
         plan = self.subscriptions.pop(pending.sid, None)
         self.next_seq.pop(pending.sid, None)
         self._retire(pending.sid)
+        if pending.repair is not None:
+            self._repairs.append((pending.repair, pending.sid))
         if pending.reason is not None:
             markets = list(plan.markets) if plan is not None else []
             reason = pending.reason if code is None else f"error:{code}"

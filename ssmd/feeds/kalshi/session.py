@@ -15,9 +15,10 @@ import logging
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+import attrs
+
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.records import (
-    GapRecord,
     ResubscribeRecord,
     SubscribeErrorRecord,
     SubscriptionRecord,
@@ -28,18 +29,18 @@ from ssmd.feeds.kalshi.changes import LiveChanges
 from ssmd.feeds.kalshi.replies import (
     ERROR_BUFFER_OVERFLOW,
     ERROR_MARKET_LIMIT,
+    RECONNECT,
+    RETRY,
     _Subscribe,
     _Unsubscribe,
     _Update,
     error_code,
 )
 from ssmd.feeds.kalshi.routing import Routed, RouteKind, Router
+from ssmd.feeds.kalshi.seq import SeqCheck
 from ssmd.feeds.kalshi_discovery import backfill_window
 
 log = logging.getLogger("ssmd.connector.connection")
-
-# Channels whose gaps a fresh subscription repairs (it starts with a snapshot).
-SNAPSHOT_CHANNELS = frozenset({"orderbook_delta"})
 
 
 def subscribe_params(plan: SubscriptionPlan) -> dict[str, object]:
@@ -55,7 +56,7 @@ def reply_sid(reply: dict[str, Any]) -> int | None:
     return sid if isinstance(sid, int) and not isinstance(sid, bool) else None
 
 
-class KalshiSession(LiveChanges):
+class KalshiSession(SeqCheck, LiveChanges):
     def __init__(self, context: SessionContext, plans: Sequence[SubscriptionPlan]) -> None:
         self._context = context
         self._conn = context.conn
@@ -75,7 +76,10 @@ class KalshiSession(LiveChanges):
         self._slots: dict[int, SubscriptionPlan] = {
             -1 - index: plan for index, plan in enumerate(plans)
         }
+        self._all_markets = frozenset(s for s, plan in self._slots.items() if not plan.markets)
         self._refused_too_large: list[tuple[int, tuple[str, ...], bool]] = []
+        self._gone_markets: list[tuple[int, tuple[str, ...], str]] = []
+        self._later: list[SubscriptionRecord] = []
         self.start()
 
     @property
@@ -83,6 +87,7 @@ class KalshiSession(LiveChanges):
         return list(self._slots.values())
 
     def start(self) -> list[Command]:
+        before = self._confirmed_before()
         if self._backfill is not None and self._trade_marks:
             self._note_trade_loss(list(self._trade_marks))  # a reconnect: trades were missed
         self._trade_marks = {}  # a loss of a slot gone meanwhile is asked at the next frame
@@ -104,7 +109,36 @@ class KalshiSession(LiveChanges):
         # sid -> the old position, while a mid-sequence snapshot numbered 1 leaves open
         # whether the sid goes on from there or from 2.
         self._renumbered: dict[int, int] = {}
-        return [self._subscribe(plan, slot=slot) for slot, plan in self._slots.items()]
+        self._repairs: list[tuple[int, int]] = []
+        self._replacing: set[int] = set()
+        self._split: dict[int, int] = {}
+        self._ready: dict[int, None] = {}
+        self._refusals: dict[int, int] = {}
+        commands = []
+        for slot, plan in self._slots.items():
+            was = before.get(slot)
+            if not self._emptied(slot, plan):
+                commands.append(self._subscribe(plan, slot=slot, before=was))
+            elif was:
+                # Wanted nothing more by the time of the reconnect: its markets ended.
+                record = SubscriptionRecord(
+                    self._conn, None, plan.channel, [], list(was), RECONNECT, 0
+                )
+                self._later.append(record)
+        return commands
+
+    def _confirmed_before(self) -> dict[int, tuple[str, ...]]:
+        """Per slot, what the exchange had confirmed when the connection was lost (empty
+        for a planner slot, or a refused one, never confirmed); none before the first."""
+        if not hasattr(self, "_slot_sid"):
+            return {}
+        before: dict[int, tuple[str, ...]] = {s: () for s in self._slots if s >= 0}
+        before.update({s: () for s, _ in self._refused if s is not None})
+        for slot, sid in self._slot_sid.items():
+            plan = self.subscriptions.get(sid)
+            if plan is not None:
+                before[slot] = plan.markets
+        return before
 
     def _command(self, cmd: str, params: dict[str, object]) -> Command:
         self._next_id += 1
@@ -119,9 +153,10 @@ class KalshiSession(LiveChanges):
         slot: int | None = None,
         reason: str | None = None,
         retried: bool = False,
+        before: tuple[str, ...] | None = None,
     ) -> Command:
         command = self._command("subscribe", subscribe_params(plan))
-        self._pending[self._next_id] = _Subscribe(plan, replaces, slot, reason, retried)
+        self._pending[self._next_id] = _Subscribe(plan, replaces, slot, reason, retried, before)
         return command
 
     def on_frame(self, payload: bytes, recv_ns: int, out: list[Inbound]) -> bool:
@@ -170,6 +205,10 @@ class KalshiSession(LiveChanges):
         reply = routed.envelope or {}
         kind = routed.message_type or "?"
         self._stats.control[kind] += 1
+        if self._later:
+            later, self._later = self._later, []
+            for record in later:
+                out.append(self._subjects.record(attrs.evolve(record, ts_ns=recv_ns)))
         command_id = reply.get("id")
         if kind == "error":
             log.warning(
@@ -265,9 +304,18 @@ class KalshiSession(LiveChanges):
                 self._trade_marks[new_sid] = recv_ns
         if new_sid is not None:
             self.subscriptions[new_sid] = plan
+            # A sid number used before starts afresh.
+            self.next_seq.pop(new_sid, None)
+            self._renumbered.pop(new_sid, None)
             if pending.slot is not None:
                 self._slot_sid[pending.slot] = new_sid
                 self._sid_slot[new_sid] = pending.slot
+        if pending.slot is not None:
+            self._refusals.pop(pending.slot, None)
+            if pending.slot in self._split:
+                self._ready[pending.slot] = None  # the rest of a split subscribe
+        if pending.before is not None:
+            self._on_reconnected(pending, new_sid, recv_ns, out)
         if pending.reason is not None:
             record = SubscriptionRecord(
                 self._conn, new_sid, plan.channel, list(plan.markets), [], pending.reason, recv_ns
@@ -280,6 +328,22 @@ class KalshiSession(LiveChanges):
             f"{len(plan.markets)} markets" if plan.markets else "all markets",
             new_sid,
         )
+
+    def _on_reconnected(
+        self, pending: _Subscribe, sid: int | None, recv_ns: int, out: list[Inbound]
+    ) -> None:
+        """A reconnect subscribed what the slot wants now: what that adds to or drops from
+        the slot's last confirmed sid changed coverage, and is recorded."""
+        was = pending.before or ()
+        now = pending.plan.markets
+        had, has = set(was), set(now)
+        added = [m for m in now if m not in had]
+        removed = [m for m in was if m not in has]
+        if added or removed:
+            record = SubscriptionRecord(
+                self._conn, sid, pending.plan.channel, added, removed, RECONNECT, recv_ns
+            )
+            out.append(self._subjects.record(record))
 
     def _note_trade_loss(self, sids: list[int], cause: str = "disconnect") -> None:
         """Trade sids the exchange ended or the connection lost: each one's slot, once
@@ -308,73 +372,46 @@ class KalshiSession(LiveChanges):
             since, cause, markets = self._trade_loss.pop(slot)
             self._backfill(self._conn, backfill_window(since, recv_ns, markets, cause))
 
-    def _check_seq(self, routed: Routed, sid: int, seq: int, recv_ns: int) -> GapRecord | None:
-        """Track `seq` per sid; on a jump, schedule a resubscribe and give a gap record."""
-        expected = self.next_seq.get(sid)
-        if expected is None or seq == expected:
-            self.next_seq[sid] = seq + 1
-            if self._renumbered:
-                self._renumbered.pop(sid, None)
-            return None
-        if seq == 1 and routed.message_type == "orderbook_snapshot":
-            # Some feeds number each market's snapshot from 1 within a shared sid; the
-            # reference has a sid's messages counted on past it. The next message says
-            # which: the old position stays good, and 2 is taken too.
-            self._renumbered[sid] = self._renumbered.get(sid, expected)
-            self.next_seq[sid] = 2
-            return None
-        renumbered = self._renumbered.pop(sid, None) if self._renumbered else None
-        if renumbered is not None and seq == renumbered:
-            self.next_seq[sid] = seq + 1
-            return None
-        if renumbered is not None:
-            expected = renumbered
-        self.next_seq[sid] = seq + 1
-        plan = self.subscriptions.get(sid)
-        markets = list(plan.markets) if plan else ([routed.key] if routed.key else [])
-        self._stats.gap("seq")
-        log.warning(
-            "conn %d: exchange gap on sid %d: expected seq %d, got %d",
-            self._conn,
-            sid,
-            expected,
-            seq,
-        )
-        if plan is None:
-            log.warning(
-                "conn %d: sid %d is not one of ours; cannot resubscribe it", self._conn, sid
-            )
-        elif plan.channel in SNAPSHOT_CHANNELS and sid not in self._resubscribe:
-            self._resubscribe[sid] = None
-        return GapRecord(
-            self._conn, sid, plan.channel if plan else None, expected, seq, markets, recv_ns
-        )
-
     def replied(self, token: Hashable) -> bool:
         """Ids count up per socket and a command waits in `_pending` until answered, so
         nothing needs remembering once it is."""
         return isinstance(token, int) and 0 < token <= self._next_id and token not in self._pending
 
     def take_commands(self) -> list[Command]:
-        """One gap repair at a time: unsubscribe the old sid, subscribe the plan again."""
+        """One gap repair at a time: unsubscribe the old sid, and once it has ended,
+        subscribe the slot again; then the slots whose changes go out at once."""
+        while self._repairs:
+            repaired, ended_sid = self._repairs.pop(0)
+            wanted = self._slots.get(repaired)
+            if wanted is None or self._emptied(repaired, wanted) or repaired in self._slot_sid:
+                continue
+            return [self._subscribe(wanted, replaces=ended_sid, slot=repaired)]
         while self._resubscribe:
             old_sid = next(iter(self._resubscribe))
             del self._resubscribe[old_sid]
             slot = self._sid_slot.pop(old_sid, None)
             if slot is None:
-                continue  # no longer wanted: its unsubscribe is under way
-            plan = self.subscriptions.pop(old_sid, None)
-            self._slot_sid.pop(slot, None)
-            plan = self._slots.get(slot, plan)
-            if plan is None:
-                continue
-            self._retire(old_sid)
-            resubscribe = [self._subscribe(plan, replaces=old_sid, slot=slot)]
-            if old_sid in self._dropped:
                 self._dropped.discard(old_sid)
-                self.next_seq.pop(old_sid, None)
-                return resubscribe
-            return [self._unsubscribe(_Unsubscribe(old_sid)), *resubscribe]
+                continue  # no longer wanted: its unsubscribe is under way
+            self._slot_sid.pop(slot, None)
+            if old_sid not in self._dropped:
+                channel = self.subscriptions[old_sid].channel
+                self._replacing.add(old_sid)
+                return [self._unsubscribe(_Unsubscribe(old_sid, channel=channel, repair=slot))]
+            self._dropped.discard(old_sid)
+            self.subscriptions.pop(old_sid, None)
+            self.next_seq.pop(old_sid, None)
+            self._retire(old_sid)
+            self._repairs.append((slot, old_sid))
+            return self.take_commands()
+        while self._ready:
+            slot = next(iter(self._ready))
+            del self._ready[slot]
+            if slot in self._waiting:
+                continue  # the retry sends it
+            commands = self._slot_changes(slot, RETRY)
+            if commands:
+                return commands
         return []
 
     def retries_waiting(self) -> bool:
@@ -386,9 +423,12 @@ class KalshiSession(LiveChanges):
         for slot, plan in refused:
             if slot is not None:
                 wanted = self._slots.get(slot)
-                if wanted is None or (not wanted.markets and plan.markets):
-                    continue  # removed meanwhile
-                plan = wanted
+                if wanted is None or self._emptied(slot, wanted) or slot in self._slot_sid:
+                    continue  # removed meanwhile, or subscribed since
+                size = self._split.get(slot)
+                plan = SubscriptionPlan(
+                    wanted.channel, wanted.markets[:size] if size else wanted.markets
+                )
             commands.append(self._subscribe(plan, slot=slot, retried=True))
         return commands + self._retry_changes()
 
