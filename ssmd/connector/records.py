@@ -112,7 +112,8 @@ class SubscriptionRecord:
     `lifecycle:<event_type>` (a `market_lifecycle_v2` event), `reconcile` (a periodic
     REST walk disagreed), `error:<code>` (the exchange refused or dropped a subscription,
     or does not know a market: 16), `retry` (a refused subscribe or change went through
-    on a later try)."""
+    on a later try), `reconnect` (what a reconnect's subscribe adds or drops against the
+    slot's last confirmed state), `omitted` (an `ok` left the market out three times)."""
 
     kind: ClassVar[str] = "subscription"
     conn: int
