@@ -84,6 +84,7 @@ class Discovery:
         self.connections = connections
         self._open_connection = open_connection
         self.static = frozenset(static_markets)
+        self._static_retry: set[str] = set()  # static markets the exchange refused
         # Static markets whose units a walk must find first (Polymarket token ids).
         self._unresolved = set(self.static) if source.static_walks(sorted(self.static)) else set()
         self.markets = MarketSet()
@@ -127,7 +128,12 @@ class Discovery:
             return
         now = trio.current_time()
         for market in gone:
-            self.markets.live_remove(market, now)
+            if market in self.static:
+                # Configured by hand: no walk need list it, so it is tried again after
+                # the next complete walk whatever the selection.
+                self._static_retry.add(market)
+            else:
+                self.markets.live_remove(market, now)
         log.warning(
             "discovery: %d markets refused on conn %d (%s); retried at the next refresh",
             len(gone),
@@ -271,6 +277,8 @@ class Discovery:
                 await self._publish(records)
                 self.add(fresh, reason)
         diff = self.markets.reconcile(walked, started)
+        retry, self._static_retry = sorted(self._static_retry), set()
+        self.add(retry, "retry")
         self.market_catalogue.walk_complete()
         self.remove(list(diff.removed), reason)
         self.add(list(diff.added), reason)
