@@ -70,9 +70,7 @@ class Venue:
             if page == 0:
                 self.walks.append(trio.current_time())
             await trio.sleep(self.page_time)
-            listed = [
-                t for t, s in self.markets.items() if s == "active" and t not in self.hidden
-            ]
+            listed = [t for t, s in self.markets.items() if s == "active" and t not in self.hidden]
             more = str(page + 1) if page + 1 < self.walk_pages else ""
             rows = self.rows(listed) if page == 0 else []
             return httpx.Response(200, json={"markets": rows, "cursor": more})
@@ -85,7 +83,9 @@ class Venue:
 
 def discovery(venue: Venue, layout: SubscriptionLayout | None = None) -> Discovery:
     settings = RestSettings(rate=100.0, burst=100.0, backoff=Backoff(1.0, 8.0))
-    rest = RestClient("https://venue.test/v2", settings, transport=httpx.MockTransport(venue.handler))
+    rest = RestClient(
+        "https://venue.test/v2", settings, transport=httpx.MockTransport(venue.handler)
+    )
     return Discovery(
         source=KalshiSource(Selection()),
         layout=layout or SubscriptionLayout(["orderbook_delta"], 100, 1000),
@@ -112,20 +112,24 @@ async def test_a_settlement_while_a_page_is_published_takes_the_market_off(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     venue = Venue({"E-M1": "active", "E-M2": "active"})
+    venue.walk_pages, venue.page_time = 2, 5.0
     d = discovery(venue)
     assert d.layout is not None
     send, receive = trio.open_memory_channel[list[Inbound]](0)  # the publisher is busy
     async with trio.open_nursery() as nursery:
         await nursery.start(d.run, send)
-        await trio.sleep(1)  # the first page's catalogue records wait to be taken
+        await trio.sleep(6)  # the first page's catalogue records wait to be taken
         d.on_event(lifecycle("settled", "E-M1"))
         await trio.sleep(1)
         venue.markets["E-M1"] = "settled"
         nursery.start_soon(drain, receive)
         await trio.sleep(1)
-        # The settlement came before the first walk was reconciled: off at once.
+        # The walk reads its second page: the settlement took the market off already.
+        assert d.stats.walks == 0
         assert "E-M1" not in d.markets
         assert d.layout.markets == {"E-M2"}
+        await trio.sleep(10)
+        assert d.stats.walks == 1 and d.layout.markets == {"E-M2"}
         nursery.cancel_scope.cancel()
 
 
