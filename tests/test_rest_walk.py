@@ -241,11 +241,11 @@ async def test_a_walk_that_comes_during_a_backfill_wait_goes_first(
         await rest.get_json("/x", priority=priority)
         granted.append((name, round(trio.current_time(), 3)))
 
-    async with client(endless_pages, RestSettings(rate=1.0, burst=2.0)) as rest:
-        async with trio.open_nursery() as nursery:
-            await get("b1", Priority.BACKGROUND)  # 2 tokens, leaves its reserve of 1
-            nursery.start_soon(get, "b2", Priority.BACKGROUND)  # needs 2: waits 1 s
-            await trio.sleep(0.5)
-            nursery.start_soon(get, "walk", Priority.WALK)  # finds its token at once
+    settings = RestSettings(rate=1.0, burst=2.0)
+    async with client(endless_pages, settings) as rest, trio.open_nursery() as nursery:
+        await get("b1", Priority.BACKGROUND)  # 2 tokens, leaves its reserve of 1
+        nursery.start_soon(get, "b2", Priority.BACKGROUND)  # needs 2: waits 1 s
+        await trio.sleep(0.5)
+        nursery.start_soon(get, "walk", Priority.WALK)  # finds its token at once
     # b2 then waits again for its 1 + reserve: the bucket never goes below empty.
     assert granted == [("b1", 0.0), ("walk", 0.5), ("b2", 2.0)]
