@@ -259,6 +259,60 @@ async def test_refused_or_failing_rest_leaves_an_unrepaired_record_and_a_count(
     assert (sample.labels["outcome"], sample.value) == ("unrepaired", 1)
 
 
+async def test_answers_that_are_not_trades_are_waited_out_not_the_window_dropped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A maintenance page served as 200 HTML is trouble that passes (review of issue 9's
+    walk, M3): the window is asked again with backoff, and repaired once REST is back;
+    one that never comes back is recorded unrepaired, saying why."""
+    trades = [rest_trade("lost", 1_799_999_995)]
+    queries: list[dict[str, str]] = []
+    answer = serving(trades, queries)
+    html = {"left": 12}
+
+    def maintenance(request: httpx.Request) -> httpx.Response:
+        if html["left"] > 0:
+            html["left"] -= 1
+            return httpx.Response(200, text="<html>down for maintenance</html>")
+        return answer(request)
+
+    window = BackfillWindow(1_799_999_990, 1_800_000_000, ("A",), "gap")
+    backfill = backfill_for(maintenance, TradeLedger(), settle_limit=0.0)
+    record, published = parts(await backfill.backfill(0, window))
+    assert (record["outcome"], published) == ("repaired", ["lost"])
+    html["left"] = 10**6
+    record, published = parts(await backfill.backfill(0, window))
+    assert record["outcome"] == "unrepaired" and published == []
+    assert "no full answer in 300s" in record["error"] and "not JSON" in record["error"]
+
+
+async def test_a_backfill_leaves_walks_the_most_of_the_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def endless(request: httpx.Request) -> httpx.Response:
+        cursor = int(request.url.params.get("cursor", "0"))
+        key = "trades" if request.url.path.endswith("/trades") else "markets"
+        more = str(cursor + 1) if cursor < 39 else ""
+        return httpx.Response(200, json={key: [], "cursor": more})
+
+    backfill = backfill_for(endless, TradeLedger(), settle_limit=0.0)
+    backfill.rest = RestClient(
+        "https://venue.test/trade-api/v2",
+        RestSettings(rate=10.0, burst=1.0),
+        transport=httpx.MockTransport(endless),
+    )
+    window = BackfillWindow(1_799_999_990, 1_800_000_000, ("A",), "gap")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(backfill.backfill, 0, window)
+        await trio.sleep(0.5)
+        started = trio.current_time()
+        async for _ in backfill.rest.walk("/markets", {}, "markets", limit=100):
+            pass
+        took = trio.current_time() - started
+    # 40 pages at 10 a second, less one token in five for the backfill (FIFO: 8 s).
+    assert took <= 5.0 + 0.2
+
+
 async def test_windows_beyond_the_queue_are_recorded_as_dropped(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -26,10 +26,11 @@ import attrs
 import trio
 from prometheus_client.core import CounterMetricFamily
 
+from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.records import BackfillRecord
-from ssmd.connector.rest import RestClient, RestRefused
+from ssmd.connector.rest import Priority, RestClient, RestMalformed, RestRefused
 from ssmd.feeds.base import Subjects
 from ssmd.feeds.kalshi_discovery import (
     NS,
@@ -48,6 +49,8 @@ log = logging.getLogger("ssmd.connector.backfill")
 BACKFILL_QUEUE = 1_000
 # A window REST has not answered in this long is given up (recorded as not repaired).
 BACKFILL_DEADLINE_S = 300.0
+# Between asking again for a window REST answered with something other than trades.
+MALFORMED_BACKOFF = Backoff(5.0, 60.0, jitter=0.5)
 # How long past a window's end to wait for a live frame before fetching it anyway.
 SETTLE_LIMIT_S = 10.0
 
@@ -234,18 +237,35 @@ class TradeBackfill:
     async def _fetch(self, window: BackfillWindow) -> _Fetch:
         fetched: list[dict[str, Any]] = []
         retries = self.rest.stats.retries
+        malformed: RestMalformed | None = None
+        again = MALFORMED_BACKOFF.retry()
         try:
             with trio.fail_after(self.deadline):
-                for query in window.queries():
-                    async for page in self.rest.walk(
-                        TRADES_PATH, query, "trades", limit=TRADES_PAGE_LIMIT
-                    ):
-                        fetched.extend(page)
+                while True:
+                    fetched = []
+                    try:
+                        for query in window.queries():
+                            async for page in self.rest.walk(
+                                TRADES_PATH,
+                                query,
+                                "trades",
+                                limit=TRADES_PAGE_LIMIT,
+                                priority=Priority.BACKGROUND,
+                            ):
+                                fetched.extend(page)
+                        break
+                    except RestMalformed as exc:
+                        # Not what was asked for (a maintenance page served as 200):
+                        # trouble that passes, unlike a 4xx. The window is asked again.
+                        malformed = exc
+                        await again.wait()
         except RestRefused as exc:
             return _Fetch(fetched, f"REST refused: {exc}")
         except trio.TooSlowError:
             failed = self.rest.stats.retries - retries
             error = f"REST gave no full answer in {self.deadline:.0f}s ({failed} failed requests)"
+            if malformed is not None:
+                error += f"; the last: {malformed}"
             return _Fetch(fetched, error)
         return _Fetch(fetched)
 
