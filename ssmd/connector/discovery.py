@@ -112,9 +112,11 @@ class Discovery:
             # The next reconciliation catches up on what this event said.
             self.stats.lifecycle_dropped += 1
 
-    def on_refused(self, conn: int, slot: int, markets: tuple[str, ...], dropped: bool) -> None:
+    def on_refused(
+        self, conn: int, slot: int, markets: tuple[str, ...], dropped: bool, op: int
+    ) -> None:
         if self.layout is not None:
-            actions = self.layout.refused_as_too_large(slot, markets, dropped=dropped)
+            actions = self.layout.refused_as_too_large(slot, markets, dropped=dropped, op=op)
             self._dispatch(actions, "error:26")
 
     # The planner's actions, to the connections they are for.

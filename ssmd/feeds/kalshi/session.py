@@ -74,7 +74,9 @@ class KalshiSession(LiveChanges):
         self._slots: dict[int, SubscriptionPlan] = {
             -1 - index: plan for index, plan in enumerate(plans)
         }
-        self._refused_too_large: list[tuple[int, tuple[str, ...], bool]] = []
+        self._refused_too_large: list[tuple[int, tuple[str, ...], bool, int]] = []
+        # Per planner slot: the planner op that placed each wanted market.
+        self._ops: dict[int, dict[str, int]] = {}
         self.start()
 
     @property
@@ -242,7 +244,7 @@ class KalshiSession(LiveChanges):
                     len(plan.markets),
                 )
                 self._slots.pop(slot, None)
-                self._refused_too_large.append((slot, plan.markets, True))
+                self._refused_too_large.append((slot, plan.markets, True, 0))
                 return
             self._on_subscribe_refused(pending, reply, recv_ns, out)
             return
