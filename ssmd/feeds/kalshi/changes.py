@@ -268,7 +268,8 @@ class LiveChanges(Drops):
         since (deleted and added back) stays: that later add gets its own answer."""
         placed = self._ops.get(pending.slot, {})
         by_op: dict[int, list[str]] = {}
-        for market, op in zip(pending.markets, pending.ops or (0,) * len(pending.markets)):
+        ops = pending.ops or (0,) * len(pending.markets)
+        for market, op in zip(pending.markets, ops, strict=True):
             if placed.get(market) == op:
                 by_op.setdefault(op, []).append(market)
                 del placed[market]
