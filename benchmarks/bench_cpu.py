@@ -11,6 +11,9 @@ holds it all, the same is measured with the connection open and nothing arriving
 
 * ssmd: the production `Publisher` and `Connection` and `start_archiver`, with every
   setting at its default (lingers included).
+* floor: only ssmd's WebSocket client reading the same exchange and stamping each read
+  (no routing, NATS or disk): what any recorder that stamps frames as they are read pays
+  in one Trio thread before doing anything with them.
 * bare: what one might write with nats-py in one asyncio loop: asyncio streams and
   ssmd's own frame parser (`wsclient.FrameParser`, no I/O) for the WebSocket,
   `json.loads` of each frame to route it, `js.publish_async` with the same headers and
@@ -51,7 +54,7 @@ from ssmd.connector.connection import Connection
 from ssmd.connector.publisher import Inbound, Publisher
 from ssmd.connector.service import connection_settings
 from ssmd.connector.shards import SubscriptionPlan
-from ssmd.connector.wsclient import OP_TEXT, FrameParser, encode_frame
+from ssmd.connector.wsclient import OP_TEXT, FrameParser, connect_fast, encode_frame
 from ssmd.feeds.kalshi import VENUE as KALSHI
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
@@ -307,6 +310,52 @@ async def bare_recorder(
     return result
 
 
+async def reader_floor(
+    nats_url: str,
+    ws_url: str,
+    rate: float,
+    warm_s: float,
+    window_s: float,
+    idle_s: float,
+    archive: Path,
+) -> dict[str, float]:
+    """The floor under any Trio recorder that stamps every frame as it is read: ssmd's
+    WebSocket client reading the same paced exchange and taking each read's receive
+    time, and nothing else (no routing, no NATS, no disk)."""
+    count = frames_needed(rate, warm_s, window_s)
+    read = [0]
+    result: dict[str, float] = {}
+
+    async def reader(ws: Any) -> None:
+        while True:
+            frames = await ws.receive_batch(1000)
+            time.time_ns()
+            read[0] += len(frames)
+
+    async with connect_fast(ws_url, [], 10.0) as ws:
+        command = {"id": 1, "cmd": "subscribe", "params": {"channels": ["trade"]}}
+        await ws.send_message(json.dumps(command))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader, ws)
+            while read[0] < 2:
+                await trio.sleep(0.05)
+            await trio.sleep(warm_s)
+            result.update(_window_start("busy", read[0]))
+            await trio.sleep(window_s)
+            _window_end(result, "busy", read[0])
+            while read[0] < count:
+                await trio.sleep(0.1)
+            result.update(_window_start("idle", read[0]))
+            await trio.sleep(idle_s)
+            _window_end(result, "idle", read[0])
+            nursery.cancel_scope.cancel()
+    return result
+
+
+def floor_child(*args: Any) -> dict[str, float]:
+    return trio.run(reader_floor, *args)
+
+
 def ssmd_child(*args: Any) -> dict[str, float]:
     return trio.run(ssmd_recorder, *args)
 
@@ -321,12 +370,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warm", type=float, default=2.0)
     parser.add_argument("--idle", type=float, default=5.0)
-    parser.add_argument("--only", choices=["ssmd", "bare"])
+    parser.add_argument("--only", choices=["ssmd", "bare", "floor"])
     args = parser.parse_args()
     ctx = multiprocessing.get_context("spawn")
     count = frames_needed(args.rate, args.warm, args.seconds)
     with tempfile.TemporaryDirectory(prefix="ssmd-bench-cpu-") as tmp:
-        for name, child in (("ssmd", ssmd_child), ("bare", bare_child)):
+        for name, child in (("ssmd", ssmd_child), ("bare", bare_child), ("floor", floor_child)):
             if args.only and name != args.only:
                 continue
             ports: multiprocessing.Queue[int] = ctx.Queue()

@@ -17,8 +17,9 @@ converted through the `WallClock` the connector used, which is Trio's perf-count
 plus a wall anchor). Nothing is sampled: every message of the run is counted.
 
 A second figure, "acked", wraps `bridge.ack` (the callable start_archiver hands to its
-acker) and timestamps when the AckAll for stream sequence S had been handed to nats-py
-for sending; each message's acked time is that of the first ack covering its sequence.
+acker) and timestamps when the AckAll for stream sequence S had been handed to the
+bridge, which sends it with the consumer's next pull traffic (`PendingAck`); each
+message's acked time is that of the first ack covering its sequence.
 
 Both lingers are at their defaults (`connector.publish_linger`, `archiver.linger`).
 """

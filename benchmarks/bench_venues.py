@@ -255,7 +255,8 @@ def checksum_cpu(updates: int = 20_000) -> tuple[float, float]:
         context = SessionContext(0, Subjects("bench", "kraken"), stats, config)
         session = KrakenSession(context, [SubscriptionPlan("book", ("BTC/USD",))])
         if not check:
-            session._check_book = lambda payload, recv_ns, out: False  # type: ignore[method-assign]
+            continuity = session._continuity
+            continuity.check_book = lambda payload, recv_ns, out, subscribed: False  # type: ignore[method-assign]
         out: list[Inbound] = []
         start = time.process_time()
         for frame in frames:

@@ -17,7 +17,7 @@ processes and are not counted):
 * end-to-end latency (`bench_e2e`): connector + archiver in one process, the exchange
   pacing at 1k and 10k msg/s; per message, fsync-completion time of the block holding
   its line minus its `_recv_ns` ("durable"), and the time the AckAll covering it was
-  handed to nats-py ("acked"); both lingers at their defaults. See bench_e2e's docstring.
+  handed to the bridge ("acked"); both lingers at their defaults. See bench_e2e's docstring.
 * CPU at Kalshi's real rates (`bench_cpu`): connector + archiver in one process with
   default settings, and beside it a bare nats-py recorder doing the same job in one
   asyncio loop, each against the same paced exchange; the share of one core over a
@@ -429,7 +429,7 @@ def main() -> int:
             if result["acked_ms"]:
                 a50, a99, a999 = result["acked_ms"]
                 table.row(
-                    "WS receive -> ack sent, p50/p99/p99.9 ms",
+                    "WS receive -> ack handed over, p50/p99/p99.9 ms",
                     f"{a50:.1f} / {a99:.1f} / {a999:.1f}",
                 )
             table.row(

@@ -4,8 +4,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from ssmd.nats.server import NatsServer
+
+# Properties are about behaviour, not speed: on a loaded 2-core machine one example can
+# take longer than Hypothesis's default 200 ms deadline without anything being wrong.
+settings.register_profile("ssmd", deadline=None)
+settings.load_profile("ssmd")
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """Replay to a real nats-server: the receive time travels in `Ssmd-Recv-Ns` only when
 the archived record has one. A record without it (a message published without the
 header, archived without `_recv_ns`) is republished without the header, never with a
-made-up `0`, which a downstream archiver would store as a receive time in 1970."""
+made-up `0`, which a downstream archiver would store as a receive time in 1970. A
+backfilled record (a trade fetched from REST after a loss) keeps `Ssmd-Backfilled`, so a
+consumer being backtested tells it from a live one as it would live."""
 
 from __future__ import annotations
 
@@ -26,9 +28,11 @@ def test_a_record_without_a_receive_time_is_republished_without_the_header(
         format_line(1, "test.kalshi.json.trade.A", b'{"a":1}', RECV_NS),
         format_line(2, "test.kalshi.json.trade.B", b'{"b":2}', None),
         format_line(3, "test.kalshi.json.trade.A", b'{"a":3}', RECV_NS + 1),
+        format_line(4, "test.kalshi.json.trade.A", b'{"a":4}', RECV_NS + 2, backfilled=True),
     ]
     records = [Record.from_line(line) for line in lines]
-    assert [r.recv_ns for r in records] == [RECV_NS, None, RECV_NS + 1]
+    assert [r.recv_ns for r in records] == [RECV_NS, None, RECV_NS + 1, RECV_NS + 2]
+    assert [r.backfilled for r in records] == [False, False, False, True]
 
     async def make_stream() -> None:
         nc = await nats.connect(nats_server.url)
@@ -51,9 +55,14 @@ def test_a_record_without_a_receive_time_is_republished_without_the_header(
         return got
 
     asyncio.run(make_stream())
-    assert trio.run(republish) == 3
+    assert trio.run(republish) == 4
     assert asyncio.run(read_back()) == [
         ("bt.test.kalshi.json.trade.A", b'{"a":1}', {"Ssmd-Recv-Ns": str(RECV_NS)}),
         ("bt.test.kalshi.json.trade.B", b'{"b":2}', None),
         ("bt.test.kalshi.json.trade.A", b'{"a":3}', {"Ssmd-Recv-Ns": str(RECV_NS + 1)}),
+        (
+            "bt.test.kalshi.json.trade.A",
+            b'{"a":4}',
+            {"Ssmd-Recv-Ns": str(RECV_NS + 2), "Ssmd-Backfilled": "1"},
+        ),
     ]

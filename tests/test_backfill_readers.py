@@ -138,3 +138,32 @@ def test_export_gives_each_backfill_its_outcome_and_count(
     assert rows["reason"].to_list() == ["repaired", "unrepaired: REST refused: HTTP 401", "partial"]
     assert rows["count"].to_list() == [2, 0, 1]
     assert rows["markets"].to_list() == [[], [A], [B]]
+
+
+def test_coverage_sees_an_unrepaired_window_whose_record_landed_after_midnight(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A loss at 23:58 is given up on after midnight: its record is in the next day's
+    files, and the day's coverage still shows A's trades of 23:57:58.. as maybe missing."""
+    tape = Tape()
+    tape.record(ConnectRecord(0, "wss://x", at(23, 50)), at(23, 50))
+    for minute in (50, 55, 59):
+        trade(tape, A, at(23, minute, 2))
+        trade(tape, B, at(23, minute, 3))
+    after = utc_ns(2026, 1, 6, 0, 4, 30)
+    late = BackfillRecord(
+        0, "trade", at(23, 57, 58) // S, at(23, 58, 32) // S, [A], 0, 0, after,
+        outcome="unrepaired", requested_min_ts=at(23, 57, 58) // S, cause="error:25",
+        error="REST gave no full answer in 300s (12 failed requests)",
+    )  # fmt: skip
+    tape.record(late, after)
+    trade(tape, B, utc_ns(2026, 1, 6, 0, 5))
+    tape.items.sort(key=lambda item: item.recv_ns)
+    trio.run(archive_tape, tmp_path, tape, clock=trio.testing.MockClock(autojump_threshold=0))
+    _, text = run(
+        capsys, "coverage", "kalshi", DAY, "--by", "market", "--json", "--path", str(tmp_path)
+    )
+    by = {(r["hour"][11:13], r["market"]): r for r in json.loads(text)["markets"]}
+    (gap,) = [r for r in by[("23", A)]["reasons"] if r["kind"] == "backfill"]
+    assert gap["at"] == f"{DAY}T23:57:58.000Z" and "no full answer" in gap["detail"]
+    assert not [r for r in by[("23", B)]["reasons"] if r["kind"] == "backfill"]

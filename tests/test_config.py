@@ -351,3 +351,39 @@ def test_a_string_where_a_list_belongs_is_refused_not_split_into_letters(
     message = str(info.value)
     assert message.startswith(f"{path}: {key}: "), message
     assert "expected a list of strings" in message
+
+
+def test_every_public_name_of_the_old_config_module_is_still_importable() -> None:
+    """`ssmd/config.py` became a package; what could be imported from it still can."""
+    import ssmd.config
+    from ssmd.feeds.kraken_book import DEPTHS
+
+    old = [
+        "KRAKEN_BOOK_DEPTHS",
+        "KALSHI_PROD_URL",
+        "KALSHI_DEMO_URL",
+        "VENUE_KINDS",
+        "DEFAULT_CHANNELS",
+        "VENUE_CHANNELS",
+        "MARKETS_REQUIRED",
+        "FieldError",
+        "ConfigError",
+        "Duration",
+        "ByteSize",
+        "StreamLimits",
+        "NatsConfig",
+        "ArchiverConfig",
+        "StorageConfig",
+        "RotationConfig",
+        "DiscoveryConfig",
+        "ConnectorConfig",
+        "ServiceConfig",
+        "SYNC_SCHEMES",
+        "SyncConfig",
+        "Config",
+        "parse_config",
+        "load_config",
+    ]
+    missing = [name for name in old if not hasattr(ssmd.config, name)]
+    assert not missing, missing
+    assert ssmd.config.KRAKEN_BOOK_DEPTHS == DEPTHS

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from ssmd.connector.reconcile import Catalogue, Diff, MarketSet
 from ssmd.feeds.kalshi_discovery import (
+    NS,
     VOLATILE_MARKET_FIELDS,
     BackfillWindow,
     LifecycleChange,
@@ -163,8 +164,8 @@ def test_the_ledger_publishes_only_what_was_missed_and_only_once() -> None:
         {"no": "id"},
         {"trade_id": "t4"},
     ]
-    assert ledger.missing(rest) == [{"trade_id": "t3"}, {"trade_id": "t4"}]
-    assert ledger.missing(rest) == []
+    assert ledger.missing(rest) == ([{"trade_id": "t3"}, {"trade_id": "t4"}], 2)  # 2 without id
+    assert ledger.missing(rest) == ([], 2)
     # Memory is bounded: the oldest id is forgotten first.
     assert not ledger.seen("t5")
     assert len(ledger) == 4 and "t1" not in ledger and "t5" in ledger
@@ -180,6 +181,28 @@ def test_the_ledger_knows_since_when_it_remembers_every_trade() -> None:
     assert ledger.horizon_ns == 10_000_000_001
     assert ledger.first_ts() == 13  # past the horizon by the margin, whole seconds
     # A backfilled trade is remembered at its exchange time, and a live copy is counted.
-    assert ledger.missing([{"trade_id": "d", "ts": 20}]) == [{"trade_id": "d", "ts": 20}]
+    assert ledger.missing([{"trade_id": "d", "ts": 20}]) == ([{"trade_id": "d", "ts": 20}], 0)
     assert ledger.doubled == 0 and ledger.seen("d", 25_000_000_000) and ledger.doubled == 1
     assert ledger.seen("c", 26_000_000_000) and ledger.doubled == 1  # a live repeat: not one
+
+
+def test_the_ledger_checks_a_whole_answer_before_noting_any_of_it() -> None:
+    """Noting the answer's own ids evicts the oldest: a live id still to be checked must
+    not be among them, or it is published again."""
+    ledger = TradeLedger(capacity=3)
+    for trade_id in ("a", "b", "c"):
+        ledger.seen(trade_id)
+    answer = [{"trade_id": x} for x in ("x1", "x2", "x3", "a")]
+    fresh, _ = ledger.missing(answer)
+    assert [t["trade_id"] for t in fresh] == ["x1", "x2", "x3"]
+
+
+def test_a_tape_passes_by_exchange_time_or_by_receive_time_plus_the_last_lag() -> None:
+    ledger = TradeLedger()
+    ledger.heard(0, 100 * NS, 70 * NS)  # a stamped frame, received 30 s behind
+    assert ledger.passed(0, 70 * NS) and not ledger.passed(0, 80 * NS)
+    ledger.heard(0, 105 * NS)  # frames without stamps: still 30 s behind, presumably
+    assert not ledger.passed(0, 80 * NS)
+    ledger.heard(0, 110 * NS)
+    assert ledger.passed(0, 80 * NS)
+    assert not TradeLedger().passed(1, 1) and TradeLedger().passed(1, 0)

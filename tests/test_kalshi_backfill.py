@@ -6,10 +6,11 @@ horizon, and the record left when REST will not repair it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import httpx
+import pytest
 import trio
 import trio.testing
 from prometheus_client.metrics_core import Metric
@@ -18,13 +19,14 @@ from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
 from ssmd.config import ConnectorConfig
 from ssmd.connector.backfill import TradeBackfill
-from ssmd.connector.layout import Subscribe
-from ssmd.connector.publisher import Inbound
+from ssmd.connector.layout import Subscribe, Unsubscribe
+from ssmd.connector.publisher import Inbound, Publisher
 from ssmd.connector.rest import RestClient, RestSettings
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds.base import Change, ConnectionStats, SessionContext, Subjects
 from ssmd.feeds.kalshi.session import KalshiSession
 from ssmd.feeds.kalshi_discovery import BackfillWindow, TradeLedger
+from ssmd.nats.types import OutgoingMessage, PublishOutcome
 
 S = 1_000_000_000
 T0 = 1_800_000_000 * S  # a round wall time, whole seconds
@@ -174,8 +176,17 @@ def backfill_for(handler: Handler, ledger: TradeLedger, **kw: Any) -> TradeBackf
     )
 
 
+async def windowed(backfill: TradeBackfill, window: BackfillWindow) -> list[Inbound]:
+    """Everything one window publishes, in order."""
+    send, receive = trio.open_memory_channel[list[Inbound]](10_000)
+    await backfill.backfill(0, window, send)
+    send.close()
+    return [item async for batch in receive for item in batch]
+
+
 def parts(batch: list[Inbound]) -> tuple[dict[str, Any], list[str]]:
-    record, *trades = batch
+    """The window's record (after its trades) and the trade ids published."""
+    *trades, record = batch
     assert record.subject == "prod.kalshi.json.ssmd.backfill" and not record.backfilled
     assert all(t.backfilled for t in trades)
     return json.loads(record.payload), [json.loads(t.payload)["trade_id"] for t in trades]
@@ -203,7 +214,7 @@ async def test_a_trade_of_the_windows_last_second_that_comes_live_is_not_doubled
 
         nursery.start_soon(live_tape)
         with trio.fail_after(60):
-            batch = await backfill.backfill(0, window)
+            batch = await windowed(backfill, window)
     record, published = parts(batch)
     assert published == ["lost"]
     assert (record["fetched"], record["published"], record["outcome"]) == (2, 1, "repaired")
@@ -224,14 +235,14 @@ async def test_the_window_never_reaches_past_the_ledgers_horizon(
     trades = [rest_trade("l0", 1_800_000_001), rest_trade("new", 1_800_000_006)]
     queries: list[dict[str, str]] = []
     backfill = backfill_for(serving(trades, queries), ledger, settle_limit=0.0)
-    batch = await backfill.backfill(0, BackfillWindow(1_799_999_990, 1_800_000_008))
+    batch = await windowed(backfill, BackfillWindow(1_799_999_990, 1_800_000_008))
     record, published = parts(batch)
     assert published == ["new"]
     assert [int(q["min_ts"]) for q in queries] == [first]
     assert record["outcome"] == "partial"
     assert (record["requested_min_ts"], record["min_ts"]) == (1_799_999_990, first)
     # A window wholly before the horizon is not fetched at all.
-    batch = await backfill.backfill(0, BackfillWindow(1_799_999_990, 1_800_000_002))
+    batch = await windowed(backfill, BackfillWindow(1_799_999_990, 1_800_000_002))
     record, published = parts(batch)
     assert published == [] and len(queries) == 1
     assert record["outcome"] == "unrepaired" and "ledger" in record["error"]
@@ -248,11 +259,11 @@ async def test_refused_or_failing_rest_leaves_an_unrepaired_record_and_a_count(
 
     window = BackfillWindow(1_799_999_990, 1_800_000_000, ("A",), "gap")
     refused = backfill_for(refusing, TradeLedger(), settle_limit=0.0)
-    record, published = parts(await refused.backfill(0, window))
+    record, published = parts(await windowed(refused, window))
     assert (record["outcome"], published, record["cause"]) == ("unrepaired", [], "gap")
     assert "HTTP 401" in record["error"]
     broken = backfill_for(failing, TradeLedger(), settle_limit=0.0, deadline=120.0)
-    record, _ = parts(await broken.backfill(0, window))
+    record, _ = parts(await windowed(broken, window))
     assert record["outcome"] == "unrepaired" and "no full answer in 120s" in record["error"]
     families = {f.name: f for f in broken.metrics({"feed": "kalshi"}) if isinstance(f, Metric)}
     (sample,) = families["ssmd_discovery_backfills"].samples
@@ -263,26 +274,30 @@ async def test_answers_that_are_not_trades_are_waited_out_not_the_window_dropped
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A maintenance page served as 200 HTML is trouble that passes (review of issue 9's
-    walk, M3): the window is asked again with backoff, and repaired once REST is back;
-    one that never comes back is recorded unrepaired, saying why."""
-    trades = [rest_trade("lost", 1_799_999_995)]
-    queries: list[dict[str, str]] = []
-    answer = serving(trades, queries)
-    html = {"left": 12}
+    walk, M3): the query is asked again with backoff, and the window repaired once REST
+    is back, nothing published twice; one that never comes back is recorded unrepaired,
+    saying why."""
+    trades = [rest_trade("first", 1_799_999_991), rest_trade("second", 1_799_999_995)]
+    html = {"left": 0}
 
     def maintenance(request: httpx.Request) -> httpx.Response:
-        if html["left"] > 0:
+        if request.url.params.get("cursor") and html["left"] > 0:
             html["left"] -= 1
             return httpx.Response(200, text="<html>down for maintenance</html>")
-        return answer(request)
+        cursor = request.url.params.get("cursor")
+        page, more = (trades[1:], "") if cursor else (trades[:1], "p2")
+        return httpx.Response(200, json={"trades": page, "cursor": more})
 
     window = BackfillWindow(1_799_999_990, 1_800_000_000, ("A",), "gap")
+    html["left"] = 12  # the second page fails: the whole query is asked again
     backfill = backfill_for(maintenance, TradeLedger(), settle_limit=0.0)
-    record, published = parts(await backfill.backfill(0, window))
-    assert (record["outcome"], published) == ("repaired", ["lost"])
+    record, published = parts(await windowed(backfill, window))
+    assert (record["outcome"], published) == ("repaired", ["first", "second"])
+    assert (record["fetched"], record["published"]) == (2, 2)
     html["left"] = 10**6
-    record, published = parts(await backfill.backfill(0, window))
-    assert record["outcome"] == "unrepaired" and published == []
+    backfill = backfill_for(maintenance, TradeLedger(), settle_limit=0.0)
+    record, published = parts(await windowed(backfill, window))
+    assert record["outcome"] == "unrepaired" and published == ["first"]
     assert "no full answer in 300s" in record["error"] and "not JSON" in record["error"]
 
 
@@ -303,7 +318,7 @@ async def test_a_backfill_leaves_walks_the_most_of_the_budget(
     )
     window = BackfillWindow(1_799_999_990, 1_800_000_000, ("A",), "gap")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(backfill.backfill, 0, window)
+        nursery.start_soon(windowed, backfill, window)
         await trio.sleep(0.5)
         started = trio.current_time()
         async for _ in backfill.rest.walk("/markets", {}, "markets", limit=100):
@@ -311,6 +326,20 @@ async def test_a_backfill_leaves_walks_the_most_of_the_budget(
         took = trio.current_time() - started
     # 40 pages at 10 a second, less one token in five for the backfill (FIFO: 8 s).
     assert took <= 5.0 + 0.2
+
+
+async def test_live_trades_without_an_id_are_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A field renamed upstream: the ledger could not deduplicate a backfill against them."""
+    h, sid = connected(T0)
+    h.frame({"type": "trade", "sid": sid, "seq": 1, "msg": {"market_ticker": "A"}}, T0)
+    h.trade(sid, 2, "t2", T0)
+    assert h.ledger.unnamed == 1
+    backfill = backfill_for(serving([], []), h.ledger)
+    families = {f.name: f for f in backfill.metrics({"feed": "kalshi"}) if isinstance(f, Metric)}
+    (sample,) = families["ssmd_trade_ledger_unnamed_trades"].samples
+    assert sample.value == 1
 
 
 async def test_windows_beyond_the_queue_are_recorded_as_dropped(
@@ -347,3 +376,257 @@ async def test_windows_left_when_the_connector_stops_are_recorded_unrepaired(
     records = [parts(receive.receive_nowait())[0] for _ in range(2)]
     assert [(r["conn"], r["outcome"]) for r in records] == [(0, "unrepaired"), (1, "unrepaired")]
     assert all("stopped" in r["error"] for r in records)
+
+
+def test_a_lagging_reader_asks_from_the_last_trades_exchange_time() -> None:
+    """The reader runs 30 s behind: the trade done at T0+10 s is received at T0+40 s, then
+    the exchange drops the sid. The trades lost were done from T0+10 s on, not T0+40 s."""
+    h, sid = connected(T0)
+    msg = {"market_ticker": "A", "trade_id": "t1", "ts": 1_800_000_010, "ts_ms": 1_800_000_010_500}
+    h.frame({"type": "trade", "sid": sid, "seq": 1, "msg": msg}, T0 + 40 * S)
+    assert h.ledger.exchange_ns[0] == 1_800_000_010_500 * 1_000_000  # the tape's clock
+    body = {"market_ticker": "A"}
+    ticker = {"type": "ticker", "sid": 9, "sending_ts_ms": 1_800_000_011_000, "msg": body}
+    h.frame(ticker, T0 + 40 * S)
+    assert h.ledger.exchange_ns[0] == 1_800_000_011_000 * 1_000_000
+    h.frame({"type": "error", "sid": sid, "msg": {"code": 25, "msg": "overflow"}}, T0 + 41 * S)
+    (resubscribe,) = h.session.take_commands()
+    h.subscribed(resubscribe.reply, 2, T0 + 42 * S)
+    assert h.windows == [BackfillWindow(1_800_000_008, 1_800_000_044, (), "error:25")]
+    # Seconds only (`ts`): the same; and a seq gap's window starts there too.
+    msg = {"market_ticker": "A", "trade_id": "t2", "ts": 1_800_000_050}
+    h.frame({"type": "trade", "sid": 2, "seq": 1, "msg": msg}, T0 + 80 * S)
+    h.frame({"type": "trade", "sid": 2, "seq": 3, "msg": {**msg, "trade_id": "t3"}}, T0 + 81 * S)
+    assert h.windows[1] == BackfillWindow(1_800_000_048, 1_800_000_083, (), "gap")
+
+
+def timed(handler: Handler, times: list[float]) -> Handler:
+    def timing(request: httpx.Request) -> httpx.Response:
+        times.append(trio.current_time())
+        return handler(request)
+
+    return timing
+
+
+async def test_a_tape_running_behind_is_waited_for_by_its_exchange_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The reader runs 30 s behind the exchange: the window's last trade (done at T0+11 s)
+    is received at T0+41 s. Fetched once our clock passed the window, it would be doubled."""
+    ledger = TradeLedger()
+    trades = [rest_trade("lost", 1_800_000_005), rest_trade("tail", 1_800_000_011)]
+    times: list[float] = []
+    backfill = backfill_for(timed(serving(trades, []), times), ledger)
+    window = BackfillWindow(1_800_000_003, 1_800_000_012, (), "disconnect")
+    async with trio.open_nursery() as nursery:
+
+        async def live_tape() -> None:
+            for second in range(12, 60):
+                await trio.sleep_until(second)
+                stamp = T0 + (second - 30) * S
+                ledger.heard(0, T0 + second * S, stamp)  # frames keep coming, 30 s late
+                if second == 41:
+                    assert not ledger.seen("tail", T0 + second * S)
+
+        nursery.start_soon(live_tape)
+        with trio.fail_after(120):
+            batch = await windowed(backfill, window)
+        nursery.cancel_scope.cancel()
+    _, published = parts(batch)
+    assert published == ["lost"] and ledger.doubled == 0
+    assert times and times[0] >= 45.0  # the tape's exchange clock passed T0+15 s
+
+
+@pytest.mark.parametrize(("frame_at", "fetch_at"), [(18, 18.0), (None, 25.0)])
+async def test_without_stamps_a_window_waits_for_a_frame_received_past_its_end(
+    autojump_clock: trio.testing.MockClock, frame_at: int | None, fetch_at: float
+) -> None:
+    """Frames without an exchange time: the fetch waits for our clock to pass the window's
+    end (T0+15 s) *and* a frame received since, or `settle_limit` more seconds."""
+    ledger = TradeLedger()
+    ledger.heard(0, T0 + 2 * S)
+    times: list[float] = []
+    backfill = backfill_for(timed(serving([], []), times), ledger, settle_limit=10.0)
+    async with trio.open_nursery() as nursery:
+        if frame_at is not None:
+
+            async def frame() -> None:
+                await trio.sleep_until(frame_at)
+                ledger.heard(0, T0 + frame_at * S)
+
+            nursery.start_soon(frame)
+        await windowed(backfill, BackfillWindow(1_800_000_003, 1_800_000_012))
+    assert times == [fetch_at]
+
+
+async def test_what_the_ledger_forgets_while_rest_answers_is_cut_from_the_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Live trades keep coming while REST answers: the ledger forgets one received at
+    T0+5 s, so a REST trade before T0+8 s could be doubled and is left out."""
+    ledger = TradeLedger(capacity=2)
+    trades = [rest_trade("old", 1_800_000_003), rest_trade("new", 1_800_000_009)]
+    answer = serving(trades, [])
+
+    def forgetting(request: httpx.Request) -> httpx.Response:
+        for n, second in enumerate((5, 6, 7)):
+            ledger.seen(f"live{n}", T0 + second * S)
+        return answer(request)
+
+    backfill = backfill_for(forgetting, ledger, settle_limit=0.0)
+    record, published = parts(
+        await windowed(backfill, BackfillWindow(1_799_999_990, 1_800_000_010))
+    )
+    assert published == ["new"]
+    assert (record["outcome"], record["min_ts"]) == ("partial", 1_800_000_008)
+
+
+async def test_rest_trades_without_an_id_are_counted_and_not_called_repaired(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A field renamed upstream: nothing could be deduplicated, so nothing is published,
+    and the record says so instead of `repaired`."""
+    trades = [{"id": "x", "ticker": "A", "ts": 1_800_000_005}, rest_trade("t", 1_800_000_006)]
+    backfill = backfill_for(serving(trades, []), TradeLedger(), settle_limit=0.0)
+    record, published = parts(
+        await windowed(backfill, BackfillWindow(1_800_000_000, 1_800_000_010))
+    )
+    assert published == ["t"]
+    assert (record["fetched"], record["published"], record["skipped"]) == (2, 1, 1)
+    assert record["outcome"] == "unrepaired" and "trade_id" in record["error"]
+
+
+class Stream:
+    """JetStream that stores and acknowledges every message, a little later."""
+
+    def __init__(self) -> None:
+        self.stored: list[OutgoingMessage] = []
+
+    async def publish_batch(
+        self, messages: Sequence[OutgoingMessage], timeout: float
+    ) -> list[PublishOutcome]:
+        await trio.sleep(0.01)
+        self.stored.extend(messages)
+        return [PublishOutcome(stream_seq=len(self.stored))] * len(messages)
+
+
+class Crowded(Publisher):
+    """Says it has room it has not, before the first backfilled trade comes (live frames
+    take it before the backfill's arrive)."""
+
+    @property
+    def room(self) -> tuple[int, int]:
+        return (10**6, 10**9) if not self.stats.backfilled else super().room
+
+
+async def publish_window(publisher: Publisher, trades: list[dict[str, Any]]) -> Stream:
+    """A window of `trades` through TradeBackfill and `publisher` until its record is stored."""
+    stream = publisher._publish_batch.__self__  # type: ignore[attr-defined]
+    assert isinstance(stream, Stream)
+    backfill = backfill_for(serving(trades, []), TradeLedger(), settle_limit=0.0)
+    backfill.publisher = publisher
+    send, receive = trio.open_memory_channel[list[Inbound]](64)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publisher.run, receive)
+        nursery.start_soon(backfill.run, send)
+        backfill.request(0, BackfillWindow(1_800_000_000, 1_800_000_010, ("A",), "gap"))
+        with trio.fail_after(600):
+            while not any(m.subject.endswith(".backfill") for m in stream.stored):
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    return stream
+
+
+def stored_window(stream: Stream) -> tuple[dict[str, Any], list[OutgoingMessage]]:
+    (record,) = [m for m in stream.stored if m.subject.endswith(".backfill")]
+    assert stream.stored[-1] is record  # after the trades it counts
+    return json.loads(record.payload), [m for m in stream.stored if m.backfilled]
+
+
+def small_publisher(cls: type[Publisher] = Publisher) -> Publisher:
+    return cls(
+        Stream().publish_batch,
+        env="prod",
+        feed="kalshi",
+        clock=WallClock(T0),
+        buffer_messages=50,
+        buffer_bytes=10**6,
+        batch_max=10,
+        timeout=5.0,
+    )
+
+
+async def test_a_window_larger_than_the_publish_buffer_is_paced_not_dropped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    trades = [rest_trade(f"t{n}", 1_800_000_005) for n in range(300)]
+    publisher = small_publisher()
+    record, backfilled = stored_window(await publish_window(publisher, trades))
+    assert publisher.stats.dropped == 0 and len(backfilled) == 300
+    assert (record["outcome"], record["published"]) == ("repaired", 300)
+
+
+async def test_a_window_the_publisher_dropped_part_of_is_not_called_repaired(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    trades = [rest_trade(f"t{n}", 1_800_000_005) for n in range(300)]
+    publisher = small_publisher(Crowded)
+    record, backfilled = stored_window(await publish_window(publisher, trades))
+    assert publisher.stats.backfilled_dropped == 300 - len(backfilled) > 0
+    assert record["outcome"] == "unrepaired" and "overflowed" in record["error"]
+
+
+def test_a_loss_whose_slot_is_split_by_error_26_is_still_asked_for() -> None:
+    h = Harness([])
+    h.session.start()
+    command = h.session.apply(Change(Subscribe(0, "trade", 0, ("A", "B")), "discovery"))
+    assert command is not None
+    h.subscribed(command.reply, 1, T0)
+    h.trade(1, 1, "t1", T0 + 10 * S)
+    (again,) = h.session.start()  # reconnected: trades of A and B lost since T0+10 s
+    limit = {"code": 26, "msg": "too many markets"}
+    h.frame({"id": again.reply, "type": "error", "msg": limit}, T0 + 30 * S)
+    assert h.session.take_refused() == [(0, ("A", "B"), True, 0)]
+    assert h.windows == [BackfillWindow(1_800_000_008, 1_800_000_032, ("A", "B"), "disconnect")]
+    for slot, markets in ((1, ("A",)), (2, ("B",))):  # the planner places them anew
+        command = h.session.apply(Change(Subscribe(0, "trade", slot, markets), "error:26"))
+        assert command is not None
+        h.subscribed(command.reply, 10 + slot, T0 + 31 * S)
+    assert len(h.windows) == 1
+
+
+def test_a_loss_whose_slot_is_removed_before_its_resubscribe_is_still_asked_for() -> None:
+    h = Harness([SubscriptionPlan("ticker", ())])
+    (ticker,) = h.session.start()
+    h.subscribed(ticker.reply, 5, T0)
+    command = h.session.apply(Change(Subscribe(0, "trade", 0, ("A",)), "discovery"))
+    assert command is not None
+    h.subscribed(command.reply, 1, T0)
+    h.trade(1, 1, "t1", T0 + 10 * S)
+    ticker, trade = h.session.start()  # reconnected
+    h.subscribed(ticker.reply, 6, T0 + 30 * S)
+    h.frame({"id": trade.reply, "type": "error", "msg": {"code": 17, "msg": "x"}}, T0 + 30 * S)
+    assert h.windows == []  # refused: retried later, the loss still waiting for it
+    h.session.apply(Change(Unsubscribe(0, "trade", 0), "lifecycle:determined"))
+    h.frame({"type": "ticker", "sid": 6, "msg": {"market_ticker": "A"}}, T0 + 40 * S)
+    assert h.windows == [BackfillWindow(1_800_000_008, 1_800_000_042, ("A",), "disconnect")]
+    assert h.session.take_retries() == []
+
+
+async def test_a_window_cut_whole_while_rest_answers_asks_no_more(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ledger = TradeLedger(capacity=2)
+    queries: list[dict[str, str]] = []
+    answer = serving([], queries)
+
+    def forgetting(request: httpx.Request) -> httpx.Response:
+        for n, second in enumerate((20, 21, 22)):  # forgets one received at T0+20 s
+            ledger.seen(f"live{n}", T0 + second * S)
+        return answer(request)
+
+    backfill = backfill_for(forgetting, ledger, settle_limit=0.0)
+    window = BackfillWindow(1_799_999_990, 1_800_000_008, ("A", "B"), "gap")
+    record, published = parts(await windowed(backfill, window))
+    assert [q["ticker"] for q in queries] == ["A"] and published == []
+    assert (record["outcome"], record["min_ts"]) == ("partial", 1_800_000_009)

@@ -54,13 +54,17 @@ async def replay(records: Iterable[Record], sink: Sink, speed: float | None = 1.
 
 def nats_sink(bridge: NatsBridge, prefix: str | None = None) -> Sink:
     """Publish each record's payload on its original subject (under `prefix.`), with its
-    receive time in `Ssmd-Recv-Ns`; a record without one is published without it."""
+    receive time in `Ssmd-Recv-Ns` (a record without one is published without it) and,
+    for a backfilled record, `Ssmd-Backfilled`: replayed, it reads as it did live."""
 
     async def publish(records: Sequence[Record]) -> None:
         await bridge.publish_core(
             [
                 CoreMessage(
-                    f"{prefix}.{r.subject}" if prefix else r.subject, r.payload_bytes(), r.recv_ns
+                    f"{prefix}.{r.subject}" if prefix else r.subject,
+                    r.payload_bytes(),
+                    r.recv_ns,
+                    r.backfilled,
                 )
                 for r in records
             ]

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily
 
 from ssmd.archiver.service import ArchiverStatus
+from ssmd.message_types import type_labels
 from ssmd.metrics import by_label, counter, gauge
 
 
@@ -19,7 +20,7 @@ def archiver_metrics(feed: str, status: ArchiverStatus) -> Iterator[object]:
         "Messages written and fsynced to the archive, by subject type.",
         labels,
         "type",
-        dict(w.records_by_type),
+        type_labels(w.records_by_type),
     )
     yield counter("ssmd_archive_files_rotated", "Slot files finished.", labels, w.files)
     yield counter(

@@ -72,6 +72,9 @@ class WriterStatus:
     fsync_seconds: LatencyHistogram = attrs.field(factory=LatencyHistogram)
 
 
+# Queued batches are merged into one write until it holds this many messages.
+GROUP_MAX_MESSAGES = 1000
+
 # Retrying a file operation while the disk is full.
 DISK_FULL_RETRY = Backoff(initial=1.0, maximum=30.0)
 
@@ -80,11 +83,12 @@ async def retry_disk_full(
     run_sync: RunSync, status: WriterStatus, what: str, fn: Callable[..., T], *args: Any
 ) -> T:
     """Run a blocking file operation, pausing and retrying while the disk is full."""
-    retry = DISK_FULL_RETRY.retry()
+    retry = None  # made on the first failure: a retry's Random costs more than a write
     while True:
         try:
             result: T = await run_sync(fn, *args)
         except DiskFull as exc:
+            retry = retry or DISK_FULL_RETRY.retry()
             if not status.disk_full.value:
                 status.disk_full_events += 1
                 log.error(
@@ -131,8 +135,30 @@ class ArchiveWriter:
             async for item in receive:
                 if isinstance(item, RotateTick):
                     await self._rotate_if_due()
-                else:
-                    await self._write(item)
+                    continue
+                # Batches that queued up while the last write was fsyncing go to disk
+                # together: one block, one fsync, one ack (the newest, AckAll). So the
+                # fsync cadence follows the disk and the arrival rate, not the batch
+                # count, and a slow fsync does not make each batch behind it wait for
+                # one of its own. A rotation tick ends the group, and so does its size:
+                # a backlog (catching up after a restart) is still written in blocks of
+                # about a fetch each, so the first fsync after a start comes as soon.
+                group = [item]
+                size = len(item.messages)
+                tick: RotateTick | None = None
+                while tick is None and size < GROUP_MAX_MESSAGES:
+                    try:
+                        more = receive.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    if isinstance(more, RotateTick):
+                        tick = more
+                    else:
+                        group.append(more)
+                        size += len(more.messages)
+                await self._write(group[0] if len(group) == 1 else _merge(group))
+                if tick is not None:
+                    await self._rotate_if_due()
             await self._finish_current()
 
     async def _rotate_if_due(self) -> None:
@@ -223,6 +249,16 @@ class ArchiveWriter:
         gap = Gap(event.after_seq, event.missing_count, iso(event.detected_ns), event.exact)
         await self._manifest_send.send(GapFound(day_of(event.detected_ns), gap, persisted))
         await persisted.wait()
+
+
+def _merge(batches: list[Batch]) -> Batch:
+    """Consecutive batches as one: their messages and gaps in order, the newest ack."""
+    replies = [b.ack_reply for b in batches if b.ack_reply is not None]
+    return Batch(
+        [m for b in batches for m in b.messages],
+        replies[-1] if replies else None,
+        [g for b in batches for g in b.gaps],
+    )
 
 
 ACK_TIMEOUT_S = 2.0

@@ -29,12 +29,14 @@ from ssmd.config.connector import (
 from ssmd.config.loading import ConfigError, load_config, parse_config
 from ssmd.config.model import Config, NatsConfig, ServiceConfig, StreamLimits
 from ssmd.config.units import ByteSize, Duration, FieldError
+from ssmd.feeds.kraken_book import DEPTHS as KRAKEN_BOOK_DEPTHS
 
 __all__ = [
     "DEFAULT_CHANNELS",
     "DISCOVERY_KINDS",
     "KALSHI_DEMO_URL",
     "KALSHI_PROD_URL",
+    "KRAKEN_BOOK_DEPTHS",
     "MARKETS_REQUIRED",
     "SYNC_SCHEMES",
     "VENUE_CHANNELS",

@@ -1,12 +1,14 @@
 """Repair of the trade tape: after a loss on Kalshi's `trade` channel, fetch the lost
 window's trades from REST, drop those already received, and publish the rest marked as
-backfilled, after an `ssmd.backfill` record that says how many, or that the window was
-not (or only partly) repaired, and why.
+backfilled, page by page in chunks the publisher's buffer has room for, then an
+`ssmd.backfill` record that says how many, or that the window was not (or only partly)
+repaired, and why (also when the publisher dropped any of them).
 
 The rule that keeps a trade from being published twice (once from REST, once live):
 a window ends at the resubscribe (or at the frame that showed the gap) plus the margin,
-and it is fetched only once the connection's live tape has passed that end (its clock
-past `settled_ns`, and a frame received since, or `settle_limit` more seconds): a trade
+and it is fetched only once the connection's live tape has passed that end (a frame
+stamped by the exchange past `settled_ns`, or one received past it plus the lag the last
+stamped frame showed, or `settle_limit` plus that lag more seconds): a trade
 stamped inside the window that still arrives live has arrived by then, is in the ledger,
 and is dropped from the REST answer. One that arrives later still (delivered more than
 the margin late) is archived live as well and counted in `doubled`. Nor does a window
@@ -28,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily
 
 from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
-from ssmd.connector.publisher import Inbound
+from ssmd.connector.publisher import Inbound, Publisher, PublisherStats
 from ssmd.connector.records import BackfillRecord
 from ssmd.connector.rest import Priority, RestClient, RestMalformed, RestRefused
 from ssmd.feeds.base import Subjects
@@ -49,10 +51,12 @@ log = logging.getLogger("ssmd.connector.backfill")
 BACKFILL_QUEUE = 1_000
 # A window REST has not answered in this long is given up (recorded as not repaired).
 BACKFILL_DEADLINE_S = 300.0
-# Between asking again for a window REST answered with something other than trades.
+# Between asking again for trades REST answered with something other than trades.
 MALFORMED_BACKOFF = Backoff(5.0, 60.0, jitter=0.5)
 # How long past a window's end to wait for a live frame before fetching it anyway.
 SETTLE_LIMIT_S = 10.0
+# How often to look again for room in the publisher's buffer.
+ROOM_POLL_S = 0.05
 
 REPAIRED = "repaired"
 PARTIAL = "partial"  # the window's start was cut at the ledger's horizon
@@ -66,10 +70,13 @@ class BackfillStats:
     outcomes: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
 
-@attrs.frozen
-class _Fetch:
-    trades: list[dict[str, Any]]
-    error: str | None = None
+@attrs.define
+class _Tally:
+    fetched: int = 0  # trades REST gave for the window
+    published: int = 0  # of those, not received live: handed to the publisher
+    skipped: int = 0  # without a trade_id: neither deduplicated nor published
+    waiting: bool = False  # for room in the publisher's buffer
+    taken_from: int = 0  # the publisher's count of backfilled messages taken, at the start
 
 
 class TradeBackfill:
@@ -82,6 +89,7 @@ class TradeBackfill:
         trades: TradeLedger,
         deadline: float = BACKFILL_DEADLINE_S,
         settle_limit: float = SETTLE_LIMIT_S,
+        publisher: Publisher | None = None,
     ) -> None:
         self.rest = rest
         self.subjects = subjects
@@ -89,6 +97,8 @@ class TradeBackfill:
         self.trades = trades
         self.deadline = deadline
         self.settle_limit = settle_limit
+        # Paced on, and checked against: its buffer drops what it has no room for.
+        self.publisher = publisher
         self.stats = BackfillStats()
         self._send, self._windows = trio.open_memory_channel[tuple[int, BackfillWindow]](
             BACKFILL_QUEUE
@@ -110,12 +120,12 @@ class TradeBackfill:
             try:
                 async for conn, window in self._windows:
                     current = (conn, window)
-                    await send.send(await self.backfill(conn, window))
+                    await self.backfill(conn, window, send)
                     current = None
                     if self._dropped is not None:
                         (conn, window), self._dropped = self._dropped, None
                         error = "too many trade backfills waiting"
-                        record = self._record(conn, window, window.min_ts, 0, 0, error, DROPPED)
+                        record = self._record(conn, window, window.min_ts, _Tally(), error, DROPPED)
                         await send.send([record])
             finally:
                 self._abandon(send, current)
@@ -137,7 +147,7 @@ class TradeBackfill:
             left.append(self._dropped)
         for conn, window in left:
             error = "the connector stopped before the window was repaired"
-            record = self._record(conn, window, window.min_ts, 0, 0, error)
+            record = self._record(conn, window, window.min_ts, _Tally(), error)
             try:
                 send.send_nowait([record])
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -147,54 +157,158 @@ class TradeBackfill:
                     window.max_ts,
                 )
 
-    async def backfill(self, conn: int, window: BackfillWindow) -> list[Inbound]:
-        """The batch a window becomes: its record, then the trades it was missing."""
+    async def backfill(
+        self, conn: int, window: BackfillWindow, send: trio.MemorySendChannel[list[Inbound]]
+    ) -> None:
+        """Publish the trades a window was missing, page by page in chunks the publisher
+        has room for, then its record: what was fetched, published and accepted."""
         requested = window.min_ts
         await self._settle(conn, window)
-        fetch = _Fetch([], "older than the trade ledger remembers (trades could be doubled)")
-        first = self.trades.first_ts()
-        if first <= window.max_ts:
-            window = attrs.evolve(window, min_ts=max(window.min_ts, first))
-            fetch = await self._fetch(window)
+        tally = _Tally()
+        if self.trades.first_ts() > window.max_ts:
+            stale = "older than the trade ledger remembers (trades could be doubled)"
+            await send.send([self._record(conn, window, requested, tally, stale)])
+            return
+        window = attrs.evolve(window, min_ts=max(window.min_ts, self.trades.first_ts()))
+        intake = self.publisher.stats if self.publisher is not None else None
+        if intake is not None:
+            tally.taken_from = intake.backfilled
+        dropped = intake.backfilled_dropped if intake is not None else 0
+        error: str | None = None
+        retries = self.rest.stats.retries
+        malformed: RestMalformed | None = None
+        again = MALFORMED_BACKOFF.retry()
+        try:
+            with trio.fail_after(self.deadline):
+                for query in window.queries():
+                    if window.min_ts > window.max_ts:
+                        break  # all of it cut at the ledger's horizon meanwhile
+                    query = {**query, "min_ts": window.min_ts}
+                    counted = (tally.fetched, tally.skipped)
+                    while True:
+                        try:
+                            async for page in self.rest.walk(
+                                TRADES_PATH,
+                                query,
+                                "trades",
+                                limit=TRADES_PAGE_LIMIT,
+                                priority=Priority.BACKGROUND,
+                            ):
+                                window = await self._page(window, page, tally, send)
+                            break
+                        except RestMalformed as exc:
+                            # Not what was asked for (a maintenance page served as 200):
+                            # trouble that passes, unlike a 4xx. Asked again; what was
+                            # published is in the ledger and is not published twice.
+                            malformed = exc
+                            tally.fetched, tally.skipped = counted
+                            await again.wait()
+                if intake is not None:
+                    await self._taken(intake, tally.taken_from + tally.published)
+        except RestRefused as exc:
+            error = f"REST refused: {exc}"
+        except trio.TooSlowError:
+            if tally.waiting:
+                error = f"the publish buffer had no room for {self.deadline:.0f}s"
+            else:
+                failed = self.rest.stats.retries - retries
+                error = (
+                    f"REST gave no full answer in {self.deadline:.0f}s ({failed} failed requests)"
+                )
+                if malformed is not None:
+                    error += f"; the last: {malformed}"
+        if intake is not None and error is None and intake.backfilled_dropped > dropped:
+            lost = intake.backfilled_dropped - dropped
+            error = f"the publish buffer overflowed: {lost} backfilled trades dropped"
+        if error is None and tally.skipped:
+            error = f"{tally.skipped} trades without a trade_id (cannot be deduplicated)"
+        self.stats.backfilled_trades += tally.published
+        record = self._record(conn, window, requested, tally, error)
+        if self.publisher is not None:
+            with trio.move_on_after(self.deadline):
+                await self._room([record], tally)  # the record must not be dropped either
+        await send.send([record])
+        log.log(
+            logging.INFO if error is None else logging.ERROR,
+            "backfill: trades %d..%d (%s, %s): %d fetched, %d were missing%s",
+            window.min_ts,
+            window.max_ts,
+            f"{len(window.markets)} markets" if window.markets else "all markets",
+            window.cause or "?",
+            tally.fetched,
+            tally.published,
+            f"; NOT repaired: {error}" if error else "",
+        )
+
+    async def _page(
+        self,
+        window: BackfillWindow,
+        page: list[dict[str, Any]],
+        tally: _Tally,
+        send: trio.MemorySendChannel[list[Inbound]],
+    ) -> BackfillWindow:
+        tally.fetched += len(page)
         # The ledger may have forgotten more while REST answered: what it can no longer
         # deduplicate is dropped, and the window's start moves with it.
         first = self.trades.first_ts()
         if first > window.min_ts:
             window = attrs.evolve(window, min_ts=min(first, window.max_ts + 1))
-            kept = [t for t in fetch.trades if (trade_ts(t) or first) >= first]
-            fetch = attrs.evolve(fetch, trades=kept)
-        missing = self.trades.missing(fetch.trades)
-        record = self._record(conn, window, requested, len(fetch.trades), len(missing), fetch.error)
+            page = [t for t in page if (trade_ts(t) or first) >= first]
+        missing, skipped = self.trades.missing(page)
+        tally.skipped += skipped
         now = self.clock.now_ns()
-        batch = [record]
+        messages = []
         for trade in missing:
             ticker = trade.get("ticker")
             subject = (
                 self.subjects.data("trade", ticker) if isinstance(ticker, str) else None
             ) or self.subjects.unrouted("trade")
             payload = json.dumps(trade, separators=(",", ":"), ensure_ascii=False).encode()
-            batch.append(Inbound(subject, payload, now, backfilled=True))
-        self.stats.backfilled_trades += len(missing)
-        log.log(
-            logging.INFO if fetch.error is None else logging.ERROR,
-            "backfill: trades %d..%d (%s, %s): %d fetched, %d were missing%s",
-            window.min_ts,
-            window.max_ts,
-            f"{len(window.markets)} markets" if window.markets else "all markets",
-            window.cause or "?",
-            len(fetch.trades),
-            len(missing),
-            f"; NOT repaired: {fetch.error}" if fetch.error else "",
-        )
-        return batch
+            messages.append(Inbound(subject, payload, now, backfilled=True))
+        while messages:
+            count = await self._room(messages, tally)
+            chunk, messages = messages[:count], messages[count:]
+            await send.send(chunk)
+            tally.published += len(chunk)
+        return window
+
+    async def _room(self, messages: list[Inbound], tally: _Tally) -> int:
+        """How many of `messages` to hand over now: at most a page, and no more than half
+        the room left in the publisher's buffer (live frames keep coming meanwhile),
+        waiting for room while there is none."""
+        count = min(len(messages), TRADES_PAGE_LIMIT)
+        if self.publisher is None:
+            return count
+        tally.waiting = True
+        # The room counts what the intake has taken: the chunks sent before first.
+        await self._taken(self.publisher.stats, tally.taken_from + tally.published)
+        while True:
+            room, room_bytes = self.publisher.room
+            size = 0
+            fits = 0
+            for message in messages[: min(count, room // 2)]:
+                size += len(message.payload)
+                if size > room_bytes // 2:
+                    break
+                fits += 1
+            if fits:
+                tally.waiting = False
+                return fits
+            await trio.sleep(ROOM_POLL_S)
+
+    async def _taken(self, intake: PublisherStats, target: int) -> None:
+        """Wait until the publisher's intake has taken every backfilled trade sent."""
+        while True:
+            if intake.backfilled >= target:
+                return
+            await trio.sleep(ROOM_POLL_S)
 
     def _record(
         self,
         conn: int,
         window: BackfillWindow,
         requested: int,
-        fetched: int,
-        published: int,
+        tally: _Tally,
         error: str | None,
         outcome: str | None = None,
     ) -> Inbound:
@@ -210,64 +324,34 @@ class TradeBackfill:
                 window.min_ts,
                 window.max_ts,
                 list(window.markets),
-                fetched,
-                published,
+                tally.fetched,
+                tally.published,
                 self.clock.now_ns(),
                 outcome=outcome,
                 requested_min_ts=requested,
                 cause=window.cause,
                 error=error,
+                skipped=tally.skipped,
             )
         )
 
     async def _settle(self, conn: int, window: BackfillWindow) -> None:
-        """Wait until the connection's live tape has passed the window's end."""
+        """Wait until the connection's live tape has passed the window's end: by the
+        exchange's stamps (a reader running behind is still receiving the window's trades
+        well after its end), or by a frame received since, later by the lag the last
+        stamped frame showed; at most `settle_limit` plus that lag."""
         settled = window.settled_ns()
         await self.clock.sleep_until(settled)
-        if self.trades.tape_ns.get(conn, 0) >= settled:
+        if self.trades.passed(conn, settled):
             return
         passed = trio.Event()
         self.trades.waiting[conn] = (settled, passed.set)
+        limit = self.settle_limit + self.trades.lag_ns.get(conn, 0) / NS
         try:
-            with trio.move_on_after(self.settle_limit):
+            with trio.move_on_after(limit):
                 await passed.wait()
         finally:
             self.trades.waiting.pop(conn, None)
-
-    async def _fetch(self, window: BackfillWindow) -> _Fetch:
-        fetched: list[dict[str, Any]] = []
-        retries = self.rest.stats.retries
-        malformed: RestMalformed | None = None
-        again = MALFORMED_BACKOFF.retry()
-        try:
-            with trio.fail_after(self.deadline):
-                while True:
-                    fetched = []
-                    try:
-                        for query in window.queries():
-                            async for page in self.rest.walk(
-                                TRADES_PATH,
-                                query,
-                                "trades",
-                                limit=TRADES_PAGE_LIMIT,
-                                priority=Priority.BACKGROUND,
-                            ):
-                                fetched.extend(page)
-                        break
-                    except RestMalformed as exc:
-                        # Not what was asked for (a maintenance page served as 200):
-                        # trouble that passes, unlike a 4xx. The window is asked again.
-                        malformed = exc
-                        await again.wait()
-        except RestRefused as exc:
-            return _Fetch(fetched, f"REST refused: {exc}")
-        except trio.TooSlowError:
-            failed = self.rest.stats.retries - retries
-            error = f"REST gave no full answer in {self.deadline:.0f}s ({failed} failed requests)"
-            if malformed is not None:
-                error += f"; the last: {malformed}"
-            return _Fetch(fetched, error)
-        return _Fetch(fetched)
 
     def metrics(self, labels: dict[str, str]) -> Iterator[object]:
         yield by_label(
@@ -290,6 +374,12 @@ class TradeBackfill:
             "Trades received live after a backfill had already published them.",
             labels,
             self.trades.doubled,
+        )
+        yield counter(
+            "ssmd_trade_ledger_unnamed_trades",
+            "Live trades without a trade_id: a backfill cannot tell them from REST's.",
+            labels,
+            self.trades.unnamed,
         )
         yield gauge(
             "ssmd_trade_ledger_ids",

@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from ssmd.connector.connection import Connection
 from ssmd.connector.publisher import Publisher
 from ssmd.feeds.base import DynamicSession
+from ssmd.message_types import type_labels
 from ssmd.metrics import by_label, counter, gauge
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def connector_metrics(
         "Exchange messages read from the WebSocket, by exchange type.",
         labels,
         "type",
-        dict(received),
+        type_labels(received),
     )
     published = p.acked_by_type()
     yield by_label(
@@ -42,7 +43,7 @@ def connector_metrics(
         "Messages JetStream acknowledged, by subject type.",
         labels,
         "type",
-        dict(published),
+        type_labels(published),
     )
     yield counter(
         "ssmd_publish_duplicates",

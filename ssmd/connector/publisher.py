@@ -35,6 +35,7 @@ from ssmd.connector.records import (
     record_json,
 )
 from ssmd.metrics import LatencyHistogram
+from ssmd.nats.linger import stretch
 from ssmd.nats.types import NatsUnavailable, OutgoingMessage, PublishOutcome
 from ssmd.subjects import discontinuity_subject, split_subject
 
@@ -84,6 +85,10 @@ class PublisherStats:
     dropped_bytes: int = 0
     rejected: int = 0
     overflow_records: int = 0
+    # Messages marked backfilled the intake took, and of those the ones it dropped (the
+    # trade backfill checks its own were all accepted before it says `repaired`).
+    backfilled: int = 0
+    backfilled_dropped: int = 0
     last_ack_at: float = 0.0
     # Per subject, so the per-message cost is one increment; types are derived on scrape.
     acked_subjects: collections.Counter[str] = attrs.field(factory=collections.Counter)
@@ -150,6 +155,14 @@ class Publisher:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def room(self) -> tuple[int, int]:
+        """Messages and bytes the buffer can still take."""
+        return (
+            self._buffer_messages - len(self._buffer),
+            self._buffer_bytes - self._buffered_bytes,
+        )
+
     async def run(self, receive: trio.MemoryReceiveChannel[list[Inbound]]) -> None:
         """Publish until `receive` is closed and everything buffered is acknowledged."""
         try:
@@ -192,11 +205,15 @@ class Publisher:
 
     def _accept(self, item: Inbound) -> None:
         self.stats.received += 1
+        if item.backfilled:
+            self.stats.backfilled += 1
         size = len(item.payload)
         if (
             len(self._buffer) >= self._buffer_messages
             or self._buffered_bytes + size > self._buffer_bytes
         ):
+            if item.backfilled:
+                self.stats.backfilled_dropped += 1
             if self._overflow is None:
                 self._overflow = _Overflow(first_recv_ns=item.recv_ns)
                 log.warning(
@@ -244,6 +261,9 @@ class Publisher:
                 # Let a trickle build into a batch: one bridge crossing per few
                 # milliseconds instead of one per message at low rates.
                 await trio.sleep(self._linger)
+                more = stretch(self._linger, len(self._buffer))
+                if more > 0 and len(self._buffer) < self._batch_max and not self._input_closed:
+                    await trio.sleep(more)
             # After a failure a single message probes the stream. A full batch could be
             # in flight when the stream comes back (a new leader elected): its refused
             # head would then be stored after its tail, out of order.

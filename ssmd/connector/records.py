@@ -129,8 +129,8 @@ class BackfillRecord:
     """Trades lost on `trade` (`cause`: `disconnect`, `gap`, `error:25`) were fetched from
     the venue's REST API for the window `[min_ts, max_ts]` (Unix seconds; `markets` empty:
     all markets): `fetched` trades in the window, of which `published` had not been
-    received and were published after this record, each marked backfilled (`_backfilled`
-    in the archive). `outcome`: `repaired`; `partial` (the loss began at
+    received and were published before this record, each marked backfilled (`_backfilled`
+    in the archive), and `skipped` had no `trade_id`. `outcome`: `repaired`; `partial` (the loss began at
     `requested_min_ts`, but trades before `min_ts` could no longer be deduplicated: that
     part is not repaired); `unrepaired` or `dropped` (`error` says why: the trades of
     `[requested_min_ts, max_ts]` may be missing, whatever was published)."""
@@ -148,6 +148,7 @@ class BackfillRecord:
     requested_min_ts: int | None = None
     cause: str = ""
     error: str | None = None
+    skipped: int = 0  # trades REST gave without a `trade_id`: not published
 
 
 DiscontinuityRecord = (

@@ -284,7 +284,11 @@ async def _start_feed(
             static_markets=cc.markets,
             backfill=(
                 TradeBackfill(
-                    rest=rest, subjects=Subjects(config.env, cc.feed), clock=clock, trades=trades
+                    rest=rest,
+                    subjects=Subjects(config.env, cc.feed),
+                    clock=clock,
+                    trades=trades,
+                    publisher=publisher,
                 )
                 if trades is not None
                 else None

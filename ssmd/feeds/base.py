@@ -28,12 +28,18 @@ Contract every implementation keeps (the engine and the tests rely on it):
   heartbeats: liveness and control are never archived). A data message's payload is the
   exact bytes received; a frame holding several messages (a JSON array) gives one
   `Inbound` per element whose payload is that element's exact byte span, in order.
-- Records a venue emits (gap, resubscribe, subscribe_error) go into `out` at the position
-  of the frame that caused them, so the archive shows the discontinuity in place.
-- A venue that answers no subscribe (Polymarket) records a retry itself: after
-  `take_retries` gave commands, its session puts a `resubscribe` record (reason `retry`)
-  into `out` before the first frame it classifies next (`ts_ns` is that frame's
-  `recv_ns`), so the archive says a fresh snapshot follows.
+- Records a venue emits (gap, resubscribe, subscribe_error, subscription) go into `out`
+  at the position of the frame that caused them, so the archive shows the discontinuity
+  in place.
+- A market refused before (a `subscribe_error` record) and retried is marked where its
+  capture begins, with reason `retry`, by one of two records:
+  - a venue that confirms each subscribe (Kraken) puts a `subscription` record (`added`
+    the market, `sid` null) into `out` when the ack arrives, before the market's data;
+  - a venue that answers no subscribe (Polymarket) cannot know when a retry took: after
+    `take_retries` gave commands, its session puts a `resubscribe` record (the retried
+    markets in `markets`) before the first frame it classifies next (`ts_ns` is that
+    frame's `recv_ns`), so the archive says a fresh snapshot follows.
+  A reader looking for where a refused market's capture began reads either record.
 - A session whose venue never confirms an unsubscribe says so with the class attribute
   `confirms_stop = False` (optional; default True): the shutdown `disconnect` record then
   says "shutdown: venue does not confirm unsubscribe" rather than claiming that nothing

@@ -207,9 +207,11 @@ class TradeLedger:
     publishes exactly the trades the recorder missed. Bounded: it forgets the oldest ids
     past `capacity`, and `horizon_ns` says from when on it still knows every one.
 
-    Shared by every connection of a feed, it also keeps each connection's `tape_ns`: the
-    receive time of its last frame, so a backfill can wait for the live tape to pass the
-    end of its window before it deduplicates."""
+    Shared by every connection of a feed, it also keeps each connection's tape clock, so
+    a backfill can wait for the live tape to pass the end of its window before it
+    deduplicates: the newest exchange time its frames carried (`exchange_ns`; a reader
+    running behind receives a trade long after it was done), and the receive time of
+    its last frame (`tape_ns`) less how far behind the last stamped frame was (`lag_ns`)."""
 
     def __init__(self, capacity: int = 200_000) -> None:
         self._capacity = capacity
@@ -217,8 +219,12 @@ class TradeLedger:
         self._ids: collections.OrderedDict[str, tuple[int, bool]] = collections.OrderedDict()
         self.horizon_ns = 0
         self.doubled = 0  # live trades that a backfill had already published
+        # Live trades without a `trade_id`: not deduplicable (a backfill would double them).
+        self.unnamed = 0
         self.tape_ns: dict[int, int] = {}
-        # conn -> (receive time, what to call when a frame received at or past it comes)
+        self.exchange_ns: dict[int, int] = {}
+        self.lag_ns: dict[int, int] = {}  # receive time minus exchange time, last seen
+        # conn -> (tape time, what to call when the connection's tape passes it)
         self.waiting: dict[int, tuple[int, Callable[[], None]]] = {}
 
     def __len__(self) -> int:
@@ -227,13 +233,26 @@ class TradeLedger:
     def __contains__(self, trade_id: object) -> bool:
         return trade_id in self._ids
 
-    def heard(self, conn: int, recv_ns: int) -> None:
-        """A frame came on `conn` (any frame: the tape moved)."""
+    def heard(self, conn: int, recv_ns: int, exchange_ns: int | None = None) -> None:
+        """A frame came on `conn` (any frame: the tape moved), stamped `exchange_ns` by
+        the exchange when it carries a time."""
         self.tape_ns[conn] = recv_ns
+        if exchange_ns is not None:
+            self.lag_ns[conn] = max(0, recv_ns - exchange_ns)
+            if exchange_ns > self.exchange_ns.get(conn, 0):
+                self.exchange_ns[conn] = exchange_ns
         waiter = self.waiting.get(conn)
-        if waiter is not None and recv_ns >= waiter[0]:
+        if waiter is not None and self.passed(conn, waiter[0]):
             del self.waiting[conn]
             waiter[1]()
+
+    def passed(self, conn: int, at_ns: int) -> bool:
+        """Whether `conn`'s tape has passed `at_ns`: a frame stamped by the exchange past
+        it, or one received past it plus how far behind the last stamped frame was (the
+        frames of a quiet connection, or of a channel without stamps)."""
+        if self.exchange_ns.get(conn, 0) >= at_ns:
+            return True
+        return self.tape_ns.get(conn, 0) >= at_ns + self.lag_ns.get(conn, 0)
 
     def seen(self, trade_id: str, at_ns: int = 0) -> bool:
         """Note a trade id received live; True when it was already known (a duplicate:
@@ -259,14 +278,19 @@ class TradeLedger:
             return 0
         return -(-(self.horizon_ns + BACKFILL_MARGIN_NS) // NS)
 
-    def missing(self, trades: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    def missing(self, trades: Iterable[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], int]:
         """The REST trades not received live (nor in an earlier backfill), in the order
-        given, each noted so a second backfill of an overlapping window adds nothing."""
-        fresh = []
+        given, and how many had no `trade_id` (left out: they cannot be deduplicated).
+        All are checked before any is noted, so noting cannot evict an id still to be
+        checked; then each is noted, so an overlapping window adds nothing."""
+        fresh: dict[str, Mapping[str, Any]] = {}
+        skipped = 0
         for trade in trades:
             trade_id = trade.get("trade_id")
-            if isinstance(trade_id, str) and trade_id and trade_id not in self._ids:
-                ts = trade_ts(trade)
-                self._note(trade_id, (ts or 0) * NS, backfilled=True)
-                fresh.append(trade)
-        return fresh
+            if not isinstance(trade_id, str) or not trade_id:
+                skipped += 1
+            elif trade_id not in self._ids:
+                fresh.setdefault(trade_id, trade)
+        for trade_id, trade in fresh.items():
+            self._note(trade_id, (trade_ts(trade) or 0) * NS, backfilled=True)
+        return list(fresh.values()), skipped

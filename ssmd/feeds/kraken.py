@@ -31,15 +31,12 @@ import msgspec
 
 from ssmd.config import VENUE_CHANNELS
 from ssmd.connector.publisher import Inbound
-from ssmd.connector.records import (
-    GapRecord,
-    ResubscribeRecord,
-    SubscribeErrorRecord,
-    SubscriptionRecord,
-)
+from ssmd.connector.records import ResubscribeRecord, SubscribeErrorRecord, SubscriptionRecord
 from ssmd.connector.shards import SubscriptionPlan, plan_connections
 from ssmd.feeds.base import Command, SessionContext, Venue, VenueLimits
-from ssmd.feeds.kraken_book import KrakenBook, decode_book_frame
+from ssmd.feeds.kraken_book import KrakenBook
+from ssmd.feeds.kraken_continuity import Item, KrakenContinuity, int_or_none
+from ssmd.message_types import KRAKEN, OTHER
 from ssmd.supervisor import StartupRefused
 
 if TYPE_CHECKING:
@@ -57,17 +54,11 @@ STATUS_KEY = "system"
 # garbage) sends, `ssmd_control_messages{kind}` and `ssmd_received_messages{type}` keep
 # a bounded set of label values.
 CONTROL_KINDS = frozenset({"subscribe", "unsubscribe", "pong", "heartbeat"})
-MESSAGE_TYPES = CHANNELS | {"status", "instrument", "level3", "invalid"}
-OTHER = "other"
+MESSAGE_TYPES = KRAKEN | {"invalid"}
 
 
 def _label(value: str, known: frozenset[str]) -> str:
     return value if value in known else OTHER
-
-
-class _Item(msgspec.Struct):
-    symbol: Any = None
-    trade_id: Any = None
 
 
 class _Frame(msgspec.Struct):
@@ -81,15 +72,11 @@ class _Frame(msgspec.Struct):
     success: Any = None
     error: Any = None
     result: Any = None
-    data: list[_Item] | None = None
+    data: list[Item] | None = None
 
 
 _FRAME = msgspec.json.Decoder(_Frame)
 _ANY = msgspec.json.Decoder()
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @attrs.define
@@ -121,10 +108,10 @@ class KrakenSession:
         self._subjects = context.subjects
         self._depth = context.config.depth or DEFAULT_DEPTH
         self._plans = list(plans)
-        # Survive reconnects: the last trade id per symbol; the symbols per channel whose
-        # subscribe the exchange refused and that no subscribe has captured since.
-        self.last_trade_id: dict[str, int] = {}
-        self.uncaptured: dict[str, set[str]] = {}
+        self._continuity = KrakenContinuity(self._conn, self._stats, self._subjects, self._depth)
+        # Survives reconnects: the symbols per channel whose subscribe the exchange
+        # refused and that no subscribe has captured since.
+        self._uncaptured: dict[str, set[str]] = {}
         self._next_req_id = 0
         self.start()
 
@@ -133,12 +120,18 @@ class KrakenSession:
         self._requests: dict[int, _Request] = {}
         self._done: set[int] = set()
         self.subscribed: dict[str, set[str]] = {}
-        self.books: dict[str, KrakenBook] = {}
-        self._repairs: dict[str, None] = {}  # symbols whose book is to be resubscribed
-        self._repairing: set[str] = set()  # symbols whose repair requests are in flight
+        self._continuity.reset()
         self._refused: dict[str, set[str]] = {}
         self._stopping: set[int] = set()
         return [self._subscribe(plan.channel, plan.markets) for plan in self._plans]
+
+    @property
+    def books(self) -> dict[str, KrakenBook]:
+        return self._continuity.books
+
+    @property
+    def last_trade_id(self) -> dict[str, int]:
+        return self._continuity.last_trade_id
 
     def _request(self, method: str, channel: str, symbols: Sequence[str], repair: bool) -> Command:
         self._next_req_id += 1
@@ -159,12 +152,13 @@ class KrakenSession:
 
     def take_commands(self) -> list[Command]:
         """One book repair at a time: unsubscribe the symbol, subscribe it again."""
-        while self._repairs:
-            symbol = next(iter(self._repairs))
-            del self._repairs[symbol]
+        repairs = self._continuity.repairs
+        while repairs:
+            symbol = next(iter(repairs))
+            del repairs[symbol]
             if symbol not in self.subscribed.get("book", set()):
                 continue
-            self._repairing.add(symbol)
+            self._continuity.repairing.add(symbol)
             return [
                 self._request("unsubscribe", "book", [symbol], repair=False),
                 self._subscribe("book", [symbol], repair=True),
@@ -226,12 +220,14 @@ class KrakenSession:
             return self._unrouted(payload, recv_ns, out, channel, "unusable channel or symbol")
         queued = False
         if channel == "book":
-            queued = self._check_book(payload, recv_ns, out)
+            queued = self._continuity.check_book(
+                payload, recv_ns, out, self.subscribed.get("book", set())
+            )
         elif channel == "trade" and frame.type == "update":
-            self._check_trades(items, recv_ns, out)
+            self._continuity.check_trades(items, recv_ns, out)
         elif channel == "trade":
             for item in items:  # a snapshot of recent trades: no gap check
-                self._note_trade(item)
+                self._continuity.note_trade(item)
         self._stats.messages += 1
         self._stats.by_type[_label(channel, MESSAGE_TYPES)] += 1
         out.append(Inbound(subject, payload, recv_ns))
@@ -260,7 +256,7 @@ class KrakenSession:
         self._stats.control[_label(method, CONTROL_KINDS)] += 1
         if method == "pong":
             return False
-        req_id = _int(frame.req_id)
+        req_id = int_or_none(frame.req_id)
         request = self._requests.get(req_id) if req_id is not None else None
         result = frame.result if isinstance(frame.result, dict) else {}
         if request is None:
@@ -301,10 +297,10 @@ class KrakenSession:
         if request.method == "unsubscribe":
             symbols.discard(symbol)
             if request.channel == "book":
-                self.books.pop(symbol, None)
+                self._continuity.books.pop(symbol, None)
             return
         symbols.add(symbol)
-        uncaptured = self.uncaptured.get(request.channel, set())
+        uncaptured = self._uncaptured.get(request.channel, set())
         if symbol in uncaptured:
             # Refused before (a subscribe_error record): its capture begins here.
             uncaptured.discard(symbol)
@@ -316,7 +312,7 @@ class KrakenSession:
                 "conn %d: subscribed %s %s after a refusal", self._conn, request.channel, symbol
             )
         if request.repair:
-            self._repairing.discard(symbol)
+            self._continuity.repairing.discard(symbol)
             # Before the fresh snapshot that follows the ack.
             record = ResubscribeRecord(
                 self._conn, "checksum", request.channel, None, None, [symbol], recv_ns
@@ -337,7 +333,7 @@ class KrakenSession:
     ) -> None:
         text = error if isinstance(error, str) else json.dumps(error)
         if request.repair:
-            self._repairing.difference_update(symbols)
+            self._continuity.repairing.difference_update(symbols)
         if request.method != "subscribe":
             log.warning(
                 "conn %d: %s %s %s refused: %s",
@@ -357,92 +353,9 @@ class KrakenSession:
             text,
         )
         self._refused.setdefault(request.channel, set()).update(symbols)
-        self.uncaptured.setdefault(request.channel, set()).update(symbols)
+        self._uncaptured.setdefault(request.channel, set()).update(symbols)
         record = SubscribeErrorRecord(self._conn, request.channel, symbols, text, recv_ns)
         out.append(self._subjects.record(record))
-
-    def _check_book(self, payload: bytes, recv_ns: int, out: list[Inbound]) -> bool:
-        """Apply a book message and check its checksums; True when a repair was queued."""
-        try:
-            frame = decode_book_frame(payload)
-        except (msgspec.MsgspecError, RecursionError):
-            log.warning("conn %d: book message without readable levels", self._conn)
-            return False
-        queued = False
-        for data in frame.data:
-            book = self.books.get(data.symbol)
-            if frame.type == "snapshot":
-                book = self.books[data.symbol] = KrakenBook(self._depth)
-                book.apply_snapshot(data.bids, data.asks)
-            elif book is None:
-                # Nothing to check against. Unless a repair is under way (or the symbol
-                # is not subscribed yet), the book is lost: resubscribe for a snapshot.
-                symbol = data.symbol
-                subscribed = symbol in self.subscribed.get("book", set())
-                if subscribed and symbol not in self._repairing and symbol not in self._repairs:
-                    log.warning(
-                        "conn %d: book %s update without a book: resubscribing", self._conn, symbol
-                    )
-                    self._repairs[symbol] = None
-                    queued = True
-                continue
-            else:
-                book.apply_update(data.bids, data.asks)
-            if data.checksum is None:
-                continue
-            ours = book.checksum()
-            if ours == data.checksum:
-                continue
-            self._stats.gap("checksum")
-            log.warning(
-                "conn %d: book %s checksum mismatch (ours %d, Kraken's %d): resubscribing",
-                self._conn,
-                data.symbol,
-                ours,
-                data.checksum,
-            )
-            record = GapRecord(
-                self._conn, None, "book", ours, data.checksum, [data.symbol], recv_ns, "checksum"
-            )
-            out.append(self._subjects.record(record))
-            del self.books[data.symbol]
-            self._repairs[data.symbol] = None
-            queued = True
-        return queued
-
-    def _note_trade(self, item: _Item) -> None:
-        trade_id = _int(item.trade_id)
-        if isinstance(item.symbol, str) and trade_id is not None:
-            last = self.last_trade_id.get(item.symbol)
-            self.last_trade_id[item.symbol] = trade_id if last is None else max(last, trade_id)
-
-    def _check_trades(self, items: list[_Item], recv_ns: int, out: list[Inbound]) -> None:
-        for item in items:
-            trade_id = _int(item.trade_id)
-            symbol = item.symbol
-            if trade_id is None or not isinstance(symbol, str):
-                continue
-            last = self.last_trade_id.get(symbol)
-            if last is not None and trade_id <= last:
-                # A repeat or an older trade: nothing missed, and `last` never goes back
-                # (100, 99, 101 is no gap at all).
-                self._stats.trade_ids_behind += 1
-                continue
-            self.last_trade_id[symbol] = trade_id
-            if last is None or trade_id == last + 1:
-                continue
-            self._stats.gap("trade_id")
-            log.warning(
-                "conn %d: trade_id jump on %s: expected %d, got %d",
-                self._conn,
-                symbol,
-                last + 1,
-                trade_id,
-            )
-            record = GapRecord(
-                self._conn, None, "trade", last + 1, trade_id, [symbol], recv_ns, "trade_id"
-            )
-            out.append(self._subjects.record(record))
 
 
 class KrakenVenue:

@@ -13,7 +13,7 @@ import nats.js.errors
 from nats.js import api
 
 from ssmd.nats.direct import subscribe_direct
-from ssmd.nats.pull import PullState
+from ssmd.nats.pull import PendingAck, PullState
 from ssmd.nats.types import ConsumerPosition, StreamSpec, StreamState
 
 
@@ -108,6 +108,7 @@ async def reset_pull_consumer(
     ack_wait_s: float,
     max_ack_pending: int,
     linger_s: float,
+    acks: PendingAck | None = None,
 ) -> PullState:
     """Recreate the durable consumer to start at `start_seq` (None: the stream's
     beginning) and subscribe its delivery inbox."""
@@ -128,6 +129,8 @@ async def reset_pull_consumer(
         max_deliver=-1,
     )
     await js.add_consumer(stream, config)
-    state = PullState(nc, stream, durable, expires_s=max(ack_wait_s / 2, 5.0), linger_s=linger_s)
+    state = PullState(
+        nc, stream, durable, expires_s=max(ack_wait_s / 2, 5.0), linger_s=linger_s, acks=acks
+    )
     state.sub = await subscribe_direct(nc, state.inbox, state.on_message)
     return state

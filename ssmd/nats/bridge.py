@@ -27,8 +27,9 @@ from ssmd.deadline import shielded, time_left
 from ssmd.nats import admin
 from ssmd.nats.loop import AsyncioThread
 from ssmd.nats.publish import AckInbox
-from ssmd.nats.pull import PullConsumer
+from ssmd.nats.pull import PendingAck, PullConsumer, ack_reply_consumer, send_pending_ack
 from ssmd.nats.types import (
+    BACKFILLED_HEADER,
     RECV_NS_HEADER,
     ConsumerPosition,
     CoreMessage,
@@ -90,6 +91,8 @@ class NatsBridge:
         self.closing = False
         self.client_errors = ClientErrors()
         self._acks: AckInbox | None = None
+        # Each pull consumer's newest AckAll reply, sent with its next pull traffic.
+        self._pending_acks: dict[tuple[str, str], PendingAck] = {}
 
     @property
     def connected(self) -> bool:
@@ -108,12 +111,25 @@ class NatsBridge:
         """Acknowledge a fetched message by its reply subject.
 
         The archiver's consumers use AckPolicy.ALL, so this acknowledges every message
-        delivered before it too. The ack goes out with nats-py's next write (at once on
-        an idle connection, or with its reconnect), without a round trip to confirm it:
-        an ack that never arrives only means a redelivery, which the fetcher skips by
-        sequence. A closed connection raises.
+        delivered before it too. For a consumer opened by `reset_consumer` the ack does
+        not cross to the asyncio thread by itself: it waits (`PendingAck`) for that
+        consumer's next pull traffic, which the fetcher makes at once, and replaces a
+        waiting older ack. It is never confirmed: an ack that never arrives only means a
+        redelivery, which the fetcher skips by sequence. A closed connection raises.
         """
+        if self._nc.is_closed:
+            raise NatsUnavailable("the NATS connection is closed")
+        try:
+            pending = self._pending_acks.get(ack_reply_consumer(reply))
+        except ValueError:
+            pending = None
+        if pending is not None:
+            pending.put(reply)
+            return
         await self._call(self._nc.publish, reply, b"+ACK")
+
+    def _pending_ack(self, stream: str, durable: str) -> PendingAck:
+        return self._pending_acks.setdefault((stream, durable), PendingAck())
 
     async def stream_state(self, stream: str) -> StreamState | None:
         return await self._call(admin.stream_state, self._js, stream)
@@ -159,6 +175,7 @@ class NatsBridge:
             ack_wait_s,
             max_ack_pending,
             linger_s,
+            self._pending_ack(stream, durable),
         )
         return PullConsumer(self._call, state)
 
@@ -185,6 +202,8 @@ class NatsBridge:
     async def _publish_core(self, messages: Sequence[CoreMessage]) -> None:
         for m in messages:
             headers = None if m.recv_ns is None else {RECV_NS_HEADER: str(m.recv_ns)}
+            if m.backfilled:
+                headers = (headers or {}) | {BACKFILLED_HEADER: "1"}
             await self._nc.publish(m.subject, m.payload, headers=headers)
         await self._nc.flush(timeout=self._request_timeout)
 
@@ -193,6 +212,8 @@ class NatsBridge:
         await self._thread.call(self._close)
 
     async def _close(self) -> None:
+        for pending in list(self._pending_acks.values()):
+            await send_pending_ack(self._nc, pending)  # written by close()
         with suppress(Exception):
             await self._nc.close()
 

@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from typing import Any, TypeVar
 
+from ssmd.nats.linger import stretch
 from ssmd.nats.types import BACKFILLED_HEADER, RECV_NS_HEADER, ConsumerLost, FetchedMessage
 
 T = TypeVar("T")
+
+log = logging.getLogger("ssmd.nats")
 
 # Pull requests ask for an idle heartbeat this often; a consumer that sends neither a
 # message nor a heartbeat for `SILENCE_HEARTBEATS` of them has lost its leader.
@@ -55,6 +60,51 @@ def parse_ack_reply(reply: str) -> tuple[int, int, int, int]:
         int(tokens[base + 2]),
         int(tokens[base + 6]),
     )
+
+
+def ack_reply_consumer(reply: str) -> tuple[str, str]:
+    """(stream, consumer) a JetStream ack subject belongs to; ValueError if it is none."""
+    tokens = reply.split(".")
+    if tokens[:2] != ["$JS", "ACK"] or not (len(tokens) == 9 or len(tokens) >= 11):
+        raise ValueError(f"not a JetStream ack subject: {reply!r}")
+    base = 2 if len(tokens) == 9 else 4
+    return tokens[base], tokens[base + 1]
+
+
+class PendingAck:
+    """The newest AckAll reply of one consumer, waiting to ride along with its next
+    pull traffic: put from Trio, taken on the asyncio side.
+
+    With AckAll the newest reply acknowledges everything before it, so a reply that is
+    replaced before it was sent is not needed. It goes out when the pull state next
+    runs: a fetch call (the fetcher calls again as soon as it has handed over a batch,
+    and a waiting fetch returns within `fetch_timeout`) or a delivery that wakes a
+    waiting fetch; and at the latest when the bridge closes. So it costs no thread
+    crossing of its own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reply: str | None = None
+
+    def put(self, reply: str) -> None:
+        with self._lock:
+            self._reply = reply
+
+    def take(self) -> str | None:
+        with self._lock:
+            reply, self._reply = self._reply, None
+        return reply
+
+
+async def send_pending_ack(nc: Any, acks: PendingAck) -> None:
+    """Publish the waiting ack, if any (asyncio side; goes out with nats-py's next write)."""
+    reply = acks.take()
+    if reply is not None:
+        try:
+            await nc.publish(reply, b"+ACK")
+        except Exception:
+            # The messages are on disk; a redelivery is skipped by sequence.
+            log.debug("ack %s not sent", reply, exc_info=True)
 
 
 class PullCredit:
@@ -120,9 +170,16 @@ class PullState:
     """The asyncio side of one pull consumer: requests, deliveries, buffer."""
 
     def __init__(
-        self, nc: Any, stream: str, durable: str, expires_s: float, linger_s: float
+        self,
+        nc: Any,
+        stream: str,
+        durable: str,
+        expires_s: float,
+        linger_s: float,
+        acks: PendingAck | None = None,
     ) -> None:
         self._nc = nc
+        self._acks = acks or PendingAck()
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._linger_s = linger_s
         self.inbox: str = nc.new_inbox()
@@ -166,6 +223,7 @@ class PullState:
         self._arrived.set()
 
     async def _top_up(self, batch: int) -> None:
+        await send_pending_ack(self._nc, self._acks)
         now = asyncio.get_running_loop().time()
         want = self.credit.request_size(batch, len(self._buffer), now)
         if want:
@@ -204,6 +262,9 @@ class PullState:
             # Let a trickle build into a batch: at low rates this turns one fsync and
             # two thread crossings per message into one per few milliseconds.
             await asyncio.sleep(min(self._linger_s, max(deadline - loop.time(), 0)))
+            more = stretch(self._linger_s, len(self._buffer))
+            if more > 0 and len(self._buffer) < batch:
+                await asyncio.sleep(min(more, max(deadline - loop.time(), 0)))
         n = min(batch, len(self._buffer))
         out = [self._buffer.popleft() for _ in range(n)]
         await self._top_up(batch)

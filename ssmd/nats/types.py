@@ -76,11 +76,13 @@ class OutgoingMessage:
 @attrs.frozen(slots=True)
 class CoreMessage:
     """A core NATS publish (`publish_core`, replaying the archive): no msg id, no ack.
-    `recv_ns` None (a record without a receive time) leaves `Ssmd-Recv-Ns` out."""
+    `recv_ns` None (a record without a receive time) leaves `Ssmd-Recv-Ns` out;
+    `backfilled` sets `Ssmd-Backfilled`, as the live publish of a REST-fetched trade does."""
 
     subject: str
     payload: bytes
     recv_ns: int | None
+    backfilled: bool = False
 
 
 @attrs.frozen(slots=True)

@@ -83,9 +83,10 @@ def test_a_lost_session_followed_by_its_own_clean_stop_is_caught() -> None:
         compare_records(tape.records, tape.sent)
 
 
-def test_a_lost_tail_is_marked_only_by_records_before_the_next_session() -> None:
-    """The disconnect that comes after a later session's data marks that session, not
-    the earlier one whose tail went missing."""
+def test_a_lost_tail_needs_a_connect_record_and_no_clean_stop() -> None:
+    """A regression test of two older rules for a session that lost its tail: a later
+    session's data needs a connect record between them, and the earlier session's own
+    record may not claim a clean stop."""
     tape = Tape()
     tape.mark("connect")
     tape.send(1, 5, archived=3)
@@ -101,3 +102,19 @@ def test_a_lost_tail_is_marked_only_by_records_before_the_next_session() -> None
     tape.send(2, 5, archived=5)
     with pytest.raises(AssertionError, match="session 1 lost 2 of 5 frames but claims a clean"):
         compare_records(tape.records, tape.sent)
+
+
+def test_a_clean_stop_before_a_lost_sessions_connect_belongs_to_the_earlier_session() -> None:
+    """Session 1 stopped cleanly; session 2 connected, lost every frame and its
+    disconnect says so. The clean stop comes before session 2's connect record: it is
+    session 1's, true of session 1, and no claim about session 2."""
+    tape = Tape()
+    tape.mark("connect")
+    tape.send(1, 5, archived=5)
+    tape.mark("disconnect", CLEAN_STOP)
+    tape.mark("connect")
+    tape.send(2, 3, archived=0)
+    tape.mark("disconnect", "ConnectionLost: killed")
+    result = compare_records(tape.records, tape.sent)
+    assert result.lost_by_session == {2: 3}
+    assert result.archived_by_session == {1: 5}

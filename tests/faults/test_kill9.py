@@ -62,10 +62,17 @@ SALVAGED = re.compile(r"salvaged (\S+/\S+): \d+ complete records kept")
 
 
 def partials(archive: Path) -> frozenset[str]:
-    return frozenset(
-        f"{path.parent.name}/{path.name.removesuffix('.partial')}"
-        for path in (archive / FEED).glob("*/*.jsonl.gz.partial")
-    )
+    """The slot files being written that already hold data: a `.partial` opened a moment
+    ago and still empty is removed by recovery, not salvaged, and proves nothing."""
+    found: set[str] = set()
+    for path in (archive / FEED).glob("*/*.jsonl.gz.partial"):
+        try:
+            if path.stat().st_size == 0:
+                continue
+        except FileNotFoundError:  # finished (renamed) since the glob
+            continue
+        found.add(f"{path.parent.name}/{path.name.removesuffix('.partial')}")
+    return frozenset(found)
 
 
 def finished_files(archive: Path) -> set[str]:

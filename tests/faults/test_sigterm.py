@@ -50,7 +50,9 @@ def test_sigterm_at_random_moments_exits_0_within_the_deadline(
         exits.append(process.terminate())
     assert [code for code, _ in exits] == [0] * (STOPS + 1), process.log.read_text()[-3000:]
     # The deadline, plus the interpreter's own exit.
-    assert max(seconds for _, seconds in exits) < SHUTDOWN_TIMEOUT_S + 1.0, exits
+    # The grace is the interpreter's own exit on a loaded machine; a shield that outlasts
+    # the deadline costs 5 s or more.
+    assert max(seconds for _, seconds in exits) < SHUTDOWN_TIMEOUT_S + 2.5, exits
     result = finish_and_compare(exchange, config, archive)
     assert result.sent == TOTAL
     # A clean stop publishes a disconnect record for every connection it had, and one

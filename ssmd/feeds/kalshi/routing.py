@@ -51,6 +51,8 @@ _Body = msgspec.defstruct(
                 *UNKNOWN_TYPE_KEY_FIELDS,
                 *(f for v in KEY_FIELDS.values() for f in v),
                 "trade_id",  # a trade's id, for the trade backfill
+                "ts_ms",  # exchange time (ms), for the trade backfill's window and settle
+                "ts",
             }
         )
     ],
@@ -61,6 +63,7 @@ class _Envelope(msgspec.Struct):
     type: object = None
     sid: object = None
     seq: object = None
+    sending_ts_ms: object = None
     msg: _Body | None = None  # type: ignore[valid-type]
 
 
@@ -84,6 +87,16 @@ class Routed:
     envelope: dict[str, Any] | None = None
     reason: str = ""
     trade_id: str | None = None  # a `trade` message's id (trade backfill drops repeats)
+    # The exchange's time of the message in ns (`ts_ms`, the envelope's `sending_ts_ms`,
+    # else whole-second `ts`), for the trade backfill: None when it carries none.
+    exchange_ns: int | None = None
+
+
+def exchange_ns(ts_ms: object, sending_ts_ms: object, ts: object) -> int | None:
+    for value, scale in ((ts_ms, 1_000_000), (sending_ts_ms, 1_000_000), (ts, 1_000_000_000)):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value * scale
+    return None
 
 
 def _int_field(value: object) -> int | None:
@@ -125,6 +138,7 @@ class Router:
             _int_field(fields.sid),
             _int_field(fields.seq),
             lambda field: getattr(body, field) if body is not None else None,
+            fields.sending_ts_ms,
         )
 
     def _route_parsed(self, payload: bytes) -> Routed:
@@ -146,6 +160,7 @@ class Router:
             _int_field(envelope.get("sid")),
             _int_field(envelope.get("seq")),
             lambda field: body.get(field) if isinstance(body, dict) else None,
+            envelope.get("sending_ts_ms"),
         )
 
     def _route_data(
@@ -154,6 +169,7 @@ class Router:
         sid: int | None,
         seq: int | None,
         body_field: Callable[[str], object],
+        sending_ts_ms: object = None,
     ) -> Routed:
         if message_type in RESERVED_TYPES:
             return self._unrouted("type collides with an ssmd subject token", message_type, sid)
@@ -185,4 +201,5 @@ class Router:
             seq=seq,
             key=key,
             trade_id=trade_id if isinstance(trade_id, str) else None,
+            exchange_ns=exchange_ns(body_field("ts_ms"), sending_ts_ms, body_field("ts")),
         )

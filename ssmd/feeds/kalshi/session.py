@@ -66,9 +66,10 @@ class KalshiSession(LiveChanges):
         self._trades = context.trades
         self._backfill = context.backfill
         # Trade backfill: per trade sid, the last trade it received (or when it was
-        # subscribed); per slot, where a loss began, until its resubscribe asks for it.
+        # subscribed); per slot, where a loss began (and its cause and markets), until
+        # its resubscribe asks for it, or the slot goes away.
         self._trade_marks: dict[int, int] = {}
-        self._trade_loss: dict[int, tuple[int, str]] = {}
+        self._trade_loss: dict[int, tuple[int, str, tuple[str, ...]]] = {}
         # The wanted subscriptions by slot: the static plans get negative slots, the
         # subscription planner's (`apply`) its own, from 0.
         self._slots: dict[int, SubscriptionPlan] = {
@@ -86,8 +87,7 @@ class KalshiSession(LiveChanges):
     def start(self) -> list[Command]:
         if self._backfill is not None and self._trade_marks:
             self._note_trade_loss(list(self._trade_marks))  # a reconnect: trades were missed
-        self._trade_marks = {}
-        self._trade_loss = {s: loss for s, loss in self._trade_loss.items() if s in self._slots}
+        self._trade_marks = {}  # a loss of a slot gone meanwhile is asked at the next frame
         self._next_id = 0
         self._pending: dict[int, _Subscribe | _Unsubscribe | _Update] = {}
         self._slot_sid: dict[int, int] = {}
@@ -129,10 +129,14 @@ class KalshiSession(LiveChanges):
     def on_frame(self, payload: bytes, recv_ns: int, out: list[Inbound]) -> bool:
         routed = self._router.route(payload)
         if self._trades is not None:
-            self._trades.heard(self._conn, recv_ns)
+            self._trades.heard(self._conn, recv_ns, routed.exchange_ns)
         if routed.kind is RouteKind.CONTROL:
             self._on_control(routed, recv_ns, out)
+            if self._trade_loss:
+                self._ask_orphaned_losses(recv_ns)
             return True
+        if self._trade_loss:
+            self._ask_orphaned_losses(recv_ns)
         stats = self._stats
         gap = None
         if routed.seq is not None and routed.sid is not None:
@@ -143,10 +147,15 @@ class KalshiSession(LiveChanges):
                     since = self._trade_marks.get(routed.sid, recv_ns)
                     window = backfill_window(since, recv_ns, gap.markets, "gap")
                     self._backfill(self._conn, window)
+        if self._trades is not None and routed.message_type == "trade" and not routed.trade_id:
+            self._trades.unnamed += 1
         if routed.trade_id is not None and self._trades is not None:
             self._trades.seen(routed.trade_id, recv_ns)
             if routed.sid is not None:
-                self._trade_marks[routed.sid] = recv_ns
+                # The trades lost after this one were done after its exchange time, which
+                # a reader running behind receives long after.
+                stamp = routed.exchange_ns
+                self._trade_marks[routed.sid] = recv_ns if stamp is None else min(recv_ns, stamp)
         stats.messages += 1
         stats.by_type[routed.message_type or "invalid"] += 1
         if routed.kind is RouteKind.UNROUTED:
@@ -252,7 +261,7 @@ class KalshiSession(LiveChanges):
             loss = self._trade_loss.pop(pending.slot, None) if pending.slot is not None else None
             if loss is not None:
                 # Subscribed again after a loss: ask REST for what it missed, once.
-                since, cause = loss
+                since, cause, _ = loss
                 self._backfill(self._conn, backfill_window(since, recv_ns, plan.markets, cause))
             if new_sid is not None:
                 self._trade_marks[new_sid] = recv_ns
@@ -284,7 +293,22 @@ class KalshiSession(LiveChanges):
             if plan is None or plan.channel != "trade" or slot is None or mark is None:
                 continue
             earlier = self._trade_loss.get(slot)
-            self._trade_loss[slot] = min(earlier, (mark, cause)) if earlier else (mark, cause)
+            if earlier is not None and earlier[0] <= mark:
+                mark, cause = earlier[0], earlier[1]
+            markets = (
+                tuple(dict.fromkeys((*earlier[2], *plan.markets))) if earlier else plan.markets
+            )
+            self._trade_loss[slot] = (mark, cause, markets)
+
+    def _ask_orphaned_losses(self, recv_ns: int) -> None:
+        """A loss whose slot went away before it was subscribed again (split by error 26,
+        or removed) is asked for now, for the markets it held. Those placed on other slots
+        are subscribed again within the window's margin, and the ledger drops what they
+        received live."""
+        assert self._backfill is not None
+        for slot in [s for s in self._trade_loss if s not in self._slots]:
+            since, cause, markets = self._trade_loss.pop(slot)
+            self._backfill(self._conn, backfill_window(since, recv_ns, markets, cause))
 
     def _check_seq(self, routed: Routed, sid: int, seq: int, recv_ns: int) -> GapRecord | None:
         """Track `seq` per sid; on a jump, schedule a resubscribe and give a gap record."""
