@@ -273,6 +273,64 @@ async def test_refused_or_failing_rest_leaves_an_unrepaired_record_and_a_count(
     assert (sample.labels["outcome"], sample.value) == ("unrepaired", 1)
 
 
+async def test_answers_that_are_not_trades_are_waited_out_not_the_window_dropped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A maintenance page served as 200 HTML is trouble that passes (review of issue 9's
+    walk, M3): the query is asked again with backoff, and the window repaired once REST
+    is back, nothing published twice; one that never comes back is recorded unrepaired,
+    saying why."""
+    trades = [rest_trade("first", 1_799_999_991), rest_trade("second", 1_799_999_995)]
+    html = {"left": 0}
+
+    def maintenance(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("cursor") and html["left"] > 0:
+            html["left"] -= 1
+            return httpx.Response(200, text="<html>down for maintenance</html>")
+        cursor = request.url.params.get("cursor")
+        page, more = (trades[1:], "") if cursor else (trades[:1], "p2")
+        return httpx.Response(200, json={"trades": page, "cursor": more})
+
+    window = BackfillWindow(1_799_999_990, 1_800_000_000, ("A",), "gap")
+    html["left"] = 12  # the second page fails: the whole query is asked again
+    backfill = backfill_for(maintenance, TradeLedger(), settle_limit=0.0)
+    record, published = parts(await windowed(backfill, window))
+    assert (record["outcome"], published) == ("repaired", ["first", "second"])
+    assert (record["fetched"], record["published"]) == (2, 2)
+    html["left"] = 10**6
+    backfill = backfill_for(maintenance, TradeLedger(), settle_limit=0.0)
+    record, published = parts(await windowed(backfill, window))
+    assert record["outcome"] == "unrepaired" and published == ["first"]
+    assert "no full answer in 300s" in record["error"] and "not JSON" in record["error"]
+
+
+async def test_a_backfill_leaves_walks_the_most_of_the_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def endless(request: httpx.Request) -> httpx.Response:
+        cursor = int(request.url.params.get("cursor", "0"))
+        key = "trades" if request.url.path.endswith("/trades") else "markets"
+        more = str(cursor + 1) if cursor < 39 else ""
+        return httpx.Response(200, json={key: [], "cursor": more})
+
+    backfill = backfill_for(endless, TradeLedger(), settle_limit=0.0)
+    backfill.rest = RestClient(
+        "https://venue.test/trade-api/v2",
+        RestSettings(rate=10.0, burst=1.0),
+        transport=httpx.MockTransport(endless),
+    )
+    window = BackfillWindow(1_799_999_990, 1_800_000_000, ("A",), "gap")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(windowed, backfill, window)
+        await trio.sleep(0.5)
+        started = trio.current_time()
+        async for _ in backfill.rest.walk("/markets", {}, "markets", limit=100):
+            pass
+        took = trio.current_time() - started
+    # 40 pages at 10 a second, less one token in five for the backfill (FIFO: 8 s).
+    assert took <= 5.0 + 0.2
+
+
 async def test_live_trades_without_an_id_are_counted(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -531,7 +589,7 @@ def test_a_loss_whose_slot_is_split_by_error_26_is_still_asked_for() -> None:
     (again,) = h.session.start()  # reconnected: trades of A and B lost since T0+10 s
     limit = {"code": 26, "msg": "too many markets"}
     h.frame({"id": again.reply, "type": "error", "msg": limit}, T0 + 30 * S)
-    assert h.session.take_refused() == [(0, ("A", "B"), True)]
+    assert h.session.take_refused() == [(0, ("A", "B"), True, 0)]
     assert h.windows == [BackfillWindow(1_800_000_008, 1_800_000_032, ("A", "B"), "disconnect")]
     for slot, markets in ((1, ("A",)), (2, ("B",))):  # the planner places them anew
         command = h.session.apply(Change(Subscribe(0, "trade", slot, markets), "error:26"))

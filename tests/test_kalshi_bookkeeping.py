@@ -374,7 +374,7 @@ async def test_a_repair_refused_as_too_large_reaches_the_planner_without_another
     exchange = FakeExchange()
     exchange.socket_class = LimitedSocket
     harness = Harness(exchange, [])
-    heard: list[tuple[int, int, tuple[str, ...], bool]] = []
+    heard: list[tuple[int, int, tuple[str, ...], bool, int]] = []
     harness.connection.on_refused = lambda *refusal: heard.append(refusal)
     async with running(harness):
         await trio.sleep(1)
@@ -385,7 +385,7 @@ async def test_a_repair_refused_as_too_large_reaches_the_planner_without_another
         socket.push_data(BOOK, 1, 5, {"market_ticker": "A"})  # a gap: unsubscribe, subscribe
         await trio.sleep(1)
         assert [c["cmd"] for c in socket.commands] == ["subscribe", "unsubscribe", "subscribe"]
-        assert heard == [(0, 0, ("A", "B"), True)]
+        assert heard == [(0, 0, ("A", "B"), True, 0)]
 
 
 def test_an_update_refused_because_the_sid_is_dead_repairs_it_not_retries() -> None:

@@ -91,7 +91,7 @@ def test_refusals_26_and_27_and_a_drop_25() -> None:
     assert add is not None
     error = {"id": add.reply, "type": "error", "msg": {"code": 26, "msg": "limit"}}
     assert [r["type"] for r in kinds(frame(session, error))] == ["ssmd_subscribe_error"]
-    assert session.take_refused() == [(0, ("B", "C"), False)]
+    assert session.take_refused() == [(0, ("B", "C"), False, 0)]
     assert session.take_refused() == []
     # A reconnect does not subscribe what was refused: the planner placed it elsewhere.
     (again,) = session.start()
@@ -156,8 +156,8 @@ def test_a_refused_subscribe_strands_none_of_the_markets_queued_behind_it(
     if not add_first:
         assert session.apply(Change(add, "discovery")) is None
     actions: list[Action] = []
-    for slot, markets, dropped in session.take_refused():
-        actions += layout.refused_as_too_large(slot, markets, dropped=dropped)
+    for slot, markets, dropped, op in session.take_refused():
+        actions += layout.refused_as_too_large(slot, markets, dropped=dropped, op=op)
     assert layout.per_subscription == 116  # half the refused subscribe's 232
     subscribed: list[str] = []
     for action in actions:
@@ -213,3 +213,22 @@ def test_a_drop_25_naming_no_held_sid_gaps_and_resubscribes_every_subscription(
     # The add is still pending: its own answer is an answer.
     frame(session, {"id": add.reply, "type": "ok", "sid": 3, "seq": 0})
     assert stats.changes == {"ok": 3}  # the two subscribes and the add
+
+
+def test_a_late_26_names_the_op_of_its_add_and_spares_a_market_added_back() -> None:
+    """Review of issue 9's walk, M1: B's add is refused late, after B was deleted and
+    added back by a later op; the refusal moves nothing, the later add's refusal does."""
+    session, _ = new_session()
+    cmd = session.apply(Change(Subscribe(0, "orderbook_delta", 0, ("A",), op=1), "discovery"))
+    assert cmd is not None
+    frame(session, {"id": cmd.reply, "type": "subscribed", "msg": {"sid": 3}})
+    first = session.apply(Change(AddMarkets(0, "orderbook_delta", 0, ("B",), op=2), "x"))
+    assert first is not None
+    assert session.apply(Change(DeleteMarkets(0, "orderbook_delta", 0, ("B",)), "x")) is None
+    again = session.apply(Change(AddMarkets(0, "orderbook_delta", 0, ("B",), op=3), "x"))
+    assert again is not None
+    limit = {"type": "error", "msg": {"code": 26, "msg": "limit"}}
+    frame(session, {"id": first.reply, **limit})
+    assert session.take_refused() == []
+    frame(session, {"id": again.reply, **limit})
+    assert session.take_refused() == [(0, ("B",), False, 3)]

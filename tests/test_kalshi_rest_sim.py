@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -9,6 +11,7 @@ from ssmd.backoff import Backoff
 from ssmd.connector.auth import Credentials
 from ssmd.connector.rest import RestClient, RestRefused, RestSettings
 from ssmd.feeds.kalshi_discovery import PAGE_LIMIT, Selection
+from ssmd.feeds.kalshi_source import KalshiSource
 from ssmd.simulators.kalshi.rest import KalshiMarkets, KalshiRest
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -115,3 +118,28 @@ async def test_trades_can_be_listed_by_window_for_a_backfill() -> None:
             ]
         nursery.cancel_scope.cancel()
     assert got == [f"t{i}" for i in range(100, 2100, 2)]
+
+
+async def test_a_lookup_by_tickers_finds_them_in_any_status_hidden_or_not() -> None:
+    markets = KalshiMarkets()
+    markets.open(f"KXA-26DEC01-T{i}" for i in range(5))
+    markets.set_status("KXA-26DEC01-T1", "closed")
+    exchange = KalshiRest(markets, rate_limit=False)
+    exchange.hide(["KXA-26DEC01-T2"], walks=1)
+    source = KalshiSource(Selection())
+    asked = ["KXA-26DEC01-T1", "KXA-26DEC01-T2", "KXA-NOPE"]
+    async with trio.open_nursery() as nursery:
+        base = await serve(nursery, exchange)
+        async with RestClient(base, FAST) as rest:
+            found: list[dict[str, Any]] = []
+            for w in source.confirm_walks(asked):
+                async for page in rest.walk(w.path, w.query, w.items_key, limit=w.limit):
+                    found.extend(page)
+            # The lookup began no walk: the next one still skips the hidden market.
+            listed = await walk(rest, Selection())
+        nursery.cancel_scope.cancel()
+    assert {m["ticker"]: source.wants(m) for m in found} == {
+        "KXA-26DEC01-T1": False,
+        "KXA-26DEC01-T2": True,
+    }
+    assert "KXA-26DEC01-T2" not in listed and len(listed) == 3

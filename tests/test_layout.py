@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssmd.connector.layout import (
-    DEPARTED_MEMORY,
     Action,
     AddMarkets,
     DeleteMarkets,
@@ -83,14 +82,14 @@ class SimulatedExchange:
     subs: dict[int, tuple[int, str, set[str]]] = attrs.field(factory=dict)
     dropped: set[int] = attrs.field(factory=set)
     used: set[int] = attrs.field(factory=set)
-    reports: list[tuple[int, tuple[str, ...], bool]] = attrs.field(factory=list)
+    reports: list[tuple[int, tuple[str, ...], bool, int]] = attrs.field(factory=list)
 
     def apply(self, action: Action, planner_limit: int) -> None:
         match action:
             case OpenConnection(conn):
                 assert conn not in self.connections, "a connection opened twice"
                 self.connections.add(conn)
-            case Subscribe(conn, channel, slot, markets):
+            case Subscribe(conn, channel, slot, markets, op):
                 assert conn in self.connections, "a subscription on an unknown connection"
                 assert slot not in self.used, "a slot used twice"
                 assert 0 < len(markets) <= planner_limit
@@ -98,10 +97,10 @@ class SimulatedExchange:
                 self.used.add(slot)
                 if len(markets) > self.limit:
                     self.dropped.add(slot)
-                    self.reports.append((slot, markets, True))
+                    self.reports.append((slot, markets, True, op))
                 else:
                     self.subs[slot] = (conn, channel, set(markets))
-            case AddMarkets(conn, channel, slot, markets):
+            case AddMarkets(conn, channel, slot, markets, op):
                 assert markets and len(set(markets)) == len(markets)
                 if slot in self.dropped:
                     return
@@ -111,7 +110,7 @@ class SimulatedExchange:
                 assert not held & set(markets), "a market added twice to a sid"
                 assert len(held) + len(markets) <= planner_limit
                 if len(held) + len(markets) > self.limit:
-                    self.reports.append((slot, markets, False))
+                    self.reports.append((slot, markets, False, op))
                 else:
                     held.update(markets)
             case DeleteMarkets(conn, channel, slot, markets):
@@ -132,7 +131,7 @@ class SimulatedExchange:
                 assert slot in self.subs, "an unsubscribe of a slot that is not subscribed"
                 assert self.subs.pop(slot)[:2] == (conn, channel)
 
-    def take_reports(self) -> list[tuple[int, tuple[str, ...], bool]]:
+    def take_reports(self) -> list[tuple[int, tuple[str, ...], bool, int]]:
         reports, self.reports = self.reports, []
         return reports
 
@@ -179,9 +178,9 @@ def deliver(
 ) -> None:
     """Tell the planner about `count` outstanding refusals (all, until none is left)."""
     while exchange.reports and (count is None or count > 0):
-        slot, markets, dropped = exchange.reports.pop(0)
+        slot, markets, dropped, op = exchange.reports.pop(0)
         limit_before = layout.per_subscription
-        actions = layout.refused_as_too_large(slot, markets, dropped=dropped)
+        actions = layout.refused_as_too_large(slot, markets, dropped=dropped, op=op)
         assert layout.per_subscription <= limit_before
         for action in actions:
             exchange.apply(action, layout.per_subscription)
@@ -253,12 +252,25 @@ def test_a_late_refusal_never_moves_a_market_that_came_back_to_its_slot() -> Non
     assert exchange.subs == {}
 
 
-def test_a_subscription_forgets_the_oldest_markets_it_left() -> None:
-    layout = SubscriptionLayout(["trade"], per_subscription=2, per_connection=10)
-    layout.add(["A", "KEEP"])
-    for i in range(DEPARTED_MEMORY):
-        layout.remove(["A"] if i == 0 else [f"X{i - 1}"])
-        assert layout.add([f"X{i}"]) == [AddMarkets(0, "trade", 0, (f"X{i}",))]
-    layout.remove([f"X{DEPARTED_MEMORY - 1}"])
-    # A left DEPARTED_MEMORY markets ago: slot 0 may take it again.
-    assert layout.add(["A"]) == [AddMarkets(0, "trade", 0, ("A",))]
+def test_a_late_refusal_after_many_departures_moves_nothing_that_came_back() -> None:
+    """However many markets leave the slot while a refused add is under way (review of
+    issue 9's walk, M1: a 64-market memory was the bound), the refusal names its add's
+    op and the market placed again by a later add stays where it is."""
+    layout = SubscriptionLayout(["orderbook_delta"], per_subscription=200, per_connection=1000)
+    exchange = SimulatedExchange(limit=100)
+
+    def replay(actions: list[Action]) -> None:
+        for action in actions:
+            exchange.apply(action, layout.per_subscription)
+
+    xs = [f"X{i}" for i in range(100)]
+    replay(layout.add(xs))
+    replay(layout.add(["M"]))  # over the exchange's true limit: refused, told late
+    replay(layout.remove(["M"]))
+    replay(layout.remove(xs[:65]))  # an hourly event's strikes settle together
+    replay(layout.add(["M"]))  # M comes back to the same slot; this add goes through
+    assert layout.subscription(0)[2][-1] == "M"
+    deliver(exchange, layout)
+    check_agree(exchange, layout, {"M", *xs[65:]}, 1000, channels=("orderbook_delta",))
+    held = [slot for slot, (_c, _ch, markets) in exchange.subs.items() if "M" in markets]
+    assert held == [0]

@@ -44,6 +44,27 @@ def test_a_market_missing_from_one_walk_is_kept_and_from_two_in_a_row_removed() 
     assert markets.members == {"A", "C"}
 
 
+def test_a_walk_that_lists_a_missed_market_starts_its_count_over() -> None:
+    markets = MarketSet()
+    markets.reconcile(["A"], 0.0)
+    markets.reconcile([], 10.0)  # missed once
+    markets.reconcile(["A"], 20.0)  # listed again (not through live_add)
+    assert markets.reconcile([], 30.0) == Diff()
+    assert "A" in markets and markets.missed == {"A"}
+
+
+def test_a_lookup_removes_the_missed_markets_it_did_not_find_open() -> None:
+    markets = MarketSet()
+    markets.reconcile(["A", "B", "C", "D"], 0.0)
+    markets.reconcile(["D"], 10.0)  # A, B and C missed once
+    markets.live_add("C", 11.0)  # a live event while the lookup is under way stands
+    assert markets.settle_missed(["A", "B", "C"], still_open=["B"]) == ["A"]
+    assert markets.members == {"B", "C", "D"} and markets.missed == set()
+    # B was skipped by paging, not closed: it starts over, one more miss keeps it.
+    assert markets.reconcile(["C", "D"], 20.0) == Diff()
+    assert markets.members == {"B", "C", "D"}
+
+
 def test_a_lifecycle_removal_still_removes_at_once() -> None:
     markets = MarketSet()
     walk(markets, [["A", "B"]], 0.0)

@@ -126,8 +126,22 @@ async def test_a_repeating_cursor_is_an_error_not_the_end(
         {"markets": [{"ticker": "B"}], "cursor": "c1"},
     )
     async with client(handler) as rest:
-        with pytest.raises(RestMalformed, match="repeats"):
+        with pytest.raises(RestMalformed, match="came back"):
             await walked(rest)
+
+
+async def test_a_cursor_cycle_is_an_error_not_a_walk_forever(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    handler = pages(
+        {"markets": [{"ticker": "A"}], "cursor": "c1"},
+        {"markets": [{"ticker": "B"}], "cursor": "c2"},
+        {"markets": [{"ticker": "C"}], "cursor": "c1"},
+    )
+    async with client(handler) as rest:
+        with pytest.raises(RestMalformed, match="'c1' came back"):
+            await walked(rest)
+    assert len(handler.times) == 3
 
 
 def endless_pages(request: httpx.Request) -> httpx.Response:
@@ -139,8 +153,9 @@ def endless_pages(request: httpx.Request) -> httpx.Response:
 async def test_a_long_backfill_does_not_delay_the_walk(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """20 backfill requests always waiting, 10 tokens a second: a 20-page walk still
-    takes its own 2 s, as if it were alone (first in a FIFO it would take 40 s)."""
+    """20 backfill requests always waiting, 10 tokens a second: a 20-page walk takes
+    its own 2 s and the backfill's share of one token in five, 2.5 s (first in a FIFO
+    it would take 40 s)."""
     backfilled = 0
 
     async def backfill(rest: RestClient) -> None:
@@ -157,7 +172,7 @@ async def test_a_long_backfill_does_not_delay_the_walk(
         started = trio.current_time()
         assert len(await walked(rest)) == 20
         took = trio.current_time() - started
-        assert took <= 2.0 + 1e-6
+        assert took <= 2.5 + 1e-6
         # The backfill got what the walk left: ten a second over the whole time.
         total = backfilled + 20
         assert total == pytest.approx(10 + 10 * (trio.current_time() - started + 10.0), abs=2)
@@ -184,5 +199,53 @@ async def test_a_cancelled_waiter_leaves_the_queue(
             await rest.get_json("/x")  # waits for a token; cancelled before it comes
         started = trio.current_time()
         await rest.get_json("/x", priority=Priority.BACKGROUND)
-        # Its wait was not inherited by anyone: one token a second, less the reserve.
-        assert trio.current_time() - started == pytest.approx(1.5)
+        # Its wait was not inherited by anyone: one token a second (a bucket of one
+        # keeps no reserve: it could never hold one more).
+        assert trio.current_time() - started == pytest.approx(0.5)
+
+
+async def slow_pages(request: httpx.Request) -> httpx.Response:
+    await trio.sleep(0.05)
+    return httpx.Response(200, json={"markets": [], "cursor": ""})
+
+
+@pytest.mark.parametrize("rate", [10.0, 1.0])
+async def test_walks_back_to_back_leave_backfill_its_share(
+    autojump_clock: trio.testing.MockClock, rate: float
+) -> None:
+    served = {Priority.WALK: 0, Priority.BACKGROUND: 0}
+
+    async def loop(rest: RestClient, priority: Priority) -> None:
+        while True:
+            await rest.get_json("/markets", priority=priority)
+            served[priority] += 1
+
+    settings = RestSettings(rate=rate, burst=max(1.0, rate))
+    async with client(slow_pages, settings) as rest, trio.open_nursery() as nursery:
+        nursery.start_soon(loop, rest, Priority.WALK)
+        nursery.start_soon(loop, rest, Priority.BACKGROUND)
+        await trio.sleep(600.0)
+        nursery.cancel_scope.cancel()
+    # Every token used; one in five for the backfill, the rest for the walks.
+    total = served[Priority.WALK] + served[Priority.BACKGROUND]
+    assert total == pytest.approx(600 * rate, rel=0.02)
+    assert served[Priority.BACKGROUND] == pytest.approx(total / 5, rel=0.05)
+
+
+async def test_a_walk_that_comes_during_a_backfill_wait_goes_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    granted: list[tuple[str, float]] = []
+
+    async def get(name: str, priority: Priority) -> None:
+        await rest.get_json("/x", priority=priority)
+        granted.append((name, round(trio.current_time(), 3)))
+
+    settings = RestSettings(rate=1.0, burst=2.0)
+    async with client(endless_pages, settings) as rest, trio.open_nursery() as nursery:
+        await get("b1", Priority.BACKGROUND)  # 2 tokens, leaves its reserve of 1
+        nursery.start_soon(get, "b2", Priority.BACKGROUND)  # needs 2: waits 1 s
+        await trio.sleep(0.5)
+        nursery.start_soon(get, "walk", Priority.WALK)  # finds its token at once
+    # b2 then waits again for its 1 + reserve: the bucket never goes below empty.
+    assert granted == [("b1", 0.0), ("walk", 0.5), ("b2", 2.0)]

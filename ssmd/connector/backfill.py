@@ -28,10 +28,11 @@ import attrs
 import trio
 from prometheus_client.core import CounterMetricFamily
 
+from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
 from ssmd.connector.publisher import Inbound, Publisher, PublisherStats
 from ssmd.connector.records import BackfillRecord
-from ssmd.connector.rest import Priority, RestClient, RestRefused
+from ssmd.connector.rest import Priority, RestClient, RestMalformed, RestRefused
 from ssmd.feeds.base import Subjects
 from ssmd.feeds.kalshi_discovery import (
     NS,
@@ -50,6 +51,8 @@ log = logging.getLogger("ssmd.connector.backfill")
 BACKFILL_QUEUE = 1_000
 # A window REST has not answered in this long is given up (recorded as not repaired).
 BACKFILL_DEADLINE_S = 300.0
+# Between asking again for trades REST answered with something other than trades.
+MALFORMED_BACKOFF = Backoff(5.0, 60.0, jitter=0.5)
 # How long past a window's end to wait for a live frame before fetching it anyway.
 SETTLE_LIMIT_S = 10.0
 # How often to look again for room in the publisher's buffer.
@@ -173,20 +176,33 @@ class TradeBackfill:
         dropped = intake.backfilled_dropped if intake is not None else 0
         error: str | None = None
         retries = self.rest.stats.retries
+        malformed: RestMalformed | None = None
+        again = MALFORMED_BACKOFF.retry()
         try:
             with trio.fail_after(self.deadline):
                 for query in window.queries():
                     if window.min_ts > window.max_ts:
                         break  # all of it cut at the ledger's horizon meanwhile
                     query = {**query, "min_ts": window.min_ts}
-                    async for page in self.rest.walk(
-                        TRADES_PATH,
-                        query,
-                        "trades",
-                        limit=TRADES_PAGE_LIMIT,
-                        priority=Priority.BACKGROUND,
-                    ):
-                        window = await self._page(window, page, tally, send)
+                    counted = (tally.fetched, tally.skipped)
+                    while True:
+                        try:
+                            async for page in self.rest.walk(
+                                TRADES_PATH,
+                                query,
+                                "trades",
+                                limit=TRADES_PAGE_LIMIT,
+                                priority=Priority.BACKGROUND,
+                            ):
+                                window = await self._page(window, page, tally, send)
+                            break
+                        except RestMalformed as exc:
+                            # Not what was asked for (a maintenance page served as 200):
+                            # trouble that passes, unlike a 4xx. Asked again; what was
+                            # published is in the ledger and is not published twice.
+                            malformed = exc
+                            tally.fetched, tally.skipped = counted
+                            await again.wait()
                 if intake is not None:
                     await self._taken(intake, tally.taken_from + tally.published)
         except RestRefused as exc:
@@ -199,6 +215,8 @@ class TradeBackfill:
                 error = (
                     f"REST gave no full answer in {self.deadline:.0f}s ({failed} failed requests)"
                 )
+                if malformed is not None:
+                    error += f"; the last: {malformed}"
         if intake is not None and error is None and intake.backfilled_dropped > dropped:
             lost = intake.backfilled_dropped - dropped
             error = f"the publish buffer overflowed: {lost} backfilled trades dropped"

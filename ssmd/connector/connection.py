@@ -59,8 +59,8 @@ __all__ = ["Connection", "ConnectionLost", "ConnectionSettings", "ConnectionStat
 log = logging.getLogger("ssmd.connector.connection")
 
 HeaderSource = Callable[[str], list[tuple[str, str]]]
-OnRefused = Callable[[int, int, tuple[str, ...], bool], None]
-"""(conn, slot, markets, dropped) the exchange refused as over its market limit."""
+OnRefused = Callable[[int, int, tuple[str, ...], bool, int], None]
+"""(conn, slot, markets, dropped, op) the exchange refused as over its market limit."""
 OnDropped = Callable[[int, int, tuple[str, ...], str], None]
 """(conn, slot, markets, reason) a session dropped as never to be taken (`DropsMarkets`)."""
 READ_BATCH = 1000
@@ -227,9 +227,9 @@ class Connection:
     def _report_refused(self) -> None:
         session = self.session
         if isinstance(session, DynamicSession):
-            for slot, markets, dropped in session.take_refused():
+            for slot, markets, dropped, op in session.take_refused():
                 if self.on_refused is not None:
-                    self.on_refused(self.index, slot, markets, dropped)
+                    self.on_refused(self.index, slot, markets, dropped, op)
         if isinstance(session, DropsMarkets):
             for slot, markets, reason in session.take_dropped():
                 if self.on_dropped is not None:

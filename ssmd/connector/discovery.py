@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 import trio
 
+from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
 from ssmd.connector.backfill import TradeBackfill
 from ssmd.connector.connection import Connection
@@ -37,13 +38,15 @@ from ssmd.connector.publisher import Inbound
 from ssmd.connector.reconcile import Catalogue, MarketSet, Refresher
 from ssmd.connector.rest import RestClient, RestRefused
 from ssmd.feeds.base import Change, Subjects
-from ssmd.feeds.discovery import DiscoverySource, Walk
+from ssmd.feeds.discovery import ConfirmsMarkets, DiscoverySource, Walk
 
 __all__ = ["Discovery", "DiscoveryStats"]
 
 log = logging.getLogger("ssmd.connector.discovery")
 
 EVENT_QUEUE = 10_000
+# The first retry of a failed walk (doubling up to `refresh`).
+WALK_RETRY_S = 5.0
 
 OpenConnectionFn = Callable[[int, trio.MemorySendChannel[list[Inbound]]], Connection]
 
@@ -58,6 +61,7 @@ class DiscoveryStats:
     catalogue_markets: int = 0
     catalogue_events: int = 0
     changes: int = 0  # planner actions given to connections
+    overran: int = 0  # walks that took longer than `refresh`
 
 
 class Discovery:
@@ -110,9 +114,11 @@ class Discovery:
             # The next reconciliation catches up on what this event said.
             self.stats.lifecycle_dropped += 1
 
-    def on_refused(self, conn: int, slot: int, markets: tuple[str, ...], dropped: bool) -> None:
+    def on_refused(
+        self, conn: int, slot: int, markets: tuple[str, ...], dropped: bool, op: int
+    ) -> None:
         if self.layout is not None:
-            actions = self.layout.refused_as_too_large(slot, markets, dropped=dropped)
+            actions = self.layout.refused_as_too_large(slot, markets, dropped=dropped, op=op)
             self._dispatch(actions, "error:26")
 
     def on_dropped(self, conn: int, slot: int, markets: tuple[str, ...], reason: str) -> None:
@@ -212,17 +218,31 @@ class Discovery:
                     nursery.start_soon(self.backfill.run, send.clone())
                 reason = "discovery"
                 refresher = Refresher(self.refresh)
+                retry = Backoff(min(WALK_RETRY_S, self.refresh), self.refresh).retry()
                 while True:
-                    refresher.begin()
+                    started = refresher.begin()
                     try:
                         await self.walk(reason)
-                        reason = "reconcile"
-                        self.refused = None
                     except RestRefused as exc:
-                        # Bad credentials or parameters: recording goes on, the alert
-                        # and /ready say why, and the walk is tried again next refresh.
+                        # Bad credentials or parameters, or pages that are not what was
+                        # asked for: recording goes on, the alert and /ready say why, and
+                        # the walk is tried again, sooner than a refresh, with backoff.
                         self.refused = str(exc)
                         log.error("discovery: REST walk refused: %s", exc)
+                        await trio.sleep(retry.next_delay())
+                        continue
+                    reason = "reconcile"
+                    retry.reset()
+                    took = trio.current_time() - started
+                    if took >= self.refresh:
+                        self.stats.overran += 1
+                        log.warning(
+                            "discovery: a REST walk took %.0fs, longer than refresh (%.0fs): "
+                            "walks run back to back, and backfill gets only its share of "
+                            "the REST budget",
+                            took,
+                            self.refresh,
+                        )
                     await refresher.wait()
 
     async def _follow_events(self) -> None:
@@ -274,15 +294,22 @@ class Discovery:
                         if self.markets.live_add(key, started):
                             fresh.append(key)
                 self.stats.catalogue_markets += len(records)
-                await self._publish(records)
+                # Placed before the publish's await: a live event that ends one of them
+                # meanwhile then finds it placed, and its removal takes it off.
                 self.add(fresh, reason)
+                await self._publish(records)
         diff = self.markets.reconcile(walked, started)
         retry, self._static_retry = sorted(self._static_retry), set()
         self.add(retry, "retry")
         self.market_catalogue.walk_complete()
         self.remove(list(diff.removed), reason)
         self.add(list(diff.added), reason)
+        await self._confirm_missed(reason)
+        self._sweep(reason)
         self.stats.known = known
+        self.stats.walks += 1
+        self.stats.last_reconcile_ns = self.clock.now_ns()
+        self.refused = None
         self._forget_units()
         for walk in source.catalogue_walks():
             async for page in self._pages(walk):
@@ -294,8 +321,6 @@ class Discovery:
                 self.stats.catalogue_events += len(records)
                 await self._publish(records)
         self.event_catalogue.walk_complete()
-        self.stats.walks += 1
-        self.stats.last_reconcile_ns = self.clock.now_ns()
         log.info(
             "discovery (%s): %d open markets, %d selected, %d on subscriptions",
             reason,
@@ -303,6 +328,47 @@ class Discovery:
             len(self.markets),
             len(self.layout.markets) if self.layout is not None else 0,
         )
+
+    async def _confirm_missed(self, reason: str) -> None:
+        """Look up the markets this walk missed for the first time (one batched request
+        per `confirm_walks` walk): one the venue no longer lists as open goes at once,
+        one still open was skipped by the walk's paging and stays. Without a lookup, or
+        when it fails, a miss waits for the next walk (the two-miss rule)."""
+        missed = sorted(self.markets.missed - self.static)
+        if not missed or not isinstance(self.source, ConfirmsMarkets):
+            return
+        still_open: list[str] = []
+        try:
+            for walk in self.source.confirm_walks(missed):
+                async for page in self._pages(walk):
+                    for market in page:
+                        key = self.source.market_key(market)
+                        if key is not None and self.source.wants(market):
+                            still_open.append(key)
+        except RestRefused as exc:
+            log.warning(
+                "discovery: could not look up %d market(s) the walk missed (%s); "
+                "they go if the next walk misses them too",
+                len(missed),
+                exc,
+            )
+            return
+        closed = self.markets.settle_missed(missed, still_open)
+        self.remove(closed, reason)
+
+    def _sweep(self, reason: str) -> None:
+        """Take off any subscription a market that is neither selected nor static (none
+        should be: this keeps the rule against any ordering of events and walks)."""
+        if self.layout is None:
+            return
+        stray = sorted(self.layout.markets - self.markets.members - self.static)
+        if stray:
+            log.warning(
+                "discovery: %d market(s) on a subscription but not selected, removed: %s",
+                len(stray),
+                ", ".join(stray[:5]),
+            )
+            self.remove(stray, reason)
 
     def _pages(self, walk: Walk) -> AsyncIterator[list[dict[str, Any]]]:
         return self.rest.walk(

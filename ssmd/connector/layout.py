@@ -11,10 +11,10 @@ a subscription as too large. The rules it keeps:
   connection with room, then to a new connection;
 - a subscription is only ever unsubscribed when it carries no market any more, so a
   removal never gaps the other markets that share its sid;
-- a market never goes back onto a subscription it recently left. A refusal names the
-  slot and the markets, not the add it refuses: had the market come back to the same
-  slot, a late refusal of its first add would move it off a subscription that holds
-  it, leaving it there twice and never deleted.
+- a refusal moves only the markets whose placement it refuses: each `Subscribe` and
+  `AddMarkets` carries an `op` id, the session reports the op of the add it refused,
+  and a market placed on the slot again since then (removed and added back while the
+  refusal was under way) is left where it is, since that later add gets its own answer.
 
 Subscriptions are named by `slot` numbers that the planner assigns; the engine maps
 each slot to the sid the exchange gives it.
@@ -25,11 +25,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import attrs
-
-# Markets each subscription remembers having left (the newest), so they are placed
-# elsewhere when they come back. A late refusal can only name an add that was still
-# queued or in flight; far fewer than this leave one subscription in that time.
-DEPARTED_MEMORY = 64
 
 
 @attrs.frozen
@@ -43,6 +38,7 @@ class Subscribe:
     channel: str
     slot: int
     markets: tuple[str, ...]
+    op: int = attrs.field(default=0, eq=False)  # the planner's id of this placement
 
 
 @attrs.frozen
@@ -51,6 +47,7 @@ class AddMarkets:
     channel: str
     slot: int
     markets: tuple[str, ...]
+    op: int = attrs.field(default=0, eq=False)  # the planner's id of this placement
 
 
 @attrs.frozen
@@ -77,14 +74,6 @@ class _Subscription:
     conn: int
     channel: str
     markets: dict[str, None] = attrs.field(factory=dict)
-    departed: dict[str, None] = attrs.field(factory=dict)
-
-    def depart(self, market: str) -> None:
-        del self.markets[market]
-        self.departed.pop(market, None)
-        self.departed[market] = None
-        if len(self.departed) > DEPARTED_MEMORY:
-            del self.departed[next(iter(self.departed))]
 
 
 class SubscriptionLayout:
@@ -103,6 +92,9 @@ class SubscriptionLayout:
         # Per (conn, channel): its subscriptions' slots, oldest first.
         self._by_channel: dict[tuple[int, str], list[int]] = {}
         self._market_slots: dict[tuple[str, str], int] = {}
+        # Per (channel, market): the op of the Subscribe or AddMarkets that placed it.
+        self._placed_by: dict[tuple[str, str], int] = {}
+        self._next_op = 1
 
     @property
     def markets(self) -> frozenset[str]:
@@ -150,12 +142,13 @@ class SubscriptionLayout:
             del self._connections[conn][market]
             for channel in self.channels:
                 slot = self._market_slots.pop((channel, market), None)
+                self._placed_by.pop((channel, market), None)
                 if slot is not None:
                     by_slot.setdefault(slot, []).append(market)
         for slot, gone in by_slot.items():
             sub = self._subs[slot]
             for market in gone:
-                sub.depart(market)
+                del sub.markets[market]
             if sub.markets:
                 actions.append(DeleteMarkets(sub.conn, sub.channel, slot, tuple(gone)))
             else:
@@ -164,7 +157,7 @@ class SubscriptionLayout:
         return actions
 
     def refused_as_too_large(
-        self, slot: int, markets: Iterable[str], *, dropped: bool = False
+        self, slot: int, markets: Iterable[str], *, dropped: bool = False, op: int | None = None
     ) -> list[Action]:
         """The exchange refused to put `markets` on `slot` (Kalshi error 26: market limit).
 
@@ -172,11 +165,19 @@ class SubscriptionLayout:
         was a fresh subscription), the markets are taken back and placed again. `dropped`:
         a subscribe was refused and the slot is gone, so every market on it moves (those
         added behind it too) and the limit comes from the refused subscribe's size alone.
+        `op`: the refused add's; a market placed on the slot by a later one stays.
         """
         sub = self._subs.get(slot)
         if sub is None:
             return []
-        refused = [m for m in dict.fromkeys(markets) if m in sub.markets]
+        exact = op is not None and not dropped
+        refused = [
+            m
+            for m in dict.fromkeys(markets)
+            if m in sub.markets and (not exact or self._placed_by.get((sub.channel, m)) == op)
+        ]
+        if not refused and not dropped:
+            return []  # a refusal of an add since superseded: the later one stands
         if dropped:
             limit = len(refused) // 2 or 1
             refused = list(sub.markets)
@@ -184,8 +185,9 @@ class SubscriptionLayout:
             limit = len(sub.markets) - len(refused) or len(refused) // 2 or 1
         self.per_subscription = max(1, min(self.per_subscription, limit))
         for market in refused:
-            sub.depart(market)
+            del sub.markets[market]
             del self._market_slots[(sub.channel, market)]
+            del self._placed_by[(sub.channel, market)]
         actions: list[Action] = []
         if not sub.markets:
             if not dropped:
@@ -219,24 +221,24 @@ class SubscriptionLayout:
             room = self.per_subscription - len(sub.markets)
             if room <= 0:
                 continue
-            batch = [m for m in pending if m not in sub.departed][:room]
-            if not batch:
-                continue
-            taken = set(batch)
-            pending = [m for m in pending if m not in taken]
-            self._assign(sub, batch)
-            actions.append(AddMarkets(conn, channel, slot, tuple(batch)))
+            batch, pending = pending[:room], pending[room:]
+            op = self._assign(sub, batch)
+            actions.append(AddMarkets(conn, channel, slot, tuple(batch), op))
         while pending:
             batch, pending = pending[: self.per_subscription], pending[self.per_subscription :]
             sub = _Subscription(self._next_slot, conn, channel)
             self._next_slot += 1
             self._subs[sub.slot] = sub
             self._by_channel.setdefault((conn, channel), []).append(sub.slot)
-            self._assign(sub, batch)
-            actions.append(Subscribe(conn, channel, sub.slot, tuple(batch)))
+            op = self._assign(sub, batch)
+            actions.append(Subscribe(conn, channel, sub.slot, tuple(batch), op))
         return actions
 
-    def _assign(self, sub: _Subscription, markets: list[str]) -> None:
+    def _assign(self, sub: _Subscription, markets: list[str]) -> int:
+        """Place `markets` on `sub`; the new placement's op."""
+        op, self._next_op = self._next_op, self._next_op + 1
         for market in markets:
             sub.markets[market] = None
             self._market_slots[(sub.channel, market)] = sub.slot
+            self._placed_by[(sub.channel, market)] = op
+        return op

@@ -84,6 +84,22 @@ class MarketSet:
         self._missed.pop(market, None)
         return self._members.pop(market, False) is None
 
+    def settle_missed(self, looked_up: Iterable[str], still_open: Iterable[str]) -> list[str]:
+        """A lookup of missed markets answered: those of `looked_up` it did not find
+        open are removed now (returned); those it found open were skipped by a walk's
+        paging and are no longer counted as missed. A market a live event changed since
+        the walk (no longer counted as missed) is left as that event made it."""
+        open_now = set(still_open)
+        removed: list[str] = []
+        for market in dict.fromkeys(looked_up):
+            if market not in self._missed:
+                continue
+            del self._missed[market]
+            if market not in open_now:
+                del self._members[market]
+                removed.append(market)
+        return removed
+
     def reconcile(self, walked: Iterable[str], walk_started: float) -> Diff:
         """Bring the set to what a complete REST walk begun at `walk_started` saw,
         except where a live event since then knows better. A member the walk did not

@@ -10,7 +10,8 @@ that is not JSON, a walk page without its list) is retried like a 5xx a few time
 raises `RestMalformed`: a walk never passes off a bad page as an empty one.
 
 Requests have a priority (`Priority`): discovery's walks go before trade backfill, so a
-long backfill never delays the periodic walk.
+long backfill barely delays the periodic walk, and backfill keeps a share of the budget
+(`PacedLanes`) when walks run back to back.
 
 httpx runs on Trio; pacing and backoff read `trio.current_time()`, so a MockClock drives
 them in tests.
@@ -66,7 +67,7 @@ class Priority(enum.IntEnum):
     WALK = 0
     """Discovery's walks: the set of markets recorded depends on them."""
     BACKGROUND = 1
-    """Trade backfill: what the walks leave of the budget."""
+    """Trade backfill: what the walks leave of the budget, and at least a share."""
 
 
 @attrs.define
@@ -107,23 +108,41 @@ class TokenBucket:
 class PacedLanes:
     """One token bucket shared by requests of different priorities.
 
-    Waiting requests are served in priority order, then in arrival order. A request of
-    lower priority also leaves `reserve` tokens in the bucket, so the next walk request
-    finds a token at once instead of waiting behind the backfill's last one.
+    Waiting requests are served in priority order, then in arrival order, with one
+    bound: a lower priority request that waits goes first once the walks had `share` - 1
+    tokens since the lower lane's last, so it gets at least one token in `share`: walks
+    back to back slow by at most 1/`share` and never starve backfill. A lower
+    priority request that has the bucket to itself also leaves `reserve` tokens in it
+    (at most `burst` - 1), so the next walk request finds a token at once instead of
+    waiting behind the backfill's last one.
     """
 
-    def __init__(self, bucket: TokenBucket, reserve: float = 1.0) -> None:
+    def __init__(self, bucket: TokenBucket, reserve: float = 1.0, share: int = 5) -> None:
+        if share < 2:
+            raise ValueError(f"a lower priority's share is one token in `share` >= 2, got {share}")
         self._bucket = bucket
-        self._reserve = reserve
+        self._reserve = max(0.0, min(reserve, bucket.burst - 1.0))
+        self._share = share
+        # Tokens the top lane took since a lower lane last had one.
+        self._streak = 0
         self._waiting: dict[Priority, collections.deque[object]] = {
             p: collections.deque() for p in Priority
         }
         self._moved = trio.Event()
 
+    def _lower_waiting(self) -> collections.deque[object] | None:
+        for priority in Priority:
+            if priority != min(Priority) and self._waiting[priority]:
+                return self._waiting[priority]
+        return None
+
     def _head(self) -> object | None:
-        for priority in Priority:  # in priority order
-            if self._waiting[priority]:
-                return self._waiting[priority][0]
+        top = self._waiting[min(Priority)]
+        lower = self._lower_waiting()
+        if lower is not None and (not top or self._streak >= self._share - 1):
+            return lower[0]
+        if top:
+            return top[0]
         return None
 
     def _wake_all(self) -> None:
@@ -136,25 +155,34 @@ class PacedLanes:
         queue.append(me)
         if self._head() is me:
             self._wake_all()  # the old head's wait is for a token it no longer gets first
-        reserve = 0.0 if priority == min(Priority) else self._reserve
+        top = priority == min(Priority)
         try:
             while True:
                 moved = self._moved
                 if self._head() is not me:
                     await moved.wait()
                     continue
-                wait = self._bucket.wait_time(trio.current_time(), 1.0 + reserve)
-                if wait > 0:
-                    with trio.move_on_after(wait) as waited:
+                # A lower lane served by its share takes no reserve: a walk waits anyway.
+                alone = top or not self._waiting[min(Priority)]
+                cost = 1.0 + (0.0 if top or not alone else self._reserve)
+                wait = self._bucket.wait_time(trio.current_time(), cost)
+                if wait > _TOKEN_EPSILON / self._bucket.rate:
+                    with trio.move_on_after(wait):
                         await moved.wait()
-                    if not waited.cancelled_caught:
-                        continue  # someone came first: look again
-                # The bucket refills continuously: one full wait is enough.
+                    continue  # still the head, and the tokens there? look again
                 self._bucket.take(trio.current_time())
+                self._granted(top)
                 return
         finally:
             queue.remove(me)
             self._wake_all()
+
+    def _granted(self, top: bool) -> None:
+        self._streak = self._streak + 1 if top else 0
+
+
+# Float rounding can leave a bucket this short of a token after the computed wait.
+_TOKEN_EPSILON = 1e-6
 
 
 def retry_after_seconds(value: str | None, now_epoch: float | None = None) -> float | None:
@@ -314,7 +342,7 @@ class RestClient:
         empty or absent.
 
         A page without that list (or with something in it that is not an object) is
-        retried, then raises `RestMalformed`; so does a cursor that repeats. A walk that
+        retried, then raises `RestMalformed`; so does a cursor that comes back. A walk that
         ends without raising has seen every page."""
 
         def expect(body: Any) -> str | None:
@@ -328,6 +356,7 @@ class RestClient:
             return None
 
         cursor: str | None = None
+        seen: set[str] = set()
         while True:
             query: dict[str, str | int | Sequence[str]] = {**params, "limit": limit}
             if cursor:
@@ -337,8 +366,9 @@ class RestClient:
             next_cursor = body.get(cursor_key)
             if not isinstance(next_cursor, str) or not next_cursor:
                 return
-            if next_cursor == cursor:
-                raise RestMalformed(200, path, f"the cursor {cursor!r} repeats")
+            if next_cursor in seen:
+                raise RestMalformed(200, path, f"the cursor {next_cursor!r} came back")
+            seen.add(next_cursor)
             cursor = next_cursor
 
 

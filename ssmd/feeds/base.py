@@ -309,9 +309,10 @@ class DynamicSession(Session, Protocol):
 
     def apply(self, change: Change) -> Command | None: ...
 
-    def take_refused(self) -> list[tuple[int, tuple[str, ...], bool]]:
-        """(slot, markets, dropped) the exchange refused as over its market limit, since last
-        asked; `dropped` when a subscribe was refused, so the slot is gone from the session."""
+    def take_refused(self) -> list[tuple[int, tuple[str, ...], bool, int]]:
+        """(slot, markets, dropped, op) the exchange refused as over its market limit, since
+        last asked; `dropped` when a subscribe was refused, so the slot is gone from the
+        session; `op` the planner's id of the add refused (its `AddMarkets.op`)."""
         ...
 
     def sid_markets(self) -> dict[int, tuple[str, int]]:

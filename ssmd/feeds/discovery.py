@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
@@ -114,6 +114,18 @@ class DiscoverySource(Protocol):
         """What a live event (one decoded message from `SessionContext.events`)
         changes in the selected set, if anything. Called once per copy received: the
         same event may come on several connections."""
+        ...
+
+
+@runtime_checkable
+class ConfirmsMarkets(Protocol):
+    """A source whose REST looks markets up by key (Kalshi: `GET /markets?tickers=`).
+    Discovery then confirms the markets a walk missed at once instead of waiting for a
+    second walk to miss them too."""
+
+    def confirm_walks(self, markets: Sequence[str]) -> list[Walk]:
+        """Walks that list `markets` (batched, whatever their status; unknown ones are
+        left out), so that `wants` tells which are still open."""
         ...
 
 

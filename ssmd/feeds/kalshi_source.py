@@ -37,6 +37,9 @@ LIFECYCLE_CHANNEL = "market_lifecycle_v2"
 # Channels Kalshi serves for all markets with one subscription (no market list).
 ALL_MARKET_CHANNELS = frozenset({"ticker", "ticker_v2", "trade", LIFECYCLE_CHANNEL})
 
+# Tickers per `GET /markets?tickers=` lookup (a ticker is ~30 characters: a 3 KB URL).
+CONFIRM_BATCH = 100
+
 KALSHI_REST_URLS = {
     KALSHI_PROD_URL: "https://api.elections.kalshi.com/trade-api/v2",
     KALSHI_DEMO_URL: "https://demo-api.kalshi.co/trade-api/v2",
@@ -101,6 +104,19 @@ class KalshiSource:
 
     def static_walks(self, markets: Sequence[str]) -> list[Walk]:
         return []  # a ticker is its own subscription unit
+
+    def confirm_walks(self, markets: Sequence[str]) -> list[Walk]:
+        return [
+            Walk(
+                MARKETS_PATH,
+                {"tickers": ",".join(markets[i : i + CONFIRM_BATCH])},
+                "markets",
+                PAGE_LIMIT,
+                "market",
+                "ticker",
+            )
+            for i in range(0, len(markets), CONFIRM_BATCH)
+        ]
 
     def market_key(self, market: Mapping[str, Any]) -> str | None:
         ticker = market.get("ticker")

@@ -97,7 +97,7 @@ class LiveAssets:
     def slot_assets(self) -> list[str]:
         return [t for slot in self._slots.values() for units in slot.values() for t in units]
 
-    def take_refused(self) -> list[tuple[int, tuple[str, ...], bool]]:
+    def take_refused(self) -> list[tuple[int, tuple[str, ...], bool, int]]:
         return []  # Polymarket refuses nothing: a missing book is retried by the session
 
     def sid_markets(self) -> dict[int, tuple[str, int]]:

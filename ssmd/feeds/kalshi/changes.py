@@ -56,7 +56,8 @@ class LiveChanges(Refusals):
     _slot_sid: dict[int, int]
     _sid_slot: dict[int, int]
     _refused: list[tuple[int | None, SubscriptionPlan]]
-    _refused_too_large: list[tuple[int, tuple[str, ...], bool]]
+    _refused_too_large: list[tuple[int, tuple[str, ...], bool, int]]
+    _ops: dict[int, dict[str, int]]
     # Slots whose changes wait for the retry (error 27 and the like), and unsubscribes
     # the exchange refused (the sid still runs), by sid.
     _waiting: dict[int, None]
@@ -89,6 +90,7 @@ class LiveChanges(Refusals):
         if isinstance(action, Subscribe):
             plan = SubscriptionPlan(action.channel, action.markets)
             self._slots[action.slot] = plan
+            self._ops[action.slot] = dict.fromkeys(action.markets, action.op)
             return self._subscribe(plan, slot=action.slot, reason=change.reason)
         if isinstance(action, AddMarkets | DeleteMarkets):
             add = isinstance(action, AddMarkets)
@@ -98,11 +100,15 @@ class LiveChanges(Refusals):
                 # Queued behind a refused subscribe: the planner, told the slot was
                 # dropped, already placed every market on it again, these included.
                 return None
-            if add:
+            ops = self._ops.setdefault(action.slot, {})
+            if isinstance(action, AddMarkets):
                 markets = tuple(dict.fromkeys((*wanted.markets, *action.markets)))
+                ops.update(dict.fromkeys(action.markets, action.op))
             else:
                 gone = set(action.markets)
                 markets = tuple(m for m in wanted.markets if m not in gone)
+                for market in gone:
+                    ops.pop(market, None)
             plan = SubscriptionPlan(wanted.channel, markets)
             self._slots[action.slot] = plan
             sid = self._slot_sid.get(action.slot)
@@ -126,6 +132,7 @@ class LiveChanges(Refusals):
             return self._update(action.slot, action.channel, sid, sent, add, change.reason)
         if isinstance(action, Unsubscribe):
             self._slots.pop(action.slot, None)
+            self._ops.pop(action.slot, None)
             self._waiting.pop(action.slot, None)
             sid = self._slot_sid.pop(action.slot, None)
             self._refused = [(s, p) for s, p in self._refused if s != action.slot]
@@ -178,7 +185,9 @@ class LiveChanges(Refusals):
             "action": "add_markets" if add else "delete_markets",
         }
         command = self._command("update_subscription", params)
-        self._pending[self._next_id] = _Update(slot, channel, sid, markets, add, reason)
+        placed = self._ops.get(slot, {})
+        ops = tuple(placed.get(m, 0) for m in markets) if add else ()
+        self._pending[self._next_id] = _Update(slot, channel, sid, markets, add, reason, ops)
         return command
 
     def _unsubscribe(self, pending: _Unsubscribe) -> Command:
@@ -189,7 +198,7 @@ class LiveChanges(Refusals):
     def sid_markets(self) -> dict[int, tuple[str, int]]:
         return {sid: (plan.channel, len(plan.markets)) for sid, plan in self.subscriptions.items()}
 
-    def take_refused(self) -> list[tuple[int, tuple[str, ...], bool]]:
+    def take_refused(self) -> list[tuple[int, tuple[str, ...], bool, int]]:
         refused, self._refused_too_large = self._refused_too_large, []
         return refused
 
@@ -258,12 +267,7 @@ class LiveChanges(Refusals):
                 )
                 out.append(self._subjects.record(refusal))
             if code == ERROR_MARKET_LIMIT and pending.add:
-                wanted = self._slots.get(pending.slot)
-                if wanted is not None:
-                    gone = set(pending.markets)
-                    markets = tuple(m for m in wanted.markets if m not in gone)
-                    self._slots[pending.slot] = SubscriptionPlan(wanted.channel, markets)
-                self._refused_too_large.append((pending.slot, pending.markets, False))
+                self._on_add_too_large(pending)
                 return
             if code in SID_ENDED_ERRORS:
                 # The repair subscribes what the slot wants, this change included.
@@ -311,6 +315,25 @@ class LiveChanges(Refusals):
                 self._conn, sid, pending.channel, added, removed, pending.reason, recv_ns
             )
             self._record(out, record)
+
+    def _on_add_too_large(self, pending: _Update) -> None:
+        """Error 26 on an add: its markets leave the slot's wanted set and go back to the
+        planner, by the op that placed them; one the planner placed on the slot again
+        since (deleted and added back) stays: that later add gets its own answer."""
+        placed = self._ops.get(pending.slot, {})
+        by_op: dict[int, list[str]] = {}
+        ops = pending.ops or (0,) * len(pending.markets)
+        for market, op in zip(pending.markets, ops, strict=True):
+            if placed.get(market) == op:
+                by_op.setdefault(op, []).append(market)
+                del placed[market]
+        gone = {m for refused in by_op.values() for m in refused}
+        wanted = self._slots.get(pending.slot)
+        if wanted is not None and gone:
+            kept = tuple(m for m in wanted.markets if m not in gone)
+            self._slots[pending.slot] = SubscriptionPlan(wanted.channel, kept)
+        for op, refused in by_op.items():
+            self._refused_too_large.append((pending.slot, tuple(refused), False, op))
 
     def _on_retried_subscribe(
         self, pending: _Subscribe, sid: int | None, recv_ns: int, out: list[Inbound]

@@ -116,3 +116,4 @@ class _Update:
     markets: tuple[str, ...]
     add: bool
     reason: str
+    ops: tuple[int, ...] = ()  # an add's: the planner op that placed each market

@@ -77,7 +77,9 @@ class KalshiSession(SeqCheck, LiveChanges):
             -1 - index: plan for index, plan in enumerate(plans)
         }
         self._all_markets = frozenset(s for s, plan in self._slots.items() if not plan.markets)
-        self._refused_too_large: list[tuple[int, tuple[str, ...], bool]] = []
+        self._refused_too_large: list[tuple[int, tuple[str, ...], bool, int]] = []
+        # Per planner slot: the planner op that placed each wanted market.
+        self._ops: dict[int, dict[str, int]] = {}
         self._gone_markets: list[tuple[int, tuple[str, ...], str]] = []
         self._later: list[SubscriptionRecord] = []
         self.start()
@@ -290,7 +292,7 @@ class KalshiSession(SeqCheck, LiveChanges):
                     len(plan.markets),
                 )
                 self._slots.pop(slot, None)
-                self._refused_too_large.append((slot, plan.markets, True))
+                self._refused_too_large.append((slot, plan.markets, True, 0))
                 return
             self._on_subscribe_refused(pending, reply, recv_ns, out)
             return

@@ -253,21 +253,25 @@ class KalshiRest:
     def _matching(self, query: dict[str, str]) -> list[SimMarket]:
         wanted = FILTER_STATUSES.get(query.get("status", ""))
         series = query.get("series_ticker")
+        tickers = set(query["tickers"].split(",")) if "tickers" in query else None
         exclude_mve = query.get("mve_filter") == "exclude"
         return [
             m
             for m in self.markets.markets.values()
             if (wanted is None or m.status in wanted)
             and (series is None or series_of(m.ticker) == series)
+            and (tickers is None or m.ticker in tickers)
             and not (exclude_mve and m.multivariate)
         ]
 
     def _list_markets(self, query: dict[str, str], limit: int) -> Response:
         faults = self.faults
-        if not query.get("cursor"):  # a walk begins
+        if not query.get("cursor") and "tickers" not in query:  # a walk begins
             faults.hiding = frozenset(t for t, n in faults.hidden.items() if n > 0)
             faults.hidden = {t: n - 1 for t, n in faults.hidden.items() if n > 1}
-        matching = [m for m in self._matching(query) if m.ticker not in faults.hiding]
+        # A lookup by ticker (`tickers=`) finds hidden markets: hiding is paging's skip.
+        hiding = faults.hiding if "tickers" not in query else frozenset()
+        matching = [m for m in self._matching(query) if m.ticker not in hiding]
         page, cursor = _page(matching, query.get("cursor"), limit)
         if faults.listless > 0:
             faults.listless -= 1
