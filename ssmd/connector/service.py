@@ -265,7 +265,12 @@ async def _start_feed(
                 burst=max(1.0, discovery_config.rest_rate),
                 timeout=discovery_config.rest_timeout.seconds,
             ),
-            headers=credentials.request_headers if credentials is not None else None,
+            # Signed only for a venue that needs the credentials (Kalshi): never to Gamma.
+            headers=(
+                credentials.request_headers
+                if venue.needs_credentials and credentials is not None
+                else None
+            ),
             label=f"{cc.feed} REST",
         )
         discovery = Discovery(

@@ -29,6 +29,7 @@ one event or a JSON array of events, routing by `event_type` and condition id.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Hashable, Mapping, Sequence
@@ -159,7 +160,12 @@ class PolymarketSession(LiveAssets):
             if subject is None:
                 stats.unrouted += 1
                 subject = subjects.unrouted(kind)
-            out.append(Inbound(subject, element, recv_ns))
+            if event_type in LIVE_EVENTS:
+                # Every connection receives its own copy: one id for all, one stored.
+                digest = hashlib.blake2b(element, digest_size=16).hexdigest()
+                out.append(Inbound(subject, element, recv_ns, msg_id=f"{subject}:{digest}"))
+            else:
+                out.append(Inbound(subject, element, recv_ns))
         return queued
 
     def _record_missing(self, recv_ns: int, out: list[Inbound]) -> None:
