@@ -29,7 +29,13 @@ from ssmd.connector.connection import Connection
 from ssmd.connector.metrics import connector_metrics
 from ssmd.connector.publisher import Inbound, Publisher
 from ssmd.connector.shards import SubscriptionPlan
-from ssmd.connector.startup import FeedPlan, check_credentials, connect_for, plan_feed
+from ssmd.connector.startup import (
+    FeedPlan,
+    check_credentials,
+    connect_for,
+    plan_feed,
+    probe_feed,
+)
 from ssmd.connector.startup import connection_settings as connection_settings  # re-exported
 from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects
 from ssmd.feeds.kalshi_discovery import BackfillWindow, TradeLedger
@@ -141,10 +147,9 @@ async def _start_feed(
 ) -> FeedTasks:
     cc, venue, source = feed_plan.cc, feed_plan.venue, feed_plan.source
     name = "connector" if len(config.connectors) == 1 else f"connector.{cc.feed}"
-    if venue.needs_credentials and credentials is not None:
-        sup.start_producer(
-            f"{name}.credentials", check_credentials, cc, credentials, reports_ready=True
-        )
+    probe = credentials if venue.needs_credentials else None
+    if probe is not None and source is not None:
+        sup.start_producer(f"{name}.credentials", check_credentials, cc, probe, reports_ready=True)
     url = cc.resolved_url()
     connect = connect_for(cc)
     discovery_config = cc.discovery if source is not None else None
@@ -219,6 +224,8 @@ async def _start_feed(
         (not ready until they are up); a definitive refusal (StartupRefused) stops the
         process with exit 2. Other feeds do not wait for it."""
         with send:
+            if probe is not None:  # before the first connection: one handshake if refused
+                await probe_feed(cc, probe)
             retry = MARKETS_RETRY.retry()
             while True:
                 try:

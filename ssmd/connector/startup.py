@@ -119,19 +119,24 @@ def plan_feed(cc: ConnectorConfig, credentials: Credentials | None) -> FeedPlan:
     return FeedPlan(cc, venue, None)
 
 
-async def check_credentials(
-    cc: ConnectorConfig,
-    credentials: Credentials,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """The feed's credential probe (rejected: `StartupRefused`, exit 2), beside its
-    connections; ready once it has answered. Then idle until the stop."""
+async def probe_feed(cc: ConnectorConfig, credentials: Credentials) -> None:
+    """The feed's credential probe (rejected: `StartupRefused`, exit 2)."""
     await probe_credentials(
         connect_for(cc),
         cc.resolved_url(),
         credentials,
         min(cc.command_timeout.seconds, PROBE_TIMEOUT_S),
     )
+
+
+async def check_credentials(
+    cc: ConnectorConfig,
+    credentials: Credentials,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """A discovering feed's credential probe, beside its connections (which open at
+    once); ready once it has answered. Then idle until the stop."""
+    await probe_feed(cc, credentials)
     task_status.started()
     await trio.sleep_forever()
