@@ -185,6 +185,7 @@ def test_changes_are_token_operations_recorded_before_the_next_frame() -> None:
     assert json.loads(command.text) == {
         "assets_ids": ["11", "12", "21", "22"],
         "operation": "subscribe",
+        "custom_feature_enabled": True,
     }
     out = frame(s, b"PONG", recv_ns=9)
     assert subscription_records(out) == [
@@ -204,7 +205,11 @@ def test_changes_are_token_operations_recorded_before_the_next_frame() -> None:
     assert s.apply(Change(AddMarkets(3, "market", 0, (A,)), "reconcile")) is None
     command = s.apply(Change(DeleteMarkets(3, "market", 0, (A,)), "lifecycle:market_resolved"))
     assert command is not None
-    assert json.loads(command.text) == {"assets_ids": ["11", "12"], "operation": "unsubscribe"}
+    assert json.loads(command.text) == {
+        "assets_ids": ["11", "12"],
+        "operation": "unsubscribe",
+        "custom_feature_enabled": True,
+    }
     book = b'{"event_type":"book","market":"%s","asset_id":"21"}' % B.encode()
     out = frame(s, book, recv_ns=10)
     (record,) = subscription_records(out)

@@ -70,6 +70,9 @@ class _Event(msgspec.Struct):
 _EVENT = msgspec.json.Decoder(_Event)
 # What market discovery follows (custom features): handed to it, and archived as data.
 LIVE_EVENTS = frozenset({"new_market", "market_resolved"})
+# On every message: the subscribe/unsubscribe update lists the key too, and a server that
+# reads a missing one as false would turn `new_market`/`market_resolved` off.
+CUSTOM = {"custom_feature_enabled": True}
 
 
 def _own_unit(market: str) -> tuple[str, ...]:
@@ -120,7 +123,7 @@ class PolymarketSession(LiveAssets):
             if n == 0:
                 message |= {"type": "market", "custom_feature_enabled": True}
             else:
-                message["operation"] = "subscribe"
+                message |= {"operation": "subscribe", "custom_feature_enabled": True}
             commands.append(Command(json.dumps(message), None, f"subscribe {len(tokens)} assets"))
         log.debug("conn %d: subscribing %d assets", self._conn, len(self._awaiting))
         return commands
@@ -212,7 +215,7 @@ class PolymarketSession(LiveAssets):
             return []
         self._awaiting.update(dict.fromkeys(assets, self._keepalives))
         self._retried += assets
-        message = {"assets_ids": assets, "operation": "subscribe"}
+        message = {"assets_ids": assets, "operation": "subscribe", **CUSTOM}
         return [Command(json.dumps(message), None, f"subscribe {len(assets)} assets again")]
 
     def keepalive(self, count: int) -> str | None:
@@ -230,7 +233,7 @@ class PolymarketSession(LiveAssets):
     def stop(self) -> list[Command]:
         if not self.assets:
             return []
-        message = {"assets_ids": self.assets, "operation": "unsubscribe"}
+        message = {"assets_ids": self.assets, "operation": "unsubscribe", **CUSTOM}
         return [Command(json.dumps(message), None, f"unsubscribe {len(self.assets)} assets")]
 
     def stop_confirmed(self) -> bool:
