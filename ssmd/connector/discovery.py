@@ -169,8 +169,10 @@ class Discovery:
         }
 
     def units_of(self, market: str) -> tuple[str, ...]:
-        """What a session subscribes for a placed market: its units, or the key itself."""
-        return self._units.get(market, (market,))
+        """What a session subscribes for a placed market: its units, or the key itself
+        where that is the unit. A change queued for a market whose units were since
+        forgotten subscribes nothing (never a condition id as a token)."""
+        return self._units.get(market, (market,) if self.source.key_is_unit else ())
 
     def _learn_units(self, market: str, units: Sequence[str]) -> bool:
         """Remember a market's units (a walk's word wins over a live event's); False when

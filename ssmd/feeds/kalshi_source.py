@@ -70,6 +70,7 @@ def channel_split(channels: Sequence[str], selection: Selection) -> tuple[list[s
 
 class KalshiSource:
     volatile_fields = VOLATILE_MARKET_FIELDS
+    key_is_unit = True
 
     def __init__(self, selection: Selection, rest_url: str | None = None) -> None:
         self.selection = selection
