@@ -1,5 +1,5 @@
 """Polymarket discovery guards from review: a truncated Gamma walk removes nothing, Gamma
-never gets Kalshi's credentials, a `new_market` naming other tokens than Gamma is repaired
+never gets Kalshi's credentials (nor a Kalshi trade ledger), a `new_market` naming other tokens than Gamma is repaired
 by the walk, each market-wide event is archived once whatever the number of connections,
 and an unknown static condition id is named by `/ready`. Real clock; every wait is on a
 condition, with generous limits."""
@@ -10,6 +10,7 @@ import collections
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from ssmd.nats.server import NatsServer
 from ssmd.nats.types import FetchedMessage
@@ -63,8 +64,12 @@ async def test_gamma_gets_no_kalshi_credentials(
 
     monkeypatch.setattr(GammaServer, "handle", spy)
     # running_connector passes the Kalshi credentials, as a mixed deployment has them.
-    async with exchange(5) as sim, running_connector(config(nats_server.url, sim)):
+    async with exchange(5) as sim, running_connector(config(nats_server.url, sim)) as sup:
         await wait(lambda: set(subscribed(sim)) == open_tokens(sim))
+        exposition = generate_latest(sup.metrics).decode()
+    # `backfill_trades` (default true) is Kalshi's: no idle trade ledger for Polymarket.
+    assert "ssmd_trade_ledger_ids" not in exposition
+    assert "ssmd_discovery_markets" in exposition
     assert seen
     leaked = [
         h

@@ -168,8 +168,12 @@ async def _start_feed(
     sup.start_sink(f"{name}.publisher", publisher.run, receive)
     settings = connection_settings(cc, venue)
     discovery: Discovery | None = None
+    # Trade backfill is Kalshi's trade REST; `backfill_trades` means nothing elsewhere.
+    backfills = source is not None and source.backfills_trades
     trades = (
-        TradeLedger() if discovery_config is not None and discovery_config.backfill_trades else None
+        TradeLedger()
+        if backfills and discovery_config is not None and discovery_config.backfill_trades
+        else None
     )
 
     def on_event(payload: bytes) -> None:

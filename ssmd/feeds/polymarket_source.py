@@ -124,6 +124,7 @@ def event_slugs(market: Mapping[str, Any]) -> frozenset[str]:
 class PolymarketSource:
     volatile_fields = VOLATILE_MARKET_FIELDS
     key_is_unit = False
+    backfills_trades = False
 
     def __init__(self, events: Sequence[str] = (), rest_url: str | None = None) -> None:
         self.events = frozenset(events)
