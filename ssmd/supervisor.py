@@ -212,6 +212,10 @@ class Supervisor:
                 await fn(*args)
             if task.producer and not self.stopping.is_set():
                 self.request_stop(f"{task.name} ended")
+        except StartupRefused as exc:
+            # A feed's own start-up check, done beside the others (credentials, markets).
+            self.failures.append((task.name, exc))
+            self.request_stop(f"{task.name} refused the start: {exc}")
         except Exception as exc:
             log.error("%s failed: %s: %s", task.name, type(exc).__name__, exc, exc_info=exc)
             self.failures.append((task.name, exc))
@@ -363,6 +367,8 @@ async def supervise(
         elif notifier is not None:
             await sup.start_service("supervisor.notify", sup._notify_ready, notifier)
         await sup.stopping.wait()
+    if refused is None:
+        refused = next((e for _, e in sup.failures if isinstance(e, StartupRefused)), None)
     if refused is not None:
         raise refused
     if sup.forced_by:

@@ -62,11 +62,19 @@ def test_start_sends_the_initial_subscription_then_operations() -> None:
         "type": "market",
         "custom_feature_enabled": True,
     }
-    assert json.loads(second.text) == {"assets_ids": ["3"], "operation": "subscribe"}
+    assert json.loads(second.text) == {
+        "assets_ids": ["3"],
+        "operation": "subscribe",
+        "custom_feature_enabled": True,
+    }
     assert first.reply is None and second.reply is None  # Polymarket answers nothing
     assert session.keepalive(1) == "PING"
     (stop,) = session.stop()
-    assert json.loads(stop.text) == {"assets_ids": ["1", "2", "3"], "operation": "unsubscribe"}
+    assert json.loads(stop.text) == {
+        "assets_ids": ["1", "2", "3"],
+        "operation": "unsubscribe",
+        "custom_feature_enabled": True,
+    }
     assert session.stop_confirmed()
 
 
@@ -281,7 +289,11 @@ def test_an_asset_without_a_book_is_recorded_and_subscribed_again() -> None:
     assert record["markets"] == ["2"] and record["channel"] == "market"
     assert stats.subscribe_errors == 1 and session.retries_waiting()
     (retry,) = session.take_retries()
-    assert json.loads(retry.text) == {"assets_ids": ["2"], "operation": "subscribe"}
+    assert json.loads(retry.text) == {
+        "assets_ids": ["2"],
+        "operation": "subscribe",
+        "custom_feature_enabled": True,
+    }
     # Its book now comes, after a record that says the retry was made: the fresh book
     # follows it.
     before = len(out)

@@ -185,6 +185,7 @@ def test_changes_are_token_operations_recorded_before_the_next_frame() -> None:
     assert json.loads(command.text) == {
         "assets_ids": ["11", "12", "21", "22"],
         "operation": "subscribe",
+        "custom_feature_enabled": True,
     }
     out = frame(s, b"PONG", recv_ns=9)
     assert subscription_records(out) == [
@@ -204,7 +205,11 @@ def test_changes_are_token_operations_recorded_before_the_next_frame() -> None:
     assert s.apply(Change(AddMarkets(3, "market", 0, (A,)), "reconcile")) is None
     command = s.apply(Change(DeleteMarkets(3, "market", 0, (A,)), "lifecycle:market_resolved"))
     assert command is not None
-    assert json.loads(command.text) == {"assets_ids": ["11", "12"], "operation": "unsubscribe"}
+    assert json.loads(command.text) == {
+        "assets_ids": ["11", "12"],
+        "operation": "unsubscribe",
+        "custom_feature_enabled": True,
+    }
     book = b'{"event_type":"book","market":"%s","asset_id":"21"}' % B.encode()
     out = frame(s, book, recv_ns=10)
     (record,) = subscription_records(out)
@@ -257,3 +262,38 @@ def test_discovery_is_configured_for_kalshi_and_polymarket_only() -> None:
     kraken = {"feed": "kraken", "markets": ["BTC/USD"], "discovery": {}}
     with pytest.raises(ConfigError, match=r"connector\[0\]\.discovery: applies to kinds kalshi"):
         parse_config({"env": "test", "connector": [kraken]})
+
+
+async def test_a_market_whose_tokens_are_forgotten_subscribes_nothing() -> None:
+    """A change queued on a connection that is down may be applied after a walk forgot
+    the market's tokens: it must subscribe nothing, never the condition id as a token."""
+    from ssmd.clock import WallClock
+    from ssmd.connector.discovery import Discovery
+    from ssmd.connector.rest import RestClient, RestSettings
+
+    def make(source: Any) -> Discovery:
+        return Discovery(
+            source=source,
+            layout=None,
+            rest=RestClient("http://127.0.0.1:9", RestSettings(rate=1.0, burst=1.0, timeout=1.0)),
+            subjects=Subjects("test", "feed"),
+            clock=WallClock(anchor_ns=0),
+            refresh=300.0,
+            connections=[],
+            open_connection=lambda index, out: pytest.fail("no connection opens"),
+        )
+
+    discovery = make(PolymarketSource())
+    heard: list[bytes] = []
+    assert discovery.units_of(A) == ()
+    assert make(KalshiSource(Selection(frozenset()))).units_of("KX-A") == ("KX-A",)
+    context = SessionContext(
+        3,
+        Subjects("test", "polymarket"),
+        ConnectionStats(),
+        ConnectorConfig(feed="polymarket", markets=["x"]),
+        events=heard.append,
+        units=discovery.units_of,
+    )
+    s = PolymarketSession(context, [])
+    assert s.apply(Change(Subscribe(0, "market", 0, (A,)), "discovery")) is None

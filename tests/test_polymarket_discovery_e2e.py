@@ -223,28 +223,34 @@ async def test_gamma_failing_at_start_keeps_recording_then_converges(
 
 async def test_named_events_and_static_markets(nats_server: NatsServer) -> None:
     async with exchange(12) as sim:
-        static = sim.markets[10]  # sim-event-3
+        static = sim.markets[4]  # sim-event-1: followed, so the static guard is what keeps it
+        lone = sim.markets[10]  # sim-event-3: static only
         settings = config(
             nats_server.url,
             sim,
             {"series": ["sim-event-1"]},
-            markets=[static.condition_id],
+            markets=[static.condition_id, lone.condition_id],
         )
-        expected = {t for m in (*sim.markets[3:6], static) for t in m.tokens}
+        expected = {t for m in (*sim.markets[3:6], lone) for t in m.tokens}
         async with running_connector(settings):
             await wait(lambda: set(subscribed(sim)) == expected)
             other = sim.add_market()  # sim-event-4: not followed
             sim.resolve_market(static.condition_id)  # static: kept
-            await trio.sleep(0.5)
-            assert set(subscribed(sim)) == expected
+            marker = sim.markets[3]  # followed: removed, after the static one was handled
+            sim.resolve_market(marker.condition_id)
+            await wait(lambda: not set(marker.tokens) & set(subscribed(sim)))
+            assert set(subscribed(sim)) == expected - set(marker.tokens)
             assert not set(other.tokens) & set(subscribed(sim))
 
-        def complete(messages: list[FetchedMessage]) -> bool:
-            return len(changes(messages, "added")) == 4
+            def complete(messages: list[FetchedMessage]) -> bool:
+                return marker.condition_id in changes(messages, "removed")
 
-        messages = await stream_until(nats_server.url, complete, WAIT)
+            # While running: the record comes before the next frame (a PONG) is read.
+            messages = await stream_until(nats_server.url, complete, WAIT)
     added = changes(messages, "added")
-    assert added[static.condition_id] == ["static"]
-    assert {m.condition_id for m in sim.markets[3:6]} == {
-        c for c, r in added.items() if r == ["discovery"]
-    }
+    assert added[lone.condition_id] == ["static"]
+    # Resolved beside the walk: the first to place it names it.
+    assert added[static.condition_id] in (["static"], ["discovery"])
+    assert set(added) == {m.condition_id for m in (*sim.markets[3:6], lone)}
+    assert all(len(reasons) == 1 for reasons in added.values())
+    assert changes(messages, "removed") == {marker.condition_id: ["lifecycle:market_resolved"]}

@@ -75,7 +75,8 @@ async def test_gamma_lists_active_markets_in_pages_with_token_ids_as_a_json_stri
         repeated = await http.get("/markets", params={"condition_ids": wanted})
         comma = await http.get("/markets", params={"condition_ids": ",".join(wanted)})
         assert [m["conditionId"] for m in repeated.json()] == wanted
-        assert comma.json() == repeated.json()
+        # The same markets (volumes move with every listing, as Gamma's do).
+        assert [m["conditionId"] for m in comma.json()] == wanted
         closed = await http.get("/markets", params={"closed": "true"})
         assert [m["conditionId"] for m in closed.json()] == [sim.markets[3].condition_id]
 

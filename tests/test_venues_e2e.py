@@ -366,7 +366,9 @@ async def test_polymarket_asset_without_a_book_is_recorded_and_retried(
             session = await sim.session(0)
             # 3 keepalives of 250 ms: the subscribe_error record.
             await stream_until(nats_server.url, lambda ms: bool(records(ms, "subscribe_error")))
-            retry = json.dumps({"assets_ids": [withheld], "operation": "subscribe"})
+            retry = json.dumps(
+                {"assets_ids": [withheld], "operation": "subscribe", "custom_feature_enabled": True}
+            )
             # The engine's first subscribe retry comes 5 s later; from then on the
             # exchange sends the asset's books.
             await sim.wait_until(lambda: retry in session.received, timeout=30)

@@ -64,6 +64,20 @@ class DiscoveryStats:
     overran: int = 0  # walks that took longer than `refresh`
 
 
+def without(obj: dict[str, Any], volatile: frozenset[str]) -> dict[str, Any]:
+    """`obj` without the `volatile` keys at any depth: a Gamma market embeds its events,
+    whose volume and liquidity move with trading as the market's own do."""
+
+    def strip(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in volatile}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return {k: strip(v) for k, v in obj.items() if k not in volatile}
+
+
 class Discovery:
     def __init__(
         self,
@@ -101,6 +115,8 @@ class Discovery:
         self.backfill = backfill
         self._send: trio.MemorySendChannel[list[Inbound]] | None = None
         self.refused: str | None = None
+        self.static_refused: str | None = None
+        self.unknown_static: list[str] = []  # static markets REST does not know
         for connection in connections:
             connection.on_refused = self.on_refused
             connection.on_dropped = self.on_dropped
@@ -189,15 +205,32 @@ class Discovery:
         }
 
     def units_of(self, market: str) -> tuple[str, ...]:
-        """What a session subscribes for a placed market: its units, or the key itself."""
-        return self._units.get(market, (market,))
+        """What a session subscribes for a placed market: its units, or the key itself
+        where that is the unit. A change queued for a market whose units were since
+        forgotten subscribes nothing (never a condition id as a token)."""
+        return self._units.get(market, (market,) if self.source.key_is_unit else ())
 
     def _learn_units(self, market: str, units: Sequence[str]) -> bool:
-        """Remember a market's units; False when it has none (it cannot be subscribed)."""
+        """Remember a market's units (a walk's word wins over a live event's); False when
+        it has none (it cannot be subscribed). A placed market whose units changed is
+        subscribed again with the new ones."""
         if not units:
             return False
+        known = self._units.get(market)
         if tuple(units) != (market,):
             self._units[market] = tuple(units)
+        layout = self.layout
+        if layout is None or known is None or known == tuple(units):
+            return True
+        if market in layout.markets:
+            log.warning(
+                "discovery: %s is subscribed by %d unit(s), REST lists %d; resubscribing",
+                market,
+                len(known),
+                len(units),
+            )
+            self._dispatch(layout.remove([market]), "reconcile")
+            self._dispatch(layout.add([market]), "reconcile")
         return True
 
     # The task.
@@ -214,6 +247,8 @@ class Discovery:
             task_status.started()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow_events)
+                if self._unresolved:
+                    nursery.start_soon(self._resolve_static_until_done)
                 if self.backfill is not None:
                     nursery.start_soon(self.backfill.run, send.clone())
                 reason = "discovery"
@@ -271,8 +306,6 @@ class Discovery:
         date. Markets are added page by page; removals wait for the whole walk."""
         started = trio.current_time()
         source = self.source
-        if self._unresolved:
-            await self._resolve_static()
         walked: list[str] = []
         known = 0
         for walk in source.market_walks():
@@ -375,13 +408,27 @@ class Discovery:
             walk.path, walk.query, walk.items_key, limit=walk.limit, cursor_key=walk.paging
         )
 
+    async def _resolve_static_until_done(self) -> None:
+        """Resolve the static markets beside the walks (a refusal here holds up no
+        walk), again every `refresh` while REST refuses the lookup."""
+        refresher = Refresher(self.refresh)
+        while self._unresolved:
+            refresher.begin()
+            try:
+                await self._resolve_static()
+                self.static_refused = None
+            except RestRefused as exc:
+                self.static_refused = str(exc)
+                log.error("discovery: REST refused the static markets' lookup: %s", exc)
+                await refresher.wait()
+
     async def _resolve_static(self) -> None:
         """Find the static markets' units (Polymarket: their token ids) and subscribe
-        them; ones REST does not know are reported and left out."""
-        found: list[str] = []
-        records: list[Inbound] = []
+        them; ones REST does not know are left out, and named by `/ready`."""
         for walk in self.source.static_walks(sorted(self._unresolved)):
             async for page in self._pages(walk):
+                found: list[str] = []
+                records: list[Inbound] = []
                 for market in page:
                     key = self.source.market_key(market)
                     if key not in self._unresolved or key is None:
@@ -390,15 +437,18 @@ class Discovery:
                     if self._learn_units(key, self.source.units(market)):
                         found.append(key)
                         self._unresolved.discard(key)
-        self.stats.catalogue_markets += len(records)
-        await self._publish(records)
+                self.stats.catalogue_markets += len(records)
+                await self._publish(records)
+                # Subscribed page by page: a later lookup refused loses none of these.
+                self.add(sorted(found), "static")
         if self._unresolved:
+            self.unknown_static = sorted(self._unresolved)
             log.error(
-                "discovery: REST has no subscribable market for static market(s) %s",
-                ", ".join(sorted(self._unresolved)[:5]),
+                "discovery: REST has no subscribable market for static market(s) %s "
+                "(connector.markets)",
+                ", ".join(self.unknown_static[:5]),
             )
             self._unresolved.clear()
-        self.add(sorted(found), "static")
 
     def _catalogue(
         self,
@@ -408,7 +458,8 @@ class Discovery:
         catalogue: Catalogue,
         out: list[Inbound],
     ) -> None:
-        if not catalogue.changed(key, obj):
+        volatile = self.source.volatile_fields if catalogue is self.market_catalogue else None
+        if not catalogue.changed(key, without(obj, volatile) if volatile else obj):
             return
         subject = self.subjects.data(type_token, key) or self.subjects.unrouted(type_token)
         payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -439,7 +490,20 @@ class Discovery:
         )
 
     def not_ready(self) -> str | None:
-        """Why discovery has not completed its first walk, while REST is failing."""
+        """Why discovery has not completed its first walk, while REST is failing; or
+        why a static market is not recorded."""
+        if self.unknown_static:
+            return (
+                "discovery: connector.markets: REST has no subscribable market for "
+                f"{', '.join(self.unknown_static[:5])}"
+                + (
+                    f" and {len(self.unknown_static) - 5} more"
+                    if len(self.unknown_static) > 5
+                    else ""
+                )
+            )
+        if self.static_refused is not None:
+            return f"discovery: REST refused the static markets' lookup: {self.static_refused}"
         if self.refused is not None:
             return f"discovery: REST refused the walk: {self.refused}"
         if self.stats.walks == 0 and self.rest.stats.retries > 0:

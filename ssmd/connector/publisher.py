@@ -68,6 +68,9 @@ class Inbound:
     recv_ns: int
     # Fetched from the venue's REST API after a loss, not received live (trade backfill).
     backfilled: bool = False
+    # A content-derived `Nats-Msg-Id` for a message every connection receives a copy of
+    # (the stream's duplicate window keeps one); None: a fresh id.
+    msg_id: str | None = None
 
 
 def record_message(env: str, feed: str, record: DiscontinuityRecord) -> Inbound:
@@ -197,7 +200,11 @@ class Publisher:
     def _append(self, item: Inbound) -> None:
         self._buffer.append(
             OutgoingMessage(
-                item.subject, item.payload, self._next_id(), item.recv_ns, item.backfilled
+                item.subject,
+                item.payload,
+                item.msg_id or self._next_id(),
+                item.recv_ns,
+                item.backfilled,
             )
         )
         self._buffered_bytes += len(item.payload)

@@ -29,7 +29,13 @@ from ssmd.connector.connection import Connection
 from ssmd.connector.metrics import connector_metrics
 from ssmd.connector.publisher import Inbound, Publisher
 from ssmd.connector.shards import SubscriptionPlan
-from ssmd.connector.startup import FeedPlan, connect_for, plan_feed
+from ssmd.connector.startup import (
+    FeedPlan,
+    check_credentials,
+    connect_for,
+    plan_feed,
+    probe_feed,
+)
 from ssmd.connector.startup import connection_settings as connection_settings  # re-exported
 from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects
 from ssmd.feeds.kalshi_discovery import BackfillWindow, TradeLedger
@@ -140,6 +146,10 @@ async def _start_feed(
     credentials: Credentials | None,
 ) -> FeedTasks:
     cc, venue, source = feed_plan.cc, feed_plan.venue, feed_plan.source
+    name = "connector" if len(config.connectors) == 1 else f"connector.{cc.feed}"
+    probe = credentials if venue.needs_credentials else None
+    if probe is not None and source is not None:
+        sup.start_producer(f"{name}.credentials", check_credentials, cc, probe, reports_ready=True)
     url = cc.resolved_url()
     connect = connect_for(cc)
     discovery_config = cc.discovery if source is not None else None
@@ -154,14 +164,16 @@ async def _start_feed(
         timeout=cc.publish_timeout.seconds,
         linger=cc.publish_linger.seconds,
     )
-    # With several connectors, task names carry the feed; one keeps today's names.
-    name = "connector" if len(config.connectors) == 1 else f"connector.{cc.feed}"
     send, receive = trio.open_memory_channel[list[Inbound]](INBOUND_CHANNEL_SIZE)
     sup.start_sink(f"{name}.publisher", publisher.run, receive)
     settings = connection_settings(cc, venue)
     discovery: Discovery | None = None
+    # Trade backfill is Kalshi's trade REST; `backfill_trades` means nothing elsewhere.
+    backfills = source is not None and source.backfills_trades
     trades = (
-        TradeLedger() if discovery_config is not None and discovery_config.backfill_trades else None
+        TradeLedger()
+        if backfills and discovery_config is not None and discovery_config.backfill_trades
+        else None
     )
 
     def on_event(payload: bytes) -> None:
@@ -212,18 +224,24 @@ async def _start_feed(
         return [make_connection(index, plans) for index, plans in enumerate(shards)]
 
     async def resolve_then_connect(*, task_status: trio.TaskStatus[None]) -> None:
-        """Retry the market list until it comes, then run the connections (not ready until
-        they are up); a definitive refusal (StartupRefused) stops the process."""
+        """Resolve the market list (retried until it comes), then run the connections
+        (not ready until they are up); a definitive refusal (StartupRefused) stops the
+        process with exit 2. Other feeds do not wait for it."""
         with send:
+            if probe is not None:  # before the first connection: one handshake if refused
+                await probe_feed(cc, probe)
             retry = MARKETS_RETRY.retry()
             while True:
-                await retry.wait()
                 try:
                     resolved = await venue.subscription_markets(cc)
                     break
                 except StartupUnavailable as exc:
-                    log.warning("connector %s: %s; retrying", cc.feed, exc)
-            log.info("connector %s: markets resolved after %d tries", cc.feed, retry.failures)
+                    log.warning(
+                        "connector %s: %s; retrying while the other feeds run", cc.feed, exc
+                    )
+                await retry.wait()
+            if retry.failures:
+                log.info("connector %s: markets resolved after %d retries", cc.feed, retry.failures)
             late = plan_connections(venue.plan(cc, resolved))
             connections.extend(late)
             async with trio.open_nursery() as nursery:
@@ -235,8 +253,6 @@ async def _start_feed(
     if source is not None:
         whole, following = source.channels(cc.channels)
         connections = plan_connections([source.initial_plans(whole)])
-    elif feed_plan.shards is not None:
-        connections = plan_connections(feed_plan.shards)
     else:
         sup.start_producer(f"{name}.markets", resolve_then_connect, reports_ready=True)
     for connection in connections:
@@ -265,7 +281,12 @@ async def _start_feed(
                 burst=max(1.0, discovery_config.rest_rate),
                 timeout=discovery_config.rest_timeout.seconds,
             ),
-            headers=credentials.request_headers if credentials is not None else None,
+            # Signed only for a venue that needs the credentials (Kalshi): never to Gamma.
+            headers=(
+                credentials.request_headers
+                if venue.needs_credentials and credentials is not None
+                else None
+            ),
             label=f"{cc.feed} REST",
         )
         discovery = Discovery(
@@ -296,7 +317,7 @@ async def _start_feed(
         )
         sup.start_producer(f"{name}.discovery", discovery.run, send.clone())
         sup.add_readiness_check(f"{name}.discovery", discovery.not_ready)
-    if feed_plan.shards is not None or source is not None:
+    if source is not None:
         send.close()
     sup.start_producer(f"{name}.stats", _report_stats, cc.feed, publisher, connections)
     stall_after = max(30.0, 3 * cc.publish_timeout.seconds)
@@ -326,9 +347,9 @@ async def start_connector(
 ) -> ConnectorTasks:
     if not config.connectors:
         raise StartupRefused("the connector role needs a [connector] section")
-    # Every feed checked and planned before any starts: a bad third feed refuses the
-    # start before the first one connects.
-    plans = [await plan_feed(cc, credentials) for cc in config.connectors]
+    # Every feed checked before any starts: a bad third feed refuses the start before
+    # the first one connects. Network lookups run in each feed's own tasks.
+    plans = [plan_feed(cc, credentials) for cc in config.connectors]
     await ensure_stream(config, bridge)
     feeds = [await _start_feed(sup, config, plan, bridge, clock, credentials) for plan in plans]
 

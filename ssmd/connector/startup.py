@@ -1,6 +1,7 @@
-"""Start-up checks of one configured connector, done for every feed before any starts:
-its venue, credentials (a probe handshake), discovery source, channels and static
-markets; and the connection settings the venue allows.
+"""Start-up checks of one configured connector: the ones without network for every feed
+before any starts (venue, credentials present, discovery source, channels, static
+markets as configured), the credential probe in the feed's own task; and the
+connection settings the venue allows.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ import trio
 from ssmd.config import ConnectorConfig
 from ssmd.connector.auth import Credentials
 from ssmd.connector.connection import ConnectionSettings, describe
-from ssmd.connector.shards import SubscriptionPlan
 from ssmd.connector.websocket import Connect, HandshakeRejected, connect_websocket
 from ssmd.connector.wsclient import connect_fast
 from ssmd.feeds import VenueUnavailable, load_venue
 from ssmd.feeds.base import Venue
 from ssmd.feeds.discovery import DiscoverySource, discovery_source
-from ssmd.supervisor import StartupRefused, StartupUnavailable
+from ssmd.supervisor import StartupRefused
 
 log = logging.getLogger("ssmd.connector")
 
@@ -85,46 +85,58 @@ def load(cc: ConnectorConfig) -> Venue:
 
 @attrs.frozen
 class FeedPlan:
-    """One configured connector, checked before any feed starts: its venue, its
-    discovery source (with `[connector.discovery]`), and its static subscriptions (None:
-    the market list is still to be resolved, in the feed's own task)."""
+    """One configured connector, checked before any feed starts: its venue and its
+    discovery source (with `[connector.discovery]`). Its static markets are resolved
+    and its credentials probed in the feed's own tasks."""
 
     cc: ConnectorConfig
     venue: Venue
     source: DiscoverySource | None
-    shards: list[list[SubscriptionPlan]] | None
 
 
 def connect_for(cc: ConnectorConfig) -> Connect:
     return connect_websocket if cc.websocket_client == "trio-websocket" else connect_fast
 
 
-async def plan_feed(cc: ConnectorConfig, credentials: Credentials | None) -> FeedPlan:
-    """Everything about a feed that can refuse the start, before any feed connects:
-    its venue, credentials, discovery source, channels and static markets."""
+def plan_feed(cc: ConnectorConfig, credentials: Credentials | None) -> FeedPlan:
+    """Everything about a feed that can refuse the start without the network, before
+    any feed connects: its venue, credentials present, discovery source, channels and
+    static markets as configured. What needs the network (the credential probe, a
+    venue's market lookup) runs in the feed's own tasks: a slow venue holds up no
+    other feed."""
     venue = load(cc)
-    if venue.needs_credentials:
-        if credentials is None:
-            raise StartupRefused(
-                f"the {cc.venue} connector for feed {cc.feed!r} needs credentials "
-                "(KALSHI_API_KEY and KALSHI_PRIVATE_KEY or KALSHI_PRIVATE_KEY_PATH)"
-            )
-        await probe_credentials(
-            connect_for(cc),
-            cc.resolved_url(),
-            credentials,
-            min(cc.command_timeout.seconds, PROBE_TIMEOUT_S),
+    if venue.needs_credentials and credentials is None:
+        raise StartupRefused(
+            f"the {cc.venue} connector for feed {cc.feed!r} needs credentials "
+            "(KALSHI_API_KEY and KALSHI_PRIVATE_KEY or KALSHI_PRIVATE_KEY_PATH)"
         )
     if cc.discovery is not None:
         source = discovery_source(cc.venue, cc)
         if source is None:
             raise StartupRefused(f"connector {cc.feed!r}: {cc.venue} has no market discovery")
-        return FeedPlan(cc, venue, source, None)
-    try:
-        markets = await venue.subscription_markets(cc)
-    except StartupUnavailable as exc:
-        venue.plan(cc, list(cc.markets))  # channels and markets as configured, checked now
-        # Other feeds must not wait or stop for it: retried in this feed's own task.
-        log.warning("connector %s: %s; retrying while the other feeds run", cc.feed, exc)
-        return FeedPlan(cc, venue, None, None)
-    return FeedPlan(cc, venue, None, venue.plan(cc, markets))
+        return FeedPlan(cc, venue, source)
+    venue.plan(cc, list(cc.markets))  # channels and markets as configured
+    return FeedPlan(cc, venue, None)
+
+
+async def probe_feed(cc: ConnectorConfig, credentials: Credentials) -> None:
+    """The feed's credential probe (rejected: `StartupRefused`, exit 2)."""
+    await probe_credentials(
+        connect_for(cc),
+        cc.resolved_url(),
+        credentials,
+        min(cc.command_timeout.seconds, PROBE_TIMEOUT_S),
+    )
+
+
+async def check_credentials(
+    cc: ConnectorConfig,
+    credentials: Credentials,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """A discovering feed's credential probe, beside its connections (which open at
+    once); ready once it has answered. Then idle until the stop."""
+    await probe_feed(cc, credentials)
+    task_status.started()
+    await trio.sleep_forever()

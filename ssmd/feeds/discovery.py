@@ -69,6 +69,14 @@ class DiscoverySource(Protocol):
     volatile_fields: frozenset[str]
     """Catalogue fields that move with trading, left out when deciding a change."""
 
+    backfills_trades: bool
+    """Whether `[connector.discovery] backfill_trades` applies (Kalshi's trade REST)."""
+
+    key_is_unit: bool
+    """A market's key is what a session subscribes (Kalshi's ticker); else its units
+    come from REST or a live event (Polymarket's token ids), and a market whose units
+    are not known has none."""
+
     def rest_url(self, ws_url: str) -> str:
         """The REST base: `connector.rest_url`, else the venue's default."""
         ...

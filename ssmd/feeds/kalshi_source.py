@@ -73,6 +73,8 @@ def channel_split(channels: Sequence[str], selection: Selection) -> tuple[list[s
 
 class KalshiSource:
     volatile_fields = VOLATILE_MARKET_FIELDS
+    key_is_unit = True
+    backfills_trades = True
 
     def __init__(self, selection: Selection, rest_url: str | None = None) -> None:
         self.selection = selection

@@ -29,6 +29,7 @@ one event or a JSON array of events, routing by `event_type` and condition id.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Hashable, Mapping, Sequence
@@ -69,6 +70,9 @@ class _Event(msgspec.Struct):
 _EVENT = msgspec.json.Decoder(_Event)
 # What market discovery follows (custom features): handed to it, and archived as data.
 LIVE_EVENTS = frozenset({"new_market", "market_resolved"})
+# On every message: the subscribe/unsubscribe update lists the key too, and a server that
+# reads a missing one as false would turn `new_market`/`market_resolved` off.
+CUSTOM = {"custom_feature_enabled": True}
 
 
 def _own_unit(market: str) -> tuple[str, ...]:
@@ -119,7 +123,7 @@ class PolymarketSession(LiveAssets):
             if n == 0:
                 message |= {"type": "market", "custom_feature_enabled": True}
             else:
-                message["operation"] = "subscribe"
+                message |= {"operation": "subscribe", "custom_feature_enabled": True}
             commands.append(Command(json.dumps(message), None, f"subscribe {len(tokens)} assets"))
         log.debug("conn %d: subscribing %d assets", self._conn, len(self._awaiting))
         return commands
@@ -159,7 +163,12 @@ class PolymarketSession(LiveAssets):
             if subject is None:
                 stats.unrouted += 1
                 subject = subjects.unrouted(kind)
-            out.append(Inbound(subject, element, recv_ns))
+            if event_type in LIVE_EVENTS:
+                # Every connection receives its own copy: one id for all, one stored.
+                digest = hashlib.blake2b(element, digest_size=16).hexdigest()
+                out.append(Inbound(subject, element, recv_ns, msg_id=f"{subject}:{digest}"))
+            else:
+                out.append(Inbound(subject, element, recv_ns))
         return queued
 
     def _record_missing(self, recv_ns: int, out: list[Inbound]) -> None:
@@ -206,7 +215,7 @@ class PolymarketSession(LiveAssets):
             return []
         self._awaiting.update(dict.fromkeys(assets, self._keepalives))
         self._retried += assets
-        message = {"assets_ids": assets, "operation": "subscribe"}
+        message = {"assets_ids": assets, "operation": "subscribe", **CUSTOM}
         return [Command(json.dumps(message), None, f"subscribe {len(assets)} assets again")]
 
     def keepalive(self, count: int) -> str | None:
@@ -224,7 +233,7 @@ class PolymarketSession(LiveAssets):
     def stop(self) -> list[Command]:
         if not self.assets:
             return []
-        message = {"assets_ids": self.assets, "operation": "unsubscribe"}
+        message = {"assets_ids": self.assets, "operation": "unsubscribe", **CUSTOM}
         return [Command(json.dumps(message), None, f"unsubscribe {len(self.assets)} assets")]
 
     def stop_confirmed(self) -> bool:

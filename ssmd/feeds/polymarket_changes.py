@@ -83,7 +83,7 @@ class LiveAssets:
 
     def _operation(self, operation: str, tokens: list[str], markets: list[str]) -> Command:
         self._stats.changes["sent"] += 1
-        message = {"assets_ids": tokens, "operation": operation}
+        message = {"assets_ids": tokens, "operation": operation, "custom_feature_enabled": True}
         return Command(
             json.dumps(message), None, f"{operation} {len(tokens)} assets ({len(markets)} markets)"
         )

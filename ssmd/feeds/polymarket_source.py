@@ -51,7 +51,8 @@ IDS_PER_REQUEST = 100  # `condition_ids` values per request
 TOKENS_PER_MARKET = 2
 RESOLVED_MEMORY = 100_000
 
-# Gamma market fields that move with trading, not with what the market is.
+# Gamma market (and embedded event) fields that move with trading, not with what the
+# market is; dropped at any depth before deciding whether a market changed.
 VOLATILE_MARKET_FIELDS = frozenset(
     {
         "outcomePrices",
@@ -86,6 +87,9 @@ VOLATILE_MARKET_FIELDS = frozenset(
         "liquidityAmm",
         "competitive",
         "updatedAt",
+        # Also inside the embedded `events[]` (dropped at any depth).
+        "openInterest",
+        "commentCount",
     }
 )
 
@@ -119,6 +123,8 @@ def event_slugs(market: Mapping[str, Any]) -> frozenset[str]:
 
 class PolymarketSource:
     volatile_fields = VOLATILE_MARKET_FIELDS
+    key_is_unit = False
+    backfills_trades = False
 
     def __init__(self, events: Sequence[str] = (), rest_url: str | None = None) -> None:
         self.events = frozenset(events)

@@ -232,6 +232,10 @@ class PolymarketExchange(SimServer):
         tokens = [t for t in command["assets_ids"] if isinstance(t, str)]
         subscribed = self.assets[session.index]
         operation = command.get("operation")
+        if operation is not None:
+            # The pessimistic reading of the docs: an update without the key turns the
+            # custom features off.
+            self.custom[session.index] = bool(command.get("custom_feature_enabled", False))
         if operation == "unsubscribe":
             subscribed.difference_update(tokens)
             return

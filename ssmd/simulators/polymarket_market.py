@@ -22,9 +22,14 @@ class SimMarket:
     closed: bool = False
     # Per token: price (cents) -> size, each side.
     books: dict[str, dict[str, dict[int, int]]] = attrs.Factory(dict)
+    # Grows with every listing, as Gamma's volume figures move with trading: top level
+    # and inside the embedded event alike.
+    listed: int = 0
 
     def gamma(self) -> dict[str, Any]:
         yes = self.yes_cents / 100
+        self.listed += 1
+        volume = 1000.0 + 17.5 * self.listed
         return {
             "id": self.gamma_id,
             "question": self.question,
@@ -38,7 +43,21 @@ class SimMarket:
             "enableOrderBook": True,
             "acceptingOrders": self.active and not self.closed,
             "orderPriceMinTickSize": float(self.tick_size),
-            "events": [{"id": self.event_slug, "slug": self.event_slug, "title": self.question}],
+            "volume": f"{volume:.2f}",
+            "volumeNum": volume,
+            "updatedAt": f"2026-01-01T00:00:{self.listed % 60:02d}Z",
+            "events": [
+                {
+                    "id": self.event_slug,
+                    "slug": self.event_slug,
+                    "title": self.question,
+                    "volume": volume * 3,
+                    "liquidity": 500.0 + self.listed,
+                    "openInterest": 40.0 + self.listed,
+                    "commentCount": self.listed,
+                    "updatedAt": f"2026-01-01T00:00:{self.listed % 60:02d}Z",
+                }
+            ],
         }
 
 
