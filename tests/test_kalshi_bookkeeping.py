@@ -141,14 +141,15 @@ def test_a_reconnect_after_a_timeout_subscribes_what_is_wanted_then() -> None:
 
 def test_unknown_markets_leave_the_wanted_set_with_a_record() -> None:
     """Errors 14/16: the market is dropped (a `subscription` record says so), the rest of
-    the command is retried, and the unknown one is never sent again."""
+    the command goes out at once, and the unknown one is never sent again."""
     session, _ = new_session()
     subscribed(session, 0, ("A",), 7)
     cmd = add(session, "X", "Y")
     out = frame(session, error(cmd, 16, market_ticker="X"))
     (dropped,) = records(out, "subscription")
     assert (dropped["removed"], dropped["added"], dropped["reason"]) == (["X"], [], "error:16")
-    (retry,) = retries(session)
+    assert not session.retries_waiting()  # not left to the retry's backoff
+    (retry,) = [sent(c) for c in session.take_commands()]
     assert retry["params"]["market_tickers"] == ["Y"]
     frame(session, ok(as_command(retry), 7, 2, ["A", "Y"]))
     # Naming no market: every market of the command is dropped, and nothing waits.
@@ -170,8 +171,11 @@ def test_a_subscribe_refused_for_an_unknown_market_is_retried_without_it() -> No
     cmd = session.apply(Change(Subscribe(0, BOOK, 0, ("A", "X")), "discovery"))
     (dropped,) = records(frame(session, error(cmd, 16, market_ticker="X")), "subscription")
     assert (dropped["removed"], dropped["reason"]) == (["X"], "error:16")
-    (retry,) = retries(session)
+    assert not session.retries_waiting()  # the rest is subscribed now, not at the retry
+    (retry,) = [sent(c) for c in session.take_commands()]
     assert (retry["cmd"], retry["params"]["market_tickers"]) == ("subscribe", ["A"])
+    frame(session, {"id": retry["id"], "type": "subscribed", "msg": {"channel": BOOK, "sid": 3}})
+    session.apply(Change(Unsubscribe(0, BOOK, 0), "reconcile"))
     # A subscribe whose every market is unknown leaves nothing to retry; the next add
     # subscribes afresh.
     cmd = session.apply(Change(Subscribe(0, BOOK, 1, ("Z",)), "discovery"))

@@ -43,6 +43,31 @@ def test_markets_dropped_for_14_or_16_are_handed_to_the_planner() -> None:
     assert session.take_dropped() == []
 
 
+def test_a_market_dropped_by_16_and_placed_back_before_the_rest_went_out_never_loops() -> None:
+    """The planner forgets a market dropped by 16 and the next walk may place it back on
+    the same slot before any retry: the rest of the refused subscribe went out at once
+    without it, and the market placed back is added once that subscribe is confirmed,
+    not resent with the rest (refused again, dropped again, placed again: forever)."""
+    session, _ = new_session()
+    cmd = session.apply(Change(Subscribe(0, BOOK, 0, ("A", "X", "B")), "discovery"))
+    assert cmd is not None
+    frame(session, error(cmd, 16, market_ticker="X"))
+    assert session.take_dropped() == [(0, ("X",), "error:16")]
+    assert not session.retries_waiting()
+    (rest,) = [sent(c) for c in session.take_commands()]
+    assert (rest["cmd"], rest["params"]["market_tickers"]) == ("subscribe", ["A", "B"])
+    # The next walk places X back while that subscribe is in flight.
+    assert session.apply(Change(AddMarkets(0, BOOK, 0, ("X",), 1), "reconcile")) is None
+    sub_reply(session, rest, 7)
+    (again,) = [sent(c) for c in session.take_commands()]
+    assert again["params"] == {"sids": [7], "market_tickers": ["X"], "action": "add_markets"}
+    # Still unknown: dropped again, nothing left to send until a later walk.
+    frame(session, error(as_command(again), 16, market_ticker="X"))
+    assert session.take_dropped() == [(0, ("X",), "error:16")]
+    assert session.take_commands() == []
+    assert not session.retries_waiting()
+
+
 def test_an_error_naming_no_market_splits_the_command_and_drops_only_the_culprit() -> None:
     session, _ = new_session()
     subscribed(session, 0, ("A",), 7)

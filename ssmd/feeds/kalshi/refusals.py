@@ -1,9 +1,10 @@
 """Refused adds and subscribes on a Kalshi connection, beyond 25/26: markets the exchange
 does not know (14/16) and refusals it gives no reason to retry.
 
-- An error naming one of the command's markets drops that market; one naming none, on a
-  command of several markets, splits the command in halves (sent at once), so only a
-  market refused alone is dropped.
+- An error naming one of the command's markets drops that market, and the rest of the
+  command goes out at once (not at the retry); one naming none, on a command of several
+  markets, splits the command in halves (sent at once), so only a market refused alone
+  is dropped.
 - Any other refusal but 18/27 is counted per slot: after REFUSALS_TO_SPLIT (at once for
   a "client bug" code) the command is split likewise, and a market refused alone dropped.
 - A dropped market leaves the wanted set with a `ssmd.subscription` record (reason
@@ -128,10 +129,11 @@ class Refusals(Drops):
                 return True
             self._drop_markets(slot, channel, sid, unknown, code, recv_ns, out)
             self._refusals.pop(slot, None)
-            if set(markets) <= set(unknown):
-                self._ready[slot] = None  # the rest of a split, if any
-                return True
-            return False  # the rest waits for the retry
+            # The rest goes out now, as the slot's wanted set less the dropped markets:
+            # waiting for the retry would let the next walk place a dropped market back
+            # on the slot first, and the retry send it again, refused again, forever.
+            self._ready[slot] = None
+            return True
         tries = self._refusals.get(slot, 0) + 1
         if tries < (1 if code in CLIENT_BUG_ERRORS else REFUSALS_TO_SPLIT):
             self._refusals[slot] = tries

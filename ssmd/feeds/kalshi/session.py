@@ -314,8 +314,11 @@ class KalshiSession(SeqCheck, LiveChanges):
                 self._sid_slot[new_sid] = pending.slot
         if pending.slot is not None:
             self._refusals.pop(pending.slot, None)
-            if pending.slot in self._split:
-                self._ready[pending.slot] = None  # the rest of a split subscribe
+            wanted = self._slots.get(pending.slot)
+            if pending.slot in self._split or (wanted is not None and wanted != plan):
+                # The rest of a split subscribe, or changes applied while it was in
+                # flight (a market placed back on the slot by a walk): sent now.
+                self._ready[pending.slot] = None
         if pending.before is not None:
             self._on_reconnected(pending, new_sid, recv_ns, out)
         if pending.reason is not None:
