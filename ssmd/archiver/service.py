@@ -189,6 +189,29 @@ class JetStreamConsumers:
         return state.first_seq if state is not None else 0
 
 
+def resume_cursor(archived: int | None, ack_floor: int | None) -> int | None:
+    """Where to resume: right after the archive's own cursor whenever there is one.
+
+    The consumer's ack floor is not a durable position of the archive: nats-server sets
+    a new consumer's floor just below its start sequence (or the stream's first) at
+    once, and moves a narrow filter's floor past other subjects' messages. Skipping to
+    a floor above the cursor could skip messages that never reached the disk, with no
+    gap. Resuming at cursor + 1 instead re-takes only what is missing (other subjects
+    are not delivered), and if the stream no longer holds cursor + 1 the fetcher records
+    the jump as a gap, as for any purge. Only a feed directory with nothing archived
+    (new, or moved aside) starts at the floor: the consumer is then the only position."""
+    if archived is None:
+        return ack_floor
+    if ack_floor is not None and ack_floor > archived:
+        log.info(
+            "the consumer's ack floor (%d) is past the archive's end (%d): resuming after "
+            "the archive, so nothing that missed the disk is skipped",
+            ack_floor,
+            archived,
+        )
+    return archived
+
+
 async def start_archiver(
     sup: Supervisor,
     config: Config,
@@ -257,7 +280,7 @@ async def start_archiver(
     except BaseException:
         unlock()
         raise
-    cursor = max((c for c in (report.cursor, floor) if c is not None), default=None)
+    cursor = resume_cursor(report.cursor, floor)
     if cursor is not None and state.last_seq < cursor:
         unlock()
         raise StartupRefused(
@@ -293,6 +316,7 @@ async def start_archiver(
             covers_stream=covers,
             clock=clock,
             stats=status.fetcher,
+            durable=lambda: status.writer.durable_seq,
             drain=drain if drain_on_stop else None,
             task_status=task_status,
         )

@@ -66,6 +66,9 @@ class WriterStatus:
     disk_full: AsyncBool = attrs.field(factory=AsyncBool)
     disk_full_events: int = 0
     last_write_ns: int = 0
+    # The highest stream sequence fsynced since the start: the fetcher reopens its
+    # consumer right after it, never after what is still on its way to disk.
+    durable_seq: int | None = None
     open_file: str = ""
     compressed_bytes: int = 0
     records_by_type: Counter[str] = attrs.field(factory=Counter)
@@ -190,6 +193,7 @@ class ArchiveWriter:
             status.records_by_type.update(added.records_by_type)
             status.fsync_seconds.observe(current.last_fsync_s)
             status.last_write_ns = self._clock.now_ns()
+            status.durable_seq = batch.messages[-1].stream_seq
         if batch.ack_reply is not None:
             try:
                 self._ack_send.send_nowait(batch.ack_reply)
