@@ -75,7 +75,8 @@ class WriterStatus:
     fsync_seconds: LatencyHistogram = attrs.field(factory=LatencyHistogram)
 
 
-# Queued batches are merged into one write until it holds this many messages.
+# Queued batches are merged into one write until it holds at least this many messages
+# (so at most GROUP_MAX_MESSAGES - 1 + one batch).
 GROUP_MAX_MESSAGES = 1000
 
 # Retrying a file operation while the disk is full.
