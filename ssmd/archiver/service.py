@@ -43,6 +43,7 @@ from ssmd.clock import WallClock
 from ssmd.config import ArchiverConfig, Config
 from ssmd.metrics import FunctionCollector, merge_families
 from ssmd.nats.bridge import NatsBridge
+from ssmd.nats.pull import PendingAck
 from ssmd.subjects import pattern_covers, patterns_intersect
 from ssmd.supervisor import StartupRefused, Supervisor
 
@@ -68,6 +69,8 @@ class ArchiverStatus:
     writer: WriterStatus = attrs.field(factory=WriterStatus)
     fetcher: FetcherStats = attrs.field(factory=FetcherStats)
     cursor: int | None = None
+    # The acks the bridge really sent (the writer counts those handed over).
+    wire_acks: PendingAck | None = None
 
 
 async def run_rotation_timer(
@@ -289,6 +292,7 @@ async def start_archiver(
             "aside (or point storage.path elsewhere) to start a new one"
         )
     status.cursor = cursor
+    status.wire_acks = bridge.pending_ack(stream, archiver.consumer)
     log.info(
         "archiving %s from stream %s (filter %s) into %s; resuming after seq %s%s",
         feed,
