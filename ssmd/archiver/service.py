@@ -30,7 +30,7 @@ from ssmd.archiver.fetcher import (
     run_fetcher,
 )
 from ssmd.archiver.files import FileOps
-from ssmd.archiver.recovery import ArchiveLocked, lock_feed_dir, recover_feed
+from ssmd.archiver.recovery import ArchiveLocked, lock_feed_dir, recover_feed, resume_cursor
 from ssmd.archiver.slots import NS, slot_start
 from ssmd.archiver.writer import (
     ArchiveWriter,
@@ -190,29 +190,6 @@ class JetStreamConsumers:
     async def first_seq(self) -> int:
         state = await self._bridge.stream_state(self._stream)
         return state.first_seq if state is not None else 0
-
-
-def resume_cursor(archived: int | None, ack_floor: int | None) -> int | None:
-    """Where to resume: right after the archive's own cursor whenever there is one.
-
-    The consumer's ack floor is not a durable position of the archive: nats-server sets
-    a new consumer's floor just below its start sequence (or the stream's first) at
-    once, and moves a narrow filter's floor past other subjects' messages. Skipping to
-    a floor above the cursor could skip messages that never reached the disk, with no
-    gap. Resuming at cursor + 1 instead re-takes only what is missing (other subjects
-    are not delivered), and if the stream no longer holds cursor + 1 the fetcher records
-    the jump as a gap, as for any purge. Only a feed directory with nothing archived
-    (new, or moved aside) starts at the floor: the consumer is then the only position."""
-    if archived is None:
-        return ack_floor
-    if ack_floor is not None and ack_floor > archived:
-        log.info(
-            "the consumer's ack floor (%d) is past the archive's end (%d): resuming after "
-            "the archive, so nothing that missed the disk is skipped",
-            ack_floor,
-            archived,
-        )
-    return archived
 
 
 async def start_archiver(
