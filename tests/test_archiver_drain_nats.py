@@ -49,6 +49,7 @@ async def test_a_drain_ends_when_the_feeds_messages_have_left_the_stream(
                         covers_stream=False,
                         clock=WallClock(0),
                         stats=FetcherStats(),
+                        durable=lambda: None,
                         drain=drain,
                     )
                 )

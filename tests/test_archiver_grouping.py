@@ -35,8 +35,15 @@ class SlowFirstAppend:
 
 
 async def _run(
-    tmp_path: Path, items: list[Batch | RotateTick]
+    tmp_path: Path,
+    items: list[Batch | RotateTick],
+    *,
+    stalled_s: float = 0,
+    settled: Callable[[list[ManifestUpdate]], None] | None = None,
 ) -> tuple[SlowFirstAppend, RecordingOps, list[str], list[ManifestUpdate]]:
+    """Write batch 1..10, with `items` queued behind its slow fsync (which lasts
+    `stalled_s` of fake time); `settled` checks the updates once the writer has taken
+    everything, before its input ends."""
     ops = RecordingOps()
     run_sync = SlowFirstAppend()
     clock = WallClock(utc_ns(2026, 1, 5, 12, 3))
@@ -69,7 +76,11 @@ async def _run(
         await run_sync.blocked.wait()
         for item in items:
             await send.send(item)
+        await trio.sleep(stalled_s)
         run_sync.release.set()
+        if settled is not None:
+            await trio.testing.wait_all_tasks_blocked()
+            settled(updates)
         await send.aclose()
     return run_sync, ops, acks, updates
 
@@ -95,6 +106,25 @@ async def test_a_rotation_tick_ends_a_group(
     run_sync, _, acks, _ = await _run(tmp_path, [batch(11, 20), tick, batch(21, 30), batch(31, 40)])
     assert run_sync.appended == [10, 10, 20]
     assert acks == ["ack.10", "ack.20", "ack.40"]
+
+
+async def test_a_tick_that_ends_a_group_still_finishes_the_slot(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The slot ends (12:15) while an fsync stalls; an ack-only batch then queues before
+    the boundary's tick. The tick ends that group, and the file is finished then, not
+    at the next message or tick (up to a whole interval late)."""
+
+    def finished(updates: list[ManifestUpdate]) -> None:
+        assert [type(u).__name__ for u in updates] == ["FileFinished"]
+
+    _, _, acks, _ = await _run(
+        tmp_path,
+        [Batch([], "ack.10"), RotateTick(utc_ns(2026, 1, 5, 12, 15))],
+        stalled_s=13 * 60,
+        settled=finished,
+    )
+    assert acks == ["ack.10", "ack.10"]
 
 
 async def test_a_backlog_is_still_written_a_fetch_at_a_time(

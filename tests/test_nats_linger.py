@@ -3,7 +3,9 @@ publisher and in the pull consumer."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -13,6 +15,7 @@ from ssmd.clock import WallClock
 from ssmd.connector.publisher import Inbound, Publisher
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.linger import TRICKLE_BATCH, TRICKLE_STRETCH, stretch
+from ssmd.nats.pull import PullState
 from ssmd.nats.server import NatsServer
 from ssmd.nats.types import OutgoingMessage, PublishOutcome
 from tests.procs import publish_range, stream_spec
@@ -105,3 +108,49 @@ async def test_a_pull_at_a_trickle_waits_the_stretched_linger(nats_server: NatsS
         assert len(await consumer.fetch(100, 5.0)) == 1
         # Only a lower bound: a loaded machine can make it longer, never shorter.
         assert trio.current_time() - started >= TRICKLE_STRETCH * 0.1 * 0.95
+
+
+class _QuietConnection:
+    """The nats-py calls a `PullState` makes, with nothing on the wire."""
+
+    def new_inbox(self) -> str:
+        return "_INBOX.test"
+
+    async def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
+        pass
+
+
+def test_a_stretched_pull_linger_never_outlasts_the_fetch_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With `archiver.linger` at half of `fetch_timeout`, the stretch (up to 4 lingers
+    more) is cut at the fetch's deadline: a drain's short fetch stays short. The asyncio
+    loop's time is virtual: each sleep moves it by exactly what was asked."""
+    timeout, linger = 0.2, 0.1
+    real_sleep = asyncio.sleep
+
+    async def main() -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        now = [0.0]
+        monkeypatch.setattr(loop, "time", lambda: now[0])
+
+        async def sleep(seconds: float) -> None:
+            now[0] += seconds
+            await real_sleep(0)
+
+        monkeypatch.setattr(asyncio, "sleep", sleep)
+        state = PullState(_QuietConnection(), "MARKETDATA", "c", 5.0, linger)
+        msg = SimpleNamespace(
+            subject="prod.kalshi.json.trade.A",
+            data=b"{}",
+            headers=None,
+            reply="$JS.ACK.MARKETDATA.c.1.1.1.1767614400123456789.0",
+        )
+        state.on_message(msg)
+        out = await state.fetch(100, timeout)
+        return len(out), now[0]
+
+    delivered, elapsed = asyncio.run(main())
+    assert delivered == 1
+    assert elapsed <= timeout + 1e-9, f"the fetch waited {elapsed:.2f}s of its {timeout}s"
+    assert stretch(linger, 1) > timeout - linger  # uncapped, the stretch would outlast it

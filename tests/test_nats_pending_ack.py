@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import pytest
 import trio
+from prometheus_client.core import Metric
 
+from ssmd.archiver.metrics import archiver_metrics
+from ssmd.archiver.service import ArchiverStatus
 from ssmd.nats.bridge import NatsBridge, open_bridge
-from ssmd.nats.pull import PendingAck, PullConsumer, ack_reply_consumer
+from ssmd.nats.pull import PendingAck, PullConsumer, ack_reply_consumer, send_pending_ack
 from ssmd.nats.server import NatsServer
 from ssmd.nats.types import NatsUnavailable
 from tests.procs import publish_range, stream_spec
@@ -32,6 +35,40 @@ def test_a_pending_ack_keeps_only_the_newest_reply_and_is_taken_once() -> None:
     pending.put("r2")
     assert pending.take() == "r2"
     assert pending.take() is None
+
+
+class FakeConnection:
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.published: list[str] = []
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        if self.fail:
+            raise ConnectionError("connection closed")
+        self.published.append(subject)
+
+
+@pytest.mark.trio
+async def test_acks_are_counted_when_sent_and_when_the_send_fails() -> None:
+    """`ssmd_archive_acks` counts acks written to the connection (a reply replaced
+    before it went out is not one); a failed send reaches `ssmd_archive_ack_failures`."""
+    pending = PendingAck()
+    pending.put("r1")
+    pending.put("r2")
+    nc = FakeConnection(fail=False)
+    await send_pending_ack(nc, pending)
+    await send_pending_ack(nc, pending)  # nothing waits: nothing sent
+    assert nc.published == ["r2"] and (pending.sent, pending.failed) == (1, 0)
+    pending.put("r3")
+    await send_pending_ack(FakeConnection(fail=True), pending)
+    assert (pending.sent, pending.failed) == (1, 1)
+
+    status = ArchiverStatus(wire_acks=pending)
+    status.writer.acks = 3  # handed over to the bridge
+    status.writer.ack_failures = 2  # not even handed over (connection closed, timeout)
+    families = {f.name: f for f in archiver_metrics("kalshi", status) if isinstance(f, Metric)}
+    assert families["ssmd_archive_acks"].samples[0].value == 1
+    assert families["ssmd_archive_ack_failures"].samples[0].value == 3
 
 
 async def _consumer(bridge: NatsBridge, durable: str, subject: str) -> PullConsumer:

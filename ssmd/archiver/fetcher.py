@@ -3,7 +3,11 @@
 The archive on disk is the position; the consumer is recreated to start right after it
 whenever the stream of deliveries cannot be trusted (start-up, a reconnect, a delivery
 that never arrived), so a message delivered-but-lost can never be acknowledged by a
-later AckAll.
+later AckAll. "Right after it" means after what the writer has fsynced, not after what
+was forwarded: nats-server sets a new consumer's ack floor just below its start at once,
+so creating it acts as an ack, and batches still queued for the writer would be lost to
+a crash that follows. What was forwarded already is redelivered, skipped by sequence and
+acked (in order, behind the batches that carry it).
 
 Gaps: a jump in stream sequence is a gap only for messages that really left the stream.
 With a filter that covers the whole stream every skipped sequence is this feed's loss
@@ -153,11 +157,21 @@ async def run_fetcher(
     covers_stream: bool,
     clock: WallClock,
     stats: FetcherStats,
+    durable: Callable[[], int | None],
     drain: Drain | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Forward batches from the stream, in order, after `cursor`; reports started once
-    the consumer is first positioned."""
+    the consumer is first positioned. `durable` is the highest stream sequence the
+    writer has fsynced since the start (None before its first fsync): a consumer is
+    always (re)opened right after it (or after `cursor`, whichever is later)."""
+
+    def archived() -> int | None:
+        done = durable()
+        if done is None or (cursor is not None and cursor > done):
+            return cursor
+        return done
+
     last = cursor
     started = False
     consumer: Consumer | None = None
@@ -182,13 +196,20 @@ async def run_fetcher(
                     return
                 if consumer is None:
                     reconnects = source.reconnects
-                    consumer = await source.open_at(None if last is None else last + 1)
+                    after = archived()
+                    consumer = await source.open_at(None if after is None else after + 1)
                     expected_delivery = 1
                     caught_up = False
                     if drain is not None:
                         drain.reopened()
                     stats.consumer_resets += 1
-                    log.info("consumer positioned after stream seq %s", last)
+                    log.info(
+                        "consumer positioned after stream seq %s (the archive's fsynced end)%s",
+                        after,
+                        ""
+                        if last == after
+                        else f"; seqs through {last} are still on their way to disk",
+                    )
                     if not started:
                         started = True
                         task_status.started()

@@ -29,12 +29,18 @@ def archiver_metrics(feed: str, status: ArchiverStatus) -> Iterator[object]:
         labels,
         w.compressed_bytes,
     )
-    yield counter("ssmd_archive_acks", "Batches acknowledged to JetStream.", labels, w.acks)
+    wire = status.wire_acks
+    yield counter(
+        "ssmd_archive_acks",
+        "Acks sent to JetStream (AckAll: one covers every batch before it).",
+        labels,
+        w.acks if wire is None else wire.sent,
+    )
     yield counter(
         "ssmd_archive_ack_failures",
-        "Acks that failed (harmless: redelivery is skipped).",
+        "Acks that failed to be handed over or sent (harmless: redelivery is skipped).",
         labels,
-        w.ack_failures,
+        w.ack_failures + (0 if wire is None else wire.failed),
     )
     yield counter(
         "ssmd_stream_gaps",

@@ -6,7 +6,8 @@
   write) is scanned and listed;
 - stale temp files are removed;
 - the archive's cursor, the highest stream sequence on disk, is returned so the consumer
-  restarts right after it and nothing is archived twice.
+  restarts right after it and nothing is archived twice; `resume_cursor` keeps it
+  over a higher ack floor of the consumer, which is no proof of anything on disk.
 """
 
 from __future__ import annotations
@@ -138,3 +139,26 @@ def recover_feed(
             if f.records and (cursor is None or f.nats_end_seq > cursor):
                 cursor = f.nats_end_seq
     return RecoveryReport(cursor=cursor, salvaged=salvaged, relisted=relisted)
+
+
+def resume_cursor(archived: int | None, ack_floor: int | None) -> int | None:
+    """Where to resume: right after the archive's own cursor whenever there is one.
+
+    The consumer's ack floor is not a durable position of the archive: nats-server sets
+    a new consumer's floor just below its start sequence (or the stream's first) at
+    once, and moves a narrow filter's floor past other subjects' messages. Skipping to
+    a floor above the cursor could skip messages that never reached the disk, with no
+    gap. Resuming at cursor + 1 instead re-takes only what is missing (other subjects
+    are not delivered), and if the stream no longer holds cursor + 1 the fetcher records
+    the jump as a gap, as for any purge. Only a feed directory with nothing archived
+    (new, or moved aside) starts at the floor: the consumer is then the only position."""
+    if archived is None:
+        return ack_floor
+    if ack_floor is not None and ack_floor > archived:
+        log.info(
+            "the consumer's ack floor (%d) is past the archive's end (%d): resuming after "
+            "the archive, so nothing that missed the disk is skipped",
+            ack_floor,
+            archived,
+        )
+    return archived

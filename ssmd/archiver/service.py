@@ -30,7 +30,7 @@ from ssmd.archiver.fetcher import (
     run_fetcher,
 )
 from ssmd.archiver.files import FileOps
-from ssmd.archiver.recovery import ArchiveLocked, lock_feed_dir, recover_feed
+from ssmd.archiver.recovery import ArchiveLocked, lock_feed_dir, recover_feed, resume_cursor
 from ssmd.archiver.slots import NS, slot_start
 from ssmd.archiver.writer import (
     ArchiveWriter,
@@ -43,6 +43,7 @@ from ssmd.clock import WallClock
 from ssmd.config import ArchiverConfig, Config
 from ssmd.metrics import FunctionCollector, merge_families
 from ssmd.nats.bridge import NatsBridge
+from ssmd.nats.pull import PendingAck
 from ssmd.subjects import pattern_covers, patterns_intersect
 from ssmd.supervisor import StartupRefused, Supervisor
 
@@ -68,6 +69,8 @@ class ArchiverStatus:
     writer: WriterStatus = attrs.field(factory=WriterStatus)
     fetcher: FetcherStats = attrs.field(factory=FetcherStats)
     cursor: int | None = None
+    # The acks the bridge really sent (the writer counts those handed over).
+    wire_acks: PendingAck | None = None
 
 
 async def run_rotation_timer(
@@ -257,7 +260,7 @@ async def start_archiver(
     except BaseException:
         unlock()
         raise
-    cursor = max((c for c in (report.cursor, floor) if c is not None), default=None)
+    cursor = resume_cursor(report.cursor, floor)
     if cursor is not None and state.last_seq < cursor:
         unlock()
         raise StartupRefused(
@@ -266,6 +269,7 @@ async def start_archiver(
             "aside (or point storage.path elsewhere) to start a new one"
         )
     status.cursor = cursor
+    status.wire_acks = bridge.pending_ack(stream, archiver.consumer)
     log.info(
         "archiving %s from stream %s (filter %s) into %s; resuming after seq %s%s",
         feed,
@@ -293,6 +297,7 @@ async def start_archiver(
             covers_stream=covers,
             clock=clock,
             stats=status.fetcher,
+            durable=lambda: status.writer.durable_seq,
             drain=drain if drain_on_stop else None,
             task_status=task_status,
         )

@@ -66,13 +66,17 @@ class WriterStatus:
     disk_full: AsyncBool = attrs.field(factory=AsyncBool)
     disk_full_events: int = 0
     last_write_ns: int = 0
+    # The highest stream sequence fsynced since the start: the fetcher reopens its
+    # consumer right after it, never after what is still on its way to disk.
+    durable_seq: int | None = None
     open_file: str = ""
     compressed_bytes: int = 0
     records_by_type: Counter[str] = attrs.field(factory=Counter)
     fsync_seconds: LatencyHistogram = attrs.field(factory=LatencyHistogram)
 
 
-# Queued batches are merged into one write until it holds this many messages.
+# Queued batches are merged into one write until it holds at least this many messages
+# (so at most GROUP_MAX_MESSAGES - 1 + one batch).
 GROUP_MAX_MESSAGES = 1000
 
 # Retrying a file operation while the disk is full.
@@ -190,6 +194,7 @@ class ArchiveWriter:
             status.records_by_type.update(added.records_by_type)
             status.fsync_seconds.observe(current.last_fsync_s)
             status.last_write_ns = self._clock.now_ns()
+            status.durable_seq = batch.messages[-1].stream_seq
         if batch.ack_reply is not None:
             try:
                 self._ack_send.send_nowait(batch.ack_reply)

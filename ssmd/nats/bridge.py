@@ -128,7 +128,8 @@ class NatsBridge:
             return
         await self._call(self._nc.publish, reply, b"+ACK")
 
-    def _pending_ack(self, stream: str, durable: str) -> PendingAck:
+    def pending_ack(self, stream: str, durable: str) -> PendingAck:
+        """Where `ack` leaves a consumer's newest AckAll; it counts the acks sent."""
         return self._pending_acks.setdefault((stream, durable), PendingAck())
 
     async def stream_state(self, stream: str) -> StreamState | None:
@@ -175,7 +176,7 @@ class NatsBridge:
             ack_wait_s,
             max_ack_pending,
             linger_s,
-            self._pending_ack(stream, durable),
+            self.pending_ack(stream, durable),
         )
         return PullConsumer(self._call, state)
 

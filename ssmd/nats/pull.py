@@ -85,6 +85,9 @@ class PendingAck:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._reply: str | None = None
+        # Acks really written to the connection, and those whose publish failed.
+        self.sent = 0
+        self.failed = 0
 
     def put(self, reply: str) -> None:
         with self._lock:
@@ -104,7 +107,10 @@ async def send_pending_ack(nc: Any, acks: PendingAck) -> None:
             await nc.publish(reply, b"+ACK")
         except Exception:
             # The messages are on disk; a redelivery is skipped by sequence.
+            acks.failed += 1
             log.debug("ack %s not sent", reply, exc_info=True)
+        else:
+            acks.sent += 1
 
 
 class PullCredit:
