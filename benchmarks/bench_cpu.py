@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,16 +144,11 @@ async def ssmd_recorder(run: Run) -> dict[str, float]:
             async def measure() -> None:
                 while publisher.stats.received < 2:  # the connect record, then data
                     await trio.sleep(0.05)
-                await trio.sleep(run.warm_s)
-                result.update(_window_start("busy", status.writer.records))
-                await trio.sleep(run.window_s)
-                _window_end(result, "busy", status.writer.records)
-                while status.writer.records < count + 1:
-                    await trio.sleep(0.1)
-                await trio.sleep(1.0)  # lingers, the last ack, in-flight timers
-                result.update(_window_start("idle", status.writer.records))
-                await trio.sleep(run.idle_s)
-                _window_end(result, "idle", status.writer.records)
+                # Settles: lingers, the last ack, in-flight timers.
+                windows = await measure_windows(
+                    run, trio.sleep, lambda: status.writer.records, count + 1, settle=1.0
+                )
+                result.update(windows)
                 sup.request_stop("benchmark done")
 
             sup.start_sink("bench.measure", measure)
@@ -205,6 +201,30 @@ def _window_end(result: dict[str, float], name: str, records: int) -> None:
     for key in [k for k in result if k.startswith(f"{name}_thread0 ")]:
         del result[key]
     result[f"{name}_rate"] = (records - result.pop(f"{name}_n0")) / elapsed
+
+
+async def measure_windows(
+    run: Run,
+    sleep: Callable[[float], Awaitable[object]],
+    progress: Callable[[], int],
+    done: int,
+    settle: float,
+) -> dict[str, float]:
+    """The busy window after `run.warm_s`, then, once `progress()` reached `done` and
+    `settle` seconds passed, the idle window; `sleep` is the event loop's (Trio or asyncio)."""
+    result: dict[str, float] = {}
+    await sleep(run.warm_s)
+    result.update(_window_start("busy", progress()))
+    await sleep(run.window_s)
+    _window_end(result, "busy", progress())
+    while progress() < done:
+        await sleep(0.1)
+    if settle:
+        await sleep(settle)
+    result.update(_window_start("idle", progress()))
+    await sleep(run.idle_s)
+    _window_end(result, "idle", progress())
+    return result
 
 
 async def _ws_connect(ws_url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -293,16 +313,7 @@ async def bare_recorder(run: Run) -> dict[str, float]:
     try:
         while received[0] < 1:
             await asyncio.sleep(0.05)
-        await asyncio.sleep(run.warm_s)
-        result.update(_window_start("busy", archived[0]))
-        await asyncio.sleep(run.window_s)
-        _window_end(result, "busy", archived[0])
-        while archived[0] < count:
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)
-        result.update(_window_start("idle", archived[0]))
-        await asyncio.sleep(run.idle_s)
-        _window_end(result, "idle", archived[0])
+        result = await measure_windows(run, asyncio.sleep, lambda: archived[0], count, settle=1.0)
     finally:
         for task in tasks:
             task.cancel()
@@ -333,15 +344,7 @@ async def reader_floor(run: Run) -> dict[str, float]:
             nursery.start_soon(reader, ws)
             while read[0] < 2:
                 await trio.sleep(0.05)
-            await trio.sleep(run.warm_s)
-            result.update(_window_start("busy", read[0]))
-            await trio.sleep(run.window_s)
-            _window_end(result, "busy", read[0])
-            while read[0] < count:
-                await trio.sleep(0.1)
-            result.update(_window_start("idle", read[0]))
-            await trio.sleep(run.idle_s)
-            _window_end(result, "idle", read[0])
+            result = await measure_windows(run, trio.sleep, lambda: read[0], count, settle=0.0)
             nursery.cancel_scope.cancel()
     return result
 
