@@ -197,30 +197,32 @@ async def test_without_a_lookup_a_miss_waits_for_the_next_walk(
         assert d.layout.markets == {"E-B"}
 
 
-async def test_walks_start_a_refresh_apart_however_long_they_take(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def walk_schedule(pages: int, seconds: float) -> tuple[list[int], Discovery]:
+    """When each market walk began (seconds after the start) within `seconds` of running,
+    each walk `pages` pages of 5 s; and the discovery, as it stood then."""
     venue = Venue({"E-A": "active"})
-    venue.walk_pages, venue.page_time = 20, 5.0  # 100 s
+    venue.walk_pages, venue.page_time = pages, 5.0
     d = discovery(venue)
     start = trio.current_time()
     async with running(d):
-        await trio.sleep(3 * REFRESH + 1)
-        assert [round(t - start) for t in venue.walks] == [0, 300, 600, 900]
-        assert d.stats.walks == 3 and d.stats.overran == 0
+        await trio.sleep(seconds)
+        return [round(t - start) for t in venue.walks], d
+
+
+async def test_walks_start_a_refresh_apart_however_long_they_take(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    starts, d = await walk_schedule(20, 3 * REFRESH + 1)  # 100 s walks
+    assert starts == [0, 300, 600, 900]
+    assert d.stats.walks == 3 and d.stats.overran == 0
 
 
 async def test_a_walk_longer_than_refresh_is_followed_at_once_and_counted(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    venue = Venue({"E-A": "active"})
-    venue.walk_pages, venue.page_time = 70, 5.0  # 350 s
-    d = discovery(venue)
-    start = trio.current_time()
-    async with running(d):
-        await trio.sleep(3 * (REFRESH + 50) + 1)
-        assert [round(t - start) for t in venue.walks] == [0, 350, 700, 1050]
-        assert d.stats.overran == 3
+    starts, d = await walk_schedule(70, 3 * (REFRESH + 50) + 1)  # 350 s walks
+    assert starts == [0, 350, 700, 1050]
+    assert d.stats.overran == 3
 
 
 async def test_the_catalogues_stay_bounded_while_markets_churn(
