@@ -5,27 +5,22 @@ arbitrary frames that never raises and never drops."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
-import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
 
-from ssmd.clock import WallClock
 from ssmd.config import ConnectorConfig
-from ssmd.connector.metrics import connector_metrics
-from ssmd.connector.publisher import Inbound, Publisher
+from ssmd.connector.publisher import Inbound
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds import load_venue
 from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects
 from ssmd.feeds.kraken import VENUE, KrakenSession
-from ssmd.metrics import FunctionCollector
 from ssmd.simulators.kraken import KrakenExchange, KrakenSubscriptions
 from ssmd.simulators.kraken_wire import encode
 from ssmd.supervisor import StartupRefused
+from tests.metrics_probe import connector_lines
 
 PLANS = [SubscriptionPlan("book", ("BTC/USD", "ETH/USD")), SubscriptionPlan("trade", ("BTC/USD",))]
 
@@ -265,32 +260,9 @@ def test_routing_keepalives_and_status() -> None:
     assert json.loads(session.keepalive(1) or "")["method"] == "ping"
 
 
-async def _no_publish(messages: Sequence[Any], timeout: float) -> list[Any]:
-    raise AssertionError("never publishes")
-
-
-@attrs.define
-class Slot:
-    stats: ConnectionStats
-    up: bool = True
-
-
 def exported(stats: ConnectionStats) -> list[str]:
     """The /metrics lines the connector makes of one connection's counters."""
-    publisher = Publisher(
-        _no_publish,
-        env="prod",
-        feed="kraken",
-        clock=WallClock(),
-        buffer_messages=10,
-        buffer_bytes=1000,
-        batch_max=10,
-        timeout=1.0,
-    )
-    slots: list[Any] = [Slot(stats)]
-    registry = CollectorRegistry()
-    registry.register(FunctionCollector(lambda: connector_metrics("kraken", publisher, slots)))
-    return generate_latest(registry).decode().splitlines()
+    return connector_lines("kraken", stats)
 
 
 def label_values(lines: list[str], metric: str, label: str) -> set[str]:
