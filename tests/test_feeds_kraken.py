@@ -15,7 +15,7 @@ from ssmd.config import ConnectorConfig
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds import load_venue
-from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects
+from ssmd.feeds.base import Command, ConnectionStats, SessionContext, Subjects
 from ssmd.feeds.kraken import VENUE, KrakenSession
 from ssmd.simulators.kraken import KrakenExchange, KrakenSubscriptions
 from ssmd.simulators.kraken_wire import encode
@@ -92,14 +92,21 @@ def test_subscribe_commands_carry_req_id_depth_and_wait_for_one_ack_per_symbol()
     assert stats.control["subscribe"] == 2 and stats.messages == 0 and out == []
 
 
-def test_a_refused_symbol_is_recorded_and_retried_alone() -> None:
-    session, stats = new_session()
-    commands = session.start()
-    book = json.loads(commands[0].text)
+def eth_refused(session: KrakenSession) -> tuple[Command, list[Inbound]]:
+    """The session started: its book subscribe, acked for BTC/USD (at 5) and refused for
+    ETH/USD (at 6), and what the session made of the two acks."""
+    subscribe = session.start()[0]
+    book = json.loads(subscribe.text)
     out: list[Inbound] = []
     session.on_frame(ack(book, "BTC/USD"), 5, out)
     session.on_frame(ack(book, "ETH/USD", success=False), 6, out)
-    assert session.replied(commands[0].reply)
+    return subscribe, out
+
+
+def test_a_refused_symbol_is_recorded_and_retried_alone() -> None:
+    session, stats = new_session()
+    subscribe, out = eth_refused(session)
+    assert session.replied(subscribe.reply)
     assert [m.subject for m in out] == ["prod.kraken.json.ssmd.subscribe_error"]
     record = json.loads(out[0].payload)
     assert record["markets"] == ["ETH/USD"] and record["channel"] == "book"
@@ -113,11 +120,7 @@ def test_a_refused_symbol_that_succeeds_later_records_when_its_capture_began() -
     """The subscribe_error said ETH/USD is not recorded; the retry's ack is an
     `ssmd.subscription` record adding it, placed before its fresh snapshot. Once only."""
     session, _ = new_session()
-    commands = session.start()
-    book = json.loads(commands[0].text)
-    out: list[Inbound] = []
-    session.on_frame(ack(book, "BTC/USD"), 5, out)
-    session.on_frame(ack(book, "ETH/USD", success=False), 6, out)
+    _, out = eth_refused(session)
     assert [m.subject for m in out] == ["prod.kraken.json.ssmd.subscribe_error"]
     out.clear()
     (retry,) = session.take_retries()
