@@ -37,6 +37,8 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -72,30 +74,39 @@ def frames_needed(rate: float, warm_s: float, window_s: float) -> int:
     return int(rate * (warm_s + window_s + 2))
 
 
-async def ssmd_recorder(
-    nats_url: str,
-    ws_url: str,
-    rate: float,
-    warm_s: float,
-    window_s: float,
-    idle_s: float,
-    archive: Path,
-) -> dict[str, float]:
+@dataclass(frozen=True)
+class Run:
+    """One recorder's run: where it connects, the exchange's pace and the windows."""
+
+    nats_url: str
+    ws_url: str
+    rate: float
+    warm_s: float
+    window_s: float
+    idle_s: float
+    archive: Path
+
+    @property
+    def frames(self) -> int:
+        return frames_needed(self.rate, self.warm_s, self.window_s)
+
+
+async def ssmd_recorder(run: Run) -> dict[str, float]:
     """Share of one core for ssmd's connector + archiver: at `rate`, then idle."""
-    count = frames_needed(rate, warm_s, window_s)
+    count = run.frames
     clock = WallClock()
     cc = ConnectorConfig(feed="kalshi")
     config = parse_config(
         {
             "env": "bench",
-            "nats": {"url": nats_url, "stream": STREAM},
+            "nats": {"url": run.nats_url, "stream": STREAM},
             "archiver": {"consumer": "cpu", "filter": SUBJECTS},
-            "storage": {"path": str(archive)},
+            "storage": {"path": str(run.archive)},
         }
     )
     status = ArchiverStatus()
     result: dict[str, float] = {}
-    async with open_bridge([nats_url]) as bridge:
+    async with open_bridge([run.nats_url]) as bridge:
         await bridge.ensure_stream(StreamSpec(STREAM, [SUBJECTS], 3600, 0, -1, 120, 1))
         publisher = Publisher(
             bridge.publish_batch,
@@ -110,7 +121,7 @@ async def ssmd_recorder(
         )
         connection = Connection(
             0,
-            ws_url,
+            run.ws_url,
             KALSHI,
             [SubscriptionPlan("trade")],
             config=cc,
@@ -133,16 +144,11 @@ async def ssmd_recorder(
             async def measure() -> None:
                 while publisher.stats.received < 2:  # the connect record, then data
                     await trio.sleep(0.05)
-                await trio.sleep(warm_s)
-                result.update(_window_start("busy", status.writer.records))
-                await trio.sleep(window_s)
-                _window_end(result, "busy", status.writer.records)
-                while status.writer.records < count + 1:
-                    await trio.sleep(0.1)
-                await trio.sleep(1.0)  # lingers, the last ack, in-flight timers
-                result.update(_window_start("idle", status.writer.records))
-                await trio.sleep(idle_s)
-                _window_end(result, "idle", status.writer.records)
+                # Settles: lingers, the last ack, in-flight timers.
+                windows = await measure_windows(
+                    run, trio.sleep, lambda: status.writer.records, count + 1, settle=1.0
+                )
+                result.update(windows)
                 sup.request_stop("benchmark done")
 
             sup.start_sink("bench.measure", measure)
@@ -197,6 +203,30 @@ def _window_end(result: dict[str, float], name: str, records: int) -> None:
     result[f"{name}_rate"] = (records - result.pop(f"{name}_n0")) / elapsed
 
 
+async def measure_windows(
+    run: Run,
+    sleep: Callable[[float], Awaitable[object]],
+    progress: Callable[[], int],
+    done: int,
+    settle: float,
+) -> dict[str, float]:
+    """The busy window after `run.warm_s`, then, once `progress()` reached `done` and
+    `settle` seconds passed, the idle window; `sleep` is the event loop's (Trio or asyncio)."""
+    result: dict[str, float] = {}
+    await sleep(run.warm_s)
+    result.update(_window_start("busy", progress()))
+    await sleep(run.window_s)
+    _window_end(result, "busy", progress())
+    while progress() < done:
+        await sleep(0.1)
+    if settle:
+        await sleep(settle)
+    result.update(_window_start("idle", progress()))
+    await sleep(run.idle_s)
+    _window_end(result, "idle", progress())
+    return result
+
+
 async def _ws_connect(ws_url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     url = urlsplit(ws_url)
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
@@ -213,24 +243,16 @@ async def _ws_connect(ws_url: str) -> tuple[asyncio.StreamReader, asyncio.Stream
     return reader, writer
 
 
-async def bare_recorder(
-    nats_url: str,
-    ws_url: str,
-    rate: float,
-    warm_s: float,
-    window_s: float,
-    idle_s: float,
-    archive: Path,
-) -> dict[str, float]:
+async def bare_recorder(run: Run) -> dict[str, float]:
     """The same job in one asyncio loop with nats-py as documented."""
-    count = frames_needed(rate, warm_s, window_s)
-    nc = await nats.connect(nats_url)
+    count = run.frames
+    nc = await nats.connect(run.nats_url)
     js = nc.jetstream()
     await js.add_stream(name="BARE", subjects=["bare.>"], duplicate_window=120)
     psub = await js.pull_subscribe(
         "bare.>", durable="bare", config=ConsumerConfig(ack_policy=AckPolicy.ALL)
     )
-    reader, writer = await _ws_connect(ws_url)
+    reader, writer = await _ws_connect(run.ws_url)
     archived = [0]
     received = [0]
 
@@ -262,7 +284,7 @@ async def bare_recorder(
 
     async def archiver() -> None:
         compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
-        fd = os.open(archive / "bare.jsonl.gz", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(run.archive / "bare.jsonl.gz", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             while True:
                 try:
@@ -291,16 +313,7 @@ async def bare_recorder(
     try:
         while received[0] < 1:
             await asyncio.sleep(0.05)
-        await asyncio.sleep(warm_s)
-        result.update(_window_start("busy", archived[0]))
-        await asyncio.sleep(window_s)
-        _window_end(result, "busy", archived[0])
-        while archived[0] < count:
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)
-        result.update(_window_start("idle", archived[0]))
-        await asyncio.sleep(idle_s)
-        _window_end(result, "idle", archived[0])
+        result = await measure_windows(run, asyncio.sleep, lambda: archived[0], count, settle=1.0)
     finally:
         for task in tasks:
             task.cancel()
@@ -310,19 +323,11 @@ async def bare_recorder(
     return result
 
 
-async def reader_floor(
-    nats_url: str,
-    ws_url: str,
-    rate: float,
-    warm_s: float,
-    window_s: float,
-    idle_s: float,
-    archive: Path,
-) -> dict[str, float]:
+async def reader_floor(run: Run) -> dict[str, float]:
     """The floor under any Trio recorder that stamps every frame as it is read: ssmd's
     WebSocket client reading the same paced exchange and taking each read's receive
     time, and nothing else (no routing, no NATS, no disk)."""
-    count = frames_needed(rate, warm_s, window_s)
+    count = run.frames
     read = [0]
     result: dict[str, float] = {}
 
@@ -332,36 +337,28 @@ async def reader_floor(
             time.time_ns()
             read[0] += len(frames)
 
-    async with connect_fast(ws_url, [], 10.0) as ws:
+    async with connect_fast(run.ws_url, [], 10.0) as ws:
         command = {"id": 1, "cmd": "subscribe", "params": {"channels": ["trade"]}}
         await ws.send_message(json.dumps(command))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader, ws)
             while read[0] < 2:
                 await trio.sleep(0.05)
-            await trio.sleep(warm_s)
-            result.update(_window_start("busy", read[0]))
-            await trio.sleep(window_s)
-            _window_end(result, "busy", read[0])
-            while read[0] < count:
-                await trio.sleep(0.1)
-            result.update(_window_start("idle", read[0]))
-            await trio.sleep(idle_s)
-            _window_end(result, "idle", read[0])
+            result = await measure_windows(run, trio.sleep, lambda: read[0], count, settle=0.0)
             nursery.cancel_scope.cancel()
     return result
 
 
 def floor_child(*args: Any) -> dict[str, float]:
-    return trio.run(reader_floor, *args)
+    return trio.run(reader_floor, Run(*args))
 
 
 def ssmd_child(*args: Any) -> dict[str, float]:
-    return trio.run(ssmd_recorder, *args)
+    return trio.run(ssmd_recorder, Run(*args))
 
 
 def bare_child(*args: Any) -> dict[str, float]:
-    return asyncio.run(bare_recorder(*args))
+    return asyncio.run(bare_recorder(Run(*args)))
 
 
 def main() -> int:

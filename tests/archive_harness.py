@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 from ssmd.archiver.fetcher import Batch, RotateTick
 from ssmd.archiver.files import FileOps
@@ -54,6 +55,24 @@ def message(
 def batch(first: int, last: int, **kwargs: Any) -> Batch:
     msgs = [message(s, **kwargs) for s in range(first, last + 1)]
     return Batch(msgs, msgs[-1].reply if msgs else None)
+
+
+def write_archive(root: Path, start_ns: int, *steps: Batch | float) -> None:
+    """The archive the archiver writes under `root` on a fake clock set to `start_ns`: each
+    Batch of `steps` is sent in turn, each number is that many seconds slept."""
+
+    async def build() -> None:
+        h = Harness(root)
+        async with trio.open_nursery() as nursery:
+            await h.start(nursery, WallClock(start_ns))
+            for step in steps:
+                if isinstance(step, Batch):
+                    await h.send.send(step)
+                else:
+                    await trio.sleep(step)
+            assert await h.stop() == 0
+
+    trio.run(build, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 class RecordingOps(FileOps):

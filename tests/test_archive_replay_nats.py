@@ -7,9 +7,6 @@ consumer being backtested tells it from a live one as it would live."""
 
 from __future__ import annotations
 
-import asyncio
-
-import nats
 import trio
 
 from ssmd.archive.records import Record
@@ -17,6 +14,7 @@ from ssmd.archive.replay import nats_sink, replay
 from ssmd.archiver.lines import format_line
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
+from tests.backtest_stream import make_stream, read_back
 
 RECV_NS = 1_767_614_400_123_456_789
 
@@ -34,29 +32,13 @@ def test_a_record_without_a_receive_time_is_republished_without_the_header(
     assert [r.recv_ns for r in records] == [RECV_NS, None, RECV_NS + 1, RECV_NS + 2]
     assert [r.backfilled for r in records] == [False, False, False, True]
 
-    async def make_stream() -> None:
-        nc = await nats.connect(nats_server.url)
-        await nc.jetstream().add_stream(name="BACKTEST", subjects=["bt.>"])
-        await nc.close()
-
     async def republish() -> int:
         async with open_bridge([nats_server.url], request_timeout=5.0) as bridge:
             return await replay(records, nats_sink(bridge, "bt"), speed=None)
 
-    async def read_back() -> list[tuple[str, bytes, dict[str, str] | None]]:
-        nc = await nats.connect(nats_server.url)
-        js = nc.jetstream()
-        info = await js.stream_info("BACKTEST")
-        got = []
-        for seq in range(1, info.state.last_seq + 1):
-            msg = await js.get_msg("BACKTEST", seq)
-            got.append((str(msg.subject), msg.data or b"", msg.headers))
-        await nc.close()
-        return got
-
-    asyncio.run(make_stream())
+    make_stream(nats_server.url)
     assert trio.run(republish) == 4
-    assert asyncio.run(read_back()) == [
+    assert read_back(nats_server.url) == [
         ("bt.test.kalshi.json.trade.A", b'{"a":1}', {"Ssmd-Recv-Ns": str(RECV_NS)}),
         ("bt.test.kalshi.json.trade.B", b'{"b":2}', None),
         ("bt.test.kalshi.json.trade.A", b'{"a":3}', {"Ssmd-Recv-Ns": str(RECV_NS + 1)}),

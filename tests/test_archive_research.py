@@ -3,7 +3,6 @@ scripted Kalshi tape whose every message (and sum) the test knows."""
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import os
@@ -32,6 +31,7 @@ from ssmd.connector.records import (
 from ssmd.nats.server import NatsServer
 from ssmd.subjects import market_subject
 from tests.archive_harness import utc_ns
+from tests.backtest_stream import make_stream, read_back
 from tests.market_tape import ENV, KalshiBooks, Tape, archive_tape
 
 S = 1_000_000_000
@@ -410,16 +410,8 @@ def test_replay_republishes_the_same_subjects_and_payloads_to_nats(
     nats_server: NatsServer,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import nats
-
     root, tape, _ = archive
-
-    async def make_stream() -> None:
-        nc = await nats.connect(nats_server.url)
-        await nc.jetstream().add_stream(name="BACKTEST", subjects=["bt.>"])
-        await nc.close()
-
-    asyncio.run(make_stream())
+    make_stream(nats_server.url)
     code, _, err = run(
         capsys,
         "replay",
@@ -435,18 +427,10 @@ def test_replay_republishes_the_same_subjects_and_payloads_to_nats(
     )
     assert code == 0, err
 
-    async def read_back() -> list[tuple[str, bytes, str | None]]:
-        nc = await nats.connect(nats_server.url)
-        js = nc.jetstream()
-        info = await js.stream_info("BACKTEST")
-        out = []
-        for seq in range(1, info.state.last_seq + 1):
-            msg = await js.get_msg("BACKTEST", seq)
-            out.append((str(msg.subject), msg.data or b"", (msg.headers or {}).get("Ssmd-Recv-Ns")))
-        await nc.close()
-        return out
-
-    got = asyncio.run(read_back())
+    got = [
+        (subject, data, (headers or {}).get("Ssmd-Recv-Ns"))
+        for subject, data, headers in read_back(nats_server.url)
+    ]
     assert got == [("bt." + it.subject, it.payload.strip(), str(it.recv_ns)) for it in tape.items]
 
 

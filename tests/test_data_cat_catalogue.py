@@ -8,14 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
-import trio.testing
 
 from ssmd.archiver.fetcher import Batch
 from ssmd.cli.main import main
-from ssmd.clock import WallClock
 from ssmd.nats.types import FetchedMessage
-from tests.archive_harness import Harness, batch, utc_ns
+from tests.archive_harness import batch, utc_ns, write_archive
 
 DAY = "2026-01-05"
 DOT = "KXBTCD-26MAR1213-T69499.99"  # a ticker with a dot: %2E in its subject token
@@ -44,23 +41,20 @@ def catalogue_message(seq: int, kind: str, key: str, obj: dict[str, Any]) -> Fet
 
 @pytest.fixture
 def archive(tmp_path: Path) -> Path:
-    async def build() -> None:
-        h = Harness(tmp_path)
-        async with trio.open_nursery() as nursery:
-            await h.start(nursery, WallClock(utc_ns(2026, 1, 5, 11, 58)))
-            await h.send.send(batch(1, 10, ticker="KXINX-26JAN05-B6000", kind="ticker"))
-            first = [
-                catalogue_message(11, "market", MARKETS[0]["ticker"], MARKETS[0]),
-                catalogue_message(12, "market", DOT, MARKETS[1]),
-                catalogue_message(13, "event", EVENT["event_ticker"], EVENT),
-            ]
-            await h.send.send(Batch(first, first[-1].reply))
-            await trio.sleep(900)  # the next file
-            later = [catalogue_message(14, "market", DOT, MARKETS[2])]
-            await h.send.send(Batch(later, later[-1].reply))
-            assert await h.stop() == 0
-
-    trio.run(build, clock=trio.testing.MockClock(autojump_threshold=0))
+    first = [
+        catalogue_message(11, "market", MARKETS[0]["ticker"], MARKETS[0]),
+        catalogue_message(12, "market", DOT, MARKETS[1]),
+        catalogue_message(13, "event", EVENT["event_ticker"], EVENT),
+    ]
+    later = [catalogue_message(14, "market", DOT, MARKETS[2])]
+    write_archive(
+        tmp_path,
+        utc_ns(2026, 1, 5, 11, 58),
+        batch(1, 10, ticker="KXINX-26JAN05-B6000", kind="ticker"),
+        Batch(first, first[-1].reply),
+        900,  # the next file
+        Batch(later, later[-1].reply),
+    )
     return tmp_path
 
 

@@ -9,12 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import trio
-import trio.testing
 
 from ssmd.cli.main import main
-from ssmd.clock import WallClock
-from tests.archive_harness import Harness, batch, utc_ns
+from tests.archive_harness import batch, utc_ns, write_archive
 
 DAY = "2026-01-05"
 
@@ -23,18 +20,15 @@ DAY = "2026-01-05"
 def archive(tmp_path: Path) -> Path:
     """Three finished files: 1145 (A), 1200 (dot ticker), 1215 (trades of B)."""
 
-    async def build() -> None:
-        h = Harness(tmp_path)
-        async with trio.open_nursery() as nursery:
-            await h.start(nursery, WallClock(utc_ns(2026, 1, 5, 11, 58)))
-            await h.send.send(batch(1, 40, ticker="A", kind="ticker"))
-            await trio.sleep(180)
-            await h.send.send(batch(41, 70, ticker="KXBTCD-26MAR1213-T69499.99"))
-            await trio.sleep(900)
-            await h.send.send(batch(71, 3000, ticker="B"))  # > a pipe buffer, for `| head`
-            assert await h.stop() == 0
-
-    trio.run(build, clock=trio.testing.MockClock(autojump_threshold=0))
+    write_archive(
+        tmp_path,
+        utc_ns(2026, 1, 5, 11, 58),
+        batch(1, 40, ticker="A", kind="ticker"),
+        180,
+        batch(41, 70, ticker="KXBTCD-26MAR1213-T69499.99"),
+        900,
+        batch(71, 3000, ticker="B"),  # > a pipe buffer, for `| head`
+    )
     return tmp_path
 
 

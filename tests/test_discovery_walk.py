@@ -5,6 +5,8 @@ subscriptions (review of issue 9's walk: H1, M4, M5, L2, L7)."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -108,6 +110,17 @@ async def drain(receive: trio.MemoryReceiveChannel[list[Inbound]]) -> None:
         pass
 
 
+@asynccontextmanager
+async def running(d: Discovery, buffer: int = 100) -> AsyncIterator[None]:
+    """`d` runs, its output drained, for the body of the block."""
+    send, receive = trio.open_memory_channel[list[Inbound]](buffer)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain, receive)
+        await nursery.start(d.run, send)
+        yield
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_settlement_while_a_page_is_published_takes_the_market_off(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -139,15 +152,11 @@ async def test_a_complete_walk_takes_off_what_is_placed_but_not_selected(
     venue = Venue({"E-M1": "active"})
     d = discovery(venue)
     assert d.layout is not None
-    send, receive = trio.open_memory_channel[list[Inbound]](100)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(drain, receive)
-        await nursery.start(d.run, send)
+    async with running(d):
         await trio.sleep(1)
         d.add(["STRAY"], "test")  # however it got there
         await trio.sleep(REFRESH)
         assert d.layout.markets == {"E-M1"}
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_market_that_closed_silently_goes_at_the_next_walk(
@@ -156,10 +165,7 @@ async def test_a_market_that_closed_silently_goes_at_the_next_walk(
     venue = Venue({"E-A": "active", "E-B": "active", "E-C": "active"})
     d = discovery(venue)
     assert d.layout is not None
-    send, receive = trio.open_memory_channel[list[Inbound]](100)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(drain, receive)
-        await nursery.start(d.run, send)
+    async with running(d):
         await trio.sleep(1)
         assert d.layout.markets == {"E-A", "E-B", "E-C"}
         venue.markets["E-A"] = "closed"  # no lifecycle event
@@ -172,7 +178,6 @@ async def test_a_market_that_closed_silently_goes_at_the_next_walk(
         venue.hidden = set()
         await trio.sleep(REFRESH)
         assert d.layout.markets == {"E-B", "E-C"}
-        nursery.cancel_scope.cancel()
 
 
 async def test_without_a_lookup_a_miss_waits_for_the_next_walk(
@@ -182,10 +187,7 @@ async def test_without_a_lookup_a_miss_waits_for_the_next_walk(
     venue.refuse_lookup = True
     d = discovery(venue)
     assert d.layout is not None
-    send, receive = trio.open_memory_channel[list[Inbound]](100)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(drain, receive)
-        await nursery.start(d.run, send)
+    async with running(d):
         await trio.sleep(1)
         venue.markets["E-A"] = "closed"
         await trio.sleep(REFRESH)
@@ -193,41 +195,34 @@ async def test_without_a_lookup_a_miss_waits_for_the_next_walk(
         assert d.refused is None  # the walk itself is complete
         await trio.sleep(REFRESH)
         assert d.layout.markets == {"E-B"}
-        nursery.cancel_scope.cancel()
+
+
+async def walk_schedule(pages: int, seconds: float) -> tuple[list[int], Discovery]:
+    """When each market walk began (seconds after the start) within `seconds` of running,
+    each walk `pages` pages of 5 s; and the discovery, as it stood then."""
+    venue = Venue({"E-A": "active"})
+    venue.walk_pages, venue.page_time = pages, 5.0
+    d = discovery(venue)
+    start = trio.current_time()
+    async with running(d):
+        await trio.sleep(seconds)
+        return [round(t - start) for t in venue.walks], d
 
 
 async def test_walks_start_a_refresh_apart_however_long_they_take(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    venue = Venue({"E-A": "active"})
-    venue.walk_pages, venue.page_time = 20, 5.0  # 100 s
-    d = discovery(venue)
-    send, receive = trio.open_memory_channel[list[Inbound]](100)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(drain, receive)
-        start = trio.current_time()
-        await nursery.start(d.run, send)
-        await trio.sleep(3 * REFRESH + 1)
-        assert [round(t - start) for t in venue.walks] == [0, 300, 600, 900]
-        assert d.stats.walks == 3 and d.stats.overran == 0
-        nursery.cancel_scope.cancel()
+    starts, d = await walk_schedule(20, 3 * REFRESH + 1)  # 100 s walks
+    assert starts == [0, 300, 600, 900]
+    assert d.stats.walks == 3 and d.stats.overran == 0
 
 
 async def test_a_walk_longer_than_refresh_is_followed_at_once_and_counted(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    venue = Venue({"E-A": "active"})
-    venue.walk_pages, venue.page_time = 70, 5.0  # 350 s
-    d = discovery(venue)
-    send, receive = trio.open_memory_channel[list[Inbound]](100)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(drain, receive)
-        start = trio.current_time()
-        await nursery.start(d.run, send)
-        await trio.sleep(3 * (REFRESH + 50) + 1)
-        assert [round(t - start) for t in venue.walks] == [0, 350, 700, 1050]
-        assert d.stats.overran == 3
-        nursery.cancel_scope.cancel()
+    starts, d = await walk_schedule(70, 3 * (REFRESH + 50) + 1)  # 350 s walks
+    assert starts == [0, 350, 700, 1050]
+    assert d.stats.overran == 3
 
 
 async def test_the_catalogues_stay_bounded_while_markets_churn(
@@ -235,17 +230,13 @@ async def test_the_catalogues_stay_bounded_while_markets_churn(
 ) -> None:
     venue = Venue({})
     d = discovery(venue)
-    send, receive = trio.open_memory_channel[list[Inbound]](1000)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(drain, receive)
-        await nursery.start(d.run, send)
+    async with running(d, 1000):
         for walk in range(12):
             venue.markets = {f"E{walk}-M{i}": "active" for i in range(20)}
             await trio.sleep(REFRESH)
             # This walk's, and the last 3 complete walks': never more.
             assert len(d.market_catalogue) <= 4 * 20
             assert len(d.event_catalogue) <= 4
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_refused_walk_is_tried_again_sooner_than_a_refresh(
@@ -254,16 +245,12 @@ async def test_a_refused_walk_is_tried_again_sooner_than_a_refresh(
     venue = Venue({"E-A": "active"})
     venue.refuse = {"/markets"}
     d = discovery(venue)
-    send, receive = trio.open_memory_channel[list[Inbound]](100)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(drain, receive)
-        await nursery.start(d.run, send)
+    async with running(d):
         await trio.sleep(1)
         assert d.refused is not None and d.not_ready() is not None
         venue.refuse = set()
         await trio.sleep(REFRESH / 4)
         assert d.refused is None and d.stats.walks == 1
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_refused_event_walk_still_counts_the_market_reconcile(
@@ -273,12 +260,8 @@ async def test_a_refused_event_walk_still_counts_the_market_reconcile(
     venue.refuse = {"/events"}
     d = discovery(venue)
     assert d.layout is not None
-    send, receive = trio.open_memory_channel[list[Inbound]](100)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(drain, receive)
-        await nursery.start(d.run, send)
+    async with running(d):
         await trio.sleep(1)
         assert d.stats.walks == 1 and d.stats.last_reconcile_ns > 0
         assert d.layout.markets == {"E-A"}
         assert d.refused is not None and "/events" in d.refused  # still alerted
-        nursery.cancel_scope.cancel()

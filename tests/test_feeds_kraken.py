@@ -5,27 +5,22 @@ arbitrary frames that never raises and never drops."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
-import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
 
-from ssmd.clock import WallClock
 from ssmd.config import ConnectorConfig
-from ssmd.connector.metrics import connector_metrics
-from ssmd.connector.publisher import Inbound, Publisher
+from ssmd.connector.publisher import Inbound
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds import load_venue
-from ssmd.feeds.base import ConnectionStats, SessionContext, Subjects
+from ssmd.feeds.base import Command, ConnectionStats, SessionContext, Subjects
 from ssmd.feeds.kraken import VENUE, KrakenSession
-from ssmd.metrics import FunctionCollector
 from ssmd.simulators.kraken import KrakenExchange, KrakenSubscriptions
 from ssmd.simulators.kraken_wire import encode
 from ssmd.supervisor import StartupRefused
+from tests.metrics_probe import connector_lines
 
 PLANS = [SubscriptionPlan("book", ("BTC/USD", "ETH/USD")), SubscriptionPlan("trade", ("BTC/USD",))]
 
@@ -97,14 +92,21 @@ def test_subscribe_commands_carry_req_id_depth_and_wait_for_one_ack_per_symbol()
     assert stats.control["subscribe"] == 2 and stats.messages == 0 and out == []
 
 
-def test_a_refused_symbol_is_recorded_and_retried_alone() -> None:
-    session, stats = new_session()
-    commands = session.start()
-    book = json.loads(commands[0].text)
+def eth_refused(session: KrakenSession) -> tuple[Command, list[Inbound]]:
+    """The session started: its book subscribe, acked for BTC/USD (at 5) and refused for
+    ETH/USD (at 6), and what the session made of the two acks."""
+    subscribe = session.start()[0]
+    book = json.loads(subscribe.text)
     out: list[Inbound] = []
     session.on_frame(ack(book, "BTC/USD"), 5, out)
     session.on_frame(ack(book, "ETH/USD", success=False), 6, out)
-    assert session.replied(commands[0].reply)
+    return subscribe, out
+
+
+def test_a_refused_symbol_is_recorded_and_retried_alone() -> None:
+    session, stats = new_session()
+    subscribe, out = eth_refused(session)
+    assert session.replied(subscribe.reply)
     assert [m.subject for m in out] == ["prod.kraken.json.ssmd.subscribe_error"]
     record = json.loads(out[0].payload)
     assert record["markets"] == ["ETH/USD"] and record["channel"] == "book"
@@ -118,11 +120,7 @@ def test_a_refused_symbol_that_succeeds_later_records_when_its_capture_began() -
     """The subscribe_error said ETH/USD is not recorded; the retry's ack is an
     `ssmd.subscription` record adding it, placed before its fresh snapshot. Once only."""
     session, _ = new_session()
-    commands = session.start()
-    book = json.loads(commands[0].text)
-    out: list[Inbound] = []
-    session.on_frame(ack(book, "BTC/USD"), 5, out)
-    session.on_frame(ack(book, "ETH/USD", success=False), 6, out)
+    _, out = eth_refused(session)
     assert [m.subject for m in out] == ["prod.kraken.json.ssmd.subscribe_error"]
     out.clear()
     (retry,) = session.take_retries()
@@ -265,32 +263,9 @@ def test_routing_keepalives_and_status() -> None:
     assert json.loads(session.keepalive(1) or "")["method"] == "ping"
 
 
-async def _no_publish(messages: Sequence[Any], timeout: float) -> list[Any]:
-    raise AssertionError("never publishes")
-
-
-@attrs.define
-class Slot:
-    stats: ConnectionStats
-    up: bool = True
-
-
 def exported(stats: ConnectionStats) -> list[str]:
     """The /metrics lines the connector makes of one connection's counters."""
-    publisher = Publisher(
-        _no_publish,
-        env="prod",
-        feed="kraken",
-        clock=WallClock(),
-        buffer_messages=10,
-        buffer_bytes=1000,
-        batch_max=10,
-        timeout=1.0,
-    )
-    slots: list[Any] = [Slot(stats)]
-    registry = CollectorRegistry()
-    registry.register(FunctionCollector(lambda: connector_metrics("kraken", publisher, slots)))
-    return generate_latest(registry).decode().splitlines()
+    return connector_lines("kraken", stats)
 
 
 def label_values(lines: list[str], metric: str, label: str) -> set[str]:

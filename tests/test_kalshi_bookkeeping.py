@@ -11,79 +11,27 @@ from typing import Any
 import trio
 import trio.testing
 
-from ssmd.config import ConnectorConfig
-from ssmd.connector.layout import AddMarkets, DeleteMarkets, Subscribe, Unsubscribe
+from ssmd.connector.layout import AddMarkets, Subscribe, Unsubscribe
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.shards import SubscriptionPlan
-from ssmd.feeds.base import Change, Command, ConnectionStats, SessionContext, Subjects
+from ssmd.feeds.base import Change, Command
 from ssmd.feeds.kalshi.replies import RETIRED_SIDS
-from ssmd.feeds.kalshi.session import KalshiSession
+from tests.kalshi_session import (
+    BOOK,
+    add,
+    as_command,
+    delete,
+    delta,
+    error,
+    frame,
+    new_session,
+    ok,
+    records,
+    retries,
+    sent,
+    subscribed,
+)
 from tests.test_connector_connection import FakeExchange, FakeSocket, Harness, running
-
-BOOK = "orderbook_delta"
-
-
-def new_session(
-    plans: list[SubscriptionPlan] | None = None,
-) -> tuple[KalshiSession, ConnectionStats]:
-    stats = ConnectionStats()
-    context = SessionContext(0, Subjects("prod", "kalshi"), stats, ConnectorConfig())
-    return KalshiSession(context, plans or []), stats
-
-
-def frame(session: KalshiSession, body: dict[str, Any]) -> list[Inbound]:
-    out: list[Inbound] = []
-    session.on_frame(json.dumps(body).encode(), 1, out)
-    return out
-
-
-def records(out: list[Inbound], kind: str | None = None) -> list[dict[str, Any]]:
-    found = [json.loads(m.payload) for m in out if ".ssmd." in m.subject]
-    return [r for r in found if kind is None or r["type"] == f"ssmd_{kind}"]
-
-
-def sent(command: Command | None) -> dict[str, Any]:
-    assert command is not None
-    body: dict[str, Any] = json.loads(command.text)
-    return body
-
-
-def error(command: Command | None, code: int, **extra: Any) -> dict[str, Any]:
-    assert command is not None
-    return {"id": command.reply, "type": "error", "msg": {"code": code, "msg": "no", **extra}}
-
-
-def ok(
-    command: Command | None, sid: int, seq: int, markets: list[str] | None = None
-) -> dict[str, Any]:
-    assert command is not None
-    reply: dict[str, Any] = {"id": command.reply, "type": "ok", "sid": sid, "seq": seq}
-    if markets is not None:
-        reply["msg"] = {"market_tickers": markets}
-    return reply
-
-
-def subscribed(session: KalshiSession, slot: int, markets: tuple[str, ...], sid: int) -> None:
-    cmd = session.apply(Change(Subscribe(0, BOOK, slot, markets), "discovery"))
-    assert cmd is not None
-    frame(session, {"id": cmd.reply, "type": "subscribed", "msg": {"channel": BOOK, "sid": sid}})
-    assert session.replied(cmd.reply)
-
-
-def add(session: KalshiSession, *markets: str, reason: str = "lifecycle:created") -> Command | None:
-    return session.apply(Change(AddMarkets(0, BOOK, 0, markets), reason))
-
-
-def delete(
-    session: KalshiSession, *markets: str, reason: str = "lifecycle:determined"
-) -> Command | None:
-    return session.apply(Change(DeleteMarkets(0, BOOK, 0, markets), reason))
-
-
-def retries(session: KalshiSession) -> list[dict[str, Any]]:
-    assert session.retries_waiting()
-    return [sent(c) for c in session.take_retries()]
-
 
 # Finding 1: a retry is the difference between wanted and confirmed, never a replay.
 
@@ -161,11 +109,6 @@ def test_unknown_markets_leave_the_wanted_set_with_a_record() -> None:
     assert sent(again)["params"]["market_tickers"] == ["A", "Y"]
 
 
-def as_command(body: dict[str, Any]) -> Command:
-    """The command object for a sent body (its id is its reply token)."""
-    return Command(json.dumps(body), body["id"])
-
-
 def test_a_subscribe_refused_for_an_unknown_market_is_retried_without_it() -> None:
     session, _ = new_session()
     cmd = session.apply(Change(Subscribe(0, BOOK, 0, ("A", "X")), "discovery"))
@@ -195,7 +138,7 @@ def test_a_refused_unsubscribe_keeps_the_sid_and_is_retried() -> None:
     assert sent(cmd)["params"] == {"sids": [7]}
     assert records(frame(session, error(cmd, 27))) == []  # nothing ended
     assert session.sid_markets() == {7: (BOOK, 2)}
-    assert [r["type"] for r in records(frame(session, _delta(7, 1)))] == []
+    assert [r["type"] for r in records(frame(session, delta(7, 1)))] == []
     (retry,) = retries(session)
     assert (retry["cmd"], retry["params"]) == ("unsubscribe", {"sids": [7]})
     (gone,) = records(frame(session, {"id": retry["id"], "type": "unsubscribed", "sid": 7}))
@@ -237,37 +180,31 @@ def test_an_error_25_gap_is_counted_by_its_reason() -> None:
 # Finding 5: a mid-sequence snapshot numbered 1 (malformed or not) is no false gap.
 
 
-def _delta(
-    sid: int, seq: int, market: object = "A", kind: str = "orderbook_delta"
-) -> dict[str, Any]:
-    return {"type": kind, "sid": sid, "seq": seq, "msg": {"market_ticker": market}}
-
-
 def test_a_malformed_snapshot_numbered_1_is_kept_and_makes_no_false_gap() -> None:
     session, stats = new_session()
     subscribed(session, 0, ("A", "B"), 7)
     out: list[Inbound] = []
     for seq in range(1, 6):
-        out += frame(session, _delta(7, seq))
+        out += frame(session, delta(7, seq))
     # A snapshot without a usable market ticker, numbered 1 in the middle of the sid.
-    out += frame(session, _delta(7, 1, market=5, kind="orderbook_snapshot"))
+    out += frame(session, delta(7, 1, market=5, kind="orderbook_snapshot"))
     for seq in (6, 7):
-        out += frame(session, _delta(7, seq))
+        out += frame(session, delta(7, seq))
     assert records(out, "gap") == []
     assert stats.unrouted == 1 and stats.messages == 8
     assert any(".unrouted.orderbook_snapshot" in m.subject for m in out)  # kept
     # A real jump afterwards is still a gap.
-    assert [r["expected"] for r in records(frame(session, _delta(7, 9)), "gap")] == [8]
+    assert [r["expected"] for r in records(frame(session, delta(7, 9)), "gap")] == [8]
 
 
 def test_snapshots_numbered_from_1_per_market_still_count_on_from_2() -> None:
     session, _ = new_session()
     subscribed(session, 0, ("A", "B"), 7)
-    out = frame(session, _delta(7, 1, kind="orderbook_snapshot"))
+    out = frame(session, delta(7, 1, kind="orderbook_snapshot"))
     for seq in range(2, 5):
-        out += frame(session, _delta(7, seq))
-    out += frame(session, _delta(7, 1, "B", kind="orderbook_snapshot"))
-    out += frame(session, _delta(7, 2, "B"))
+        out += frame(session, delta(7, seq))
+    out += frame(session, delta(7, 1, "B", kind="orderbook_snapshot"))
+    out += frame(session, delta(7, 2, "B"))
     assert records(out, "gap") == []
 
 

@@ -9,7 +9,7 @@ from ssmd.connector.layout import AddMarkets, DeleteMarkets, Subscribe
 from ssmd.connector.shards import SubscriptionPlan
 from ssmd.feeds.base import Change, DropsMarkets
 from ssmd.feeds.kalshi.session import KalshiSession
-from tests.test_kalshi_bookkeeping import (
+from tests.kalshi_session import (
     BOOK,
     add,
     as_command,

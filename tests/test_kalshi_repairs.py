@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from ssmd.connector.layout import Unsubscribe
 from ssmd.feeds.base import Change
-from tests.test_kalshi_bookkeeping import (
+from tests.kalshi_session import (
     BOOK,
     add,
     delete,
+    delta,
     error,
     frame,
     new_session,
@@ -19,11 +20,6 @@ from tests.test_kalshi_bookkeeping import (
     sent,
     subscribed,
 )
-
-
-def delta(sid: int, seq: int, market: str = "A") -> dict[str, object]:
-    return {"type": "orderbook_delta", "sid": sid, "seq": seq, "msg": {"market_ticker": market}}
-
 
 # M1: a reconnect changes coverage only with a record.
 

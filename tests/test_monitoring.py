@@ -12,7 +12,7 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,11 @@ from prometheus_client import CollectorRegistry
 
 from ssmd.archiver.metrics import archiver_metrics
 from ssmd.archiver.service import ArchiverStatus
-from ssmd.clock import WallClock
 from ssmd.connector.discovery import DiscoveryStats
 from ssmd.connector.metrics import connector_metrics, discovery_metrics
-from ssmd.connector.publisher import Publisher
 from ssmd.connector.rest import RestStats
 from ssmd.metrics import FunctionCollector
+from tests.metrics_probe import idle_publisher
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = DEPLOY / "alerts.yml"
@@ -60,23 +59,10 @@ needs_promtool = pytest.mark.skipif(
 )
 
 
-async def _no_publish(messages: Sequence[Any], timeout: float) -> list[Any]:
-    raise AssertionError("the metrics registry never publishes")
-
-
 def ssmd_metric_names() -> set[str]:
     """Every metric name ssmd's collectors expose, read from a registry (in Trio: the
     publisher's clock needs it)."""
-    publisher = Publisher(
-        _no_publish,
-        env="prod",
-        feed="kalshi",
-        clock=WallClock(),
-        buffer_messages=10,
-        buffer_bytes=1000,
-        batch_max=10,
-        timeout=1.0,
-    )
+    publisher = idle_publisher("kalshi")
     registry = CollectorRegistry()
     registry.register(FunctionCollector(lambda: connector_metrics("kalshi", publisher, [])))
     registry.register(FunctionCollector(lambda: archiver_metrics("kalshi", ArchiverStatus())))

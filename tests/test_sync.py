@@ -28,7 +28,7 @@ from ssmd.clock import WallClock
 from ssmd.config import ConfigError, Duration, SyncConfig, load_config
 from ssmd.sync import open_destination, run_sync_role, sync_once
 from tests import configs
-from tests.archive_harness import Harness, batch, utc_ns
+from tests.archive_harness import Harness, batch, utc_ns, write_archive
 
 DAY = "2026-01-05"
 NEXT_DAY = "2026-01-06"
@@ -54,18 +54,15 @@ class Destination:
 def build_archive(root: Path) -> None:
     """Two days with real slot files: 1145 and 1200 on DAY, 0000 on NEXT_DAY."""
 
-    async def build() -> None:
-        h = Harness(root)
-        async with trio.open_nursery() as nursery:
-            await h.start(nursery, WallClock(utc_ns(2026, 1, 5, 11, 58)))
-            await h.send.send(batch(1, 40, ticker="A", kind="ticker"))
-            await trio.sleep(180)
-            await h.send.send(batch(41, 70, ticker="KXBTCD-26MAR1213-T69499.99"))
-            await trio.sleep(12 * 3600)
-            await h.send.send(batch(71, 100, ticker="B"))
-            assert await h.stop() == 0
-
-    trio.run(build, clock=trio.testing.MockClock(autojump_threshold=0))
+    write_archive(
+        root,
+        utc_ns(2026, 1, 5, 11, 58),
+        batch(1, 40, ticker="A", kind="ticker"),
+        180,
+        batch(41, 70, ticker="KXBTCD-26MAR1213-T69499.99"),
+        12 * 3600,
+        batch(71, 100, ticker="B"),
+    )
 
 
 def finished_archive(root: Path) -> dict[str, bytes]:
