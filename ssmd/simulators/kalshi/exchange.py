@@ -13,7 +13,6 @@ paced fault-suite exchange sends numbered messages).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import itertools
 import json
@@ -25,18 +24,15 @@ from typing import Any
 
 import attrs
 import trio
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
-from ssmd.simulators.kalshi.rest import KalshiMarkets
+from ssmd.simulators.kalshi.rest import MAX_CLOCK_SKEW_MS, KalshiMarkets, check_signature
 from ssmd.simulators.wsserver import GatedListener, GatedStream
 
 log = logging.getLogger("ssmd.simulators.kalshi")
 
 WS_PATH = "/trade-api/ws/v2"
-MAX_CLOCK_SKEW_MS = 5000
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 PING_PAYLOAD = b"heartbeat"
 # Channels the exchange knows; others are refused with ERROR_UNKNOWN_CHANNEL.
@@ -52,7 +48,6 @@ ERROR_MARKET_NOT_FOUND = (16, "Market not found")
 ERROR_BUFFER_OVERFLOW = (25, "Subscription buffer overflow")
 ERROR_MARKET_LIMIT = (26, "Subscription market limit exceeded")
 ERROR_TOO_MANY_REQUESTS = (27, "Too many requests")
-_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
 
 
 def check_handshake(
@@ -63,20 +58,8 @@ def check_handshake(
 ) -> str | None:
     """None when the upgrade request is signed like Kalshi wants, else why it is not."""
     headers = {name.decode().lower(): value.decode() for name, value in request.headers}
-    if headers.get("kalshi-access-key") != api_key:
-        return "unknown API key"
-    timestamp = headers.get("kalshi-access-timestamp", "")
-    if not timestamp.isdigit():
-        return "missing timestamp"
-    if abs(int(timestamp) - int(time.time() * 1000)) > max_skew_ms:
-        return "stale timestamp"
     path = request.path.split("?", 1)[0]
-    try:
-        signature = base64.b64decode(headers.get("kalshi-access-signature", ""), validate=True)
-        public_key.verify(signature, f"{timestamp}GET{path}".encode(), _PSS, hashes.SHA256())
-    except (InvalidSignature, ValueError):
-        return "invalid signature"
-    return None
+    return check_signature(headers, path, public_key, api_key, max_skew_ms)
 
 
 @attrs.define

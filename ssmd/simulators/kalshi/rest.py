@@ -46,15 +46,20 @@ FILTER_STATUSES = {
 
 
 def check_signature(
-    headers: dict[str, str], path: str, public_key: rsa.RSAPublicKey, api_key: str
+    headers: dict[str, str],
+    path: str,
+    public_key: rsa.RSAPublicKey,
+    api_key: str,
+    max_skew_ms: int = MAX_CLOCK_SKEW_MS,
 ) -> str | None:
-    """None when a request is signed like Kalshi wants (path without query), else why not."""
+    """None when a request (REST, or the WebSocket upgrade) is signed like Kalshi wants
+    (`path` without its query; header names lower-case), else why not."""
     if headers.get("kalshi-access-key") != api_key:
         return "unknown API key"
     timestamp = headers.get("kalshi-access-timestamp", "")
     if not timestamp.isdigit():
         return "missing timestamp"
-    if abs(int(timestamp) - int(time.time() * 1000)) > MAX_CLOCK_SKEW_MS:
+    if abs(int(timestamp) - int(time.time() * 1000)) > max_skew_ms:
         return "stale timestamp"
     try:
         signature = base64.b64decode(headers.get("kalshi-access-signature", ""), validate=True)
