@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import trio
 
 from ssmd.nats.bridge import NatsBridge
@@ -236,7 +237,7 @@ def check_manifests(feed_dir: Path) -> dict[str, Any]:
         )
         for entry in manifest["files"]:
             with gzip.open(day / entry["name"]) as f:
-                seqs = [json.loads(line)["_seq"] for line in f]
+                seqs = [msgspec.json.decode(line)["_seq"] for line in f]
             assert len(seqs) == entry["records"]
             assert seqs[0] == entry["nats_start_seq"] and seqs[-1] == entry["nats_end_seq"]
             assert entry["compressed_bytes"] == (day / entry["name"]).stat().st_size

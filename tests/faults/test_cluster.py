@@ -33,8 +33,11 @@ from tests.faults.harness import (
 )
 from tests.procs import publish_range, stream_spec, wait_until
 
-TOTAL = 60_000
+# More than the exchange can send before the last kill is over; after it, half a second
+# more and the exchange ends its stream (`end_after`).
+TOTAL = 1_000_000
 RATE = 3_000
+FIRST_KILL_AFTER = 6_000
 LEADER_KILLS = 2
 DOWN_S = 3.0
 
@@ -114,26 +117,26 @@ def test_stream_leader_killed_twice_loses_nothing(tmp_path: Path, cluster: NatsC
         leader = cluster.wait_stream_leader(STREAM)
         replicas = cluster.stream_detail(cluster.node_named(leader), STREAM)["cluster"]["replicas"]
         assert len(replicas) == 2, "the connector did not create the stream with 3 replicas"
-        exchange.wait_sent(TOTAL // 10)
+        exchange.wait_sent(FIRST_KILL_AFTER)
         for _ in range(LEADER_KILLS):
             kills.append(kill_stream_leader(cluster, exchange))
             exchange.command("pause")
             print(kills[-1])
         exchange.command("resume")
-        exchange.wait(lambda s: s["done"], timeout=60)
+        sent = exchange.end_after(RATE // 2)
         # The same process archives everything, connect record included, before it stops.
-        wait_until(lambda: archiver_ack_floor(cluster) >= TOTAL + 1, 30, "all archived")
+        wait_until(lambda: archiver_ack_floor(cluster) >= sent + 1, 30, "all archived")
         code, _ = process.terminate()
         assert code == 0, process.log.read_text()[-3000:]
     finally:
         if process.proc is not None and process.proc.poll() is None:
             process.kill9()
-    assert all(kill.sent_before < TOTAL for kill in kills), "a leader was killed after the run"
+    assert all(kill.sent_before < sent for kill in kills), "a leader was killed after the run"
     result = finish_and_compare(exchange, config, archive)
     print(result)
-    assert result.sent == TOTAL
+    assert result.sent == sent
     assert result.lost == 0, result
-    assert result.archived == TOTAL, result
+    assert result.archived == sent, result
 
 
 async def test_a_pull_consumer_whose_leader_dies_is_reported_lost(cluster: NatsCluster) -> None:

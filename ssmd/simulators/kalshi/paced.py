@@ -15,7 +15,8 @@ The test drives it over stdin, one command per line, one JSON reply per line:
 `status`, `drop` (close the TCP connection without a close handshake), `silent`
 (black-hole the connection: it stays open, nothing moves), `garbage K` (K frames that
 are not JSON, half of them binary), `gap K` (a seq break: the next trade skips K seq
-numbers), `pause`, `resume`, and `quit`.
+numbers), `pause`, `resume`, `end` (send nothing more: TOTAL becomes what was sent, so
+the stream is done), and `quit`.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class PacedExchange:
                     await trio.sleep(TICK_S)
                     continue
                 due = min(self.total, first + int((trio.current_time() - start) * self.rate))
-                while self.next_n <= due and not session.gate.silent:
+                while self.next_n <= min(due, self.total) and not session.gate.silent:
                     channel, msg = message_for(self.next_n)
                     sid = sids[channel]
                     if not session.subscriptions[sid].active:
@@ -210,6 +211,8 @@ class PacedExchange:
             self.paused = True
         elif words[0] == "resume":
             self.paused = False
+        elif words[0] == "end":
+            self.total = self.next_n - 1
         self.log.flush()
         return {**self.status(), **reply}
 
