@@ -4,8 +4,12 @@ connector with discovery, a real nats-server. Real clock, waits on conditions.""
 
 from __future__ import annotations
 
+import attrs
+import pytest
 import trio
 
+from ssmd.backoff import Backoff
+from ssmd.connector import rest
 from ssmd.nats.server import NatsServer
 from tests.test_connector_e2e import running_connector, stream_messages
 from tests.test_discovery_e2e import (
@@ -24,6 +28,20 @@ def walks_begun(kalshi: Kalshi) -> int:
         for target in kalshi.rest.requests
         if "/markets?" in target and "cursor=" not in target and "tickers=" not in target
     )
+
+
+@attrs.frozen
+class QuickRestSettings(rest.RestSettings):
+    backoff: Backoff = Backoff(0.05, 0.2, jitter=0.5)
+
+
+@pytest.fixture
+def quick_rest_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connector's REST client retries after 50 ms, not after 1 s doubling: a walk
+    that meets five bad pages in a row ends in well under a second, not in ~15 s. How
+    long the client waits between them is test_rest_walk.py's (on a fake clock); here
+    what counts is what an ended walk does to the subscriptions."""
+    monkeypatch.setattr(rest, "RestSettings", QuickRestSettings)
 
 
 async def watch_nothing_lost(kalshi: Kalshi, wanted: set[str], lost: set[str]) -> None:
@@ -58,7 +76,9 @@ async def test_a_market_one_walk_skipped_stays_subscribed(nats_server: NatsServe
     assert removed == [markets[0]]  # from orderbook_delta, the one market-scoped channel
 
 
-async def test_pages_without_their_list_remove_nothing(nats_server: NatsServer) -> None:
+async def test_pages_without_their_list_remove_nothing(
+    nats_server: NatsServer, quick_rest_retries: None
+) -> None:
     markets = tickers("KXA", 30)
     async with simulated_kalshi(markets) as kalshi:
         config = discovery_config(nats_server.url, kalshi, discovery={"refresh": "1s"})
