@@ -18,8 +18,9 @@ lint: $(BIN)/ssmd
 	$(BIN)/ruff format --check ssmd tests benchmarks
 	$(BIN)/mypy
 
+# Two workers: most of the suite's time is waiting on real processes and clocks.
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 bench: $(BIN)/ssmd
 	$(BIN)/python benchmarks/run_all.py
