@@ -1,5 +1,7 @@
 """`ssmd run --demo` (what `make demo` runs): simulated exchange -> real connector ->
-embedded nats-server -> real archiver, producing an archive that verifies and continues."""
+embedded nats-server -> real archiver, producing an archive that verifies and continues,
+and whose books the archive readers rebuild (`check_books_from_the_gap`, on the first
+run's archive: one demo run serves both)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import ssmd.archive
 from ssmd.cli.main import main
 
 
@@ -64,6 +67,62 @@ def records_of(archive: Path, feed: str) -> int:
     )
 
 
+def check_books_from_the_gap(archive_root: Path) -> None:
+    """Books from what the real connector recorded off the simulated Kalshi exchange
+    (integer-cent form, 12 markets per orderbook subscription, one deliberate `seq` gap):
+    the gap's subscription and only it goes invalid, each of its markets until its own
+    fresh snapshot, and no book ever contradicts the exchange's deltas."""
+    archive = ssmd.archive.open(archive_root)
+    # Usually one day; a run that crosses 00:00 UTC writes two.
+    days = archive.days("kalshi")
+    assert days
+    gaps = [r for day in days for r in archive.records("kalshi", day, type="ssmd")]
+    gap = next(r for r in gaps if r.subject.endswith(".gap"))
+    body: dict[str, Any] = gap.payload()
+    assert body.get("channel") == "orderbook_delta"  # the simulator gaps only orderbook sids
+    gapped = set(body["markets"])
+    assert gap.recv_ns is not None
+    books = [r for day in days for r in archive.records("kalshi", day, type="orderbook")]
+    snapshotted_before: set[str] = {
+        r.market for r in books if r.market is not None and r.recv_ns is not None and r.recv_ns < gap.recv_ns and b"orderbook_snapshot" in r.line
+    }  # fmt: skip
+    others = snapshotted_before - gapped
+    assert gapped and others, (gapped, others)
+    for market in sorted(snapshotted_before):
+        view = archive.book("kalshi", market, at=gap.recv_ns)
+        if market in gapped:
+            assert not view.valid and "exchange gap" in (view.reason or ""), view
+        else:
+            assert view.valid, view
+    # Each gapped market is valid again from its own fresh snapshot after the gap.
+    refreshed = 0
+    for market in sorted(gapped):
+        fresh = [
+            r
+            for r in books
+            if r.market == market and r.seq > gap.seq and b"orderbook_snapshot" in r.line
+        ]
+        if not fresh:
+            continue
+        at = fresh[0].recv_ns
+        assert at is not None
+        before = archive.book("kalshi", market, at=at - 1)
+        after = archive.book("kalshi", market, at=at)
+        assert not before.valid and after.valid, (market, before.reason)
+        refreshed += 1
+    assert refreshed > 0  # the connector resubscribed: fresh snapshots followed
+    # Rebuilt from the exchange's own deltas, no level ever goes below zero.
+    last = max(r.recv_ns or 0 for r in books)
+    for market in {r.market for r in books if r.market}:
+        view = archive.book("kalshi", market, at=last)
+        assert "below zero" not in (view.reason or ""), view
+    covered = [archive.coverage("kalshi", day, by_market=True) for day in days]
+    rows = [r for coverage in covered for r in coverage["markets"]]
+    degraded = {r["market"] for r in rows if any(x["kind"] == "gap" for x in r["reasons"])}
+    assert degraded == gapped & {r["market"] for r in rows}
+    json.dumps(covered)
+
+
 def test_demo_records_three_simulated_venues_and_a_second_run_continues(tmp_path: Path) -> None:
     archive = tmp_path / "archive"
     first = run("run", "--demo", "--duration", "6", "--data-dir", str(tmp_path))
@@ -108,6 +167,7 @@ def test_demo_records_three_simulated_venues_and_a_second_run_continues(tmp_path
     assert any("ws://127.0.0.1:" in r.get("url", "") for r in records)
 
     assert records[-1]["type"] == "ssmd_disconnect", records[-1]
+    check_books_from_the_gap(archive)
 
     second = run("demo", "--duration", "3", "--data-dir", str(tmp_path))
     assert second.returncode == 0, second.stderr[-3000:]
