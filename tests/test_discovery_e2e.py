@@ -13,11 +13,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
+import pytest
 import trio
 from prometheus_client import generate_latest
 
 from ssmd.archiver.lines import format_line, read_prefix, strip_meta
+from ssmd.backoff import Backoff
 from ssmd.config import Config
+from ssmd.connector import connection
 from ssmd.nats.server import NatsServer
 from ssmd.nats.types import FetchedMessage
 from ssmd.simulators.kalshi import KalshiExchange, KalshiMarkets, KalshiRest, MarketExchange
@@ -306,7 +309,12 @@ async def test_error_25_records_a_gap_and_resubscribes_exactly_its_markets(
     assert after & before == set(lost)
 
 
-async def test_market_limit_26_splits_and_27_backs_off(nats_server: NatsServer) -> None:
+async def test_market_limit_26_splits_and_27_backs_off(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Refused changes wait 0.2 s for their retry, not 5 s: that they wait and are then
+    # sent is what counts here.
+    monkeypatch.setattr(connection, "SUBSCRIBE_RETRY", Backoff(0.2, 0.5))
     markets = tickers("KXA", 60)
     async with simulated_kalshi(markets[:20]) as kalshi:
         kalshi.ws.market_limit = 15
