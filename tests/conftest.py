@@ -14,6 +14,12 @@ settings.register_profile("ssmd", deadline=None)
 settings.load_profile("ssmd")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `slow` run first: under `make test`'s two workers, one left for the
+    end of the run would run alone while the other worker idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A real nats-server with JetStream on a free loopback port and a temp store."""
