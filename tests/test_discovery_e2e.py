@@ -229,7 +229,7 @@ async def test_a_market_closed_without_an_event_is_dropped_by_reconciliation(
 ) -> None:
     markets = tickers("KXA", 30)
     async with simulated_kalshi(markets) as kalshi:
-        config = discovery_config(nats_server.url, kalshi, discovery={"refresh": "1s"})
+        config = discovery_config(nats_server.url, kalshi, discovery={"refresh": "300ms"})
         async with running_connector(config):
             await kalshi.wait(lambda: len(kalshi.subscribed("orderbook_delta")) == 30)
             await kalshi.ws.settle_markets(markets[:5], announce=False)
@@ -263,7 +263,7 @@ async def test_rest_outage_pauses_discovery_and_recording_goes_on(
             # Ready once the first walk (markets, then events) completed.
             await kalshi.wait(lambda: sup.not_ready() == [])
         wanted = set(markets[10:]) | set(tickers("KXA", 10, start=100))
-        config = discovery_config(nats_server.url, kalshi, discovery={"refresh": "1s"})
+        config = discovery_config(nats_server.url, kalshi, discovery={"refresh": "300ms"})
         async with running_connector(config):
             await kalshi.wait(lambda: set(kalshi.subscribed("orderbook_delta")) == wanted)
         assert kalshi.rest.status_counts[429] >= 2
@@ -338,7 +338,7 @@ async def test_restart_recovers_the_same_set_and_catalogue_once_per_run(
 ) -> None:
     markets = tickers("KXA", 40)
     async with simulated_kalshi(markets) as kalshi:
-        config = discovery_config(nats_server.url, kalshi, discovery={"refresh": "1s"})
+        config = discovery_config(nats_server.url, kalshi, discovery={"refresh": "300ms"})
         async with running_connector(config):
             await kalshi.wait(lambda: len(kalshi.subscribed("orderbook_delta")) == 40)
             first = set(kalshi.subscribed("orderbook_delta"))
@@ -494,7 +494,7 @@ async def test_a_refused_walk_keeps_recording_says_why_and_is_tried_again(
     async with simulated_kalshi(markets) as kalshi:
         kalshi.rest.fail_next(1, 401)
         config = discovery_config(
-            nats_server.url, kalshi, discovery={"refresh": "1s"}, markets=["KXB-26DEC01-T1"]
+            nats_server.url, kalshi, discovery={"refresh": "300ms"}, markets=["KXB-26DEC01-T1"]
         )
         kalshi.catalogue.open(["KXB-26DEC01-T1"])
         async with running_connector(config) as sup:

@@ -20,7 +20,7 @@ async def test_a_static_market_refused_as_unknown_is_subscribed_again(
         config = discovery_config(
             nats_server.url,
             kalshi,
-            discovery={"refresh": "1s", "series": ["KXA"]},
+            discovery={"refresh": "300ms", "series": ["KXA"]},
             channels=[BOOK],
             markets=[static],
         )

@@ -54,7 +54,7 @@ async def watch_nothing_lost(kalshi: Kalshi, wanted: set[str], lost: set[str]) -
 async def test_a_market_one_walk_skipped_stays_subscribed(nats_server: NatsServer) -> None:
     markets = tickers("KXA", 30)
     async with simulated_kalshi(markets) as kalshi:
-        config = discovery_config(nats_server.url, kalshi, discovery={"refresh": "1s"})
+        config = discovery_config(nats_server.url, kalshi, discovery={"refresh": "300ms"})
         async with running_connector(config):
             await kalshi.wait(lambda: len(kalshi.subscribed("orderbook_delta")) == 30)
             lost: set[str] = set()
@@ -81,7 +81,7 @@ async def test_pages_without_their_list_remove_nothing(
 ) -> None:
     markets = tickers("KXA", 30)
     async with simulated_kalshi(markets) as kalshi:
-        config = discovery_config(nats_server.url, kalshi, discovery={"refresh": "1s"})
+        config = discovery_config(nats_server.url, kalshi, discovery={"refresh": "300ms"})
         async with running_connector(config) as sup:
             await kalshi.wait(lambda: len(kalshi.subscribed("orderbook_delta")) == 30)
             lost: set[str] = set()

@@ -82,7 +82,7 @@ async def test_a_market_refused_as_unknown_is_placed_again_by_the_next_reconcile
     async with simulated_kalshi(markets) as kalshi:
         kalshi.ws.unknown_markets = {unknown}
         config = discovery_config(
-            nats_server.url, kalshi, discovery={"refresh": "1s"}, channels=[BOOK]
+            nats_server.url, kalshi, discovery={"refresh": "300ms"}, channels=[BOOK]
         )
         async with running_connector(config):
             await kalshi.wait(lambda: len(kalshi.subscribed(BOOK)) == 5)

@@ -177,7 +177,7 @@ async def test_reconciliation_catches_what_no_event_said_and_republishes_changed
     nats_server: NatsServer,
 ) -> None:
     async with exchange(12) as sim:
-        async with running_connector(config(nats_server.url, sim, {"refresh": "1s"})):
+        async with running_connector(config(nats_server.url, sim, {"refresh": "300ms"})):
             await wait(lambda: set(subscribed(sim)) == open_tokens(sim))
             quiet_close = sim.markets[2]
             quiet_close.active, quiet_close.closed = False, True  # no market_resolved

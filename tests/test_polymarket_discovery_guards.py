@@ -34,7 +34,7 @@ async def test_a_walk_cut_short_by_a_repeated_cursor_removes_nothing(
 ) -> None:
     async with (
         exchange(250) as sim,
-        running_connector(config(nats_server.url, sim, {"refresh": "1s"})) as sup,
+        running_connector(config(nats_server.url, sim, {"refresh": "300ms"})) as sup,
     ):
         await wait(lambda: set(subscribed(sim)) == open_tokens(sim))
         original = sim.gamma.respond
@@ -84,7 +84,7 @@ async def test_the_walk_repairs_a_new_market_that_named_other_tokens(
 ) -> None:
     async with (
         exchange(4) as sim,
-        running_connector(config(nats_server.url, sim, {"refresh": "1s"})),
+        running_connector(config(nats_server.url, sim, {"refresh": "300ms"})),
     ):
         await wait(lambda: set(subscribed(sim)) == open_tokens(sim))
         encode = sim._encode
