@@ -143,6 +143,17 @@ def assert_stored_in_order(stored: list[list[bytes]], sent: list[list[bytes]], f
     assert stored[last] == sent[last], (feed, last, len(stored[last]), len(sent[last]))
 
 
+def faults_recorded(messages: list[FetchedMessage]) -> bool:
+    """Kalshi's seq break, and Kraken's checksum break (with its repair) and trade id
+    jump, each has its record in the stream."""
+    kalshi, kraken = records(by_feed(messages, "kalshi")), records(by_feed(messages, "kraken"))
+    return (
+        any(r["type"] == "ssmd_gap" and r["reason"] == "seq" for r in kalshi)
+        and {"checksum", "trade_id"} <= {r["reason"] for r in kraken if r["type"] == "ssmd_gap"}
+        and any(r["type"] == "ssmd_resubscribe" and "BTC/USD" in r["markets"] for r in kraken)
+    )
+
+
 def live_connections_stored(
     messages: list[FetchedMessage], sent: dict[str, list[list[bytes]]]
 ) -> bool:
@@ -178,21 +189,43 @@ async def test_three_venues_in_one_process_survive_their_faults(
             await k0.wait_until(lambda: len(k0.subscriptions) == 3, timeout=15)
             await poly.session(0, timeout=15)
             await kraken.wait_until(lambda: len(kraken.data_frames()) > 50, timeout=15)
-            await trio.sleep(1)
+            kraken0 = await kraken.session(0)
+            # What the breaks below are measured against has gone out: a Kalshi trade
+            # (its seq) and a Kraken ETH/USD trade (its id).
+            with trio.fail_after(15):
+                while not (
+                    any(b'"type":"trade"' in f for f in kalshi_sent.get(k0, []))
+                    and any(
+                        b'"channel":"trade"' in f and b'"ETH/USD"' in f
+                        for f in kraken.data_frames(kraken0.index)
+                    )
+                ):
+                    await trio.sleep(0.05)
 
             # A seq break on Kalshi trades; a wrong checksum and a trade id jump on Kraken.
             k0.skip_seq(k0.sub_for("trade").sid, 4)
             kraken.break_checksum("BTC/USD")
             kraken.jump_trade_id("ETH/USD", 3)
-            await trio.sleep(1.5)
+            # Each seen and recorded (the checksum repaired) before the drops.
+            with trio.move_on_after(30):  # else the assertions below say what is missing
+                while not faults_recorded(await stream_messages(nats_server.url, 0)):
+                    await trio.sleep(0.1)
 
             # Every venue's connection dropped; each reconnects and resubscribes.
             for exchange in (kalshi, poly, kraken):
                 await (await exchange.session(0)).drop()
             await kalshi.session(1, timeout=15)
-            await poly.session(1, timeout=15)
-            await kraken.session(1, timeout=15)
-            await trio.sleep(2)
+            poly1 = await poly.session(1, timeout=15)
+            kraken1 = await kraken.session(1, timeout=15)
+            # Data flowing again on every venue's new connection.
+            with trio.fail_after(15):
+                while not (
+                    len(kalshi_sent) > 1
+                    and len(list(kalshi_sent.values())[1]) >= 20
+                    and len(poly.data_frames(poly1.index)) >= 5
+                    and len(kraken.data_frames(kraken1.index)) >= 20
+                ):
+                    await trio.sleep(0.05)
             poly.paused = kraken.paused = True
             kalshi.rate = 0
             await quiesce(poly)
