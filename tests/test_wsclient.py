@@ -203,3 +203,25 @@ async def test_messages_before_the_end_of_a_connection_are_all_delivered(ending:
         while True:
             got.extend(await ws.receive_batch(1000))
     assert got == [b'{"n":%d}' % i for i in range(50)]
+
+
+async def test_backlogged_says_when_more_arrived_than_a_read_returned() -> None:
+    """What lets `connector.read_interval` read a flooded socket again at once."""
+    from trio.testing import memory_stream_pair
+
+    from ssmd.connector import wsclient
+    from ssmd.connector.wsclient import FastWebSocket
+
+    client, server = memory_stream_pair()
+    ws = FastWebSocket(client, b"", 1 << 20)
+    await server.send_all(b"".join(encode_frame(OP_TEXT, b'{"n":%d}' % i) for i in range(5)))
+    assert len(await ws.receive_batch(3)) == 3
+    assert ws.backlogged  # two parsed and not yet taken
+    assert len(await ws.receive_batch(3)) == 2
+    assert not ws.backlogged
+    payload = b"x" * 1000
+    frame = encode_frame(OP_TEXT, payload)
+    await server.send_all(frame * (wsclient._READ_SIZE // len(frame) + 2))
+    batch = await ws.receive_batch(10_000)
+    assert batch and all(m == payload for m in batch)
+    assert ws.backlogged  # the read filled the whole buffer: more may be waiting

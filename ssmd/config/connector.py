@@ -105,6 +105,9 @@ class ConnectorConfig:
     )
     # As archiver.linger, for publishing: fewer bridge crossings at low rates.
     publish_linger: Duration = Duration.parse("10ms")
+    # A busy socket is read at most this often (0ms: at every arrival). A frame is
+    # stamped when read, so it may wait in the socket up to this long first.
+    read_interval: Duration = Duration.parse("100ms")
     # "ssmd": the built-in client (fast receive path); "trio-websocket": the library's.
     websocket_client: str = attrs.field(default="ssmd")
     # `[connector.discovery]`: Kalshi or Polymarket market discovery (None: the static

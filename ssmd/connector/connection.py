@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -76,6 +77,8 @@ class ConnectionSettings:
     # Live subscription changes are sent at most this often (Kalshi limits the
     # per-subscription command rate, error 27).
     change_interval: float = 0.0
+    # A busy socket is read at most once per interval (see `Connection._read`).
+    read_interval: float = 0.0
 
     @property
     def backoff(self) -> Backoff:
@@ -127,10 +130,16 @@ class _Socket:
     awaiting: Command | None = None
     # Set (and replaced) whenever the session handled a control frame.
     changed: trio.Event = attrs.field(factory=trio.Event)
+    # Set (and replaced) whenever a command that expects an answer was sent.
+    asked: trio.Event = attrs.field(factory=trio.Event)
 
     def notify(self) -> None:
         changed, self.changed = self.changed, trio.Event()
         changed.set()
+
+    def ask(self) -> None:
+        asked, self.asked = self.asked, trio.Event()
+        asked.set()
 
 
 class Connection:
@@ -278,8 +287,27 @@ class Connection:
                 raise
 
     async def _read(self, ws: WebSocket, socket: _Socket) -> None:
+        """Read until cancelled; a busy socket at most once per `read_interval`.
+
+        Each read costs a wakeup of this thread, and each handed-over batch a publish
+        crossing, whatever its size; at Kalshi's rates that per-read cost was most of
+        the CPU. After a read, the next waits for the next multiple of the interval
+        on Trio's clock (a grid shared by every connection, so their reads and their
+        hand-overs fall in the same scheduler pass). A frame arriving after a quiet
+        spell is read at once; while frames keep coming, each waits in the socket at
+        most one interval before it is read and stamped. A socket with more waiting
+        than one read takes, or with a command waiting for its answer, is read at once.
+        """
+        interval = self._settings.read_interval
         while True:
             await self._read_batch(ws, socket)
+            if interval <= 0 or ws.backlogged or socket.awaiting is not None:
+                continue
+            # The next grid point strictly after now (a read on a grid point, up to
+            # float error, waits for the one after).
+            grid = (math.floor(trio.current_time() / interval + 1e-6) + 1) * interval
+            with trio.move_on_at(grid):
+                await socket.asked.wait()
 
     async def _read_batch(self, ws: WebSocket, socket: _Socket) -> None:
         send = self._send
@@ -382,6 +410,7 @@ class Connection:
         await ws.send_message(command.text)
         token = command.reply
         if token is not None:
+            socket.ask()
             with trio.move_on_after(self._settings.command_timeout) as waiting:
                 while not self.session.replied(token):
                     await socket.changed.wait()

@@ -181,6 +181,7 @@ class FastWebSocket:
         # Why the connection ended; raised only once every parsed message is handed over.
         self._failure: Exception | None = None
         self._close_sent = False
+        self._last_read_full = False
 
     async def receive_batch(self, limit: int) -> list[bytes]:
         """Messages that have arrived, at least one unless only control frames did
@@ -196,12 +197,19 @@ class FastWebSocket:
             if self._failure is not None:
                 raise self._failure
             data = await self._stream.receive_some(_READ_SIZE)
+            self._last_read_full = len(data) >= _READ_SIZE
             if not data:
                 self._failure = WebSocketClosed(None, "connection closed without a close frame")
                 raise self._failure
             await self._ingest(data)
         out, self._pending = self._pending[:limit], self._pending[limit:]
         return out
+
+    @property
+    def backlogged(self) -> bool:
+        """More has arrived than the last `receive_batch` returned: messages parsed and
+        not yet taken, or a socket read that filled the whole read buffer."""
+        return bool(self._pending) or self._last_read_full
 
     async def _ingest(self, data: bytes | bytearray) -> None:
         try:
