@@ -86,6 +86,8 @@ async def test_a_busy_socket_is_read_once_per_interval_on_the_grid(
         assert abs(t / INTERVAL - round(t / INTERVAL)) < 1e-6, t
     published = trades(h)
     assert [n for n, _ in published] == list(range(1000))
+    # The connect record says how long a frame may have waited before its stamp.
+    assert h.records("connect")[0]["read_interval_ms"] == INTERVAL * 1000
     # A frame is stamped when read: never before it arrived, at most one interval after.
     for n, recv_ns in published:
         arrived_ns = ANCHOR_NS + round((start + n * 0.001) * 1e9)

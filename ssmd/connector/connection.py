@@ -256,7 +256,14 @@ class Connection:
             self.stats.connects += 1
             log.info("conn %d: connected to %s", self.index, self._url)
             try:
-                await self._emit(ConnectRecord(self.index, self._url, self._clock.now_ns()))
+                await self._emit(
+                    ConnectRecord(
+                        self.index,
+                        self._url,
+                        self._clock.now_ns(),
+                        self._settings.read_interval * 1000,
+                    )
+                )
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._read, ws, socket)
                     nursery.start_soon(self._ping, ws, socket)
