@@ -118,14 +118,14 @@ def per_message_latency(
     stream order; acks not found; seconds from the first receive to the last line durable.
 
     "Sent" is when the paced exchange's schedule sent the frame: frame `seq` (Kalshi's
-    `seq`, from 1) goes out `(seq - 1) / rate` seconds after the first, whose stamp
-    stands for that start (the first frame is read as it arrives: `read_interval` only
-    waits after a read). Unlike the stamp, it counts the time a frame waited in the
-    socket before it was read (the exchange sending late would only make it larger)."""
+    `seq`, from 1) goes out `(seq - 1) / rate` seconds after the first. The start is
+    taken as the latest one every frame's stamp allows, so a figure can only be low by
+    the shortest wait of any frame in the socket (one read as it arrived: ~0). Unlike
+    the stamp, it counts the time a frame waited in the socket before it was read."""
     ack_seqs = [s for s, _ in acks]
     first_recv, last_done = 0, 0
     durable: list[float] = []
-    sent_durable: list[float] = []
+    frames: list[tuple[int, int, int]] = []
     acked: list[float] = []
     unmatched = 0
     for partial, blocks in ops.durable.items():
@@ -150,14 +150,16 @@ def per_message_latency(
                 first_recv = first_recv or recv_ns
                 last_done = done_ns
                 durable.append((done_ns - recv_ns) / 1e6)
-                frame = json.loads(line)["seq"]
-                sent_ns = first_recv + (frame - 1) / rate * 1e9
-                sent_durable.append((done_ns - sent_ns) / 1e6)
+                frames.append((json.loads(line)["seq"], recv_ns, done_ns))
                 i = bisect.bisect_left(ack_seqs, seq)
                 if i < len(acks):
                     acked.append((to_wall_ns(acks[i][1]) - recv_ns) / 1e6)
                 else:
                     unmatched += 1
+    # Frame k leaves at start + (k - 1) / rate and is stamped no earlier, so every
+    # frame bounds the start from above; the tightest bound is a frame read as it came.
+    start_ns = min(recv - (seq - 1) / rate * 1e9 for seq, recv, _ in frames)
+    sent_durable = [(done - start_ns - (seq - 1) / rate * 1e9) / 1e6 for seq, _, done in frames]
     return durable, acked, sent_durable, unmatched, (last_done - first_recv) / 1e9
 
 
