@@ -8,6 +8,7 @@ recorder to run: `bare:TREE` (the bare nats-py recorder) or `floor:TREE` (readin
 stamping frames alone); the default is ssmd.
 
     .venv/bin/python benchmarks/ab_cpu.py --rate 100 --rounds 3 /tmp/ssmd-before . bare:.
+    .venv/bin/python benchmarks/ab_cpu.py --rate 1000 ssmd@0:. ssmd@0.1:. floor:.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from pathlib import Path
 _LINE = re.compile(r"^(ssmd|bare|floor): +([\d.]+)% of a core")
 
 
-def run_once(recorder: str, tree: Path, rate: float, seconds: float) -> tuple[float, str]:
+def run_once(
+    recorder: str, tree: Path, rate: float, seconds: float, read_interval: str
+) -> tuple[float, str]:
     """(% of a core, bench_cpu's line) for one run."""
+    extra = ["--read-interval", read_interval] if read_interval else []
     out = subprocess.run(
         [
             sys.executable,
@@ -37,6 +41,7 @@ def run_once(recorder: str, tree: Path, rate: float, seconds: float) -> tuple[fl
             str(seconds),
             "--idle",
             "3",
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -52,19 +57,24 @@ def run_once(recorder: str, tree: Path, rate: float, seconds: float) -> tuple[fl
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("trees", nargs="+", help="TREE, bare:TREE or floor:TREE")
+    parser.add_argument(
+        "trees",
+        nargs="+",
+        help="TREE, bare:TREE, floor:TREE, or ssmd@SECONDS:TREE (that connector.read_interval)",
+    )
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
-    specs: list[tuple[str, Path]] = []
+    specs: list[tuple[str, str, Path]] = []
     for spec in args.trees:
         recorder, _, tree = spec.rpartition(":")
-        specs.append((recorder or "ssmd", Path(tree).resolve()))
+        recorder, _, read_interval = recorder.partition("@")
+        specs.append((recorder or "ssmd", read_interval, Path(tree).resolve()))
     figures: dict[str, list[float]] = {spec: [] for spec in args.trees}
     for round_ in range(1, args.rounds + 1):
-        for spec, (recorder, tree) in zip(args.trees, specs, strict=True):
-            core, line = run_once(recorder, tree, args.rate, args.seconds)
+        for spec, (recorder, read_interval, tree) in zip(args.trees, specs, strict=True):
+            core, line = run_once(recorder, tree, args.rate, args.seconds, read_interval)
             figures[spec].append(core)
             load = os.getloadavg()[0]
             print(f"round {round_} {spec} (load {load:.1f}): {line}", flush=True)

@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import attrs
 import nats
 import trio
 
@@ -28,9 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ssmd.clock import WallClock
 from ssmd.config import ConnectorConfig
-from ssmd.connector.connection import Connection, ConnectionSettings
+from ssmd.connector.connection import Connection
 from ssmd.connector.publisher import Inbound, PublishBatch, Publisher
 from ssmd.connector.shards import SubscriptionPlan
+from ssmd.connector.startup import connection_settings
 from ssmd.feeds.kalshi import VENUE as KALSHI
 from ssmd.nats.bridge import open_bridge
 from ssmd.nats.server import NatsServer
@@ -41,9 +43,14 @@ WINDOW = 4000
 
 
 def bench_connector_tasks(
-    publish_batch: PublishBatch, clock: WallClock, ws_url: str, linger: float = 0.0
+    publish_batch: PublishBatch,
+    clock: WallClock,
+    ws_url: str,
+    linger: float = 0.0,
+    read_interval: float | None = None,
 ) -> tuple[Publisher, Connection]:
-    """The production publisher and one connection, configured for the benchmarks."""
+    """The production publisher and one connection (`connector` settings at their
+    defaults unless given), configured for the benchmarks."""
     publisher = Publisher(
         publish_batch,
         env="bench",
@@ -55,27 +62,35 @@ def bench_connector_tasks(
         timeout=10.0,
         linger=linger,
     )
+    config = ConnectorConfig(feed="kalshi")
+    settings = connection_settings(config)
+    if read_interval is not None:
+        settings = attrs.evolve(settings, read_interval=read_interval)
     connection = Connection(
         0,
         ws_url,
         KALSHI,
         [SubscriptionPlan("trade")],
-        config=ConnectorConfig(feed="kalshi"),
+        config=config,
         env="bench",
         clock=clock,
-        settings=ConnectionSettings(60, 30, 10, 0.5, 5),
+        settings=settings,
         headers=lambda url: [],
     )
     return publisher, connection
 
 
-async def measure_connector(nats_url: str, ws_url: str, count: int) -> float:
+async def measure_connector(
+    nats_url: str, ws_url: str, count: int, read_interval: float | None = None
+) -> float:
     clock = WallClock()
     async with open_bridge([nats_url]) as bridge:
         await bridge.ensure_stream(
             StreamSpec("BENCH", ["bench.kalshi.json.>"], 3600, 0, -1, 120, 1)
         )
-        publisher, connection = bench_connector_tasks(bridge.publish_batch, clock, ws_url)
+        publisher, connection = bench_connector_tasks(
+            bridge.publish_batch, clock, ws_url, read_interval=read_interval
+        )
         send, receive = trio.open_memory_channel[list[Inbound]](64)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(publisher.run, receive)
@@ -117,6 +132,9 @@ async def measure_bare(nats_url: str, payloads: list[bytes]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument(
+        "--read-interval", type=float, help="seconds (default: connector.read_interval's)"
+    )
     args = parser.parse_args()
     count: int = args.messages
 
@@ -133,7 +151,9 @@ def main() -> int:
         server = NatsServer(Path(tmp) / "js")
         server.start()
         try:
-            connector_rate = trio.run(measure_connector, server.url, ws_url, count)
+            connector_rate = trio.run(
+                measure_connector, server.url, ws_url, count, args.read_interval
+            )
             bare_rate = asyncio.run(measure_bare(server.url, payloads))
         finally:
             server.stop()

@@ -20,7 +20,7 @@ holds it all, the same is measured with the connection open and nothing arriving
   the acks awaited per read, a pull subscription with `fetch(1000)`, one gzip block per
   fetch written and fsynced in the loop, then an ack of the last message (AckAll).
 
-    .venv/bin/python benchmarks/bench_cpu.py [--rate 1000] [--seconds 10]
+    .venv/bin/python benchmarks/bench_cpu.py [--rate 1000] [--seconds 10] [--read-interval 0]
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import attrs
 import nats
 import trio
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -52,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ssmd.archiver.service import ArchiverStatus, start_archiver
 from ssmd.clock import WallClock
 from ssmd.config import ConnectorConfig, parse_config
+from ssmd.config.units import Duration
 from ssmd.connector.connection import Connection
 from ssmd.connector.publisher import Inbound, Publisher
 from ssmd.connector.service import connection_settings
@@ -85,6 +87,8 @@ class Run:
     window_s: float
     idle_s: float
     archive: Path
+    # connector.read_interval in seconds for the ssmd recorder (None: the default).
+    read_interval: float | None = None
 
     @property
     def frames(self) -> int:
@@ -96,6 +100,8 @@ async def ssmd_recorder(run: Run) -> dict[str, float]:
     count = run.frames
     clock = WallClock()
     cc = ConnectorConfig(feed="kalshi")
+    if run.read_interval is not None:
+        cc = attrs.evolve(cc, read_interval=Duration(run.read_interval, f"{run.read_interval}s"))
     config = parse_config(
         {
             "env": "bench",
@@ -368,6 +374,9 @@ def main() -> int:
     parser.add_argument("--warm", type=float, default=2.0)
     parser.add_argument("--idle", type=float, default=5.0)
     parser.add_argument("--only", choices=["ssmd", "bare", "floor"])
+    parser.add_argument(
+        "--read-interval", type=float, help="ssmd's connector.read_interval, seconds"
+    )
     args = parser.parse_args()
     ctx = multiprocessing.get_context("spawn")
     count = frames_needed(args.rate, args.warm, args.seconds)
@@ -387,7 +396,14 @@ def main() -> int:
             archive.mkdir()
             try:
                 r = child(
-                    server.url, ws_url, args.rate, args.warm, args.seconds, args.idle, archive
+                    server.url,
+                    ws_url,
+                    args.rate,
+                    args.warm,
+                    args.seconds,
+                    args.idle,
+                    archive,
+                    args.read_interval,
                 )
             finally:
                 server.stop()

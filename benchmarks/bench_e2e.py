@@ -27,6 +27,7 @@ Both lingers are at their defaults (`connector.publish_linger`, `archiver.linger
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import time
 import zlib
@@ -111,13 +112,20 @@ def histogram_summary(hist: LatencyHistogram) -> dict[str, float]:
 
 
 def per_message_latency(
-    ops: TimedOps, to_wall_ns: Any, acks: list[tuple[int, float]]
-) -> tuple[list[float], list[float], int, float]:
-    """(durable latencies, acked latencies) in ms for every archived data line, in stream
-    order; acks not found; seconds from the first receive to the last line durable."""
+    ops: TimedOps, to_wall_ns: Any, acks: list[tuple[int, float]], rate: float
+) -> tuple[list[float], list[float], list[float], int, float]:
+    """(durable, acked, sent-to-durable latencies) in ms for every archived data line, in
+    stream order; acks not found; seconds from the first receive to the last line durable.
+
+    "Sent" is when the paced exchange's schedule sent the frame: frame `seq` (Kalshi's
+    `seq`, from 1) goes out `(seq - 1) / rate` seconds after the first. The start is
+    taken as the latest one every frame's stamp allows, so a figure can only be low by
+    the shortest wait of any frame in the socket (one read as it arrived: ~0). Unlike
+    the stamp, it counts the time a frame waited in the socket before it was read."""
     ack_seqs = [s for s, _ in acks]
     first_recv, last_done = 0, 0
     durable: list[float] = []
+    frames: list[tuple[int, int, int]] = []
     acked: list[float] = []
     unmatched = 0
     for partial, blocks in ops.durable.items():
@@ -142,15 +150,22 @@ def per_message_latency(
                 first_recv = first_recv or recv_ns
                 last_done = done_ns
                 durable.append((done_ns - recv_ns) / 1e6)
+                frames.append((json.loads(line)["seq"], recv_ns, done_ns))
                 i = bisect.bisect_left(ack_seqs, seq)
                 if i < len(acks):
                     acked.append((to_wall_ns(acks[i][1]) - recv_ns) / 1e6)
                 else:
                     unmatched += 1
-    return durable, acked, unmatched, (last_done - first_recv) / 1e9
+    # Frame k leaves at start + (k - 1) / rate and is stamped no earlier, so every
+    # frame bounds the start from above; the tightest bound is a frame read as it came.
+    start_ns = min(recv - (seq - 1) / rate * 1e9 for seq, recv, _ in frames)
+    sent_durable = [(done - start_ns - (seq - 1) / rate * 1e9) / 1e6 for seq, _, done in frames]
+    return durable, acked, sent_durable, unmatched, (last_done - first_recv) / 1e9
 
 
-async def run_e2e(nats_url: str, ws_url: str, count: int, archive: Path) -> dict[str, Any]:
+async def run_e2e(
+    nats_url: str, ws_url: str, count: int, archive: Path, rate: float
+) -> dict[str, Any]:
     clock = WallClock()
     before = time.perf_counter()
     wall = clock.now_ns()
@@ -218,10 +233,11 @@ async def run_e2e(nats_url: str, ws_url: str, count: int, archive: Path) -> dict
 
         await supervise(start_roles, shutdown_timeout=30, handle_signals=False)
     assert connection.stats.gaps == 0, "the benchmark exchange skipped seq"
-    durable, acked, unmatched, span_s = per_message_latency(ops, to_wall_ns, acks)
+    durable, acked, sent, unmatched, span_s = per_message_latency(ops, to_wall_ns, acks, rate)
     tail = sorted(durable[-max(1, len(durable) // 10) :])
     durable.sort()
     acked.sort()
+    sent.sort()
     fsyncs = sorted(ops.fsync_s)
     return {
         "messages": len(durable),
@@ -231,6 +247,7 @@ async def run_e2e(nats_url: str, ws_url: str, count: int, archive: Path) -> dict
         "unmatched_acks": unmatched,
         "durable_ms": [percentile(durable, p) for p in (0.5, 0.99, 0.999)],
         "acked_ms": [percentile(acked, p) for p in (0.5, 0.99, 0.999)] if acked else [],
+        "sent_durable_ms": [percentile(sent, p) for p in (0.5, 0.99, 0.999)],
         "fsync_hist": histogram_summary(status.writer.fsync_seconds),
         "fsync_exact_p99_s": percentile(fsyncs, 0.99) if fsyncs else math.nan,
         "records": status.writer.records,

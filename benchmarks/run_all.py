@@ -133,8 +133,8 @@ def rest_walk_child(rest_url: str, key_pem: bytes) -> dict[str, float]:
     return trio.run(measure_rest_walk, rest_url, key_pem)
 
 
-def e2e_child(nats_url: str, ws_url: str, n: int, archive: Path) -> dict[str, Any]:
-    return trio.run(run_e2e, nats_url, ws_url, n, archive)
+def e2e_child(nats_url: str, ws_url: str, n: int, archive: Path, rate: float) -> dict[str, Any]:
+    return trio.run(run_e2e, nats_url, ws_url, n, archive, rate)
 
 
 def isolated(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
@@ -412,7 +412,7 @@ def main() -> int:
             server.start()
             try:
                 result, _, rss = isolated(
-                    e2e_child, server.url, ws_url, count, tmp / f"archive-{rate}"
+                    e2e_child, server.url, ws_url, count, tmp / f"archive-{rate}", float(rate)
                 )
             finally:
                 server.stop()
@@ -425,6 +425,11 @@ def main() -> int:
             table.row(
                 "WS receive -> fsync durable, p50/p99/p99.9 ms",
                 f"{d50:.1f} / {d99:.1f} / {d999:.1f}",
+            )
+            s50, s99, s999 = result["sent_durable_ms"]
+            table.row(
+                "exchange send -> fsync durable (incl. read_interval), p50/p99/p99.9 ms",
+                f"{s50:.1f} / {s99:.1f} / {s999:.1f}",
             )
             if result["acked_ms"]:
                 a50, a99, a999 = result["acked_ms"]

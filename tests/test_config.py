@@ -255,6 +255,8 @@ def test_each_venue_has_its_own_default_channels(tmp_path: Path) -> None:
             "positive",
         ),
         ("connectors = 1\n", "connectors", "[[connector]]"),
+        ('[connector]\nread_interval = "2s"\n', "connector.read_interval", "at most 1s"),
+        ('[connector]\nread_interval = "-5ms"\n', "connector.read_interval", "a duration such as"),
     ],
 )
 def test_a_bad_connector_key_is_named(tmp_path: Path, tables: str, key: str, expected: str) -> None:

@@ -72,6 +72,10 @@ class FakeSocket:
             raise SocketClosed("connection reset")
         return [frame]
 
+    @property
+    def backlogged(self) -> bool:
+        return False
+
     async def send_message(self, message: str | bytes) -> None:
         command = json.loads(message)
         self.commands.append(command)
@@ -136,7 +140,12 @@ class FakeExchange:
 
 
 class Harness:
-    def __init__(self, exchange: FakeExchange, plans: list[SubscriptionPlan]) -> None:
+    def __init__(
+        self,
+        exchange: FakeExchange,
+        plans: list[SubscriptionPlan],
+        settings: ConnectionSettings = SETTINGS,
+    ) -> None:
         self.exchange = exchange
         self.out: list[Inbound] = []
         self.connection = Connection(
@@ -147,7 +156,7 @@ class Harness:
             config=ConnectorConfig(feed="kalshi"),
             env="test",
             clock=WallClock(anchor_ns=1_700_000_000 * 10**9),
-            settings=SETTINGS,
+            settings=settings,
             headers=lambda url: [],
             connect=exchange.connect,
             rng=random.Random(7),

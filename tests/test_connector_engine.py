@@ -155,6 +155,10 @@ class ToySocket:
             raise ConnectionError("dropped")
         return [frame]
 
+    @property
+    def backlogged(self) -> bool:
+        return False
+
     async def send_message(self, message: str | bytes) -> None:
         text = message if isinstance(message, str) else message.decode()
         self.sent.append((trio.current_time(), text))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import ssl
 import struct
+from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
@@ -203,3 +206,103 @@ async def test_messages_before_the_end_of_a_connection_are_all_delivered(ending:
         while True:
             got.extend(await ws.receive_batch(1000))
     assert got == [b'{"n":%d}' % i for i in range(50)]
+
+
+async def test_backlogged_says_when_more_arrived_than_a_read_returned() -> None:
+    """What lets `connector.read_interval` read a flooded socket again at once."""
+    from trio.testing import memory_stream_pair
+
+    from ssmd.connector import wsclient
+    from ssmd.connector.wsclient import FastWebSocket
+
+    client, server = memory_stream_pair()
+    ws = FastWebSocket(client, b"", 1 << 20)
+    await server.send_all(b"".join(encode_frame(OP_TEXT, b'{"n":%d}' % i) for i in range(5)))
+    assert len(await ws.receive_batch(3)) == 3
+    assert ws.backlogged  # two parsed and not yet taken
+    assert len(await ws.receive_batch(3)) == 2
+    assert not ws.backlogged
+    payload = b"x" * 1000
+    frame = encode_frame(OP_TEXT, payload)
+    await server.send_all(frame * (wsclient._READ_SIZE // len(frame) + 2))
+    batch = await ws.receive_batch(10_000)
+    assert batch and all(m == payload for m in batch)
+    assert ws.backlogged  # the read filled the whole buffer: more may be waiting
+
+
+def self_signed(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) TLS contexts for 127.0.0.1, from a fresh self-signed cert."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert_path, key_path)
+    return server, ssl.create_default_context(cafile=str(cert_path))
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_one_receive_takes_everything_that_has_arrived(tls: bool, tmp_path: Path) -> None:
+    """Over TCP, and over TLS where one read returns at most one TLS record (here each
+    message is its own record): one `receive_batch` takes every message that has
+    arrived, up to its limit, and `backlogged` says when more are waiting. What lets
+    `connector.read_interval` keep up with a busy `wss://` feed."""
+    from ssmd.connector.wsclient import FastWebSocket
+
+    server_tls, client_tls = self_signed(tmp_path)
+    frames = [encode_frame(OP_TEXT, b'{"n":%d}' % i + b" " * 80) for i in range(300)]
+    sent = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        out: trio.abc.Stream = stream
+        if tls:
+            out = trio.SSLStream(stream, server_tls, server_side=True)
+        for frame in frames:
+            await out.send_all(frame)
+        sent.set()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        stream: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.1", port)
+        if tls:
+            stream = trio.SSLStream(stream, client_tls, server_hostname="localhost")
+            await stream.do_handshake()
+        ws = FastWebSocket(stream, b"", 1 << 20)
+        with trio.fail_after(30):
+            await sent.wait()
+            await trio.sleep(0.2)  # sent is not yet arrived: let the loopback deliver
+            got = [await ws.receive_batch(100)]
+            assert len(got[0]) == 100 and ws.backlogged
+            while ws.backlogged:
+                got.append(await ws.receive_batch(100))
+        assert [len(batch) for batch in got] == [100, 100, 100]
+        await trio.aclose_forcefully(stream)
+        nursery.cancel_scope.cancel()

@@ -36,6 +36,7 @@ VENUE_CHANNELS: dict[str, frozenset[str] | None] = {
 }
 # Venues that can follow the exchange's market set (`[connector.discovery]`).
 DISCOVERY_KINDS = ("kalshi", "polymarket")
+MAX_READ_INTERVAL_S = 1.0
 # Venues whose connector must list its markets when it does not discover them.
 MARKETS_REQUIRED = {
     "polymarket": 'condition ids, e.g. ["0x5f65..."]',
@@ -103,8 +104,13 @@ class ConnectorConfig:
     publish_timeout: Duration = attrs.field(
         default=Duration.parse("2s"), validator=positive_duration
     )
-    # As archiver.linger, for publishing: fewer bridge crossings at low rates.
-    publish_linger: Duration = Duration.parse("10ms")
+    # A busy socket is read at most this often (0ms: at every arrival). A frame is
+    # stamped when read, so it may wait in the socket up to this long first.
+    read_interval: Duration = attrs.field(default=Duration.parse("100ms"))
+    # As archiver.linger, for publishing. The read_interval already gathers each read
+    # into one batch, and every connection reads on the same grid, so by default a
+    # batch is published at once; with read_interval = "0ms", "10ms" saves crossings.
+    publish_linger: Duration = Duration.parse("0ms")
     # "ssmd": the built-in client (fast receive path); "trio-websocket": the library's.
     websocket_client: str = attrs.field(default="ssmd")
     # `[connector.discovery]`: Kalshi or Polymarket market discovery (None: the static
@@ -115,6 +121,15 @@ class ConnectorConfig:
     def _check_client(self, attribute: attrs.Attribute[str], value: str) -> None:
         if value not in ("ssmd", "trio-websocket"):
             raise FieldError(attribute, f"expected 'ssmd' or 'trio-websocket', got {value!r}")
+
+    @read_interval.validator
+    def _check_read_interval(self, attribute: attrs.Attribute[Duration], value: Duration) -> None:
+        # Pings and close frames are answered as they are read: a long interval would
+        # answer the venue's pings late and could make a live connection look dead.
+        if value.seconds > MAX_READ_INTERVAL_S:
+            raise FieldError(
+                attribute, f"expected at most 1s (0ms reads every arrival), got {value.text!r}"
+            )
 
     @depth.validator
     def _check_depth(self, attribute: attrs.Attribute[int | None], value: int | None) -> None:

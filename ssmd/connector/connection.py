@@ -32,6 +32,7 @@ import trio
 
 from ssmd.backoff import Backoff
 from ssmd.clock import WallClock
+from ssmd.connector.pacing import SocketState, next_read_at
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.records import ConnectRecord, DisconnectRecord, DiscontinuityRecord
 from ssmd.connector.shards import SubscriptionPlan
@@ -76,6 +77,8 @@ class ConnectionSettings:
     # Live subscription changes are sent at most this often (Kalshi limits the
     # per-subscription command rate, error 27).
     change_interval: float = 0.0
+    # A busy socket is read at most once per interval (see `Connection._read`).
+    read_interval: float = 0.0
 
     @property
     def backoff(self) -> Backoff:
@@ -112,25 +115,6 @@ HANDOFF_TIMEOUT_S = 5.0
 STOP_UNSUBSCRIBE_TIMEOUT_S = 1.0
 # Refused subscriptions are retried after 5 s, doubling to 2 min, while connected.
 SUBSCRIBE_RETRY = Backoff(5.0, 120.0)
-
-
-@attrs.define
-class _Socket:
-    """What the engine tracks about one open socket."""
-
-    last_frame: float
-    connected: bool = False
-    subscribed: bool = False
-    reason: str | None = None
-    # The command sent and not yet answered; a subscribe in flight may have opened a
-    # subscription the session does not know yet.
-    awaiting: Command | None = None
-    # Set (and replaced) whenever the session handled a control frame.
-    changed: trio.Event = attrs.field(factory=trio.Event)
-
-    def notify(self) -> None:
-        changed, self.changed = self.changed, trio.Event()
-        changed.set()
 
 
 class Connection:
@@ -171,7 +155,7 @@ class Connection:
         self._changes: collections.deque[Change] = collections.deque()
         self.on_refused: OnRefused | None = None
         self.on_dropped: OnDropped | None = None
-        self._socket: _Socket | None = None
+        self._socket: SocketState | None = None
         # Connected with every subscription answered: what /ready waits for.
         self.up = False
         self._task_status: trio.TaskStatus[None] | None = None
@@ -189,7 +173,7 @@ class Connection:
             self._send = send
             retry = self._settings.backoff.retry(self._rng)
             while True:
-                socket = _Socket(last_frame=trio.current_time())
+                socket = SocketState(last_frame=trio.current_time())
                 self._socket = socket
                 try:
                     await self._serve(socket)
@@ -239,7 +223,7 @@ class Connection:
         assert self._send is not None
         await self._send.send([self.subjects.record(record)])
 
-    async def _serve(self, socket: _Socket) -> None:
+    async def _serve(self, socket: SocketState) -> None:
         headers = self._headers(self._url)
         async with self._connect(self._url, headers, self._settings.command_timeout) as ws:
             socket.connected = True
@@ -247,7 +231,14 @@ class Connection:
             self.stats.connects += 1
             log.info("conn %d: connected to %s", self.index, self._url)
             try:
-                await self._emit(ConnectRecord(self.index, self._url, self._clock.now_ns()))
+                await self._emit(
+                    ConnectRecord(
+                        self.index,
+                        self._url,
+                        self._clock.now_ns(),
+                        self._settings.read_interval * 1000,
+                    )
+                )
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._read, ws, socket)
                     nursery.start_soon(self._ping, ws, socket)
@@ -277,11 +268,42 @@ class Connection:
                     )
                 raise
 
-    async def _read(self, ws: WebSocket, socket: _Socket) -> None:
+    async def _read(self, ws: WebSocket, socket: SocketState) -> None:
+        """Read until cancelled; a busy socket at most once per `read_interval`.
+
+        Each read costs a wakeup of this thread, and each handed-over batch a publish
+        crossing, whatever its size; at Kalshi's rates that per-read cost was most of
+        the CPU. After a read, the next waits for the next multiple of the interval
+        on Trio's clock (a grid shared by every connection, so their reads and their
+        hand-overs fall in the same scheduler pass). A frame arriving after a quiet
+        spell is read at once; while frames keep coming, each waits in the socket at
+        most one interval before it is read and stamped. A socket with more waiting
+        than one read takes, or with a command waiting for its answer, is read at once;
+        before a live subscription change, what has arrived is read first, so it comes
+        before the change's record (`SocketState.catch_up`).
+        """
+        interval = self._settings.read_interval
         while True:
             await self._read_batch(ws, socket)
+            if interval <= 0 or ws.backlogged or socket.awaiting is not None:
+                continue
+            # The next grid point strictly after now (a read on a grid point, up to
+            # float error, waits for the one after).
+            grid = next_read_at(trio.current_time(), interval)
+            asked = socket.asked
+            socket.pausing = True
+            try:
+                with trio.move_on_at(grid):
+                    await asked.wait()
+            finally:
+                socket.pausing = False
+            if asked.is_set():
+                # Woken for a command: what has arrived first.
+                while ws.backlogged:
+                    await self._read_batch(ws, socket)
+                socket.read_up()
 
-    async def _read_batch(self, ws: WebSocket, socket: _Socket) -> None:
+    async def _read_batch(self, ws: WebSocket, socket: SocketState) -> None:
         send = self._send
         assert send is not None
         on_frame = self.session.on_frame
@@ -300,7 +322,7 @@ class Connection:
         if batch:
             await self._hand_over(send, batch)
 
-    async def _stop(self, ws: WebSocket, socket: _Socket) -> str:
+    async def _stop(self, ws: WebSocket, socket: SocketState) -> str:
         """At a clean stop: end every subscription and keep reading until the exchange
         confirms, so nothing it sent on this connection is left unread.
 
@@ -309,6 +331,14 @@ class Connection:
         when the venue never confirms an unsubscribe; else SHUTDOWN.
         """
         settled = socket.subscribed and socket.awaiting is None
+        with trio.move_on_after(min(STOP_UNSUBSCRIBE_TIMEOUT_S, self._settings.command_timeout)):
+            try:
+                # What arrived while the reader waited for its next read (read_interval).
+                while ws.backlogged:
+                    await self._read_batch(ws, socket)
+            except Exception as exc:
+                log.info("conn %d: could not read at shutdown: %s", self.index, describe(exc))
+                return SHUTDOWN
         commands = self.session.stop()
         if not commands:
             return SHUTDOWN_CLEAN if settled else SHUTDOWN
@@ -353,7 +383,7 @@ class Connection:
                 "conn %d: publisher did not take %d messages; they are lost", self.index, len(batch)
             )
 
-    async def _ping(self, ws: WebSocket, socket: _Socket) -> None:
+    async def _ping(self, ws: WebSocket, socket: SocketState) -> None:
         count = 0
         while True:
             await trio.sleep(self._settings.ping_interval)
@@ -368,7 +398,7 @@ class Connection:
                 await ws.ping(b"ssmd-%d" % count)
                 socket.last_frame = trio.current_time()
 
-    async def _watch(self, socket: _Socket) -> None:
+    async def _watch(self, socket: SocketState) -> None:
         timeout = self._settings.liveness_timeout
         while True:
             deadline = socket.last_frame + timeout
@@ -376,12 +406,13 @@ class Connection:
                 raise ConnectionLost(f"no frame for {timeout:g}s")
             await trio.sleep_until(deadline)
 
-    async def _send_command(self, ws: WebSocket, socket: _Socket, command: Command) -> None:
+    async def _send_command(self, ws: WebSocket, socket: SocketState, command: Command) -> None:
         """Send one command and wait for the session to see its answer, if it has one."""
         socket.awaiting = command
         await ws.send_message(command.text)
         token = command.reply
         if token is not None:
+            socket.ask()
             with trio.move_on_after(self._settings.command_timeout) as waiting:
                 while not self.session.replied(token):
                     await socket.changed.wait()
@@ -392,7 +423,7 @@ class Connection:
                 )
         socket.awaiting = None
 
-    async def _command_loop(self, ws: WebSocket, socket: _Socket) -> None:
+    async def _command_loop(self, ws: WebSocket, socket: SocketState) -> None:
         session = self.session
         for command in session.start():
             await self._send_command(ws, socket, command)
@@ -417,6 +448,8 @@ class Connection:
                 continue
             if dynamic and self._changes:
                 assert isinstance(session, DynamicSession)
+                # Frames that arrived before the change come before its record.
+                await socket.catch_up()
                 change_command = session.apply(self._changes.popleft())
                 if change_command is not None:
                     await self._send_command(ws, socket, change_command)

@@ -15,12 +15,18 @@ import attrs
 
 @attrs.frozen
 class ConnectRecord:
-    """A WebSocket connection was established; its data follows."""
+    """A WebSocket connection was established; its data follows.
+
+    `read_interval_ms` is the connection's `connector.read_interval`: while frames keep
+    arriving, each may wait in the socket up to that long before it is read and its
+    `_recv_ns` stamped (0: read at every arrival). Absent in archives written before it
+    existed, where it was 0."""
 
     kind: ClassVar[str] = "connect"
     conn: int
     url: str
     ts_ns: int
+    read_interval_ms: float = 0.0
 
 
 @attrs.frozen

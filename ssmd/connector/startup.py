@@ -73,6 +73,7 @@ def connection_settings(cc: ConnectorConfig, venue: Venue | None = None) -> Conn
         backoff_initial=cc.backoff_initial.seconds,
         backoff_max=cc.backoff_max.seconds,
         change_interval=1.0 / cc.discovery.change_rate if cc.discovery else 0.0,
+        read_interval=cc.read_interval.seconds,
     )
 
 

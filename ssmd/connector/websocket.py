@@ -26,6 +26,11 @@ class WebSocket(Protocol):
 
     async def send_message(self, message: str | bytes) -> None: ...
 
+    @property
+    def backlogged(self) -> bool:
+        """Whether more has certainly arrived than the last `receive_batch` returned."""
+        ...
+
     async def ping(self, payload: bytes | None = None) -> None:
         """Send a ping and return when its pong arrives."""
 
@@ -60,6 +65,10 @@ class _TrioWebSocket:
         except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
             pass
         return batch
+
+    @property
+    def backlogged(self) -> bool:
+        return self._queue.statistics().current_buffer_used > 0
 
     async def send_message(self, message: str | bytes) -> None:
         await self._ws.send_message(message)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import select
 import socket
 import ssl
 import struct
@@ -168,6 +169,26 @@ class FrameParser:
         self._fragments.append(payload)
 
 
+def readable_now(stream: trio.abc.Stream) -> bool:
+    """Whether `stream` has bytes to read without waiting: decrypted or still encrypted
+    bytes a TLS stream holds, or data in a TCP socket's receive queue (one `poll` with
+    no timeout). False for any other stream."""
+    if isinstance(stream, trio.SSLStream):
+        if stream.pending():
+            return True
+        # trio keeps bytes read from the socket and not yet decrypted in this BIO; no
+        # public name reaches it (tests/test_wsclient.py checks it over real TLS).
+        incoming = getattr(stream, "_incoming", None)
+        if incoming is not None and incoming.pending:
+            return True
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        poller = select.poll()
+        poller.register(stream.socket.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    return False
+
+
 class FastWebSocket:
     """A connected client socket (see the module docstring)."""
 
@@ -181,6 +202,7 @@ class FastWebSocket:
         # Why the connection ended; raised only once every parsed message is handed over.
         self._failure: Exception | None = None
         self._close_sent = False
+        self._last_read_full = False
 
     async def receive_batch(self, limit: int) -> list[bytes]:
         """Messages that have arrived, at least one unless only control frames did
@@ -195,13 +217,35 @@ class FastWebSocket:
         if not self._pending:
             if self._failure is not None:
                 raise self._failure
-            data = await self._stream.receive_some(_READ_SIZE)
-            if not data:
-                self._failure = WebSocketClosed(None, "connection closed without a close frame")
-                raise self._failure
-            await self._ingest(data)
+            await self._receive_some()
+            # Take everything that has arrived in one batch. Over TLS one read returns
+            # at most one TLS record, however much is waiting.
+            while len(self._pending) < limit and self._more_now():
+                try:
+                    await self._receive_some()
+                except WebSocketClosed:
+                    pass  # kept in self._failure, raised once what came before is taken
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self._failure = ConnectionError(f"connection broken: {exc!r}")
         out, self._pending = self._pending[:limit], self._pending[limit:]
         return out
+
+    async def _receive_some(self) -> None:
+        data = await self._stream.receive_some(_READ_SIZE)
+        self._last_read_full = len(data) >= _READ_SIZE
+        if not data:
+            self._failure = WebSocketClosed(None, "connection closed without a close frame")
+            raise self._failure
+        await self._ingest(data)
+
+    @property
+    def backlogged(self) -> bool:
+        """More has arrived than the last `receive_batch` returned: messages parsed and
+        not yet taken, or bytes that can be read now without waiting."""
+        return bool(self._pending) or self._last_read_full or self._more_now()
+
+    def _more_now(self) -> bool:
+        return self._failure is None and readable_now(self._stream)
 
     async def _ingest(self, data: bytes | bytearray) -> None:
         try:

@@ -1,0 +1,60 @@
+"""What a connection tracks about one open socket, and when a busy socket is read next.
+
+`connector.read_interval` (see `Connection._read`): reads fall on multiples of the
+interval of Trio's clock, one grid for every connection of the process.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import trio
+
+from ssmd.feeds.base import Command
+
+
+def next_read_at(now: float, interval: float) -> float:
+    """The first multiple of `interval` strictly after `now` (a read on a grid point, up
+    to float error, waits for the next one)."""
+    return (math.floor(now / interval + 1e-6) + 1) * interval
+
+
+@attrs.define
+class SocketState:
+    """What the engine tracks about one open socket."""
+
+    last_frame: float
+    connected: bool = False
+    subscribed: bool = False
+    reason: str | None = None
+    # The command sent and not yet answered; a subscribe in flight may have opened a
+    # subscription the session does not know yet.
+    awaiting: Command | None = None
+    # Set (and replaced) whenever the session handled a control frame.
+    changed: trio.Event = attrs.field(factory=trio.Event)
+    # Set (and replaced) to wake a reader waiting for its next read (read_interval).
+    asked: trio.Event = attrs.field(factory=trio.Event)
+    # The reader is waiting for its next read; frames may have arrived meanwhile.
+    pausing: bool = False
+    # Set (and replaced) when a reader woken from that wait has read what had arrived.
+    caught_up: trio.Event = attrs.field(factory=trio.Event)
+
+    def notify(self) -> None:
+        changed, self.changed = self.changed, trio.Event()
+        changed.set()
+
+    def ask(self) -> None:
+        asked, self.asked = self.asked, trio.Event()
+        asked.set()
+
+    def read_up(self) -> None:
+        caught_up, self.caught_up = self.caught_up, trio.Event()
+        caught_up.set()
+
+    async def catch_up(self) -> None:
+        """Have a reader that waits for its next read take what has arrived first."""
+        if self.pausing:
+            caught_up = self.caught_up
+            self.ask()
+            await caught_up.wait()
