@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ssmd.config import ConfigError, load_config
+from ssmd.config.units import Duration
 
 GOOD = """\
 env = "prod"
@@ -256,6 +257,11 @@ def test_each_venue_has_its_own_default_channels(tmp_path: Path) -> None:
         ),
         ("connectors = 1\n", "connectors", "[[connector]]"),
         ('[connector]\nread_interval = "2s"\n', "connector.read_interval", "at most 1s"),
+        (
+            '[connector]\nread_interval = "1s"\nliveness_timeout = "1s"\n',
+            "connector.read_interval",
+            "at most half of liveness_timeout (1s)",
+        ),
         ('[connector]\nread_interval = "-5ms"\n', "connector.read_interval", "a duration such as"),
     ],
 )
@@ -389,3 +395,10 @@ def test_every_public_name_of_the_old_config_module_is_still_importable() -> Non
     missing = [name for name in old if not hasattr(ssmd.config, name)]
     assert not missing, missing
     assert ssmd.config.KRAKEN_BOOK_DEPTHS == DEPTHS
+
+
+@pytest.mark.parametrize("interval", ["0ms", "1s", "250ms"])
+def test_read_interval_takes_zero_up_to_one_second(tmp_path: Path, interval: str) -> None:
+    path = write(tmp_path, CONNECTOR_BASE + f'[connector]\nread_interval = "{interval}"\n')
+    config = load_config(path)
+    assert config.connectors[0].read_interval == Duration.parse(interval)

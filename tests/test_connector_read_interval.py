@@ -256,14 +256,16 @@ async def test_a_clean_stop_keeps_what_arrived_during_the_wait(
 
 
 class AnswersLate(Draining):
-    """Sends a data frame as each command goes out and the command's answer 5 ms later,
-    so the read that a command wakes finds data but not yet the answer."""
+    """Sends a data frame as each command goes out, another 5 ms later and the command's
+    answer 5 ms after that: the answer is two arrivals after the read the command woke."""
 
     async def send_message(self, message: str | bytes) -> None:
         self.push_data("orderbook_delta", 99, None, {"market_ticker": "Z"})
         trio.lowlevel.spawn_system_task(self._answer, message)
 
     async def _answer(self, message: str | bytes) -> None:
+        await trio.sleep(0.005)
+        self.push_data("orderbook_delta", 98, None, {"market_ticker": "Z"})
         await trio.sleep(0.005)
         await super().send_message(message)
 
@@ -332,3 +334,39 @@ async def test_frames_that_arrived_before_a_live_change_are_read_before_it(
         assert cmd == "update_subscription"
         assert read == read_before + 5
         assert trio.current_time() < 60
+
+
+async def test_a_change_is_sent_while_the_socket_stays_busy(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Catching up before a change reads once, not until the socket runs dry: on a
+    saturated feed the change still goes out."""
+    exchange = FakeExchange()
+    exchange.socket_class = NotesCommands
+    h = Harness(exchange, [], attrs.evolve(SETTINGS, read_interval=INTERVAL))
+    async with running(h):
+        await trio.sleep(1)
+        h.connection.change([Change(Subscribe(0, "orderbook_delta", 0, ("A",)), "discovery")])
+        await trio.sleep(1)
+        socket = exchange.sockets[0]
+        assert isinstance(socket, NotesCommands)
+        socket.push_data("orderbook_delta", 1, 1, {"market_ticker": "A"})
+        await trio.sleep(0.01)  # read; the reader waits for the grid
+        Draining.backlog = True  # from now on every read finds more
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def feed() -> None:
+                    for seq in range(2, 100_000):
+                        socket.push_data("orderbook_delta", 1, seq, {"market_ticker": "A"})
+                        await trio.sleep(0.001)
+
+                nursery.start_soon(feed)
+                sent = len(socket.read_at_send)
+                change = Change(AddMarkets(0, "orderbook_delta", 0, ("B",)), "discovery")
+                h.connection.change([change])
+                await trio.sleep(1)
+                assert len(socket.read_at_send) == sent + 1
+                nursery.cancel_scope.cancel()
+        finally:
+            Draining.backlog = False

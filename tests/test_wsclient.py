@@ -283,10 +283,11 @@ async def test_one_receive_takes_everything_that_has_arrived(tls: bool, tmp_path
         out: trio.abc.Stream = stream
         if tls:
             out = trio.SSLStream(stream, server_tls, server_side=True)
-        for frame in frames:
-            await out.send_all(frame)
-        sent.set()
-        await trio.sleep_forever()
+        async with stream:
+            for frame in frames:
+                await out.send_all(frame)
+            sent.set()
+            await trio.sleep_forever()
 
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
@@ -306,3 +307,113 @@ async def test_one_receive_takes_everything_that_has_arrived(tls: bool, tmp_path
         assert [len(batch) for batch in got] == [100, 100, 100]
         await trio.aclose_forcefully(stream)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_messages_read_before_an_end_found_while_draining_come_first(
+    tls: bool, tmp_path: Path
+) -> None:
+    """Over a real socket the end (no close frame, no close_notify) is found by a read
+    after the first; everything read before it is returned before it is raised."""
+    from ssmd.connector.wsclient import FastWebSocket
+
+    server_tls, client_tls = self_signed(tmp_path)
+    done = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        out: trio.abc.Stream = stream
+        if tls:
+            out = trio.SSLStream(stream, server_tls, server_side=True)
+            await out.do_handshake()
+        for i in range(50):
+            await out.send_all(encode_frame(OP_TEXT, b'{"n":%d}' % i))
+        await trio.aclose_forcefully(stream)
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+        stream: trio.abc.Stream = await trio.open_tcp_stream(
+            "127.0.0.1", listeners[0].socket.getsockname()[1]
+        )
+        if tls:
+            stream = trio.SSLStream(stream, client_tls, server_hostname="localhost")
+            await stream.do_handshake()
+        ws = FastWebSocket(stream, b"", 1 << 20)
+        got: list[bytes] = []
+        with trio.fail_after(30):
+            await done.wait()
+            await trio.sleep(0.2)
+            with pytest.raises(ConnectionError):
+                while True:
+                    got.extend(await ws.receive_batch(1000))
+        assert got == [b'{"n":%d}' % i for i in range(50)]
+        await trio.aclose_forcefully(stream)
+        nursery.cancel_scope.cancel()
+
+
+class HalfRecord(trio.abc.Stream):
+    """A server transport that, once armed, sends only the first half of its 11th write
+    (one TLS record) and never the rest."""
+
+    def __init__(self, inner: trio.SocketStream) -> None:
+        self.inner = inner
+        self.writes: int | None = None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.writes is not None:
+            self.writes += 1
+            if self.writes == 11:
+                await self.inner.send_all(bytes(data)[: len(data) // 2])
+                await trio.sleep_forever()
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_messages_are_not_held_for_the_rest_of_a_tls_record(tmp_path: Path) -> None:
+    """Ten one-record messages, then half of an eleventh record whose rest never comes:
+    the ten are returned within a few milliseconds, not held while the read waits for
+    the rest."""
+    from ssmd.connector.wsclient import FastWebSocket
+
+    server_tls, client_tls = self_signed(tmp_path)
+    server_tls.num_tickets = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        async with stream:
+            transport = HalfRecord(stream)
+            tls = trio.SSLStream(transport, server_tls, server_side=True)
+            await tls.do_handshake()
+            transport.writes = 0
+            for i in range(11):
+                await tls.send_all(encode_frame(OP_TEXT, b'{"n":%d}' % i + b" " * 100))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+        tcp = await trio.open_tcp_stream("127.0.0.1", listeners[0].socket.getsockname()[1])
+        stream = trio.SSLStream(tcp, client_tls, server_hostname="localhost")
+        await stream.do_handshake()
+        ws = FastWebSocket(stream, b"", 1 << 20)
+        await trio.sleep(0.3)
+        with trio.fail_after(1):
+            got = await ws.receive_batch(1000)
+        assert [m.rstrip() for m in got] == [b'{"n":%d}' % i for i in range(10)]
+        await trio.aclose_forcefully(stream)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_closed_socket_is_not_backlogged() -> None:
+    from ssmd.connector.wsclient import FastWebSocket
+
+    a, b = trio.socket.socketpair()
+    ws = FastWebSocket(trio.SocketStream(a), b"", 1 << 20)
+    await ws.aclose()
+    assert not ws.backlogged
+    b.close()

@@ -130,6 +130,12 @@ class ConnectorConfig:
             raise FieldError(
                 attribute, f"expected at most 1s (0ms reads every arrival), got {value.text!r}"
             )
+        if 2 * value.seconds > self.liveness_timeout.seconds:
+            raise FieldError(
+                attribute,
+                f"expected at most half of liveness_timeout ({self.liveness_timeout.text}), "
+                f"got {value.text!r}",
+            )
 
     @depth.validator
     def _check_depth(self, attribute: attrs.Attribute[int | None], value: int | None) -> None:

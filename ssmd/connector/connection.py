@@ -298,8 +298,9 @@ class Connection:
             finally:
                 socket.pausing = False
             if asked.is_set():
-                # Woken for a command: what has arrived first.
-                while ws.backlogged:
+                # Woken for a command: what has arrived first (one read takes it all,
+                # up to READ_BATCH; more is read by this loop as usual).
+                if ws.backlogged:
                     await self._read_batch(ws, socket)
                 socket.read_up()
 
@@ -331,10 +332,13 @@ class Connection:
         when the venue never confirms an unsubscribe; else SHUTDOWN.
         """
         settled = socket.subscribed and socket.awaiting is None
-        with trio.move_on_after(min(STOP_UNSUBSCRIBE_TIMEOUT_S, self._settings.command_timeout)):
+        limit = min(STOP_UNSUBSCRIBE_TIMEOUT_S, self._settings.command_timeout)
+        deadline = trio.current_time() + limit
+        # A backstop only: the loop ends between batches, never inside a read.
+        with trio.move_on_after(limit + 1):
             try:
                 # What arrived while the reader waited for its next read (read_interval).
-                while ws.backlogged:
+                while ws.backlogged and trio.current_time() < deadline:
                     await self._read_batch(ws, socket)
             except Exception as exc:
                 log.info("conn %d: could not read at shutdown: %s", self.index, describe(exc))
@@ -449,7 +453,7 @@ class Connection:
             if dynamic and self._changes:
                 assert isinstance(session, DynamicSession)
                 # Frames that arrived before the change come before its record.
-                await socket.catch_up()
+                await socket.catch_up(self._settings.read_interval + HANDOFF_TIMEOUT_S)
                 change_command = session.apply(self._changes.popleft())
                 if change_command is not None:
                     await self._send_command(ws, socket, change_command)

@@ -52,9 +52,11 @@ class SocketState:
         caught_up, self.caught_up = self.caught_up, trio.Event()
         caught_up.set()
 
-    async def catch_up(self) -> None:
-        """Have a reader that waits for its next read take what has arrived first."""
+    async def catch_up(self, timeout: float) -> None:
+        """Have a reader that waits for its next read take what has arrived first
+        (waiting at most `timeout`: a reader stuck handing over must not hold up commands)."""
         if self.pausing:
             caught_up = self.caught_up
             self.ask()
-            await caught_up.wait()
+            with trio.move_on_after(timeout):
+                await caught_up.wait()

@@ -5,7 +5,8 @@ wsproto in pure Python: about 40 us per message here, more than a JetStream publ
 This client parses every complete frame of a socket read in one pass and returns them
 together, so a busy connection costs a few microseconds per message. It speaks only
 what a market-data client needs: the upgrade handshake, unfragmented and fragmented
-text/binary messages, ping/pong (server pings are answered at once), and close.
+text/binary messages, ping/pong (a server ping is answered when its frame is read), and
+close.
 No extensions are negotiated. Text messages are returned as their raw UTF-8 bytes,
 exactly as received.
 """
@@ -31,6 +32,9 @@ from ssmd.deadline import shielded
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_HEADER_BYTES = 64 * 1024
 _READ_SIZE = 256 * 1024
+# How long a read after the first, of bytes already readable, may wait for the rest of
+# a TLS record before the batch is returned without it.
+_DRAIN_READ_TIMEOUT_S = 0.005
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
@@ -171,8 +175,9 @@ class FrameParser:
 
 def readable_now(stream: trio.abc.Stream) -> bool:
     """Whether `stream` has bytes to read without waiting: decrypted or still encrypted
-    bytes a TLS stream holds, or data in a TCP socket's receive queue (one `poll` with
-    no timeout). False for any other stream."""
+    bytes a TLS stream holds (possibly part of a record), or data in a TCP socket's
+    receive queue (one `poll` with no timeout). False for a closed socket or any other
+    stream."""
     if isinstance(stream, trio.SSLStream):
         if stream.pending():
             return True
@@ -183,8 +188,11 @@ def readable_now(stream: trio.abc.Stream) -> bool:
             return True
         stream = stream.transport_stream
     if isinstance(stream, trio.SocketStream):
+        fd = stream.socket.fileno()
+        if fd < 0:
+            return False
         poller = select.poll()
-        poller.register(stream.socket.fileno(), select.POLLIN)
+        poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
     return False
 
@@ -220,18 +228,31 @@ class FastWebSocket:
             await self._receive_some()
             # Take everything that has arrived in one batch. Over TLS one read returns
             # at most one TLS record, however much is waiting.
-            while len(self._pending) < limit and self._more_now():
+            while len(self._pending) < limit and self._failure is None:
+                if not readable_now(self._stream):
+                    break
+                data = None
                 try:
-                    await self._receive_some()
+                    # Bytes trio holds can end mid TLS record: what is parsed is not held
+                    # for longer than this while the rest is waited for.
+                    with trio.move_on_after(_DRAIN_READ_TIMEOUT_S):
+                        data = await self._stream.receive_some(_READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    # Raised once what was parsed before it is taken.
+                    self._failure = ConnectionError(f"connection broken: {exc!r}")
+                if data is None:
+                    break
+                try:
+                    await self._take(data)
                 except WebSocketClosed:
                     pass  # kept in self._failure, raised once what came before is taken
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    self._failure = ConnectionError(f"connection broken: {exc!r}")
         out, self._pending = self._pending[:limit], self._pending[limit:]
         return out
 
     async def _receive_some(self) -> None:
-        data = await self._stream.receive_some(_READ_SIZE)
+        await self._take(await self._stream.receive_some(_READ_SIZE))
+
+    async def _take(self, data: bytes | bytearray) -> None:
         self._last_read_full = len(data) >= _READ_SIZE
         if not data:
             self._failure = WebSocketClosed(None, "connection closed without a close frame")
