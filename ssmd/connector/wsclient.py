@@ -21,7 +21,7 @@ import socket
 import ssl
 import struct
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from urllib.parse import urlsplit
 
 import trio
@@ -242,10 +242,9 @@ class FastWebSocket:
                     self._failure = ConnectionError(f"connection broken: {exc!r}")
                 if data is None:
                     break
-                try:
+                # An end is kept in self._failure, raised once what came before is taken.
+                with suppress(WebSocketClosed):
                     await self._take(data)
-                except WebSocketClosed:
-                    pass  # kept in self._failure, raised once what came before is taken
         out, self._pending = self._pending[:limit], self._pending[limit:]
         return out
 
