@@ -72,6 +72,18 @@ class FakeSocket:
             raise SocketClosed("connection reset")
         return [frame]
 
+    def take_queued(self, out: list[str | bytes], limit: int) -> list[str | bytes]:
+        """`out` and the frames queued behind it, up to `limit` (as a socket read
+        returns all that arrived)."""
+        try:
+            while len(out) < limit:
+                frame = self._receive.receive_nowait()
+                assert frame is not None
+                out.append(frame)
+        except trio.WouldBlock:
+            pass
+        return out
+
     @property
     def backlogged(self) -> bool:
         return False
@@ -412,14 +424,7 @@ async def test_a_batch_read_as_the_connection_is_torn_down_is_still_published(
             await super().send_message(message)
 
         async def receive_batch(self, limit: int) -> list[str | bytes]:
-            out = list(await super().receive_batch(limit))
-            try:
-                while len(out) < limit:
-                    frame = self._receive.receive_nowait()
-                    assert frame is not None
-                    out.append(frame)
-            except trio.WouldBlock:
-                pass
+            out = self.take_queued(list(await super().receive_batch(limit)), limit)
             Batching.taken += sum(1 for f in out if '"trade"' in str(f))
             return out
 

@@ -41,14 +41,7 @@ class Draining(FakeSocket):
         self.reads: list[tuple[float, int]] = []
 
     async def receive_batch(self, limit: int) -> list[str | bytes]:
-        out = list(await super().receive_batch(limit))
-        try:
-            while len(out) < limit:
-                frame = self._receive.receive_nowait()
-                assert frame is not None
-                out.append(frame)
-        except trio.WouldBlock:
-            pass
+        out = self.take_queued(list(await super().receive_batch(limit)), limit)
         self.reads.append((trio.current_time(), len(out)))
         return out
 
@@ -64,10 +57,33 @@ def harness(read_interval: float) -> tuple[FakeExchange, Harness]:
     return exchange, Harness(exchange, [SubscriptionPlan("trade")], settings)
 
 
+def book_harness(socket_class: type[FakeSocket]) -> tuple[FakeExchange, Harness]:
+    """Market A's book, snapshotted at each subscribe, read on a 30 s grid."""
+    exchange = FakeExchange()
+    exchange.socket_class = socket_class
+
+    def snapshot(socket: FakeSocket, sid: int, params: dict[str, object]) -> None:
+        socket.push_data("orderbook_snapshot", sid, 1, {"market_ticker": "A", "yes": []})
+
+    exchange.on_subscribe = snapshot
+    settings = attrs.evolve(SETTINGS, read_interval=30.0)
+    return exchange, Harness(exchange, [SubscriptionPlan("orderbook_delta", ("A",))], settings)
+
+
 async def stream(socket: FakeSocket, frames: int, every: float) -> None:
     for i in range(frames):
         socket.push_data("trade", 1, None, {"market_ticker": "A", "n": i})
         await trio.sleep(every)
+
+
+async def connected(exchange: FakeExchange) -> Draining:
+    """The connection's socket, a second after it connected, with its reads so far
+    forgotten."""
+    await trio.sleep(1)
+    socket = exchange.sockets[0]
+    assert isinstance(socket, Draining)
+    socket.reads.clear()
+    return socket
 
 
 def trades(h: Harness) -> list[tuple[int, int]]:
@@ -80,10 +96,7 @@ async def test_a_busy_socket_is_read_once_per_interval_on_the_grid(
 ) -> None:
     exchange, h = harness(INTERVAL)
     async with running(h):
-        await trio.sleep(1)
-        socket = exchange.sockets[0]
-        assert isinstance(socket, Draining)
-        socket.reads.clear()
+        socket = await connected(exchange)
         start = trio.current_time()
         await stream(socket, 1000, 0.001)  # 1,000 msg/s for a second
         await trio.sleep(1)
@@ -109,10 +122,7 @@ async def test_without_an_interval_every_arrival_is_read_at_once(
 ) -> None:
     exchange, h = harness(0.0)
     async with running(h):
-        await trio.sleep(1)
-        socket = exchange.sockets[0]
-        assert isinstance(socket, Draining)
-        socket.reads.clear()
+        socket = await connected(exchange)
         await stream(socket, 100, 0.001)
         await trio.sleep(1)
         assert len(socket.reads) == 100
@@ -123,9 +133,7 @@ async def test_a_frame_after_a_quiet_spell_is_read_and_stamped_at_once(
 ) -> None:
     exchange, h = harness(INTERVAL)
     async with running(h):
-        await trio.sleep(1)
-        socket = exchange.sockets[0]
-        assert isinstance(socket, Draining)
+        socket = await connected(exchange)
         await trio.sleep(5.0371)
         arrived = trio.current_time()
         socket.push_data("trade", 1, None, {"market_ticker": "A", "n": 0})
@@ -143,10 +151,7 @@ async def test_a_backlogged_socket_is_read_again_at_once(
     Draining.backlog = True
     try:
         async with running(h):
-            await trio.sleep(1)
-            socket = exchange.sockets[0]
-            assert isinstance(socket, Draining)
-            socket.reads.clear()
+            socket = await connected(exchange)
             await stream(socket, 100, 0.001)
             await trio.sleep(1)
             assert len(socket.reads) == 100
@@ -175,15 +180,7 @@ async def test_connections_share_the_grid(autojump_clock: trio.testing.MockClock
 async def test_a_commands_answer_is_read_at_once(autojump_clock: trio.testing.MockClock) -> None:
     """However long the interval, a command's answer is read as it arrives: a
     resubscription after a `seq` gap is not held up by the grid."""
-    exchange = FakeExchange()
-    exchange.socket_class = Draining
-
-    def snapshot(socket: FakeSocket, sid: int, params: dict[str, object]) -> None:
-        socket.push_data("orderbook_snapshot", sid, 1, {"market_ticker": "A", "yes": []})
-
-    exchange.on_subscribe = snapshot
-    settings = attrs.evolve(SETTINGS, read_interval=30.0)
-    h = Harness(exchange, [SubscriptionPlan("orderbook_delta", ("A",))], settings)
+    exchange, h = book_harness(Draining)
     async with running(h):
         await trio.sleep(31)  # up, and past a grid point
         socket = exchange.sockets[0]
@@ -275,15 +272,7 @@ async def test_an_answer_after_the_read_a_command_woke_is_read_at_once(
 ) -> None:
     """While a command waits for its answer the socket is read at every arrival, not
     only on the read its sending woke."""
-    exchange = FakeExchange()
-    exchange.socket_class = AnswersLate
-
-    def snapshot(socket: FakeSocket, sid: int, params: dict[str, object]) -> None:
-        socket.push_data("orderbook_snapshot", sid, 1, {"market_ticker": "A", "yes": []})
-
-    exchange.on_subscribe = snapshot
-    settings = attrs.evolve(SETTINGS, read_interval=30.0)
-    h = Harness(exchange, [SubscriptionPlan("orderbook_delta", ("A",))], settings)
+    exchange, h = book_harness(AnswersLate)
     async with running(h):
         await trio.sleep(31)
         socket = exchange.sockets[0]
@@ -308,6 +297,17 @@ class NotesCommands(Draining):
         await super().send_message(message)
 
 
+async def book_a_added(h: Harness, exchange: FakeExchange, wait: float) -> NotesCommands:
+    """Subscribe market A's book as a live change, wait `wait` s, then its first delta."""
+    await trio.sleep(1)
+    h.connection.change([Change(Subscribe(0, "orderbook_delta", 0, ("A",)), "discovery")])
+    await trio.sleep(wait)
+    socket = exchange.sockets[0]
+    assert isinstance(socket, NotesCommands)
+    socket.push_data("orderbook_delta", 1, 1, {"market_ticker": "A"})
+    return socket
+
+
 async def test_frames_that_arrived_before_a_live_change_are_read_before_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -318,12 +318,7 @@ async def test_frames_that_arrived_before_a_live_change_are_read_before_it(
     settings = attrs.evolve(SETTINGS, read_interval=30.0)
     h = Harness(exchange, [], settings)
     async with running(h):
-        await trio.sleep(1)
-        h.connection.change([Change(Subscribe(0, "orderbook_delta", 0, ("A",)), "discovery")])
-        await trio.sleep(31)
-        socket = exchange.sockets[0]
-        assert isinstance(socket, NotesCommands)
-        socket.push_data("orderbook_delta", 1, 1, {"market_ticker": "A"})
+        socket = await book_a_added(h, exchange, 31)
         await trio.sleep(1)  # read at once; the reader now waits on the grid (60 s)
         for seq in range(2, 7):
             socket.push_data("orderbook_delta", 1, seq, {"market_ticker": "A"})
@@ -345,12 +340,7 @@ async def test_a_change_is_sent_while_the_socket_stays_busy(
     exchange.socket_class = NotesCommands
     h = Harness(exchange, [], attrs.evolve(SETTINGS, read_interval=INTERVAL))
     async with running(h):
-        await trio.sleep(1)
-        h.connection.change([Change(Subscribe(0, "orderbook_delta", 0, ("A",)), "discovery")])
-        await trio.sleep(1)
-        socket = exchange.sockets[0]
-        assert isinstance(socket, NotesCommands)
-        socket.push_data("orderbook_delta", 1, 1, {"market_ticker": "A"})
+        socket = await book_a_added(h, exchange, 1)
         await trio.sleep(0.01)  # read; the reader waits for the grid
         Draining.backlog = True  # from now on every read finds more
         try:
