@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ssmd.archive.books.rebuild import BookView, books_at
 from ssmd.archive.coverage import coverage
 from ssmd.archive.errors import ArchiveCorrupt, ArchiveError
+from ssmd.archive.late import range_lines
 from ssmd.archive.records import Record
 from ssmd.archive.store import RecordFilter, days, feeds, iter_lines, read_manifest
 from ssmd.archive.times import parse_time
@@ -78,16 +79,21 @@ class Archive:
         end: Time | None = None,
     ) -> Iterator[Record]:
         """Records in stream order, filtered as `ssmd data cat` filters (all days when
-        `day` is None); raises ArchiveCorrupt naming a damaged file."""
+        `day` is None); raises ArchiveCorrupt naming a damaged file. With `day`, a range
+        reaching the day's end is followed, as in `cat`, by the trade backfill records
+        written early the next day whose window overlaps it (`record.late` True)."""
         flt = RecordFilter(
             type_token=type,
             ticker=ticker,
             start_ns=to_ns(start, day) if start is not None else None,
             end_ns=to_ns(end, day) if end is not None else None,
         )
-        for d in [day] if day else self.days(feed):
-            manifest = self.manifest(feed, d)
-            for line in iter_lines(self.root / feed / d, manifest, flt):
+        if day:
+            for line, late in range_lines(self.root, feed, day, self.manifest(feed, day), flt):
+                yield Record.from_line(line, late=late)
+            return
+        for d in self.days(feed):
+            for line in iter_lines(self.root / feed / d, self.manifest(feed, d), flt):
                 yield Record.from_line(line)
 
     def book(

@@ -8,7 +8,8 @@ backfill window left unrepaired (its trades may be missing; for the hours of the
 With markets, only the interruptions that name a market (or name none: all) touch it.
 Trade windows a backfill repaired are listed under `repaired`, without degrading.
 A backfill record is written when its window is done, which may be after midnight: the
-first LATE_BACKFILL_FILES of the next day are read for those whose window touches the day.
+first LATE_BACKFILL_FILES of the next day (ssmd.archive.late) are read for those whose
+window touches the day.
 """
 
 from __future__ import annotations
@@ -32,18 +33,15 @@ from ssmd.archive.integrity import (
     stream_gaps,
     unrepaired_trades,
 )
+from ssmd.archive.late import late_backfills
 from ssmd.archive.records import Record
-from ssmd.archive.store import day_manifest, file_lines, read_manifest
+from ssmd.archive.store import file_lines, read_manifest
 from ssmd.archive.times import iso_ms, utc_text
 from ssmd.archiver.lines import read_prefix
 from ssmd.subjects import DISCONTINUITY_TYPE, split_subject
 
 NS = 1_000_000_000
 HOUR = 3600 * NS
-# The next day's files (`HHMM` names) read for backfill records of this day's windows:
-# one is written after its window settles and REST answers (at most 5 minutes), behind
-# the windows queued before it.
-LATE_BACKFILL_FILES = "0100"
 
 
 @attrs.define
@@ -174,7 +172,7 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
                         )
     found += [(gap, False) for gap in gaps]
     day_start = calendar.timegm(time.strptime(day, "%Y-%m-%d")) * NS
-    for late, late_repair in _late_backfills(root, feed, day_start + 24 * HOUR):
+    for late, late_repair in _late_backfills(root, feed, day, day_start + 24 * HOUR):
         if late is not None:
             found.append((late, False))
         if late_repair is not None:
@@ -231,38 +229,26 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
 
 
 def _late_backfills(
-    root: Path, feed: str, day_end: int
+    root: Path, feed: str, day: str, day_end: int
 ) -> list[tuple[Interruption | None, Reason | None]]:
     """Backfill records written early the next day whose window began before `day_end`:
     what each left unrepaired, and what it repaired."""
-    next_day = time.strftime("%Y-%m-%d", time.gmtime(day_end // NS))
-    manifest = day_manifest(root, feed, next_day)
-    if manifest is None:
-        return []
     out: list[tuple[Interruption | None, Reason | None]] = []
-    for entry in manifest.files:
-        if entry.name[:4] >= LATE_BACKFILL_FILES:
+    for record in late_backfills(root, feed, day):
+        body = record.payload()
+        if not isinstance(body, dict):
             continue
-        path = root / feed / next_day / entry.name
-        for line in file_lines(path, validate=True):
-            prefix = read_prefix(line)
-            if prefix is None or not prefix[1].endswith(f".{DISCONTINUITY_TYPE}.backfill"):
-                continue
-            seq, subject, recv = prefix
-            body = Record(seq, subject, recv, line, str(path)).payload()
-            if not isinstance(body, dict):
-                continue
-            lost = unrepaired_trades(body, seq)
-            span = backfill_span(lost) if lost is not None else None
-            late = lost if span is not None and span[0] < day_end else None
-            fixed = repaired_trades(body)
-            fixed_span = backfill_span(fixed) if fixed is not None else None
-            repair = None
-            if fixed is not None and fixed_span is not None and fixed_span[0] < day_end:
-                duration = fixed_span[1] - fixed_span[0]
-                repair = Reason("backfill", fixed_span[0], fixed.reason, duration, fixed.markets)
-            if late is not None or repair is not None:
-                out.append((late, repair))
+        lost = unrepaired_trades(body, record.seq)
+        span = backfill_span(lost) if lost is not None else None
+        late = lost if span is not None and span[0] < day_end else None
+        fixed = repaired_trades(body)
+        fixed_span = backfill_span(fixed) if fixed is not None else None
+        repair = None
+        if fixed is not None and fixed_span is not None and fixed_span[0] < day_end:
+            duration = fixed_span[1] - fixed_span[0]
+            repair = Reason("backfill", fixed_span[0], fixed.reason, duration, fixed.markets)
+        if late is not None or repair is not None:
+            out.append((late, repair))
     return out
 
 

@@ -17,14 +17,33 @@ from ssmd.subjects import split_subject
 
 class Record:
     """An archive line. `market` is the subject's routing key, decoded (a Kalshi ticker, a
-    Polymarket condition id, a Kraken symbol); None on ssmd's own and unrouted subjects."""
+    Polymarket condition id, a Kraken symbol); None on ssmd's own and unrouted subjects.
+    `late`: a trade backfill record read from the next day's files because its window
+    overlaps the range asked for (see ssmd.archive.late)."""
 
-    __slots__ = ("_payload", "line", "market", "recv_ns", "seq", "subject", "type_token", "where")
+    __slots__ = (
+        "_payload",
+        "late",
+        "line",
+        "market",
+        "recv_ns",
+        "seq",
+        "subject",
+        "type_token",
+        "where",
+    )
 
     def __init__(
-        self, seq: int, subject: str, recv_ns: int | None, line: bytes, where: str = "archive"
+        self,
+        seq: int,
+        subject: str,
+        recv_ns: int | None,
+        line: bytes,
+        where: str = "archive",
+        late: bool = False,
     ) -> None:
         self.where = where
+        self.late = late
         self.seq = seq
         self.subject = subject
         self.recv_ns = recv_ns
@@ -33,11 +52,11 @@ class Record:
         self._payload: Any = _UNSET
 
     @classmethod
-    def from_line(cls, line: bytes, where: str = "archive") -> Record:
+    def from_line(cls, line: bytes, where: str = "archive", late: bool = False) -> Record:
         prefix = read_prefix(line)
         if prefix is None:
             raise ArchiveCorrupt(f"{where}: not an ssmd archive line: {line[:80]!r}")
-        return cls(prefix[0], prefix[1], prefix[2], line, where)
+        return cls(prefix[0], prefix[1], prefix[2], line, where, late)
 
     @property
     def feed(self) -> str:

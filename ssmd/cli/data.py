@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ssmd.archive.errors import ArchiveCorrupt, ArchiveError
+from ssmd.archive.late import mark_late, range_lines
 from ssmd.archive.store import read_manifest
 from ssmd.archive.times import iso_ms, parse_time
 from ssmd.archiver.lines import read_prefix, strip_meta
@@ -120,9 +121,10 @@ def cmd_cat(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     n = 0
     try:
-        for line in iter_lines(root / args.feed / args.date, manifest, flt, validate=True):
+        for line, late in range_lines(root, args.feed, args.date, manifest, flt, validate=True):
             if args.limit is not None and n >= args.limit:
                 break
+            line = mark_late(line) if late else line
             if args.strip_meta:
                 value = strip_meta(json.loads(line))
                 if isinstance(value, bytes):
@@ -241,7 +243,9 @@ def add_data_commands(sub: Any) -> None:
         "cat",
         help="stream a day's records as JSONL, in archive order",
         description="Filters read each line's prefix only; the payload is not parsed. "
-        "Times filter on the connector's receive time (_recv_ns).",
+        "Times filter on the connector's receive time (_recv_ns). A range reaching the "
+        "day's end is followed by the trade backfill records written early the next day "
+        'whose window overlaps it, marked "_late":true.',
     )
     common(cat)
     cat.add_argument("feed", help="feed name, e.g. kalshi")
