@@ -154,3 +154,59 @@ def test_archive_records_gives_the_late_record_too(archive: Path) -> None:
     # Over all days nothing is added: the next day's own records hold it once.
     seqs = [r.seq for r in store.records("kalshi")]
     assert len(seqs) == len(set(seqs)) and not any(r.late for r in store.records("kalshi"))
+
+
+def copy_of(archive: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    root = tmp_path / "archive"
+    shutil.copytree(archive, root)
+    return root
+
+
+def next_day_files(root: Path) -> dict[str, dict[str, int]]:
+    """The next day's files, by name, with their manifest's discontinuity counts."""
+    manifest = json.loads((root / "kalshi" / NEXT / "manifest.json").read_text())
+    return {f["name"]: f.get("discontinuities", {}) for f in manifest["files"]}
+
+
+def test_only_next_day_files_holding_backfill_records_are_read(
+    archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The manifest says which files hold backfill records; a file without any is not
+    read (here made unreadable, which would fail the cat if it were)."""
+    root = copy_of(archive, tmp_path)
+    without = [n for n, d in next_day_files(root).items() if n < "0100" and not d.get("backfill")]
+    assert without, next_day_files(root)
+    for name in without:
+        (root / "kalshi" / NEXT / name).write_bytes(b"not gzip")
+    assert [line["_recv_ns"] for line in late_lines(cat(capsys, root))] == [
+        next_at(0, 3),
+        next_at(0, 6),
+    ]
+
+
+def test_an_unreadable_next_day_fails_the_cat_after_the_days_lines_and_says_so(
+    archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = copy_of(archive, tmp_path)
+    with_backfill = [n for n, d in next_day_files(root).items() if d.get("backfill")]
+    (root / "kalshi" / NEXT / sorted(with_backfill)[0]).write_bytes(b"not gzip")
+    code = main(["data", "cat", "kalshi", DAY, "--path", str(root)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert len(captured.out.splitlines()) == len(day_lines(root))  # the day's own, all
+    assert f"{DAY}'s late backfill records ({DAY}'s own lines are complete)" in captured.err
+
+
+def test_a_day_whose_next_day_is_not_archived_yet_says_so(
+    archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = copy_of(archive, tmp_path)
+    (root / "kalshi" / NEXT / "manifest.json").unlink()
+    code = main(["data", "cat", "kalshi", DAY, "--path", str(root), "--start", "23:00"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert f"{NEXT} has no finished file yet" in captured.err
+    code = main(["data", "cat", "kalshi", DAY, "--path", str(root), "--end", "23:30"])
+    assert code == 0 and "no finished file" not in capsys.readouterr().err

@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from ssmd.archive.errors import ArchiveCorrupt, ArchiveError
 from ssmd.archive.records import Record
 from ssmd.archive.store import RecordFilter, day_manifest, file_lines, iter_lines
 from ssmd.archiver.lines import PREFIX, read_prefix
@@ -38,18 +39,46 @@ def day_bounds(day: str) -> tuple[int, int]:
     return start, start + DAY_NS
 
 
+def following_day(day: str) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day_bounds(day)[1] // NS))
+
+
+def next_day_pending(root: Path, feed: str, day: str, now_ns: int) -> bool:
+    """Whether `day` is over but the next day has no finished file yet, so backfill
+    records written after midnight about `day` cannot be looked for."""
+    if now_ns < day_bounds(day)[1]:
+        return False
+    return not (root / feed / following_day(day) / "manifest.json").exists()
+
+
+def _lines_for(path: Path, day: str) -> Iterator[bytes]:
+    try:
+        yield from file_lines(path, validate=True)
+    except ArchiveCorrupt as exc:
+        raise ArchiveCorrupt(
+            f"read for {day}'s late backfill records ({day}'s own lines are complete): {exc}"
+        ) from None
+
+
 def late_backfills(root: Path, feed: str, day: str) -> Iterator[Record]:
     """The backfill records in the next day's first files (before LATE_BACKFILL_FILES),
     in stream order; whether their windows touch `day` is the caller's to judge."""
-    next_day = time.strftime("%Y-%m-%d", time.gmtime(day_bounds(day)[1] // NS))
-    manifest = day_manifest(root, feed, next_day)
+    next_day = following_day(day)
+    try:
+        manifest = day_manifest(root, feed, next_day)
+    except ArchiveError as exc:
+        raise ArchiveCorrupt(
+            f"{next_day}, read for {day}'s late backfill records ({day}'s own lines are "
+            f"complete): {exc}"
+        ) from None
     if manifest is None:
         return
     for entry in manifest.files:
-        if entry.name[:4] >= LATE_BACKFILL_FILES:
+        # The manifest counts each file's backfill records: most files need no reading.
+        if entry.name[:4] >= LATE_BACKFILL_FILES or not entry.discontinuities.get("backfill"):
             continue
         path = root / feed / next_day / entry.name
-        for line in file_lines(path, validate=True):
+        for line in _lines_for(path, day):
             prefix = read_prefix(line)
             if prefix is None or not prefix[1].endswith(".backfill"):
                 continue
