@@ -110,6 +110,23 @@ class ArchiverRun:
         return self.exit_code
 
 
+def archive_config(tmp_path: Path, nats_server: NatsServer) -> tuple[Config, Path]:
+    """The archiver's config on `nats_server`, and the Kalshi feed's archive directory."""
+    config = load_config(
+        write_config(tmp_path / "ssmd.toml", nats_server.url, tmp_path / "archive")
+    )
+    return config, tmp_path / "archive" / "kalshi"
+
+
+async def archive_until_acked(config: Config, bridge: NatsBridge, seq: int) -> None:
+    """A fresh archiver run, stopped cleanly once the ack floor reaches `seq`."""
+    run = ArchiverRun(config, bridge, FileOps())
+    async with trio.open_nursery() as nursery:
+        await run.start(nursery)
+        await wait_for_ack_floor(bridge, seq)
+        assert await run.stop() == EXIT_OK
+
+
 def archived_seqs(feed_dir: Path) -> list[int]:
     return [r["_seq"] for r in archived_records(feed_dir)]
 
@@ -117,10 +134,7 @@ def archived_seqs(feed_dir: Path) -> list[int]:
 async def test_a_crash_after_a_reconnect_with_batches_in_flight_loses_nothing(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
-    config = load_config(
-        write_config(tmp_path / "ssmd.toml", nats_server.url, tmp_path / "archive")
-    )
-    feed_dir = tmp_path / "archive" / "kalshi"
+    config, feed_dir = archive_config(tmp_path, nats_server)
     async with open_bridge([nats_server.url]) as bridge:
         await bridge.ensure_stream(stream_spec(["prod.kalshi.json.>"]))
         await publish_range(bridge, 1, 50)
@@ -149,11 +163,7 @@ async def test_a_crash_after_a_reconnect_with_batches_in_flight_loses_nothing(
             await first.done.wait()
         assert first.exit_code == EXIT_FAILURE
 
-        second = ArchiverRun(config, bridge, FileOps())
-        async with trio.open_nursery() as nursery:
-            await second.start(nursery)
-            await wait_for_ack_floor(bridge, 70)
-            assert await second.stop() == EXIT_OK
+        await archive_until_acked(config, bridge, 70)
     seqs = archived_seqs(feed_dir)
     assert sorted(seqs) == list(range(1, 71)), "a message was lost"
     assert len(seqs) == len(set(seqs)), "a message was archived twice"
@@ -176,10 +186,7 @@ async def test_start_up_resumes_after_the_archive_not_a_higher_ack_floor(
     while the archive ends at 50, as a crash after a reconnect leaves it) does not say
     51..70 are archived: start-up resumes after the archive, re-takes what the stream
     still holds and records what it no longer does as a gap."""
-    config = load_config(
-        write_config(tmp_path / "ssmd.toml", nats_server.url, tmp_path / "archive")
-    )
-    feed_dir = tmp_path / "archive" / "kalshi"
+    config, feed_dir = archive_config(tmp_path, nats_server)
     async with open_bridge([nats_server.url]) as bridge:
         await bridge.ensure_stream(stream_spec(["prod.kalshi.json.>"]))
         await publish_range(bridge, 1, 50)
@@ -199,11 +206,7 @@ async def test_start_up_resumes_after_the_archive_not_a_higher_ack_floor(
             state = await bridge.stream_state(STREAM)
             assert state is not None and state.first_seq == kept_from
 
-        second = ArchiverRun(config, bridge, FileOps())
-        async with trio.open_nursery() as nursery:
-            await second.start(nursery)
-            await wait_for_ack_floor(bridge, 80)
-            assert await second.stop() == EXIT_OK
+        await archive_until_acked(config, bridge, 80)
     seqs = archived_seqs(feed_dir)
     kept = range(51, 81) if kept_from is None else range(kept_from, 81)
     assert seqs == [*range(1, 51), *kept]
