@@ -14,7 +14,6 @@ window touches the day.
 
 from __future__ import annotations
 
-import calendar
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,7 +32,7 @@ from ssmd.archive.integrity import (
     stream_gaps,
     unrepaired_trades,
 )
-from ssmd.archive.late import late_backfills
+from ssmd.archive.late import day_bounds, late_backfills
 from ssmd.archive.records import Record
 from ssmd.archive.store import file_lines, read_manifest
 from ssmd.archive.times import iso_ms, utc_text
@@ -171,17 +170,17 @@ def coverage(root: Path, feed: str, day: str, by_market: bool = False) -> dict[s
                             Reason("backfill", span[0], repair.reason, duration, repair.markets)
                         )
     found += [(gap, False) for gap in gaps]
-    day_start = calendar.timegm(time.strptime(day, "%Y-%m-%d")) * NS
-    for late, late_repair in _late_backfills(root, feed, day, day_start + 24 * HOUR):
+    day_start, day_end = day_bounds(day)
+    for late, late_repair in _late_backfills(root, feed, day, day_end):
         if late is not None:
             found.append((late, False))
         if late_repair is not None:
             repairs.append(late_repair)
     found.sort(key=lambda pair: pair[0].seq)
-    reasons = _reasons(found, day_start + 24 * HOUR)
+    reasons = _reasons(found, day_end)
     # Every hour of the day (up to now, for today): an hour without a record is not
     # complete, it is missing.
-    last_hour = min(day_start + 24 * HOUR, time.time_ns() // HOUR * HOUR + HOUR) // HOUR
+    last_hour = min(day_end, time.time_ns() // HOUR * HOUR + HOUR) // HOUR
     hours = list(range(day_start // HOUR, max(last_hour, day_start // HOUR + 1)))
     result: dict[str, Any] = {"feed": feed, "date": day, "hours": []}
     for hour in hours:
