@@ -38,7 +38,7 @@ def test_a_record_without_a_receive_time_is_republished_without_the_header(
 
     make_stream(nats_server.url)
     assert trio.run(republish) == 4
-    assert read_back(nats_server.url) == [
+    assert read_back(nats_server.url, 4) == [
         ("bt.test.kalshi.json.trade.A", b'{"a":1}', {"Ssmd-Recv-Ns": str(RECV_NS)}),
         ("bt.test.kalshi.json.trade.B", b'{"b":2}', None),
         ("bt.test.kalshi.json.trade.A", b'{"a":3}', {"Ssmd-Recv-Ns": str(RECV_NS + 1)}),

@@ -429,7 +429,7 @@ def test_replay_republishes_the_same_subjects_and_payloads_to_nats(
 
     got = [
         (subject, data, (headers or {}).get("Ssmd-Recv-Ns"))
-        for subject, data, headers in read_back(nats_server.url)
+        for subject, data, headers in read_back(nats_server.url, len(tape.items))
     ]
     assert got == [("bt." + it.subject, it.payload.strip(), str(it.recv_ns)) for it in tape.items]
 
