@@ -24,12 +24,15 @@ from ssmd.nats.types import OutgoingMessage, StreamSpec
 from tests import configs
 
 
-def write_config(path: Path, nats_url: str, archive: Path, **archiver: Any) -> Path:
+def write_config(
+    path: Path, nats_url: str, archive: Path, shutdown_timeout: str | None = None, **archiver: Any
+) -> Path:
     """An archiver-only config; `archiver` overrides its keys."""
     return configs.write_config(
         path,
         {
             "env": "prod",
+            "service": {"shutdown_timeout": shutdown_timeout},
             "nats": {"url": nats_url, "stream": "MARKETDATA"},
             "archiver": {
                 "consumer": "archiver-kalshi",
