@@ -16,10 +16,11 @@ holds it all, the same is measured with the connection open and nothing arriving
   in one Trio thread before doing anything with them.
 * null: ssmd's thread shape doing nothing: a Trio thread and the bridge's asyncio thread
   (`ssmd.nats.loop.AsyncioThread`), waking on the connector's read grid
-  (`connector.read_interval`) and crossing to the asyncio thread once per wake, then,
-  "idle", once per archiver `fetch_timeout`. No socket, NATS or disk. It is what this
-  machine charges for waking alone, the least any recorder built this way pays at these
-  rates; ssmd's figure minus this one is the work it does.
+  (`connector.read_interval`; with none, at the paced rate, as ssmd then reads) and
+  crossing to the asyncio thread once per wake, then, "idle", once per archiver
+  `fetch_timeout`. No socket, NATS or disk. It is what this machine charges for waking
+  alone in that shape. ssmd wakes more threads more often per read, so its figure minus
+  this one is expected to overstate the work ssmd does (not measured: an estimate).
 * bare: what one might write with nats-py in one asyncio loop: asyncio streams and
   ssmd's own frame parser (`wsclient.FrameParser`, no I/O) for the WebSocket,
   `json.loads` of each frame to route it, `js.publish_async` with the same headers and
@@ -146,9 +147,11 @@ async def ssmd_recorder(run: Run) -> dict[str, float]:
         )
 
         async def start_roles(sup: Supervisor) -> None:
-            await start_archiver(sup, config, bridge, clock, status=status)
-            # As `ssmd run` wires them: the connection is stopped first, and the
-            # publisher, a sink, takes its disconnect record before it ends.
+            # As `ssmd run` wires them: the connection stops first, the publisher (a
+            # sink) takes its disconnect record before it ends, and the archiver stops
+            # in a later stage.
+            with sup.stop_stage(1):
+                await start_archiver(sup, config, bridge, clock, status=status)
             send, receive = trio.open_memory_channel[list[Inbound]](64)
             sup.start_sink("bench.publisher", publisher.run, receive)
             sup.start_producer("bench.ws0", connection.run, send)
@@ -370,7 +373,8 @@ async def null_recorder(run: Run) -> dict[str, float]:
         else ConnectorConfig(feed="kalshi").read_interval.seconds
     )
     idle_every = ArchiverConfig(consumer="null", filter="null.kalshi.>").fetch_timeout.seconds
-    every = [grid or 0.001]
+    # With no grid ssmd reads every arrival: at the paced rate.
+    every = [grid or 1 / run.rate]
     wakes = [0]
     bridge = AsyncioThread()
 
@@ -419,6 +423,21 @@ def bare_child(*args: Any) -> dict[str, float]:
     return asyncio.run(bare_recorder(Run(*args)))
 
 
+def report(name: str, r: dict[str, float]) -> None:
+    unit = "wakes/s" if name == "null" else "msg/s"
+    print(
+        f"{name}: {r['busy_core'] * 100:5.2f}% of a core at {r['busy_rate']:,.0f} {unit}; "
+        f"idle {r['idle_core'] * 100:.2f}%; system {r['busy_sys'] * 100:.1f}%; "
+        f"{r['busy_switches']:,.0f} context switches/s; "
+        + ", ".join(
+            f"{k.split(' ', 1)[1]} {v * 100:.1f}%"
+            for k, v in r.items()
+            if k.startswith("busy_thread ") and v > 0.0005
+        ),
+        flush=True,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=1000)
@@ -441,6 +460,19 @@ def main() -> int:
         )
         for name, child in recorders:
             if args.only and name != args.only:
+                continue
+            if name == "null":  # no exchange, NATS or archive
+                r = child(
+                    "",
+                    "",
+                    args.rate,
+                    args.warm,
+                    args.seconds,
+                    args.idle,
+                    Path(tmp),
+                    args.read_interval,
+                )
+                report(name, r)
                 continue
             ports: multiprocessing.Queue[int] = ctx.Queue()
             exchange = ctx.Process(
@@ -466,18 +498,7 @@ def main() -> int:
             finally:
                 server.stop()
                 exchange.terminate()
-            unit = "wakes/s" if name == "null" else "msg/s"
-            print(
-                f"{name}: {r['busy_core'] * 100:5.2f}% of a core at {r['busy_rate']:,.0f} {unit}; "
-                f"idle {r['idle_core'] * 100:.2f}%; system {r['busy_sys'] * 100:.1f}%; "
-                f"{r['busy_switches']:,.0f} context switches/s; "
-                + ", ".join(
-                    f"{k.split(' ', 1)[1]} {v * 100:.1f}%"
-                    for k, v in r.items()
-                    if k.startswith("busy_thread ") and v > 0.0005
-                ),
-                flush=True,
-            )
+            report(name, r)
     return 0
 
 

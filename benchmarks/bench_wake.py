@@ -2,9 +2,9 @@
 
 A loop that only sleeps and wakes: CPU time charged per wake (`time.process_time()`),
 how late each wake arrives, and the share of one core, for Trio's `sleep` at several
-intervals and for a bare `epoll.poll` with no Python around it. On bare metal a wake
-costs microseconds; on some virtual machines the time spent coming back from idle is
-charged to the process that wakes, and it grows with the idle time before it. Every
+intervals and for a bare `epoll.poll` with no Python around it. On the build VM the
+time spent coming back from idle is charged to the process that wakes, and it grows
+with the idle time before it (the README's "CPU at Kalshi's rates" says why). Every
 CPU figure in `bench_cpu` includes this price once per wake, so read them beside it
 (`bench_cpu --only null` is the same price in ssmd's thread shape).
 
@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import trio
 
 INTERVALS_S = (0.01, 0.1, 1.0)
+# Each row's figure is a mean over at least this many wakes.
+MIN_WAKES = 5
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Wakes:
 async def trio_wakes(seconds: float, intervals: tuple[float, ...] = INTERVALS_S) -> list[Wakes]:
     out = []
     for interval in intervals:
-        count = max(3, round(seconds / interval))
+        count = max(MIN_WAKES, round(seconds / interval))
         cpu, start = time.process_time(), time.perf_counter()
         for _ in range(count):
             await trio.sleep(interval)
@@ -68,7 +70,7 @@ async def trio_wakes(seconds: float, intervals: tuple[float, ...] = INTERVALS_S)
 
 def epoll_wakes(seconds: float, interval: float = 1.0) -> Wakes:
     poller = select.epoll()
-    count = max(3, round(seconds / interval))
+    count = max(MIN_WAKES, round(seconds / interval))
     cpu, start = time.process_time(), time.perf_counter()
     for _ in range(count):
         poller.poll(interval)

@@ -375,11 +375,7 @@ def main() -> int:
                 paced_exchange_process, frames_needed(rate, warm, window), rate
             )
             try:
-                for name, child in (
-                    ("ssmd", ssmd_child),
-                    ("bare", bare_child),
-                    ("null", null_child),
-                ):
+                for name, child in (("ssmd", ssmd_child), ("bare", bare_child)):
                     server = NatsServer(tmp / f"js-cpu-{name}-{rate:g}")
                     server.start()
                     archive = tmp / f"archive-cpu-{name}-{rate:g}"
@@ -394,6 +390,10 @@ def main() -> int:
                     log(f"[cpu] {name} at {rate:g} msg/s: {result}")
             finally:
                 exchange.terminate()
+            # No exchange, NATS or archive: waking alone.
+            null, _, _ = isolated(null_child, "", "", rate, warm, window, idle, tmp)
+            cpu["null", rate] = null
+            log(f"[cpu] null at {rate:g} msg/s: {null}")
         table.section(
             f"CPU, % of one core over {window:g} s (connector+archiver in one process; "
             "base: bare nats-py recorder, one asyncio loop)"
@@ -416,13 +416,13 @@ def main() -> int:
         # The price of waking alone on this machine: ssmd's two threads on its read grid,
         # one bridge crossing a wake, nothing else (and once a fetch_timeout when idle).
         null_busy = statistics.mean(cpu["null", r]["busy_core"] for r in (100.0, 1_000.0))
-        null_idle = statistics.mean(cpu["null", r]["idle_core"] for r in (100.0, 1_000.0))
+        null_idle = cpu["null", 100.0]["idle_core"]  # as ssmd's idle row: after 100 msg/s
         table.row("null: waking alone on the read grid", f"{null_busy * 100:.1f}")
         table.row("null: waking alone once a fetch_timeout", f"{null_idle * 100:.2f}")
         for rate in (100.0, 1_000.0):
             above = cpu["ssmd", rate]["busy_core"] - null_busy
             table.row(f"ssmd above null at {rate:,.0f} msg/s", f"{above * 100:.1f}")
-        wakes, _, _ = isolated(wake_child, 2.0 if args.quick else 3.0)
+        wakes, _, _ = isolated(wake_child, 3.0)
         for w in wakes:
             table.row(
                 f"price of one wake, {w.what} every {w.interval * 1e3:g} ms: ms CPU (% of a core)",
