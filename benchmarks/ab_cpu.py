@@ -4,10 +4,11 @@ On a shared machine one run says little; rounds that alternate the trees put eac
 under about the same load. Each tree is a checkout of ssmd (for example
 `git archive REV | tar -x -C /tmp/ssmd-REV`); its own `benchmarks/bench_cpu.py` runs
 with this interpreter and imports that tree's `ssmd`. A tree may be prefixed with the
-recorder to run: `bare:TREE` (the bare nats-py recorder) or `floor:TREE` (reading and
-stamping frames alone); the default is ssmd.
+recorder to run: `bare:TREE` (the bare nats-py recorder), `floor:TREE` (reading and
+stamping frames alone) or `null:TREE` (ssmd's threads waking on its read grid and doing
+nothing: this machine's price of waking); the default is ssmd.
 
-    .venv/bin/python benchmarks/ab_cpu.py --rate 100 --rounds 3 /tmp/ssmd-before . bare:.
+    .venv/bin/python benchmarks/ab_cpu.py --rate 100 --rounds 3 /tmp/ssmd-before . bare:. null:.
     .venv/bin/python benchmarks/ab_cpu.py --rate 1000 ssmd@0:. ssmd@0.1:. floor:.
 """
 
@@ -21,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-_LINE = re.compile(r"^(ssmd|bare|floor): +([\d.]+)% of a core")
+_LINE = re.compile(r"^(ssmd|bare|floor|null): +([\d.]+)% of a core")
 
 
 def run_once(
@@ -60,7 +61,10 @@ def main() -> int:
     parser.add_argument(
         "trees",
         nargs="+",
-        help="TREE, bare:TREE, floor:TREE, or ssmd@SECONDS:TREE (that connector.read_interval)",
+        help=(
+            "TREE, bare:TREE, floor:TREE, null:TREE, or ssmd@SECONDS:TREE (that "
+            "connector.read_interval; null@SECONDS:TREE wakes on that grid)"
+        ),
     )
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--rounds", type=int, default=3)

@@ -14,6 +14,13 @@ holds it all, the same is measured with the connection open and nothing arriving
 * floor: only ssmd's WebSocket client reading the same exchange and stamping each read
   (no routing, NATS or disk): what any recorder that stamps frames as they are read pays
   in one Trio thread before doing anything with them.
+* null: ssmd's thread shape doing nothing: a Trio thread and the bridge's asyncio thread
+  (`ssmd.nats.loop.AsyncioThread`), waking on the connector's read grid
+  (`connector.read_interval`; with none, at the paced rate, as ssmd then reads) and
+  crossing to the asyncio thread once per wake, then, "idle", once per archiver
+  `fetch_timeout`. No socket, NATS or disk. It is what this machine charges for waking
+  alone in that shape. ssmd wakes more threads more often per read, so its figure minus
+  this one is expected to overstate the work ssmd does (not measured: an estimate).
 * bare: what one might write with nats-py in one asyncio loop: asyncio streams and
   ssmd's own frame parser (`wsclient.FrameParser`, no I/O) for the WebSocket,
   `json.loads` of each frame to route it, `js.publish_async` with the same headers and
@@ -21,6 +28,7 @@ holds it all, the same is measured with the connection open and nothing arriving
   fetch written and fsynced in the loop, then an ack of the last message (AckAll).
 
     .venv/bin/python benchmarks/bench_cpu.py [--rate 1000] [--seconds 10] [--read-interval 0]
+        [--only ssmd|bare|floor|null]
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ssmd.archiver.service import ArchiverStatus, start_archiver
 from ssmd.clock import WallClock
-from ssmd.config import ConnectorConfig, parse_config
+from ssmd.config import ArchiverConfig, ConnectorConfig, parse_config
 from ssmd.config.units import Duration
 from ssmd.connector.connection import Connection
 from ssmd.connector.publisher import Inbound, Publisher
@@ -61,6 +69,7 @@ from ssmd.connector.shards import SubscriptionPlan
 from ssmd.connector.wsclient import OP_TEXT, FrameParser, connect_fast, encode_frame
 from ssmd.feeds.kalshi import VENUE as KALSHI
 from ssmd.nats.bridge import open_bridge
+from ssmd.nats.loop import AsyncioThread
 from ssmd.nats.server import NatsServer
 from ssmd.nats.types import StreamSpec
 from ssmd.simulators.kalshi.raw import paced_exchange_process
@@ -137,15 +146,15 @@ async def ssmd_recorder(run: Run) -> dict[str, float]:
             headers=lambda url: [],
         )
 
-        async def connector() -> None:
-            send, receive = trio.open_memory_channel[list[Inbound]](64)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(publisher.run, receive)
-                nursery.start_soon(connection.run, send)
-
         async def start_roles(sup: Supervisor) -> None:
-            await start_archiver(sup, config, bridge, clock, status=status)
-            sup.start_producer("bench.connector", connector)
+            # As `ssmd run` wires them: the connection stops first, the publisher (a
+            # sink) takes its disconnect record before it ends, and the archiver stops
+            # in a later stage.
+            with sup.stop_stage(1):
+                await start_archiver(sup, config, bridge, clock, status=status)
+            send, receive = trio.open_memory_channel[list[Inbound]](64)
+            sup.start_sink("bench.publisher", publisher.run, receive)
+            sup.start_producer("bench.ws0", connection.run, send)
 
             async def measure() -> None:
                 while publisher.stats.received < 2:  # the connect record, then data
@@ -355,6 +364,53 @@ async def reader_floor(run: Run) -> dict[str, float]:
     return result
 
 
+async def null_recorder(run: Run) -> dict[str, float]:
+    """ssmd's thread shape waking on its read grid and crossing the bridge once per wake,
+    doing nothing else; "idle" wakes once per archiver `fetch_timeout` instead."""
+    grid = (
+        run.read_interval
+        if run.read_interval is not None
+        else ConnectorConfig(feed="kalshi").read_interval.seconds
+    )
+    idle_every = ArchiverConfig(consumer="null", filter="null.kalshi.>").fetch_timeout.seconds
+    # With no grid ssmd reads every arrival: at the paced rate.
+    every = [grid or 1 / run.rate]
+    wakes = [0]
+    bridge = AsyncioThread()
+
+    async def nothing() -> None:
+        return None
+
+    async def waker() -> None:
+        while True:
+            now = trio.current_time()
+            await trio.sleep_until(now - now % every[0] + every[0])
+            await bridge.call(nothing)
+            wakes[0] += 1
+
+    result: dict[str, float] = {}
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waker)
+            await trio.sleep(run.warm_s)
+            result.update(_window_start("busy", wakes[0]))
+            await trio.sleep(run.window_s)
+            _window_end(result, "busy", wakes[0])
+            every[0] = idle_every
+            await trio.sleep(idle_every)
+            result.update(_window_start("idle", wakes[0]))
+            await trio.sleep(run.idle_s)
+            _window_end(result, "idle", wakes[0])
+            nursery.cancel_scope.cancel()
+    finally:
+        bridge.stop()
+    return result
+
+
+def null_child(*args: Any) -> dict[str, float]:
+    return trio.run(null_recorder, Run(*args))
+
+
 def floor_child(*args: Any) -> dict[str, float]:
     return trio.run(reader_floor, Run(*args))
 
@@ -367,13 +423,28 @@ def bare_child(*args: Any) -> dict[str, float]:
     return asyncio.run(bare_recorder(Run(*args)))
 
 
+def report(name: str, r: dict[str, float]) -> None:
+    unit = "wakes/s" if name == "null" else "msg/s"
+    print(
+        f"{name}: {r['busy_core'] * 100:5.2f}% of a core at {r['busy_rate']:,.0f} {unit}; "
+        f"idle {r['idle_core'] * 100:.2f}%; system {r['busy_sys'] * 100:.1f}%; "
+        f"{r['busy_switches']:,.0f} context switches/s; "
+        + ", ".join(
+            f"{k.split(' ', 1)[1]} {v * 100:.1f}%"
+            for k, v in r.items()
+            if k.startswith("busy_thread ") and v > 0.0005
+        ),
+        flush=True,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warm", type=float, default=2.0)
     parser.add_argument("--idle", type=float, default=5.0)
-    parser.add_argument("--only", choices=["ssmd", "bare", "floor"])
+    parser.add_argument("--only", choices=["ssmd", "bare", "floor", "null"])
     parser.add_argument(
         "--read-interval", type=float, help="ssmd's connector.read_interval, seconds"
     )
@@ -381,8 +452,27 @@ def main() -> int:
     ctx = multiprocessing.get_context("spawn")
     count = frames_needed(args.rate, args.warm, args.seconds)
     with tempfile.TemporaryDirectory(prefix="ssmd-bench-cpu-") as tmp:
-        for name, child in (("ssmd", ssmd_child), ("bare", bare_child), ("floor", floor_child)):
+        recorders = (
+            ("ssmd", ssmd_child),
+            ("bare", bare_child),
+            ("floor", floor_child),
+            ("null", null_child),
+        )
+        for name, child in recorders:
             if args.only and name != args.only:
+                continue
+            if name == "null":  # no exchange, NATS or archive
+                r = child(
+                    "",
+                    "",
+                    args.rate,
+                    args.warm,
+                    args.seconds,
+                    args.idle,
+                    Path(tmp),
+                    args.read_interval,
+                )
+                report(name, r)
                 continue
             ports: multiprocessing.Queue[int] = ctx.Queue()
             exchange = ctx.Process(
@@ -408,17 +498,7 @@ def main() -> int:
             finally:
                 server.stop()
                 exchange.terminate()
-            print(
-                f"{name}: {r['busy_core'] * 100:5.2f}% of a core at {r['busy_rate']:,.0f} msg/s; "
-                f"idle {r['idle_core'] * 100:.2f}%; system {r['busy_sys'] * 100:.1f}%; "
-                f"{r['busy_switches']:,.0f} context switches/s; "
-                + ", ".join(
-                    f"{k.split(' ', 1)[1]} {v * 100:.1f}%"
-                    for k, v in r.items()
-                    if k.startswith("busy_thread ") and v > 0.0005
-                ),
-                flush=True,
-            )
+            report(name, r)
     return 0
 
 

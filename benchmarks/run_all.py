@@ -21,7 +21,12 @@ processes and are not counted):
 * CPU at Kalshi's real rates (`bench_cpu`): connector + archiver in one process with
   default settings, and beside it a bare nats-py recorder doing the same job in one
   asyncio loop, each against the same paced exchange; the share of one core over a
-  fixed window at 100 and 1,000 msg/s, then idle with the connection open.
+  fixed window at 100 and 1,000 msg/s, then idle with the connection open. Beside them
+  `null`: ssmd's two threads waking on the read grid and crossing the bridge once a
+  wake, doing nothing else (idle: once a `fetch_timeout`). What this machine charges for
+  waking alone; "above null" is ssmd's figure minus it (the mean of its two runs). And
+  the price of one wake (`bench_wake`): CPU charged to a loop that only sleeps and wakes,
+  with Trio every 10 ms, 100 ms and 1 s, and with a bare `epoll.poll` every 1 s.
 * fsync cost per batch: the archiver's own `status.writer.fsync_seconds` histogram from
   the 10k msg/s run (mean = sum/count; p99 as the histogram bucket's upper bound), with
   the exact p99 from the timed FileOps alongside.
@@ -52,6 +57,7 @@ import platform
 import resource
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,12 +74,13 @@ import trio
 from bench_archive import measure as measure_archive_reading
 from bench_archiver import bare_fetch_ack, fill_stream, ssmd_archiver, writer_vs_raw_gzip
 from bench_connector import measure_bare, measure_connector
-from bench_cpu import bare_child, frames_needed, ssmd_child
+from bench_cpu import bare_child, frames_needed, null_child, ssmd_child
 from bench_discovery import measure_discovery, measure_rest_walk, new_key_pem
 from bench_discovery import start_exchange as start_discovery_exchange
 from bench_e2e import run_e2e
 from bench_venues import checksum_cpu, kraken_frames, measure_venue, messages_of, polymarket_frames
 from bench_venues import exchange_process as venue_exchange_process
+from bench_wake import wake_child
 
 from ssmd.nats.server import NatsServer, nats_server_binary
 from ssmd.simulators.kalshi.raw import exchange_process, kalshi_messages, paced_exchange_process
@@ -383,6 +390,10 @@ def main() -> int:
                     log(f"[cpu] {name} at {rate:g} msg/s: {result}")
             finally:
                 exchange.terminate()
+            # No exchange, NATS or archive: waking alone.
+            null, _, _ = isolated(null_child, "", "", rate, warm, window, idle, tmp)
+            cpu["null", rate] = null
+            log(f"[cpu] null at {rate:g} msg/s: {null}")
         table.section(
             f"CPU, % of one core over {window:g} s (connector+archiver in one process; "
             "base: bare nats-py recorder, one asyncio loop)"
@@ -402,6 +413,21 @@ def main() -> int:
             f"{base_idle * 100:.2f}",
             f"{ours_idle / base_idle:.2f}" if base_idle else "",
         )
+        # The price of waking alone on this machine: ssmd's two threads on its read grid,
+        # one bridge crossing a wake, nothing else (and once a fetch_timeout when idle).
+        null_busy = statistics.mean(cpu["null", r]["busy_core"] for r in (100.0, 1_000.0))
+        null_idle = cpu["null", 100.0]["idle_core"]  # as ssmd's idle row: after 100 msg/s
+        table.row("null: waking alone on the read grid", f"{null_busy * 100:.1f}")
+        table.row("null: waking alone once a fetch_timeout", f"{null_idle * 100:.2f}")
+        for rate in (100.0, 1_000.0):
+            above = cpu["ssmd", rate]["busy_core"] - null_busy
+            table.row(f"ssmd above null at {rate:,.0f} msg/s", f"{above * 100:.1f}")
+        wakes, _, _ = isolated(wake_child, 3.0)
+        for w in wakes:
+            table.row(
+                f"price of one wake, {w.what} every {w.interval * 1e3:g} ms: ms CPU (% of a core)",
+                f"{w.cpu_per_wake_ms:.2f} ({w.core * 100:.2f})",
+            )
 
         # End to end at fixed rates.
         fsync_from: dict[str, Any] = {}
