@@ -17,7 +17,7 @@ import trio.testing
 
 from ssmd.clock import WallClock
 from ssmd.config import ConnectorConfig
-from ssmd.connector.connection import Connection
+from ssmd.connector.connection import HANDOFF_TIMEOUT_S, Connection
 from ssmd.connector.layout import AddMarkets, Subscribe
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.shards import SubscriptionPlan
@@ -360,3 +360,145 @@ async def test_a_change_is_sent_while_the_socket_stays_busy(
                 nursery.cancel_scope.cancel()
         finally:
             Draining.backlog = False
+
+
+class NotesSends(Draining):
+    """A Polymarket socket (it answers no command) noting when each message went out."""
+
+    def __init__(self, exchange: FakeExchange) -> None:
+        super().__init__(exchange)
+        self.sent: list[tuple[float, str | bytes]] = []
+
+    async def send_message(self, message: str | bytes) -> None:
+        self.sent.append((trio.current_time(), message))
+
+
+class SlowPublisher:
+    """Takes batches like the publisher; once `stall`ed, takes one more and then none
+    until `resume`d (the reader's next hand-over waits)."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[list[Inbound]]) -> None:
+        self.receive = receive
+        self.out: list[Inbound] = []
+        self.taking = trio.Event()
+        self.taking.set()
+
+    def stall(self) -> None:
+        self.taking = trio.Event()
+
+    def resume(self) -> None:
+        self.taking.set()
+
+    async def run(self) -> None:
+        async for batch in self.receive:
+            self.out.extend(batch)
+            await self.taking.wait()
+
+    def kinds(self) -> list[str]:
+        """Each published message: its `n` for a trade, else its subject's type."""
+        return [
+            str(json.loads(m.payload)["n"]) if ".ssmd." not in m.subject else m.subject
+            for m in self.out
+        ]
+
+
+@asynccontextmanager
+async def polymarket_stalled(
+    read_interval: float,
+) -> AsyncIterator[tuple[Connection, NotesSends, SlowPublisher]]:
+    """A Polymarket connection up for a second, its socket and its publisher, which has
+    stalled on the batch of trade 1 (the reader waits to hand it over) while trades 2 to
+    6 arrived."""
+    socket = NotesSends(FakeExchange())
+
+    @asynccontextmanager
+    async def connect(
+        url: str, headers: list[tuple[str, str]], timeout: float
+    ) -> AsyncIterator[WebSocket]:
+        yield socket
+
+    settings = attrs.evolve(
+        SETTINGS, read_interval=read_interval, ping_interval=1000.0, liveness_timeout=1000.0
+    )
+    connection = Connection(
+        0,
+        "wss://fake/ws/market",
+        POLYMARKET,
+        [SubscriptionPlan("market", ("A",))],
+        config=ConnectorConfig(feed="polymarket"),
+        env="test",
+        clock=WallClock(anchor_ns=ANCHOR_NS),
+        settings=settings,
+        headers=lambda url: [],
+        connect=connect,
+    )
+    # No buffer: a hand-over waits until the publisher takes the batch.
+    send, receive = trio.open_memory_channel[list[Inbound]](0)
+    publisher = SlowPublisher(receive)
+
+    def trade(n: int) -> str:
+        return json.dumps(
+            {"event_type": "last_trade_price", "asset_id": "A", "market": "0xm", "n": n}
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publisher.run)
+        async with trio.open_nursery() as producer:
+            producer.start_soon(connection.run, send)
+            await trio.sleep(1.0)
+            publisher.stall()
+            socket.push(trade(0))  # read at once, taken; the publisher stalls after it
+            await trio.sleep(0.001)
+            socket.push(trade(1))  # read on the grid; its hand-over waits
+            await trio.sleep(1.0)
+            assert publisher.kinds()[-1] == "0"
+            for n in range(2, 7):
+                socket.push(trade(n))
+            await trio.testing.wait_all_tasks_blocked()
+            yield connection, socket, publisher
+            socket.push(trade(7))
+            await trio.sleep(1.0)
+            producer.cancel_scope.cancel()
+
+
+def market_b_added() -> list[Change]:
+    return [Change(AddMarkets(0, "market", 0, ("B",)), "discovery")]
+
+
+async def test_frames_that_arrived_during_a_slow_hand_over_come_before_a_live_change(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A reader blocked handing a batch to a slow publisher is not waiting for its next
+    read, yet frames arrive meanwhile: a live change waits until they are read, so its
+    record (written with the frame after it is sent) follows them."""
+    async with polymarket_stalled(INTERVAL) as (connection, socket, publisher):
+        sent = len(socket.sent)
+        connection.change(market_b_added())
+        await trio.sleep(2.0)
+        publisher.resume()
+        await trio.sleep(0.01)
+        assert len(socket.sent) == sent + 1
+        assert json.loads(socket.sent[-1][1])["operation"] == "subscribe"
+    kinds = publisher.kinds()
+    assert kinds[kinds.index("0") :] == [
+        *"0123456",
+        "test.polymarket.json.ssmd.subscription",
+        "7",
+        "test.polymarket.json.ssmd.disconnect",
+    ], kinds
+
+
+async def test_a_reader_stuck_handing_over_holds_up_a_live_change_only_until_the_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The change waits for a reader busy handing over, but at most one read interval
+    plus the hand-over timeout: a stuck publisher does not hold up commands for longer."""
+    async with polymarket_stalled(INTERVAL) as (connection, socket, publisher):
+        sent = len(socket.sent)
+        changed_at = trio.current_time()
+        connection.change(market_b_added())
+        await trio.sleep(3 * HANDOFF_TIMEOUT_S)
+        assert len(socket.sent) == sent + 1
+        sent_at, _ = socket.sent[-1]
+        assert abs(sent_at - (changed_at + INTERVAL + HANDOFF_TIMEOUT_S)) < 1e-6, sent_at
+        publisher.resume()

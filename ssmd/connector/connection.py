@@ -279,12 +279,15 @@ class Connection:
         spell is read at once; while frames keep coming, each waits in the socket at
         most one interval before it is read and stamped. A socket with more waiting
         than one read takes, or with a command waiting for its answer, is read at once;
-        before a live subscription change, what has arrived is read first, so it comes
+        before a live subscription change, what has arrived is read first (after the
+        batch being handed over, if the publisher is slow to take it), so it comes
         before the change's record (`SocketState.catch_up`).
         """
         interval = self._settings.read_interval
         while True:
             await self._read_batch(ws, socket)
+            # Asked while handing the batch over to a slow publisher.
+            await self._read_up(ws, socket)
             if interval <= 0 or ws.backlogged or socket.awaiting is not None:
                 continue
             # The next grid point strictly after now (a read on a grid point, up to
@@ -297,12 +300,15 @@ class Connection:
                     await asked.wait()
             finally:
                 socket.pausing = False
-            if asked.is_set():
-                # Woken for a command: what has arrived first (one read takes it all,
-                # up to READ_BATCH; more is read by this loop as usual).
-                if ws.backlogged:
-                    await self._read_batch(ws, socket)
-                socket.read_up()
+            await self._read_up(ws, socket)
+
+    async def _read_up(self, ws: WebSocket, socket: SocketState) -> None:
+        """For each catch-up asked (`SocketState.catch_up`), read what has arrived first
+        (one read takes it all, up to READ_BATCH; more is read by `_read` as usual)."""
+        while (caught_up := socket.take_catch_up()) is not None:
+            if ws.backlogged:
+                await self._read_batch(ws, socket)
+            caught_up.set()
 
     async def _read_batch(self, ws: WebSocket, socket: SocketState) -> None:
         send = self._send
@@ -321,7 +327,11 @@ class Connection:
         if control:
             socket.notify()
         if batch:
-            await self._hand_over(send, batch)
+            socket.handing_over = True
+            try:
+                await self._hand_over(send, batch)
+            finally:
+                socket.handing_over = False
 
     async def _stop(self, ws: WebSocket, socket: SocketState) -> str:
         """At a clean stop: end every subscription and keep reading until the exchange

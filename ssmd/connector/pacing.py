@@ -37,8 +37,12 @@ class SocketState:
     asked: trio.Event = attrs.field(factory=trio.Event)
     # The reader is waiting for its next read; frames may have arrived meanwhile.
     pausing: bool = False
-    # Set (and replaced) when a reader woken from that wait has read what had arrived.
-    caught_up: trio.Event = attrs.field(factory=trio.Event)
+    # The reader is handing a batch to the publisher (which may be slow to take it);
+    # frames may arrive meanwhile.
+    handing_over: bool = False
+    # Catch-ups asked and not yet taken by the reader (`catch_up`); set by the reader once
+    # it has read what had arrived when they asked.
+    caught_up: trio.Event | None = None
 
     def notify(self) -> None:
         changed, self.changed = self.changed, trio.Event()
@@ -48,15 +52,21 @@ class SocketState:
         asked, self.asked = self.asked, trio.Event()
         asked.set()
 
-    def read_up(self) -> None:
-        caught_up, self.caught_up = self.caught_up, trio.Event()
-        caught_up.set()
+    def take_catch_up(self) -> trio.Event | None:
+        """The catch-ups asked so far, to be set once what has arrived is read; one asked
+        later waits for the reader's next catch-up."""
+        caught_up, self.caught_up = self.caught_up, None
+        return caught_up
 
     async def catch_up(self, timeout: float) -> None:
-        """Have a reader that waits for its next read take what has arrived first
-        (waiting at most `timeout`: a reader stuck handing over must not hold up commands)."""
-        if self.pausing:
-            caught_up = self.caught_up
-            self.ask()
-            with trio.move_on_after(timeout):
-                await caught_up.wait()
+        """Have a reader that waits for its next read, or is busy handing a batch over,
+        take what has arrived first (waiting at most `timeout`: a reader stuck handing over
+        must not hold up commands). A reader waiting on the socket has nothing to take."""
+        if not (self.pausing or self.handing_over):
+            return
+        if self.caught_up is None:
+            self.caught_up = trio.Event()
+        caught_up = self.caught_up
+        self.ask()
+        with trio.move_on_after(timeout):
+            await caught_up.wait()
