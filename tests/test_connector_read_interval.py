@@ -475,10 +475,12 @@ async def test_frames_that_arrived_during_a_slow_hand_over_come_before_a_live_ch
         sent = len(socket.sent)
         connection.change(market_b_added())
         await trio.sleep(2.0)
+        assert len(socket.sent) == sent, "the change went out before the stalled batch"
         publisher.resume()
         await trio.sleep(0.01)
         assert len(socket.sent) == sent + 1
         assert json.loads(socket.sent[-1][1])["operation"] == "subscribe"
+    assert connection.stats.lost == 0
     kinds = publisher.kinds()
     assert kinds[kinds.index("0") :] == [
         *"0123456",

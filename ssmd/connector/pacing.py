@@ -61,7 +61,10 @@ class SocketState:
     async def catch_up(self, timeout: float) -> None:
         """Have a reader that waits for its next read, or is busy handing a batch over,
         take what has arrived first (waiting at most `timeout`: a reader stuck handing over
-        must not hold up commands). A reader waiting on the socket has nothing to take."""
+        must not hold up commands). A reader blocked on an empty socket has nothing to
+        take. Not covered: the moment between a read taking bytes off the socket and the
+        reader handling them (a scheduling point inside the read); a change applied
+        then can still be recorded before those frames."""
         if not (self.pausing or self.handing_over):
             return
         if self.caught_up is None:
