@@ -17,7 +17,7 @@ import trio.testing
 
 from ssmd.clock import WallClock
 from ssmd.config import ConnectorConfig
-from ssmd.connector.connection import HANDOFF_TIMEOUT_S, Connection
+from ssmd.connector.connection import HANDOFF_TIMEOUT_S, Connection, ConnectionSettings
 from ssmd.connector.layout import AddMarkets, Subscribe
 from ssmd.connector.publisher import Inbound
 from ssmd.connector.shards import SubscriptionPlan
@@ -196,6 +196,29 @@ async def test_a_commands_answer_is_read_at_once(autojump_clock: trio.testing.Mo
         assert [t for t, _ in socket.reads[-3:]] == [60.0] * 3
 
 
+def polymarket_connection(socket: FakeSocket, settings: ConnectionSettings) -> Connection:
+    """Connection 0 of a Polymarket feed subscribed to asset "A", over `socket`."""
+
+    @asynccontextmanager
+    async def connect(
+        url: str, headers: list[tuple[str, str]], timeout: float
+    ) -> AsyncIterator[WebSocket]:
+        yield socket
+
+    return Connection(
+        0,
+        "wss://fake/ws/market",
+        POLYMARKET,
+        [SubscriptionPlan("market", ("A",))],
+        config=ConnectorConfig(feed="polymarket"),
+        env="test",
+        clock=WallClock(anchor_ns=ANCHOR_NS),
+        settings=settings,
+        headers=lambda url: [],
+        connect=connect,
+    )
+
+
 async def test_a_clean_stop_keeps_what_arrived_during_the_wait(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -206,24 +229,7 @@ async def test_a_clean_stop_keeps_what_arrived_during_the_wait(
     exchange.answer_commands = False  # Polymarket answers no command
     socket = Draining(exchange)
 
-    @asynccontextmanager
-    async def connect(
-        url: str, headers: list[tuple[str, str]], timeout: float
-    ) -> AsyncIterator[WebSocket]:
-        yield socket
-
-    connection = Connection(
-        0,
-        "wss://fake/ws/market",
-        POLYMARKET,
-        [SubscriptionPlan("market", ("A",))],
-        config=ConnectorConfig(feed="polymarket"),
-        env="test",
-        clock=WallClock(anchor_ns=ANCHOR_NS),
-        settings=attrs.evolve(SETTINGS, read_interval=INTERVAL),
-        headers=lambda url: [],
-        connect=connect,
-    )
+    connection = polymarket_connection(socket, attrs.evolve(SETTINGS, read_interval=INTERVAL))
     out: list[Inbound] = []
     send, receive = trio.open_memory_channel[list[Inbound]](100)
 
@@ -411,27 +417,10 @@ async def polymarket_stalled(
     6 arrived."""
     socket = NotesSends(FakeExchange())
 
-    @asynccontextmanager
-    async def connect(
-        url: str, headers: list[tuple[str, str]], timeout: float
-    ) -> AsyncIterator[WebSocket]:
-        yield socket
-
     settings = attrs.evolve(
         SETTINGS, read_interval=read_interval, ping_interval=1000.0, liveness_timeout=1000.0
     )
-    connection = Connection(
-        0,
-        "wss://fake/ws/market",
-        POLYMARKET,
-        [SubscriptionPlan("market", ("A",))],
-        config=ConnectorConfig(feed="polymarket"),
-        env="test",
-        clock=WallClock(anchor_ns=ANCHOR_NS),
-        settings=settings,
-        headers=lambda url: [],
-        connect=connect,
-    )
+    connection = polymarket_connection(socket, settings)
     # No buffer: a hand-over waits until the publisher takes the batch.
     send, receive = trio.open_memory_channel[list[Inbound]](0)
     publisher = SlowPublisher(receive)
