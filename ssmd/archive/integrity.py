@@ -127,7 +127,7 @@ def interruption(record: Record, tracker: ConnectionTracker) -> Interruption | N
     return Interruption(kind, at, f"ssmd {kind}", None, seq, body)
 
 
-def _backfill_span(body: dict[str, Any]) -> tuple[int, int, int] | None:
+def backfill_fields(body: dict[str, Any]) -> tuple[int, int, int] | None:
     """A backfill record's (requested_min_ts, min_ts, max_ts), None if malformed."""
     low, high = body.get("min_ts"), body.get("max_ts")
     if not isinstance(low, int) or not isinstance(high, int):
@@ -140,7 +140,7 @@ def unrepaired_trades(body: dict[str, Any], seq: float) -> Interruption | None:
     """The span of a trade backfill window left unrepaired: all of it (`unrepaired`,
     `dropped`), the part before the ledger's horizon (`partial`), or None (`repaired`)."""
     outcome = body.get("outcome", "repaired")
-    span = _backfill_span(body)
+    span = backfill_fields(body)
     if outcome == "repaired" or span is None:
         return None
     requested, low, high = span
@@ -159,7 +159,7 @@ def unrepaired_trades(body: dict[str, Any], seq: float) -> Interruption | None:
 def repaired_trades(body: dict[str, Any]) -> Interruption | None:
     """The span a trade backfill repaired (`repaired`, `partial`), for readers that show
     repairs beside the interruptions."""
-    span = _backfill_span(body)
+    span = backfill_fields(body)
     if span is None or body.get("outcome", "repaired") not in ("repaired", "partial"):
         return None
     _, low, high = span

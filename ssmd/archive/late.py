@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from ssmd.archive.errors import ArchiveCorrupt, ArchiveError
+from ssmd.archive.integrity import backfill_fields
 from ssmd.archive.records import Record
 from ssmd.archive.store import RecordFilter, day_manifest, file_lines, iter_lines
 from ssmd.archiver.lines import PREFIX, read_prefix
@@ -87,16 +88,14 @@ def late_backfills(root: Path, feed: str, day: str) -> Iterator[Record]:
             yield Record(*prefix, line, str(path))
 
 
-def backfill_window(body: Any) -> tuple[int, int] | None:
+def _asked_window(body: Any) -> tuple[int, int] | None:
     """[start, end) in ns of what a backfill record's window asked for (from
     `requested_min_ts` when the ledger's horizon cut it), None if malformed."""
-    if not isinstance(body, dict):
+    fields = backfill_fields(body) if isinstance(body, dict) else None
+    if fields is None:
         return None
-    low, high = body.get("min_ts"), body.get("max_ts")
-    if not isinstance(low, int) or not isinstance(high, int):
-        return None
-    requested = body.get("requested_min_ts")
-    start = min(low, requested) if isinstance(requested, int) else low
+    requested, low, high = fields
+    start = min(low, requested)
     return start * NS, (max(start, high) + 1) * NS
 
 
@@ -110,7 +109,7 @@ def late_backfills_in_range(root: Path, feed: str, day: str, flt: RecordFilter) 
     start = max(day_start, flt.start_ns) if flt.start_ns is not None else day_start
     kinds = attrs.evolve(flt, start_ns=None, end_ns=None)
     for record in late_backfills(root, feed, day):
-        window = backfill_window(record.payload())
+        window = _asked_window(record.payload())
         if window is None or not (window[0] < day_end and window[1] > start):
             continue
         if kinds.matches(record.subject, record.recv_ns, record.line):
