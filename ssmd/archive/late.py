@@ -99,13 +99,19 @@ def _asked_window(body: Any) -> tuple[int, int] | None:
     return start * NS, (max(start, high) + 1) * NS
 
 
+def reaches_day_end(flt: RecordFilter, day: str) -> bool:
+    """Whether `flt`'s range runs to the end of `day` (no end, or one at or after midnight):
+    only such a range shows the backfill records written after it."""
+    return flt.end_ns is None or flt.end_ns >= day_bounds(day)[1]
+
+
 def late_backfills_in_range(root: Path, feed: str, day: str, flt: RecordFilter) -> Iterator[Record]:
     """Backfill records recorded after the day whose window overlaps `flt`'s range, when
     that range reaches the day's end (no end, or one at or after midnight). They pass
     `flt`'s type and ticker filters as the day's own discontinuity records do."""
-    day_start, day_end = day_bounds(day)
-    if flt.end_ns is not None and flt.end_ns < day_end:
+    if not reaches_day_end(flt, day):
         return
+    day_start, day_end = day_bounds(day)
     start = max(day_start, flt.start_ns) if flt.start_ns is not None else day_start
     kinds = attrs.evolve(flt, start_ns=None, end_ns=None)
     for record in late_backfills(root, feed, day):

@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from ssmd.archive.errors import ArchiveCorrupt, ArchiveError
-from ssmd.archive.late import day_bounds, following_day, mark_late, next_day_pending, range_lines
+from ssmd.archive.late import (
+    following_day,
+    mark_late,
+    next_day_pending,
+    range_lines,
+    reaches_day_end,
+)
 from ssmd.archive.store import read_manifest
 from ssmd.archive.times import iso_ms, parse_time
 from ssmd.archiver.lines import read_prefix, strip_meta
@@ -142,8 +148,9 @@ def cmd_cat(args: argparse.Namespace) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    reaches_midnight = flt.end_ns is None or flt.end_ns >= day_bounds(args.date)[1]
-    if reaches_midnight and next_day_pending(root, args.feed, args.date, time.time_ns()):
+    if reaches_day_end(flt, args.date) and next_day_pending(
+        root, args.feed, args.date, time.time_ns()
+    ):
         print(
             f"ssmd: note: {following_day(args.date)} has no finished file yet, so backfill "
             f"records written after midnight about {args.date} (if any) are not shown",
