@@ -63,6 +63,7 @@ from ssmd.clock import WallClock
 from ssmd.config import ArchiverConfig, ConnectorConfig, parse_config
 from ssmd.config.units import Duration
 from ssmd.connector.connection import Connection
+from ssmd.connector.pacing import next_read_at
 from ssmd.connector.publisher import Inbound, Publisher
 from ssmd.connector.service import connection_settings
 from ssmd.connector.shards import SubscriptionPlan
@@ -383,8 +384,7 @@ async def null_recorder(run: Run) -> dict[str, float]:
 
     async def waker() -> None:
         while True:
-            now = trio.current_time()
-            await trio.sleep_until(now - now % every[0] + every[0])
+            await trio.sleep_until(next_read_at(trio.current_time(), every[0]))
             await bridge.call(nothing)
             wakes[0] += 1
 
